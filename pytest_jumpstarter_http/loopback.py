@@ -1,0 +1,179 @@
+"""The loopback backend: Jumpstarter's own HttpServer driver, run in this process."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from . import eventloop
+from .handle import HttpServerHandle, concrete_host, format_url
+from .names import check_name, url_path
+from .settings import PortRange
+
+if TYPE_CHECKING:
+    from jumpstarter_driver_http.driver import HttpServer
+
+#: Seconds a stopping server waits for downloads still in flight before it cuts them.
+SHUTDOWN_GRACE = 2.0
+
+
+class PortsExhausted(RuntimeError):
+    """Every port of the configured range is taken."""
+
+
+class LoopbackServer(HttpServerHandle):
+    """Serve ``root`` from ``jumpstarter_driver_http.driver.HttpServer`` on this machine.
+
+    Works on its own as a context manager::
+
+        with LoopbackServer(Path("images")).start() as server:
+            print(server.url_for("disk.raw"))
+    """
+
+    backend: Literal["loopback"] = "loopback"
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        port: PortRange | None = None,
+        url_host: str | None = None,
+        keep: bool = False,
+        timeout: float = 30.0,
+    ) -> None:
+        self.root: Path = Path(root)
+        self.host = host
+        self.port = 0
+        self.url = ""
+        self._ports = port
+        self._url_host = url_host
+        self._keep = keep
+        self._timeout = timeout
+        self._driver: HttpServer | None = None
+        self._created: list[Path] = []
+        self._client: Any = None
+        self._client_stack = ExitStack()
+
+    def start(self) -> Self:
+        """Start the driver's server on a free port of the configured range."""
+        from jumpstarter_driver_http.driver import HttpServer
+
+        # The driver's defaults bind the LAN address on port 8080 and serve /var/www; never use them.
+        self._driver = driver = HttpServer(
+            root_dir=str(self.root), host=self.host, port=0, remove_created_on_close=False
+        )
+        for port in _candidates(self._ports):
+            driver.port = port
+            try:
+                eventloop.call(_start, driver, timeout=self._timeout)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or self._ports is None:
+                    raise
+        else:
+            raise PortsExhausted(
+                f"--http-port: every port of {self._ports} on {self.host} is in use; "
+                "widen the range, or give 0 for any free port."
+            )
+        self.port = driver.get_port()
+        self.url = format_url(self._url_host or concrete_host(self.host), self.port)
+        return self
+
+    @property
+    def client(self) -> Any:
+        """A Jumpstarter ``HttpServerClient`` on this server, through a local session opened on first use."""
+        if self._client is None:
+            from jumpstarter.common.utils import serve_async
+
+            portal = eventloop.portal()
+            stack = self._client_stack
+            self._client = stack.enter_context(
+                portal.wrap_async_context_manager(serve_async(self._driver, portal, stack))
+            )
+        return self._client
+
+    def stage(self, src: str | os.PathLike[str], name: str | None = None) -> str:
+        """Link (or copy) the local file ``src`` into the served root as ``name``; return its URL.
+
+        A file already at that place in the root is served as it is; a file there that this
+        server did not create is never replaced.
+        """
+        source = Path(src)
+        if not source.is_file():
+            raise FileNotFoundError(f"stage(): {str(source)!r} is not a file; give the path of a file to serve.")
+        name = check_name(name or source.name, where="stage() name")
+        target = self.root / name
+        if target.exists() and target.resolve() == source.resolve():
+            return self.url + url_path(name)
+        if not target.resolve().is_relative_to(self.root.resolve()):
+            raise ValueError(f"stage(): {name!r} leads outside the served root through a symbolic link.")
+        if target.exists() or target.is_symlink():
+            if target not in self._created:
+                raise FileExistsError(
+                    f"stage(): {str(target)!r} already exists and the plugin did not create it; "
+                    "stage under another name."
+                )
+            target.unlink()
+            self._created.remove(target)
+        for parent in reversed(target.relative_to(self.root).parents[:-1]):
+            folder = self.root / parent
+            if not folder.exists():
+                folder.mkdir()
+                self._created.append(folder)
+        try:
+            os.link(source, target)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(source, target)
+        self._created.append(target)
+        return self.url + url_path(name)
+
+    def stop(self) -> None:
+        driver, self._driver = self._driver, None
+        try:
+            if driver is not None and driver.runner is not None:
+                eventloop.call(driver.stop, timeout=self._timeout)
+        finally:
+            self._client_stack.close()
+            self._client = None
+            if not self._keep:
+                self._remove_created()
+
+    def _remove_created(self) -> None:
+        for path in reversed(self._created):
+            if not path.is_dir() or path.is_symlink():
+                path.unlink(missing_ok=True)
+            elif not any(path.iterdir()):  # a test may have put its own files there
+                path.rmdir()
+        self._created.clear()
+
+
+def _candidates(ports: PortRange | None) -> list[int]:
+    """Ports to try: 0 (the OS picks), or the range starting at a per-process offset.
+
+    Binding is the reservation: the OS refuses a second listener on a port, so a process that
+    loses the race moves on to the next port; the offset keeps concurrent workers apart.
+    """
+    if ports is None:
+        return [0]
+    span = list(range(ports.first, ports.last + 1))
+    offset = os.getpid() % len(span)
+    return span[offset:] + span[:offset]
+
+
+async def _start(driver: HttpServer) -> None:
+    try:
+        await driver.start()
+    except BaseException:
+        # The driver keeps a runner that failed to bind; clean it up or its next start warns.
+        if driver.runner is not None:
+            await driver.runner.cleanup()
+            driver.runner = None
+        raise
+    # The driver's AppRunner keeps aiohttp's 60 s graceful shutdown, which would hold a test's
+    # teardown as long as any download is in flight; bound it.
+    driver.runner._shutdown_timeout = SHUTDOWN_GRACE

@@ -1,0 +1,106 @@
+"""pytest hooks and fixtures of pytest-jumpstarter-http, in the order pytest calls them.
+
+Nothing heavy is imported here: jumpstarter and aiohttp load when a fixture first needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import eventloop, markers, settings
+from .handle import HttpServerHandle
+from .runtime import HttpServerFactory, Runtime
+
+SETTINGS = pytest.StashKey[settings.Settings]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    settings.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in markers.MARKERS:
+        config.addinivalue_line("markers", line)
+    config.stash[SETTINGS] = settings.resolve(config)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return config.stash[SETTINGS].header()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    eventloop.shutdown()
+
+
+@pytest.fixture(scope="session")
+def _http_runtime(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    runtime = Runtime(request.config.stash[SETTINGS], tmp_path_factory.getbasetemp() / "http")
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def _http_choice(request: pytest.FixtureRequest) -> markers.Choice:
+    return markers.choose(request.node, request.config.stash[SETTINGS])
+
+
+@pytest.fixture
+def served_dir(
+    request: pytest.FixtureRequest, _http_choice: markers.Choice, _http_runtime: Runtime
+) -> Iterator[Path]:
+    """The local directory ``http_server`` serves, as a ``pathlib.Path``.
+
+    A fresh empty temporary directory per test (per session with ``--http-scope session``),
+    removed afterwards unless ``--http-keep``; or the ``--http-root`` directory (or the
+    ``http_server(root=...)`` marker's), which the plugin never changes. On an exporter it is a
+    local staging directory: files written here are uploaded on ``url_for()`` or ``publish()``.
+    Override it in a conftest.py to serve a directory of your own.
+    """
+    if _http_choice.root is not None:
+        yield _http_choice.root
+    elif _http_choice.scope == "session":
+        yield _http_runtime.session_root(_http_choice)
+    else:
+        with _http_runtime.temporary_root(request.node.name) as root:
+            yield root
+
+
+@pytest.fixture
+def http_server(_http_choice: markers.Choice, served_dir: Path, _http_runtime: Runtime) -> Iterator[HttpServerHandle]:
+    """A running HTTP server that serves ``served_dir``, as an ``HttpServerHandle``.
+
+    It is Jumpstarter's own ``HttpServer`` driver: on loopback it runs in this process on a free
+    port; inside ``jmp shell`` or with ``--http-selector`` it is the exporter's server next to the
+    device. Fresh per test, or one per process with ``--http-scope session`` or
+    ``@pytest.mark.http_server(scope="session")``. Use ``.url``, ``.url_for(name)``,
+    ``.stage(path)`` and ``.client``.
+    """
+    if _http_choice.scope == "session":
+        yield _http_runtime.session_server(_http_choice, served_dir)
+    else:
+        with _http_runtime.start(_http_choice, served_dir) as server:
+            yield server
+
+
+@pytest.fixture
+def http_url(http_server: HttpServerHandle) -> str:
+    """The base URL of ``http_server`` as the device under test sees it, a ``str`` with no trailing slash.
+
+    ``f"{http_url}/image.raw"`` serves ``served_dir / "image.raw"`` (or the same file of
+    ``--http-root``), on loopback and on an exporter alike.
+    """
+    return http_server.url
+
+
+@pytest.fixture
+def http_server_factory(_http_runtime: Runtime) -> Iterator[HttpServerFactory]:
+    """Start more servers in one test: ``http_server_factory(root=None, backend="loopback")``.
+
+    Each call returns a new ``HttpServerHandle`` on its own root (a fresh temporary directory
+    by default); every server it made is stopped when the test ends.
+    """
+    with HttpServerFactory(_http_runtime) as factory:
+        yield factory

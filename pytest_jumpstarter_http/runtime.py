@@ -1,0 +1,174 @@
+"""What one pytest process keeps for its whole session: session servers, temporary roots, exporters."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Self
+
+from .handle import HttpServerHandle
+from .loopback import LoopbackServer
+from .markers import Choice
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .exporter import Exporters
+
+log = logging.getLogger("pytest_jumpstarter_http")
+
+
+def worker_id() -> str:
+    """The xdist worker this process is (``gw0``...), or ``main``."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+class Runtime:
+    """Starts servers for the fixtures and stops the session's ones at the end."""
+
+    def __init__(self, settings: Settings, basetemp: Path) -> None:
+        self.settings = settings
+        self.basetemp = basetemp
+        self._session_roots: dict[Choice, Path] = {}
+        self._session_servers: dict[tuple[Choice, Path], HttpServerHandle] = {}
+        self._exporters: Exporters | None = None
+
+    def start(self, choice: Choice, root: Path) -> HttpServerHandle:
+        """A new server on ``root`` for ``choice``; the caller stops it."""
+        settings = self.settings
+        if choice.backend == "exporter":
+            return self.exporters().server(choice, root)
+        server = LoopbackServer(
+            root,
+            host=settings.host,
+            port=settings.port,
+            url_host=settings.url_host,
+            keep=settings.keep,
+            timeout=settings.timeout,
+        ).start()
+        log.debug("%s: loopback server %s serving %s", worker_id(), server.url, root)
+        return server
+
+    def exporters(self) -> Exporters:
+        if self._exporters is None:
+            from .exporter import Exporters
+
+            self._exporters = Exporters(self.settings)
+        return self._exporters
+
+    def session_root(self, choice: Choice) -> Path:
+        """The temporary root shared by the session's servers of ``choice``."""
+        if choice not in self._session_roots:
+            self._session_roots[choice] = self.make_root("session")
+        return self._session_roots[choice]
+
+    def session_server(self, choice: Choice, root: Path) -> HttpServerHandle:
+        """The session's server for ``choice`` and ``root``, started on first use."""
+        key = (choice, root)
+        if key not in self._session_servers:
+            self._session_servers[key] = server = self.start(choice, root)
+            log.info("%s: session server %s serving %s", worker_id(), server.url, root)
+        return self._session_servers[key]
+
+    def make_root(self, label: str) -> Path:
+        self.basetemp.mkdir(parents=True, exist_ok=True)
+        stem = re.sub(r"[^\w.-]+", "_", label)[:40]
+        return Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=self.basetemp))
+
+    @contextmanager
+    def temporary_root(self, label: str) -> Iterator[Path]:
+        """A fresh empty root, removed afterwards unless ``--http-keep``."""
+        root = self.make_root(label)
+        try:
+            yield root
+        finally:
+            self.remove_root(root)
+
+    def remove_root(self, root: Path) -> None:
+        if not self.settings.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def close(self) -> None:
+        """Stop the session's servers, newest first, then remove the session's roots."""
+        try:
+            stop_all(reversed(self._session_servers.values()))
+        finally:
+            self._session_servers.clear()
+            for root in self._session_roots.values():
+                self.remove_root(root)
+            if self._exporters is not None:
+                self._exporters.close()
+
+
+def stop_all(servers: Iterator[HttpServerHandle] | list[HttpServerHandle]) -> None:
+    """Stop every server even when one fails; raise the first failure."""
+    first: BaseException | None = None
+    for server in servers:
+        try:
+            server.stop()
+        except BaseException as exc:
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+class HttpServerFactory:
+    """Makes more servers inside one test; ``http_server_factory`` stops them all at teardown."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._servers: list[HttpServerHandle] = []
+        self._roots: list[Path] = []
+
+    def __call__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        backend: Literal["loopback", "exporter"] = "loopback",
+        selector: str | None = None,
+        driver: str | None = None,
+    ) -> HttpServerHandle:
+        """Start a server on ``root`` (default: a fresh temporary directory) and return its handle."""
+        runtime = self._runtime
+        if root is None:
+            path = runtime.make_root("factory")
+            self._roots.append(path)
+        else:
+            path = Path(root)
+            if not path.is_dir():
+                raise NotADirectoryError(f"http_server_factory: root {str(root)!r} is not a directory.")
+        settings = runtime.settings
+        choice = Choice(
+            "function",
+            path,
+            backend,
+            selector=selector or settings.selector,
+            driver=driver or settings.driver,
+            exporter_required=True,
+        )
+        server = runtime.start(choice, path)
+        self._servers.append(server)
+        return server
+
+    def close(self) -> None:
+        try:
+            stop_all(reversed(self._servers))
+        finally:
+            self._servers.clear()
+            for root in self._roots:
+                self._runtime.remove_root(root)
+            self._roots.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
