@@ -16,21 +16,46 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-_lock = threading.Lock()
-_portal: BlockingPortal | None = None
-_context: AbstractContextManager[BlockingPortal] | None = None
+
+class _LoopThread:
+    """anyio's blocking portal on a thread of its own, started on first use.
+
+    Counted by its users (one per pytest config; pytester nests runs in one process), and
+    stopped when the last one leaves.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._context: AbstractContextManager[BlockingPortal] | None = None
+        self._portal: BlockingPortal | None = None
+        self._users = 0
+
+    def portal(self) -> BlockingPortal:
+        with self._lock:
+            if self._portal is None:
+                from anyio.from_thread import start_blocking_portal
+
+                self._context = start_blocking_portal(backend="asyncio")
+                self._portal = self._context.__enter__()
+            return self._portal
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users = max(0, self._users - 1)
+            if self._users or self._context is None:
+                return
+            context, self._context, self._portal = self._context, None, None
+        context.__exit__(None, None, None)
 
 
-def portal() -> BlockingPortal:
-    """The process's blocking portal, started on first use."""
-    global _portal, _context
-    with _lock:
-        if _portal is None:
-            from anyio.from_thread import start_blocking_portal
-
-            _context = start_blocking_portal(backend="asyncio")
-            _portal = _context.__enter__()
-        return _portal
+_thread = _LoopThread()
+portal = _thread.portal
+acquire = _thread.acquire
+release = _thread.release
 
 
 def call(func: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None) -> T:
@@ -45,12 +70,3 @@ def call(func: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = 
             return await func(*args)
 
     return portal().call(bounded)
-
-
-def shutdown() -> None:
-    """Stop the loop thread; the next :func:`portal` call starts a new one."""
-    global _portal, _context
-    with _lock:
-        if _context is not None:
-            context, _context, _portal = _context, None, None
-            context.__exit__(None, None, None)

@@ -69,11 +69,9 @@ class HttpServerHandle(ABC):
     def stage(self, src: str | os.PathLike[str], name: str | None = None) -> str:
         """Make the local file ``src`` available as ``name`` (default: its file name); return its URL."""
 
+    @abstractmethod
     def publish(self, name: str | None = None) -> None:
-        """Make what is new or changed in ``root`` (or just ``name``) available to the device.
-
-        Loopback serves ``root`` directly, so this does nothing there.
-        """
+        """Make what is new or changed in ``root`` (or just ``name``) available to the device."""
 
     @abstractmethod
     def stop(self) -> None:

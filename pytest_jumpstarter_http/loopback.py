@@ -64,7 +64,8 @@ class LoopbackServer(HttpServerHandle):
         from jumpstarter_driver_http.driver import HttpServer
 
         # The driver's defaults bind the LAN address on port 8080 and serve /var/www; never use them.
-        self._driver = driver = HttpServer(
+        # mypy takes the grpc servicer methods the Driver base leaves to the exporter as abstract.
+        self._driver = driver = HttpServer(  # type: ignore[abstract]
             root_dir=str(self.root), host=self.host, port=0, remove_created_on_close=False
         )
         for port in _candidates(self._ports):
@@ -90,6 +91,8 @@ class LoopbackServer(HttpServerHandle):
         if self._client is None:
             from jumpstarter.common.utils import serve_async
 
+            if self._driver is None:
+                raise RuntimeError(f"{self!r} is not running; start() it first.")
             portal = eventloop.portal()
             stack = self._client_stack
             self._client = stack.enter_context(
@@ -105,7 +108,9 @@ class LoopbackServer(HttpServerHandle):
         """
         source = Path(src)
         if not source.is_file():
-            raise FileNotFoundError(f"stage(): {str(source)!r} is not a file; give the path of a file to serve.")
+            raise FileNotFoundError(
+                f"stage(): {str(source)!r} is not a file; give the path of a file to serve."
+            )
         name = check_name(name or source.name, where="stage() name")
         target = self.root / name
         if target.exists() and target.resolve() == source.resolve():
@@ -131,6 +136,9 @@ class LoopbackServer(HttpServerHandle):
             shutil.copyfile(source, target)
         self._created.append(target)
         return self.url + url_path(name)
+
+    def publish(self, name: str | None = None) -> None:
+        """Nothing to do: the server reads ``root`` directly."""
 
     def stop(self) -> None:
         driver, self._driver = self._driver, None
@@ -176,4 +184,5 @@ async def _start(driver: HttpServer) -> None:
         raise
     # The driver's AppRunner keeps aiohttp's 60 s graceful shutdown, which would hold a test's
     # teardown as long as any download is in flight; bound it.
-    driver.runner._shutdown_timeout = SHUTDOWN_GRACE
+    if driver.runner is not None:
+        driver.runner._shutdown_timeout = SHUTDOWN_GRACE

@@ -85,7 +85,9 @@ def choose(node: pytest.Item, settings: Settings) -> Choice:
             problem = ""
         if problem:
             pytest.fail(problem, pytrace=False)
-    closest = next((m.name for m in node.iter_markers() if m.name in ("http_exporter", "http_loopback")), None)
+    closest = next(
+        (m.name for m in node.iter_markers() if m.name in ("http_exporter", "http_loopback")), None
+    )
     if closest == "http_loopback" or (closest is None and loopback is not None):
         return Choice(scope, root, "loopback")
     if closest == "http_exporter" and exporter is not None:
@@ -108,4 +110,3 @@ def choose(node: pytest.Item, settings: Settings) -> Choice:
         driver=settings.driver,
         exporter_required=settings.backend == "exporter",
     )
-

@@ -25,6 +25,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for line in markers.MARKERS:
         config.addinivalue_line("markers", line)
     config.stash[SETTINGS] = settings.resolve(config)
+    eventloop.acquire()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -32,11 +33,14 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    eventloop.shutdown()
+    if SETTINGS in config.stash:
+        eventloop.release()
 
 
 @pytest.fixture(scope="session")
-def _http_runtime(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+def _http_runtime(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Runtime]:
     runtime = Runtime(request.config.stash[SETTINGS], tmp_path_factory.getbasetemp() / "http")
     yield runtime
     runtime.close()
@@ -69,7 +73,9 @@ def served_dir(
 
 
 @pytest.fixture
-def http_server(_http_choice: markers.Choice, served_dir: Path, _http_runtime: Runtime) -> Iterator[HttpServerHandle]:
+def http_server(
+    _http_choice: markers.Choice, served_dir: Path, _http_runtime: Runtime
+) -> Iterator[HttpServerHandle]:
     """A running HTTP server that serves ``served_dir``, as an ``HttpServerHandle``.
 
     It is Jumpstarter's own ``HttpServer`` driver: on loopback it runs in this process on a free

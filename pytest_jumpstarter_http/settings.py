@@ -170,8 +170,15 @@ OPTIONS: tuple[_Option, ...] = (
     ),
     _Option("port", "Port N or range A-B loopback servers bind (default: 0, any free port)", _port, "PORTS"),
     _Option("keep", "Keep temporary roots and staged uploads after their scope (default: false)", _flag),
-    _Option("client", "Jumpstarter client config used to lease an exporter (default: default)", _text, "NAME"),
-    _Option("selector", "Label selector of the exporter to lease, e.g. board=rpi4 (default: none)", _text, "LABELS"),
+    _Option(
+        "client", "Jumpstarter client config used to lease an exporter (default: default)", _text, "NAME"
+    ),
+    _Option(
+        "selector",
+        "Label selector of the exporter to lease, e.g. board=rpi4 (default: none)",
+        _text,
+        "LABELS",
+    ),
     _Option(
         "driver",
         "Dotted path of the HttpServer driver on the exporter, e.g. flasher.http (default: the only one)",
@@ -192,10 +199,10 @@ def add_options(parser: pytest.Parser) -> None:
     for option in OPTIONS:
         if option.parse is _flag:
             group.addoption(option.flag, action="store_const", const="true", default=None, help=option.help)
-            parser.addini(option.ini, option.help, type="bool", default=False)
         else:
             group.addoption(option.flag, metavar=option.metavar, default=None, help=option.help)
-            parser.addini(option.ini, option.help, default="")
+        # A string, parsed here, so that a bad value's error can name its ini key.
+        parser.addini(option.ini, option.help, default="")
 
 
 def resolve(config: pytest.Config) -> Settings:
@@ -240,7 +247,9 @@ def _check_port(settings: Settings, config: pytest.Config) -> None:
             probe.bind((settings.host, port.first))
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
-                raise pytest.UsageError(f"--http-host: cannot bind {settings.host!r}: {exc.strerror}.") from None
+                raise pytest.UsageError(
+                    f"--http-host: cannot bind {settings.host!r}: {exc.strerror}."
+                ) from None
             raise pytest.UsageError(
                 f"--http-port: port {port} on {settings.host} is already in use; "
                 "free it, or give a range A-B or 0 for any free port."

@@ -1,0 +1,192 @@
+"""The fixtures themselves, against real sockets and real HTTP clients."""
+
+import hashlib
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+import requests
+
+from pytest_jumpstarter_http import HttpServerHandle
+from pytest_jumpstarter_http.handle import format_url
+
+DATA = bytes(range(256)) * 64  # 16 KiB
+
+
+def get(url: str, **kwargs: object) -> requests.Response:
+    with requests.get(url, timeout=10, **kwargs) as response:  # type: ignore[arg-type]
+        response.content  # read it before the connection closes  # noqa: B018
+        return response
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex((host, port)) == 0
+
+
+def test_http_url_serves_what_the_test_writes_into_served_dir(http_url, served_dir):
+    (served_dir / "image.raw").write_bytes(DATA)
+    response = get(f"{http_url}/image.raw")
+    assert response.status_code == 200
+    assert response.content == DATA
+
+
+def test_the_handle_describes_a_loopback_server(http_server: HttpServerHandle, http_url, served_dir):
+    assert http_server.backend == "loopback"
+    assert http_server.url == http_url == f"http://127.0.0.1:{http_server.port}"
+    assert http_server.host == "127.0.0.1"
+    assert http_server.root == served_dir
+    assert not http_url.endswith("/")
+
+
+def test_range_requests_and_etags_come_from_the_driver(http_url, served_dir):
+    (served_dir / "image.raw").write_bytes(DATA)
+    response = get(f"{http_url}/image.raw", headers={"Range": "bytes=100-199"})
+    assert response.status_code == 206
+    assert response.content == DATA[100:200]
+    assert response.headers["Content-Range"] == f"bytes 100-199/{len(DATA)}"
+    assert response.headers["ETag"]
+
+
+def test_a_missing_file_is_a_404_and_there_is_no_directory_listing(http_url, served_dir):
+    (served_dir / "sub").mkdir()
+    (served_dir / "sub" / "a").write_text("a")
+    assert get(f"{http_url}/missing").status_code == 404
+    assert get(f"{http_url}/sub/").status_code in (403, 404)
+    assert get(f"{http_url}/").status_code in (403, 404)
+
+
+def test_url_for_percent_encodes_names(http_server, served_dir):
+    (served_dir / "my image #1.raw").write_bytes(b"x")
+    url = http_server.url_for("my image #1.raw")
+    assert url == f"{http_server.url}/my%20image%20%231.raw"
+    assert get(url).content == b"x"
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "/abs", "a\\b", "a\0b", "", "a//b", "./a"])
+def test_url_for_refuses_names_that_leave_the_root(http_server, name):
+    with pytest.raises(ValueError, match="not a valid served file name"):
+        http_server.url_for(name)
+
+
+def test_stage_links_a_file_into_the_root_and_serves_it(http_server, tmp_path):
+    build = tmp_path / "build.img"
+    build.write_bytes(DATA)
+    url = http_server.stage(build, "nested/dir/disk.img")
+    assert url == f"{http_server.url}/nested/dir/disk.img"
+    assert hashlib.sha256(get(url).content).digest() == hashlib.sha256(DATA).digest()
+    assert http_server.stage(build) == f"{http_server.url}/build.img"
+
+
+def test_stage_of_a_file_already_in_the_root_serves_it_in_place(http_server, served_dir):
+    (served_dir / "in.raw").write_bytes(b"in")
+    assert http_server.stage(served_dir / "in.raw") == f"{http_server.url}/in.raw"
+    assert (served_dir / "in.raw").read_bytes() == b"in"
+
+
+def test_stage_never_replaces_a_file_it_did_not_create(http_server, served_dir, tmp_path):
+    (served_dir / "mine.raw").write_bytes(b"user's")
+    other = tmp_path / "other.raw"
+    other.write_bytes(b"other")
+    with pytest.raises(FileExistsError, match="did not create"):
+        http_server.stage(other, "mine.raw")
+    assert (served_dir / "mine.raw").read_bytes() == b"user's"
+
+
+def test_stage_refuses_a_missing_source(http_server, tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        http_server.stage(tmp_path / "nope.img")
+
+
+def test_client_is_jumpstarters_http_server_client(http_server):
+    from jumpstarter_driver_http.client import HttpServerClient
+
+    assert isinstance(http_server.client, HttpServerClient)
+    assert http_server.client.get_port() == http_server.port
+
+
+def test_the_factory_starts_independent_servers_and_stops_them_at_teardown(http_server_factory, tmp_path):
+    first, second = http_server_factory(), http_server_factory(tmp_path)
+    (first.root / "f").write_text("first")
+    (tmp_path / "f").write_text("second")
+    assert first.port != second.port
+    assert get(first.url_for("f")).text == "first"
+    assert get(second.url_for("f")).text == "second"
+    http_server_factory.close()
+    assert not listening(first.port)
+    assert not listening(second.port)
+    assert not first.root.exists()
+    assert (tmp_path / "f").read_text() == "second"
+
+
+def test_the_factory_refuses_a_root_that_is_not_a_directory(http_server_factory, tmp_path):
+    with pytest.raises(NotADirectoryError, match="not a directory"):
+        http_server_factory(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8000"),
+        ("::1", "http://[::1]:8000"),
+        ("[::1]", "http://[::1]:8000"),
+        ("fe80::1%eth0", "http://[fe80::1%eth0]:8000"),
+        ("board.lab", "http://board.lab:8000"),
+    ],
+)
+def test_urls_bracket_ipv6_literals(host, url):
+    assert format_url(host, 8000) == url
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_a_server_on_ipv6_loopback_has_a_bracketed_url(pytester):
+    pytester.makepyfile(
+        """
+        import urllib.request
+        def test_it(http_url, served_dir):
+            (served_dir / "x").write_text("6")
+            assert http_url.startswith("http://[::1]:")
+            assert urllib.request.urlopen(http_url + "/x").read() == b"6"
+        """
+    )
+    pytester.runpytest("--http-host", "::1").assert_outcomes(passed=1)
+
+
+def test_a_wildcard_bind_still_gets_a_concrete_url(pytester):
+    pytester.makepyfile(
+        """
+        def test_it(http_server):
+            assert http_server.host == "0.0.0.0"
+            assert "0.0.0.0" not in http_server.url
+        """
+    )
+    pytester.runpytest("--http-host", "0.0.0.0").assert_outcomes(passed=1)
+
+
+def test_url_host_names_the_host_the_device_uses(pytester):
+    pytester.makepyfile(
+        """
+        def test_it(http_server, http_url):
+            assert http_url == f"http://lab-host.example:{http_server.port}"
+        """
+    )
+    pytester.runpytest("--http-url-host", "lab-host.example").assert_outcomes(passed=1)
+
+
+def test_loopback_server_works_without_pytest(tmp_path: Path):
+    from pytest_jumpstarter_http import LoopbackServer
+
+    (tmp_path / "a").write_text("plain")
+    with LoopbackServer(tmp_path).start() as server:
+        assert urllib.request.urlopen(server.url_for("a"), timeout=10).read() == b"plain"
+    assert not listening(server.port)

@@ -1,0 +1,39 @@
+"""Checked by mypy, not run: the public API used the way users write it."""
+
+from pathlib import Path
+
+import pytest
+
+from pytest_jumpstarter_http import HttpServerFactory, HttpServerHandle, LoopbackServer
+
+
+def test_flash(http_url: str) -> None:
+    url: str = f"{http_url}/image.raw"
+    assert url
+
+
+def test_handle(http_server: HttpServerHandle, served_dir: Path, tmp_path: Path) -> None:
+    (served_dir / "a").write_bytes(b"a")
+    url: str = http_server.url_for("a")
+    staged: str = http_server.stage(tmp_path / "b", name="dir/b")
+    http_server.publish()
+    port: int = http_server.port
+    root: Path | None = http_server.root
+    backend: str = http_server.backend
+    assert url and staged and port and root and backend and http_server.client
+
+
+def test_factory(http_server_factory: HttpServerFactory, tmp_path: Path) -> None:
+    server: HttpServerHandle = http_server_factory(tmp_path)
+    other = http_server_factory(backend="loopback")
+    assert server.url != other.url
+
+
+def standalone(root: Path) -> str:
+    with LoopbackServer(root, host="127.0.0.1").start() as server:
+        return server.url
+
+
+@pytest.mark.http_server(scope="session", root="images")
+def test_marked(http_url: str) -> None:
+    assert http_url
