@@ -5,6 +5,7 @@ Nothing heavy is imported here: jumpstarter and aiohttp load when a fixture firs
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +42,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def _http_runtime(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Runtime]:
-    runtime = Runtime(request.config.stash[SETTINGS], tmp_path_factory.getbasetemp() / "http")
+    config = request.config
+    # xdist gives its workers the run's id; a run of its own makes one up.
+    run_id = getattr(config, "workerinput", {}).get("testrunuid") or uuid.uuid4().hex
+    runtime = Runtime(config.stash[SETTINGS], tmp_path_factory.getbasetemp() / "http", run_id[:12])
     yield runtime
     runtime.close()
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
 
+import pytest
+
 from .handle import HttpServerHandle
 from .loopback import LoopbackServer
 from .markers import Choice
@@ -32,9 +34,11 @@ def worker_id() -> str:
 class Runtime:
     """Starts servers for the fixtures and stops the session's ones at the end."""
 
-    def __init__(self, settings: Settings, basetemp: Path) -> None:
+    def __init__(self, settings: Settings, basetemp: Path, run_id: str) -> None:
         self.settings = settings
+        #: Temporary roots live here; everything below pytest's own basetemp counts as temporary.
         self.basetemp = basetemp
+        self.run_id = run_id
         self._session_roots: dict[Choice, Path] = {}
         self._session_servers: dict[tuple[Choice, Path], HttpServerHandle] = {}
         self._exporters: Exporters | None = None
@@ -43,7 +47,17 @@ class Runtime:
         """A new server on ``root`` for ``choice``; the caller stops it."""
         settings = self.settings
         if choice.backend == "exporter":
-            return self.exporters().server(choice, root)
+            from .exporter import ExporterError, ExporterUnavailable
+
+            try:
+                return self.exporters().server(choice.selector, choice.driver, root)
+            except ExporterUnavailable as exc:
+                problem, required = str(exc), choice.exporter_required
+            except ExporterError as exc:
+                problem, required = str(exc), True
+            if required:
+                pytest.fail(problem, pytrace=False)
+            pytest.skip(problem)
         server = LoopbackServer(
             root,
             host=settings.host,
@@ -59,7 +73,7 @@ class Runtime:
         if self._exporters is None:
             from .exporter import Exporters
 
-            self._exporters = Exporters(self.settings)
+            self._exporters = Exporters(self.settings, self.basetemp.parent, self.run_id, worker_id())
         return self._exporters
 
     def session_root(self, choice: Choice) -> Path:
