@@ -8,8 +8,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
+from urllib.parse import unquote, urlsplit
 
 from .names import check_name, url_path
+from .requestlog import HttpRequest, describe, status_matches
 
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
 
@@ -36,6 +38,10 @@ def format_url(host: str, port: int) -> str:
     except ValueError:
         pass  # a host name
     return f"http://{host}:{port}"
+
+
+class RequestLogUnavailable(RuntimeError):
+    """The server keeps no request log (an exporter with the stock HttpServer driver)."""
 
 
 class HttpServerHandle(ABC):
@@ -72,6 +78,42 @@ class HttpServerHandle(ABC):
     @abstractmethod
     def publish(self, name: str | None = None) -> None:
         """Make what is new or changed in ``root`` (or just ``name``) available to the device."""
+
+    #: Where this test's part of the request log starts (see ``mark_requests``).
+    _request_mark = 0
+
+    def _request_log(self) -> list[HttpRequest]:
+        """Every request the server recorded; raises ``RequestLogUnavailable`` where it keeps none."""
+        raise RequestLogUnavailable(f"{type(self).__name__} keeps no request log.")
+
+    def mark_requests(self) -> None:
+        """Start a new window for ``requests``: the fixtures call it as each test starts."""
+        self._request_mark = len(self._request_log())
+
+    @property
+    def requests(self) -> list[HttpRequest]:
+        """The requests this server answered for the current test, oldest first."""
+        mine = self._request_paths()
+        return [entry for entry in self._request_log()[self._request_mark :] if unquote(entry.path).startswith(mine)]
+
+    def _request_paths(self) -> tuple[str, ...]:
+        """URL path prefixes of the requests that belong to this handle (a shared server serves others too)."""
+        return (urlsplit(self.url).path,)
+
+    def assert_requested(self, path: str, *, status: int | str | None = None) -> HttpRequest:
+        """Assert the device requested ``path`` (relative to ``url``), answered with ``status`` if given.
+
+        Returns the last matching request; the assertion message lists everything requested instead.
+        """
+        wanted = urlsplit(self.url).path + "/" + path.lstrip("/")
+        entries = self.requests
+        hits = [e for e in entries if unquote(e.path.split("?")[0]) == wanted]
+        if status is not None:
+            hits = [e for e in hits if status_matches(e.status, [str(status).lower()])]
+        if not hits:
+            expected = f"{wanted}" + (f" answered {status}" if status is not None else "")
+            raise AssertionError(f"no request for {expected}; the server answered:\n{describe(entries)}")
+        return hits[-1]
 
     @abstractmethod
     def stop(self) -> None:

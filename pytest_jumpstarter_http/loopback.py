@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import shutil
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from . import eventloop
 from .handle import HttpServerHandle, concrete_host, format_url
 from .names import check_name, url_path
+from .requestlog import HttpRequest, RequestLog, install
 from .settings import PortRange
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ class LoopbackServer(HttpServerHandle):
         self._created: list[Path] = []
         self._client: Any = None
         self._client_stack = ExitStack()
+        self._log = RequestLog()
 
     def start(self) -> Self:
         """Start the driver's server on a free port of the configured range."""
@@ -66,12 +69,17 @@ class LoopbackServer(HttpServerHandle):
         # The driver's defaults bind the LAN address on port 8080 and serve /var/www; never use them.
         # mypy takes the grpc servicer methods the Driver base leaves to the exporter as abstract.
         self._driver = driver = HttpServer(  # type: ignore[abstract]
-            root_dir=str(self.root), host=self.host, port=0, remove_created_on_close=False
+            root_dir=str(self.root),
+            host=self.host,
+            port=0,
+            remove_created_on_close=False,
+            # Its INFO lines ("HTTP server started at ...") would fill every test's captured log.
+            log_level="WARNING",
         )
         for port in _candidates(self._ports):
             driver.port = port
             try:
-                eventloop.call(_start, driver, timeout=self._timeout)
+                eventloop.call(_start, driver, self._log, timeout=self._timeout)
                 break
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE or self._ports is None:
@@ -140,6 +148,11 @@ class LoopbackServer(HttpServerHandle):
     def publish(self, name: str | None = None) -> None:
         """Nothing to do: the server reads ``root`` directly."""
 
+    def _request_log(self) -> list[HttpRequest]:
+        # A client can read a response before the server's task logs it; let the loop catch up.
+        eventloop.call(_settle)
+        return self._log.since(0)
+
     def stop(self) -> None:
         driver, self._driver = self._driver, None
         try:
@@ -173,7 +186,12 @@ def _candidates(ports: PortRange | None) -> list[int]:
     return span[offset:] + span[:offset]
 
 
-async def _start(driver: HttpServer) -> None:
+async def _settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def _start(driver: HttpServer, log: RequestLog) -> None:
     try:
         await driver.start()
     except BaseException:
@@ -186,3 +204,4 @@ async def _start(driver: HttpServer) -> None:
     # teardown as long as any download is in flight; bound it.
     if driver.runner is not None:
         driver.runner._shutdown_timeout = SHUTDOWN_GRACE
+        install(driver.runner, log)

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from . import eventloop, markers, settings
+from . import eventloop, markers, requestlog, settings
 from .handle import HttpServerHandle
 from .runtime import HttpServerFactory, Runtime
 
 SETTINGS = pytest.StashKey[settings.Settings]()
+#: The servers a test used, for its report.
+SERVERS = pytest.StashKey[list[HttpServerHandle]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,6 +33,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return config.stash[SETTINGS].header()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report: pytest.TestReport = yield
+    servers = item.stash.get(SERVERS, [])
+    if call.when == "call" and servers:
+        requestlog.report(report, servers, item.config.stash[SETTINGS].fail_on)
+    return report
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -78,7 +89,7 @@ def served_dir(
 
 @pytest.fixture
 def http_server(
-    _http_choice: markers.Choice, served_dir: Path, _http_runtime: Runtime
+    request: pytest.FixtureRequest, _http_choice: markers.Choice, served_dir: Path, _http_runtime: Runtime
 ) -> Iterator[HttpServerHandle]:
     """A running HTTP server that serves ``served_dir``, as an ``HttpServerHandle``.
 
@@ -86,13 +97,13 @@ def http_server(
     port; inside ``jmp shell`` or with ``--http-selector`` it is the exporter's server next to the
     device. Fresh per test, or one per process with ``--http-scope session`` or
     ``@pytest.mark.http_server(scope="session")``. Use ``.url``, ``.url_for(name)``,
-    ``.stage(path)`` and ``.client``.
+    ``.stage(path)``, ``.requests``, ``.assert_requested(path)`` and ``.client``.
     """
     if _http_choice.scope == "session":
-        yield _http_runtime.session_server(_http_choice, served_dir)
+        yield _watch(request, _http_runtime.session_server(_http_choice, served_dir))
     else:
         with _http_runtime.start(_http_choice, served_dir) as server:
-            yield server
+            yield _watch(request, server)
 
 
 @pytest.fixture
@@ -106,11 +117,18 @@ def http_url(http_server: HttpServerHandle) -> str:
 
 
 @pytest.fixture
-def http_server_factory(_http_runtime: Runtime) -> Iterator[HttpServerFactory]:
+def http_server_factory(request: pytest.FixtureRequest, _http_runtime: Runtime) -> Iterator[HttpServerFactory]:
     """Start more servers in one test: ``http_server_factory(root=None, backend="loopback")``.
 
     Each call returns a new ``HttpServerHandle`` on its own root (a fresh temporary directory
     by default); every server it made is stopped when the test ends.
     """
-    with HttpServerFactory(_http_runtime) as factory:
+    with HttpServerFactory(_http_runtime, lambda server: _watch(request, server)) as factory:
         yield factory
+
+
+def _watch(request: pytest.FixtureRequest, server: HttpServerHandle) -> HttpServerHandle:
+    """Show the requests ``server`` answers during this test in the test's report."""
+    server.mark_requests()
+    request.node.stash.setdefault(SERVERS, []).append(server)
+    return server

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -135,8 +135,11 @@ def stop_all(servers: Iterator[HttpServerHandle] | list[HttpServerHandle]) -> No
 class HttpServerFactory:
     """Makes more servers inside one test; ``http_server_factory`` stops them all at teardown."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(
+        self, runtime: Runtime, on_start: Callable[[HttpServerHandle], object] = lambda server: None
+    ) -> None:
         self._runtime = runtime
+        self._on_start = on_start
         self._servers: list[HttpServerHandle] = []
         self._roots: list[Path] = []
 
@@ -168,6 +171,7 @@ class HttpServerFactory:
         )
         server = runtime.start(choice, path)
         self._servers.append(server)
+        self._on_start(server)
         return server
 
     def close(self) -> None:

@@ -52,14 +52,22 @@ class Settings:
     selector: str | None = None
     driver: str | None = None
     timeout: float = 30.0
+    fail_on: tuple[str, ...] = ()
 
     def header(self) -> str:
         root = str(self.root) if self.root else "a fresh temporary directory per server"
         port = str(self.port) if self.port else "any free"
-        return (
+        line = (
             f"jumpstarter-http: backend={self.backend}, scope={self.scope}, root={root}, "
             f"host={self.host}, port={port}"
         )
+        extras = {
+            "url-host": self.url_host,
+            "selector": self.selector,
+            "driver": self.driver,
+            "fail-on": ",".join(self.fail_on),
+        }
+        return line + "".join(f", {key}={value}" for key, value in extras.items() if value)
 
 
 class Source:
@@ -123,6 +131,15 @@ def _timeout(value: str, source: Source) -> float:
     if not seconds > 0:
         raise source.error(value, "give a number of seconds greater than 0")
     return seconds
+
+
+def _statuses(value: str, source: Source) -> tuple[str, ...]:
+    from .requestlog import parse_statuses
+
+    try:
+        return parse_statuses(value)
+    except ValueError:
+        raise source.error(value, "give HTTP statuses or classes separated by commas, like 404,5xx") from None
 
 
 def _flag(value: str, source: Source) -> bool:
@@ -190,6 +207,12 @@ OPTIONS: tuple[_Option, ...] = (
         "Seconds to wait for an exporter, a lease or a server to answer (default: 30)",
         _timeout,
         "SECONDS",
+    ),
+    _Option(
+        "fail_on",
+        "Fail a test whose server answered one of these statuses, e.g. 404,5xx (default: none)",
+        _statuses,
+        "CODES",
     ),
 )
 

@@ -1,0 +1,137 @@
+"""What the device actually fetched: every request a server answered, per test."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One request a server answered."""
+
+    time: float
+    client: str
+    method: str
+    path: str
+    range: str | None
+    status: int
+    bytes_sent: int
+    duration: float
+
+    def line(self) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time % 1 * 1000):03d}"
+        range_ = f" [{self.range}]" if self.range else ""
+        return (
+            f"{stamp} {self.client} {self.method} {self.path}{range_} -> {self.status}, "
+            f"{self.bytes_sent} bytes in {self.duration * 1000:.1f} ms"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RequestLog:
+    """Requests in the order they finished; appended from the server's loop, read from tests."""
+
+    def __init__(self) -> None:
+        self._entries: list[HttpRequest] = []
+        self._lock = threading.Lock()
+
+    def add(self, entry: HttpRequest) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    def since(self, start: int) -> list[HttpRequest]:
+        with self._lock:
+            return self._entries[start:]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+def access_logger_class(log: RequestLog) -> type:
+    """An aiohttp access logger that records into ``log``: it sees each response once it is sent."""
+    from aiohttp.abc import AbstractAccessLogger
+
+    class Recorder(AbstractAccessLogger):
+        def log(self, request: Any, response: Any, duration: float) -> None:
+            log.add(record(request, response, duration))
+
+        @property
+        def enabled(self) -> bool:
+            return True
+
+    return Recorder
+
+
+def record(request: Any, response: Any, duration: float) -> HttpRequest:
+    return HttpRequest(
+        time=time.time() - duration,
+        client=str(request.remote),
+        method=request.method,
+        path=request.raw_path,
+        range=request.headers.get("Range"),
+        status=response.status,
+        # With sendfile the writer never sees the file's bytes, so its counters hold only the
+        # headers; the response was sent whole once the access log sees it.
+        bytes_sent=response.content_length or 0,
+        duration=duration,
+    )
+
+
+def install(runner: Any, log: RequestLog) -> None:
+    """Record every request a started aiohttp ``AppRunner`` answers from now on.
+
+    The driver builds its AppRunner inside ``start()`` with aiohttp's default access log; each
+    new connection's handler takes its access logger from the server's keyword arguments, and no
+    connection is accepted before the coroutine that started the server yields.
+    """
+    runner.server._kwargs["access_log_class"] = access_logger_class(log)
+
+
+_STATUS = re.compile(r"^[1-5](\d\d|xx)$")
+
+
+def parse_statuses(text: str) -> tuple[str, ...]:
+    """``"404,5xx"`` -> ``("404", "5xx")``; raises ValueError on anything else."""
+    codes = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    bad = [code for code in codes if not _STATUS.match(code)]
+    if bad or not codes:
+        raise ValueError(", ".join(bad) or text)
+    return codes
+
+
+def status_matches(status: int, codes: Iterable[str]) -> bool:
+    text = str(status)
+    return any(code == text or (code.endswith("xx") and code[0] == text[0]) for code in codes)
+
+
+def describe(entries: list[HttpRequest]) -> str:
+    return "\n".join(entry.line() for entry in entries) if entries else "(no requests)"
+
+
+def report(report: Any, servers: list[Any], fail_on: tuple[str, ...]) -> None:
+    """Add each server's requests to a test's report; fail it on a status of ``--http-fail-on``."""
+    from .handle import RequestLogUnavailable
+
+    lines = []
+    for server in servers:
+        try:
+            entries = server.requests
+        except RequestLogUnavailable as exc:
+            lines.append(f"{server.url}: request log unavailable: {exc}")
+            continue
+        lines.append(f"{server.url}:\n{describe(entries)}")
+        bad = [entry for entry in entries if status_matches(entry.status, fail_on)]
+        if bad and report.passed:
+            report.outcome = "failed"
+            report.longrepr = f"--http-fail-on {','.join(fail_on)}: {server.url} answered " + "; ".join(
+                entry.line() for entry in bad
+            )
+    report.sections.append(("Captured HTTP requests", "\n".join(lines)))
