@@ -94,10 +94,11 @@ class HttpServerHandle(ABC):
     def requests(self) -> list[HttpRequest]:
         """The requests this server answered for the current test, oldest first."""
         mine = self._request_paths()
-        return [entry for entry in self._request_log()[self._request_mark :] if unquote(entry.path).startswith(mine)]
+        entries = self._request_log()[self._request_mark :]
+        return [entry for entry in entries if unquote(entry.path).startswith(mine)]
 
     def _request_paths(self) -> tuple[str, ...]:
-        """URL path prefixes of the requests that belong to this handle (a shared server serves others too)."""
+        """URL path prefixes of this handle's requests (a shared server serves others too)."""
         return (urlsplit(self.url).path,)
 
     def assert_requested(self, path: str, *, status: int | str | None = None) -> HttpRequest:

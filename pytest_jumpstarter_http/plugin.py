@@ -6,7 +6,7 @@ Nothing heavy is imported here: jumpstarter and aiohttp load when a fixture firs
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
     servers = item.stash.get(SERVERS, [])
     if call.when == "call" and servers:
@@ -117,7 +119,9 @@ def http_url(http_server: HttpServerHandle) -> str:
 
 
 @pytest.fixture
-def http_server_factory(request: pytest.FixtureRequest, _http_runtime: Runtime) -> Iterator[HttpServerFactory]:
+def http_server_factory(
+    request: pytest.FixtureRequest, _http_runtime: Runtime
+) -> Iterator[HttpServerFactory]:
     """Start more servers in one test: ``http_server_factory(root=None, backend="loopback")``.
 
     Each call returns a new ``HttpServerHandle`` on its own root (a fresh temporary directory

@@ -62,7 +62,7 @@ def test_assert_requested_lists_what_was_requested_instead(http_server, served_d
         AssertionError, match=r"no request for /b.raw; the server answered:\n.*GET /a.raw -> 200"
     ):
         http_server.assert_requested("/b.raw")
-    with pytest.raises(AssertionError, match="no request for /a.raw answered 404"):
+    with pytest.raises(AssertionError, match=r"no request for /a\.raw answered 404"):
         http_server.assert_requested("/a.raw", status=404)
 
 
