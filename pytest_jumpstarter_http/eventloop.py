@@ -6,9 +6,9 @@ costs well under a millisecond; a Jumpstarter session per server would cost far 
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -18,25 +18,28 @@ T = TypeVar("T")
 
 
 class _LoopThread:
-    """anyio's blocking portal on a thread of its own, started on first use.
+    """An anyio blocking portal on a daemon thread of its own, started on first use.
 
     Counted by its users (one per pytest config; pytester nests runs in one process), and
-    stopped when the last one leaves.
+    stopped when the last one leaves. A daemon thread, unlike anyio's own portal thread, lets a
+    script that used a ``LoopbackServer`` without pytest exit.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._context: AbstractContextManager[BlockingPortal] | None = None
+        self._thread: threading.Thread | None = None
         self._portal: BlockingPortal | None = None
         self._users = 0
 
     def portal(self) -> BlockingPortal:
         with self._lock:
             if self._portal is None:
-                from anyio.from_thread import start_blocking_portal
-
-                self._context = start_blocking_portal(backend="asyncio")
-                self._portal = self._context.__enter__()
+                ready: queue.Queue[BlockingPortal] = queue.Queue()
+                self._thread = threading.Thread(
+                    target=_serve_portal, args=(ready,), name="pytest-jumpstarter-http loop", daemon=True
+                )
+                self._thread.start()
+                self._portal = ready.get()
             return self._portal
 
     def acquire(self) -> None:
@@ -46,10 +49,23 @@ class _LoopThread:
     def release(self) -> None:
         with self._lock:
             self._users = max(0, self._users - 1)
-            if self._users or self._context is None:
+            if self._users or self._portal is None or self._thread is None:
                 return
-            context, self._context, self._portal = self._context, None, None
-        context.__exit__(None, None, None)
+            portal, thread, self._portal, self._thread = self._portal, self._thread, None, None
+        portal.call(portal.stop)
+        thread.join()
+
+
+def _serve_portal(ready: queue.Queue[BlockingPortal]) -> None:
+    import anyio
+    from anyio.from_thread import BlockingPortal
+
+    async def main() -> None:
+        async with BlockingPortal() as portal:
+            ready.put(portal)
+            await portal.sleep_until_stopped()
+
+    anyio.run(main, backend="asyncio")
 
 
 _thread = _LoopThread()

@@ -17,6 +17,7 @@ from .requestlog import HttpRequest, RequestLog, install
 from .settings import PortRange
 
 if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler, Middleware
     from jumpstarter_driver_http.driver import HttpServer
 
 #: Seconds a stopping server waits for downloads still in flight before it cuts them.
@@ -68,7 +69,7 @@ class LoopbackServer(HttpServerHandle):
 
         # The driver's defaults bind the LAN address on port 8080 and serve /var/www; never use them.
         # mypy takes the grpc servicer methods the Driver base leaves to the exporter as abstract.
-        self._driver = driver = HttpServer(  # type: ignore[abstract]
+        driver = HttpServer(  # type: ignore[abstract]
             root_dir=str(self.root),
             host=self.host,
             port=0,
@@ -76,22 +77,33 @@ class LoopbackServer(HttpServerHandle):
             # Its INFO lines ("HTTP server started at ...") would fill every test's captured log.
             log_level="WARNING",
         )
+        driver.app.middlewares.append(_too_long_is_not_found())
+        # Each running server holds the loop thread: used without pytest, the last stop() ends
+        # the thread, whose portal would otherwise hang the interpreter's exit.
+        eventloop.acquire()
+        try:
+            self._bind(driver)
+        except BaseException:
+            eventloop.release()
+            raise
+        self._driver = driver
+        self.port = driver.get_port()
+        self.url = format_url(self._url_host or concrete_host(self.host), self.port)
+        return self
+
+    def _bind(self, driver: HttpServer) -> None:
         for port in _candidates(self._ports):
             driver.port = port
             try:
                 eventloop.call(_start, driver, self._log, timeout=self._timeout)
-                break
+                return
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE or self._ports is None:
                     raise
-        else:
-            raise PortsExhausted(
-                f"--http-port: every port of {self._ports} on {self.host} is in use; "
-                "widen the range, or give 0 for any free port."
-            )
-        self.port = driver.get_port()
-        self.url = format_url(self._url_host or concrete_host(self.host), self.port)
-        return self
+        raise PortsExhausted(
+            f"--http-port: every port of {self._ports} on {self.host} is in use; "
+            "widen the range, or give 0 for any free port."
+        )
 
     @property
     def client(self) -> Any:
@@ -148,10 +160,16 @@ class LoopbackServer(HttpServerHandle):
     def publish(self, name: str | None = None) -> None:
         """Nothing to do: the server reads ``root`` directly."""
 
-    def _request_log(self) -> list[HttpRequest]:
-        # A client can read a response before the server's task logs it; let the loop catch up.
-        eventloop.call(_settle)
-        return self._log.since(0)
+    def _requests_since(self, start: int) -> list[HttpRequest]:
+        # A client can read a response before the server's task logs it; while a connection is
+        # open, let the loop catch up (a closed one has logged everything it answered).
+        runner = self._driver.runner if self._driver else None
+        if runner is not None and runner.server is not None and runner.server.connections:
+            eventloop.call(_settle)
+        return self._log.since(start)
+
+    def _request_count(self) -> int:
+        return self._log.total
 
     def stop(self) -> None:
         driver, self._driver = self._driver, None
@@ -159,10 +177,14 @@ class LoopbackServer(HttpServerHandle):
             if driver is not None and driver.runner is not None:
                 eventloop.call(driver.stop, timeout=self._timeout)
         finally:
-            self._client_stack.close()
-            self._client = None
-            if not self._keep:
-                self._remove_created()
+            try:
+                self._client_stack.close()
+            finally:
+                self._client = None
+                if driver is not None:
+                    eventloop.release()
+                if not self._keep:
+                    self._remove_created()
 
     def _remove_created(self) -> None:
         for path in reversed(self._created):
@@ -189,6 +211,26 @@ def _candidates(ports: PortRange | None) -> list[int]:
 async def _settle() -> None:
     for _ in range(3):
         await asyncio.sleep(0)
+
+
+def _too_long_is_not_found() -> Middleware:
+    """A middleware answering 404 for a name longer than the file system allows: no such file.
+
+    aiohttp's static route lets ENAMETOOLONG out of ``Path.resolve()`` as a 500 with a logged
+    traceback (Starlette answers 404 since encode/starlette#2583).
+    """
+    from aiohttp import web
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            raise web.HTTPNotFound() from None
+
+    return middleware
 
 
 async def _start(driver: HttpServer, log: RequestLog) -> None:

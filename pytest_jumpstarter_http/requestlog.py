@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,25 +35,42 @@ class HttpRequest:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HttpRequest:
+        """Rebuild an entry sent over Jumpstarter's wire, where numbers arrive as floats."""
+        return cls(
+            time=float(data["time"]),
+            client=str(data["client"]),
+            method=str(data["method"]),
+            path=str(data["path"]),
+            range=data.get("range"),
+            status=int(data["status"]),
+            bytes_sent=int(data["bytes_sent"]),
+            duration=float(data["duration"]),
+        )
+
 
 class RequestLog:
-    """Requests in the order they finished; appended from the server's loop, read from tests."""
+    """Requests in the order they finished; appended from the server's loop, read from tests.
 
-    def __init__(self) -> None:
-        self._entries: list[HttpRequest] = []
+    Entries are numbered from 0 for the server's whole life; past ``limit`` the oldest go.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self._entries: deque[HttpRequest] = deque(maxlen=limit)
+        self.total = 0
         self._lock = threading.Lock()
 
     def add(self, entry: HttpRequest) -> None:
         with self._lock:
             self._entries.append(entry)
+            self.total += 1
 
     def since(self, start: int) -> list[HttpRequest]:
+        """The entries numbered ``start`` and later that are still kept."""
         with self._lock:
-            return self._entries[start:]
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
+            first = self.total - len(self._entries)
+            return list(self._entries)[max(0, start - first) :]
 
 
 def access_logger_class(log: RequestLog) -> type:
