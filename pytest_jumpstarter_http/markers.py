@@ -48,7 +48,7 @@ class Choice:
     backend: Literal["loopback", "exporter"]
     selector: str | None = None
     driver: str | None = None
-    #: The user named the exporter backend (option or marker): failing to reach one is an error.
+    #: --http-backend exporter was given: no reachable exporter fails the test instead of skipping it.
     exporter_required: bool = False
 
 

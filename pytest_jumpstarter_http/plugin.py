@@ -112,8 +112,9 @@ def http_server(
 def http_url(http_server: HttpServerHandle) -> str:
     """The base URL of ``http_server`` as the device under test sees it, a ``str`` with no trailing slash.
 
-    ``f"{http_url}/image.raw"`` serves ``served_dir / "image.raw"`` (or the same file of
-    ``--http-root``), on loopback and on an exporter alike.
+    ``f"{http_url}/image.raw"`` serves ``--http-root``'s ``image.raw`` on loopback and on an
+    exporter alike. A file a test writes into ``served_dir`` is served at once on loopback; on
+    an exporter it is uploaded by ``http_server.url_for(name)``, so prefer that for such files.
     """
     return http_server.url
 

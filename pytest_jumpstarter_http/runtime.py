@@ -40,7 +40,7 @@ class Runtime:
         self.basetemp = basetemp
         self.run_id = run_id
         self._session_roots: dict[Choice, Path] = {}
-        self._session_servers: dict[tuple[Choice, Path], HttpServerHandle] = {}
+        self._session_servers: dict[Choice, HttpServerHandle] = {}
         self._exporters: Exporters | None = None
 
     def start(self, choice: Choice, root: Path) -> HttpServerHandle:
@@ -83,12 +83,20 @@ class Runtime:
         return self._session_roots[choice]
 
     def session_server(self, choice: Choice, root: Path) -> HttpServerHandle:
-        """The session's server for ``choice`` and ``root``, started on first use."""
-        key = (choice, root)
-        if key not in self._session_servers:
-            self._session_servers[key] = server = self.start(choice, root)
+        """The session's server for ``choice``, started on first use.
+
+        One per choice: a ``served_dir`` overridden to another directory replaces it, so a
+        per-test override costs a server per test but never piles them up.
+        """
+        server = self._session_servers.get(choice)
+        if server is not None and server.root != root:
+            del self._session_servers[choice]
+            server.stop()
+            server = None
+        if server is None:
+            self._session_servers[choice] = server = self.start(choice, root)
             log.info("%s: session server %s serving %s", worker_id(), server.url, root)
-        return self._session_servers[key]
+        return server
 
     def make_root(self, label: str) -> Path:
         self.basetemp.mkdir(parents=True, exist_ok=True)

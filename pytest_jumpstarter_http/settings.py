@@ -173,7 +173,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option(
         "backend",
         "Where the server runs: auto, loopback or exporter; auto picks exporter when "
-        "JUMPSTARTER_HOST is set (default: auto)",
+        "JUMPSTARTER_HOST is set or --http-selector is given (default: auto)",
         _choice(BACKENDS),
         "NAME",
     ),
@@ -255,7 +255,10 @@ def resolve(config: pytest.Config) -> Settings:
 def _check_port(settings: Settings, config: pytest.Config) -> None:
     """Refuse a fixed port that cannot work before any test runs."""
     port = settings.port
-    if port is None or not port.fixed or hasattr(config, "workerinput"):
+    if hasattr(config, "workerinput"):
+        return  # the controller checked
+    if port is None or not port.fixed:
+        _try_bind(settings.host, 0)
         return
     workers = getattr(config.option, "numprocesses", None)
     if workers not in (None, 0, 1):
@@ -263,17 +266,28 @@ def _check_port(settings: Settings, config: pytest.Config) -> None:
             f"--http-port: the fixed port {port} cannot be shared by {workers} xdist workers; "
             "give a range A-B with at least one port per worker, or 0 for any free port."
         )
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    _try_bind(settings.host, port.first)
+
+
+def _try_bind(host: str, port: int) -> None:
+    """Refuse an address this machine cannot bind, or a fixed port already taken, before any test."""
+    valid = "give an address of this machine, like 127.0.0.1"
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise pytest.UsageError(f"--http-host: {host!r} is not valid ({exc.strerror}); {valid}.") from None
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((settings.host, port.first))
+            probe.bind(address)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise pytest.UsageError(
-                    f"--http-host: cannot bind {settings.host!r}: {exc.strerror}."
+                    f"--http-host: {host!r} is not valid; this machine cannot bind it ({exc.strerror}); {valid}."
                 ) from None
             raise pytest.UsageError(
-                f"--http-port: port {port} on {settings.host} is already in use; "
+                f"--http-port: port {port} on {host} is already in use; "
                 "free it, or give a range A-B or 0 for any free port."
             ) from None

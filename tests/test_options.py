@@ -196,3 +196,11 @@ def test_the_plugin_can_be_disabled(pytester):
     result = pytester.runpytest("-p", "no:jumpstarter_http")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'http_url' not found*"])
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "no-such-host.invalid"])
+def test_an_address_this_machine_cannot_bind_is_refused_before_any_test(pytester, host):
+    pytester.makepyfile("def test_never_runs(http_url): raise AssertionError")
+    result = pytester.runpytest("--http-host", host)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --http-host: {host!r} is not valid*give an address of this machine*"])
