@@ -1,0 +1,312 @@
+"""The documentation and the release artefacts: the docs build, their examples run, the wheel works.
+
+Each example the docs show is a file under docs/examples/ (or examples/) that these tests run,
+so a page cannot show code that no longer works. The packaging test builds the sdist and wheel,
+installs the wheel into a fresh virtual environment and runs an example against the installed
+copy; deselect it with ``-k "not wheel"`` (it needs ``build`` and ``twine``, and PyPI).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_jumpstarter_http import markers, settings
+
+TOP = Path(__file__).resolve().parent.parent
+DOCS = TOP / "docs"
+DOC_EXAMPLES = DOCS / "examples"
+PACKAGE = TOP / "pytest_jumpstarter_http"
+FIXTURES = ("served_dir", "http_server", "http_url", "http_server_factory")
+README_COMMANDS = (
+    "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest examples",
+    "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest",
+)
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without what would steer a run: a jmp shell, a lease, addopts, the checkout."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("JMP_", "JUMPSTARTER_", "PYTEST_", "PYTHONPATH"))
+    }
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    return env
+
+
+def run(command: list[str], *, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in the clean environment; the caller checks the outcome, with the output."""
+    return subprocess.run(
+        command, check=False, capture_output=True, text=True, env=clean_env(), timeout=timeout, **kwargs
+    )
+
+
+def outcomes(junit: Path) -> dict[str, str]:
+    """test name -> passed, failed, error or skipped, from a junit XML report."""
+    result = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+        result[f"{case.get('classname')}::{case.get('name')}"] = kinds[0] if kinds else "passed"
+    return result
+
+
+def run_pytest(args: list[str], junit: Path, *, prefix: tuple[str, ...] = ()) -> dict[str, str]:
+    """Run pytest on the doc examples in a subprocess; return each test's outcome.
+
+    A subprocess: the examples start servers and event-loop threads of their own, and a
+    `jmp shell` run must be a separate process anyway.
+    """
+    command = [*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    done = run([*command, *args], cwd=DOC_EXAMPLES, timeout=180)
+    assert junit.exists(), f"pytest did not run:\n{done.stdout}\n{done.stderr}"
+    result = outcomes(junit)
+    failed = {name: kind for name, kind in result.items() if kind not in ("passed", "skipped")}
+    assert not failed, f"{failed}\n{done.stdout}\n{done.stderr}"
+    return result
+
+
+# --- the doc examples run -------------------------------------------------------------------
+
+
+def files_of(folder: Path) -> set[Path]:
+    return {path for path in folder.rglob("*") if path.is_file() and "__pycache__" not in path.parts}
+
+
+def test_the_doc_examples_pass_on_loopback_and_leave_their_folder_as_it_was(tmp_path):
+    before = files_of(DOC_EXAMPLES)
+    result = run_pytest(["-rs"], tmp_path / "report.xml")
+    assert files_of(DOC_EXAMPLES) == before
+    assert result.pop("test_markers::test_only_on_a_board") == "skipped"
+    assert result
+    assert set(result.values()) == {"passed"}
+    assert "override.test_override::test_serves_this_folders_images" in result
+
+
+def test_the_lab_network_recipe_serves_on_every_interface_under_xdist(tmp_path):
+    pytest.importorskip("xdist")
+    # lab.ini binds 0.0.0.0 on a port range; the URL host is overridden to one this machine answers on.
+    args = ["-c", "lab.ini", "-o", "http_url_host=127.0.0.1", "-n", "2", "."]
+    result = run_pytest(args, tmp_path / "report.xml")
+    assert list(result.values()).count("passed") == len(result) - 1
+
+
+def test_the_hardware_ini_leases_through_the_lab_client_config(tmp_path):
+    # No client config "lab" here, so every test bound to an exporter is skipped with that reason.
+    junit = tmp_path / "report.xml"
+    result = run_pytest(["-c", "hardware.ini", "."], junit)
+    assert result["test_flash_board::test_the_board_flashes_a_fresh_build"] == "skipped"
+    assert result["test_factory::test_two_servers_with_different_images"] == "passed"
+    reasons = [skip.get("message", "") for skip in ET.parse(junit).getroot().iter("skipped")]
+    assert reasons
+    assert all("no Jumpstarter client config 'lab'" in reason for reason in reasons), reasons
+
+
+def test_the_jmp_shell_recipe_runs_the_doc_examples_on_the_documented_exporter(tmp_path):
+    jmp = shutil.which("jmp", path=str(Path(sys.executable).parent)) or shutil.which("jmp")
+    if jmp is None:
+        pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
+    # The documented config, with its root_dir moved to a temporary directory.
+    config = (DOC_EXAMPLES / "exporter.yaml").read_text()
+    assert "root_dir: /srv/jumpstarter/www" in config
+    exporter = tmp_path / "exporter.yaml"
+    exporter.write_text(config.replace("/srv/jumpstarter/www", str(tmp_path / "www")))
+    # `jmp shell --exporter-config` exits 0 whatever its command did (jumpstarter 0.9): read the report.
+    prefix = (jmp, "--log-level", "WARNING", "shell", "--exporter-config", str(exporter), "--")
+    result = run_pytest([], tmp_path / "report.xml", prefix=prefix)
+    assert result["test_markers::test_only_on_a_board"] == "passed", result
+    assert set(result.values()) == {"passed"}
+    assert (tmp_path / "www" / "pytest-jumpstarter-http").is_dir()
+
+
+# --- the pages show only tested code --------------------------------------------------------
+
+
+def pages() -> list[Path]:
+    return sorted(
+        path for path in DOCS.rglob("*.md") if "_build" not in path.parts and "examples" not in path.parts
+    )
+
+
+def test_every_code_example_in_the_docs_is_an_included_file():
+    inline = re.compile(r"^(```|:::)\s*(\{code-block\}\s*)?(python|py|ini|toml|yaml|yml)\b", re.MULTILINE)
+    for page in pages():
+        assert not inline.search(page.read_text()), f"{page.name}: literalinclude a tested file instead"
+
+
+def test_every_included_file_exists_and_every_doc_example_is_shown():
+    included = set()
+    for page in pages():
+        for target in re.findall(r"\{literalinclude\}\s+(\S+)", page.read_text()):
+            path = (page.parent / target).resolve()
+            assert path.is_file(), f"{page.name} includes {target}, which does not exist"
+            included.add(path)
+    examples = {
+        path.resolve()
+        for path in DOC_EXAMPLES.rglob("*")
+        if path.suffix in (".py", ".ini", ".yaml")
+        and "__pycache__" not in path.parts
+        and path.name != "pytest.ini"
+    }
+    assert examples - included == set(), "doc examples no page shows"
+
+
+def error_fragments() -> set[str]:
+    """The literal text of every message the package raises, fails or skips with."""
+    fragments = set()
+    for module in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            call = node.exc if isinstance(node, ast.Raise) else node
+            if not isinstance(call, ast.Call):
+                continue
+            name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+            if not (isinstance(node, ast.Raise) or name in ("fail", "skip", "error", "UsageError")):
+                continue
+            for arg in call.args:
+                parts = arg.values if isinstance(arg, ast.JoinedStr) else [arg]
+                for part in parts:
+                    if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                        text = part.value.strip(" .;:\n")
+                        if len(text) >= 12:
+                            fragments.add(text)
+    return fragments
+
+
+def test_every_error_message_of_the_plugin_is_in_troubleshooting():
+    page = (DOCS / "troubleshooting.md").read_text()
+    missing = "\n".join(sorted(fragment for fragment in error_fragments() if fragment not in page))
+    assert not missing, f"add these messages (cause and fix) to docs/troubleshooting.md:\n{missing}"
+
+
+# --- README, changelog, license -------------------------------------------------------------
+
+
+def readme() -> str:
+    return (TOP / "README.md").read_text()
+
+
+def test_the_readme_has_the_two_setup_commands_ci_runs():
+    README = readme()
+    for command in README_COMMANDS:
+        assert command in README
+    assert "-p no:jumpstarter_http" in README
+
+
+def test_the_readme_example_is_the_tested_first_example():
+    example = (DOC_EXAMPLES / "test_first.py").read_text()
+    assert f"```python\n{example}```" in readme()
+    assert len(example.strip().splitlines()) <= 10
+
+
+def test_the_readme_lists_every_fixture_option_and_marker():
+    README = readme()
+    for name in FIXTURES:
+        assert f"`{name}`" in README
+    for option in settings.OPTIONS:
+        default = re.search(r"\(default: (.*)\)$", option.help)
+        assert default, f"{option.flag}: its help does not end with (default: ...)"
+        row = rf"\| `{option.flag}[^`]*` \| `{option.ini}` \| {re.escape(default[1])} \|"
+        assert re.search(row, README), f"README: no options row for {option.flag}"
+    for line in markers.MARKERS:
+        assert line.partition(":")[0] in README
+
+
+def test_the_changelog_has_an_unreleased_section_and_the_license_is_apache():
+    assert "\n## Unreleased\n" in (TOP / "CHANGELOG.md").read_text()
+    license_text = (TOP / "LICENSE").read_text()
+    for line in ("Apache License", "Version 2.0, January 2004", "END OF TERMS AND CONDITIONS"):
+        assert line in license_text
+
+
+# --- the docs build -------------------------------------------------------------------------
+
+
+def test_the_docs_build_without_warnings(tmp_path):
+    if importlib.util.find_spec("sphinx") is None or importlib.util.find_spec("myst_parser") is None:
+        pytest.skip("sphinx is not installed: pip install -e '.[docs]'")
+    html = tmp_path / "html"
+    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
+    done = run([*command, "-d", str(tmp_path / "doctrees"), str(DOCS), str(html)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    options = (html / "options.html").read_text()
+    for option in settings.OPTIONS:
+        assert option.ini in options
+        assert option.flag in options
+    fixtures = (html / "fixtures.html").read_text()
+    for name in (*FIXTURES, "HttpServerFactory", "LoopbackServer"):
+        assert name in fixtures
+
+
+# --- the release artefacts ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory):
+    """The sdist and the wheel built from it, as `python -m build` makes them for a release."""
+    for module in ("build", "twine"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: pip install build twine")
+    out = tmp_path_factory.mktemp("dist")
+    done = run([sys.executable, "-m", "build", "--outdir", str(out), str(TOP)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+def test_the_wheel_and_sdist_pass_twine_check(dist):
+    files = sorted(str(path) for path in dist.iterdir())
+    assert len(files) == 2, files
+    done = run([sys.executable, "-m", "twine", "check", "--strict", *files])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_wheel_carries_the_entry_point_the_types_marker_and_the_license(dist):
+    wheel = next(dist.glob("*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        info = next(name.rsplit("/", 1)[0] for name in names if name.endswith(".dist-info/METADATA"))
+        entry_points = archive.read(f"{info}/entry_points.txt").decode()
+        metadata = archive.read(f"{info}/METADATA").decode()
+    assert "pytest_jumpstarter_http/py.typed" in names
+    assert re.search(r"\[pytest11\]\s+jumpstarter_http = pytest_jumpstarter_http.plugin", entry_points)
+    assert any(name.endswith("LICENSE") for name in names)
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "Classifier: Framework :: Pytest" in metadata
+    assert "pytest-jumpstarter-http" in metadata.split("\n\n", 1)[1]  # the README is the description
+
+
+def test_the_installed_wheel_runs_the_flash_example_in_a_fresh_venv(dist, tmp_path):
+    venv = tmp_path / "venv"
+    assert run([sys.executable, "-m", "venv", str(venv)], timeout=120).returncode == 0
+    python = venv / "bin" / "python"
+    wheel = next(dist.glob("*.whl"))
+    install = run([str(python), "-m", "pip", "install", "-q", str(wheel)], timeout=600)
+    assert install.returncode == 0, install.stdout + install.stderr
+    # A copy of the example, away from the checkout, so only the installed plugin can serve it.
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("test_flash.py", "board.py"):
+        shutil.copy(TOP / "examples" / name, work / name)
+    shutil.copytree(TOP / "examples" / "images", work / "images")
+    # Not examples/pytest.ini: it sets an ini key of pytest-asyncio, which the bare wheel lacks.
+    (work / "pytest.ini").write_text("[pytest]\nhttp_root = images\npythonpath = .\nfilterwarnings = error\n")
+    where = run(
+        [str(python), "-c", "import pytest_jumpstarter_http.plugin as p; print(p.__file__)"], cwd=work
+    )
+    assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout + where.stderr
+    done = run(
+        [str(python), "-m", "pytest", "-p", "no:cacheprovider", "test_flash.py"], cwd=work, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "jumpstarter-http: backend=auto" in done.stdout
+    assert "2 passed" in done.stdout
