@@ -1,8 +1,12 @@
 """Options, ini keys, the report header and bad values, through pytester."""
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -122,17 +126,39 @@ def test_a_broken_symlink_root_is_named_as_such(pytester):
     )
 
 
-@pytest.mark.skipif(
-    sys.platform != "linux" or __import__("os").geteuid() == 0, reason="root reads everything"
-)
-def test_an_unreadable_root_is_refused(pytester):
-    locked = pytester.mkdir("locked")
-    locked.chmod(0)
+def as_unprivileged_user(command: list[str]) -> list[str]:
+    """Root reads every directory, so run the check as nobody when the suite runs as root."""
+    if os.geteuid() != 0:
+        return command
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv, so no user here lacks read access")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+
+
+def test_an_unreadable_root_is_refused():
+    # A world-readable folder of its own: pytester's lives under root's private temp dir.
+    where = Path(tempfile.mkdtemp())
     try:
-        result = pytester.runpytest("--http-root", "locked")
+        where.chmod(0o755)
+        (where / "locked").mkdir(mode=0o000)
+        (where / "test_never_runs.py").write_text("def test_it(http_url): raise AssertionError\n")
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:asyncio"]
+        result = subprocess.run(
+            as_unprivileged_user([*command, "--http-root=locked"]),
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     finally:
-        locked.chmod(0o755)
-    result.stderr.fnmatch_lines(["*'locked' is not valid; the directory is not readable*"])
+        (where / "locked").chmod(0o755)
+        shutil.rmtree(where)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stderr
+    assert (
+        "ERROR: --http-root (command line): 'locked' is not valid; the directory is not readable"
+        in result.stderr
+    )
 
 
 def test_an_ini_value_of_the_wrong_type_names_the_ini_key(pytester):
@@ -203,4 +229,6 @@ def test_an_address_this_machine_cannot_bind_is_refused_before_any_test(pytester
     pytester.makepyfile("def test_never_runs(http_url): raise AssertionError")
     result = pytester.runpytest("--http-host", host)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: --http-host: {host!r} is not valid*give an address of this machine*"])
+    result.stderr.fnmatch_lines(
+        [f"ERROR: --http-host: {host!r} is not valid*give an address of this machine*"]
+    )
