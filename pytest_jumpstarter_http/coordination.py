@@ -28,8 +28,16 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    # A crashed xdist worker stays a zombie, which kill() still finds, until the controller reaps
+    # it at the end of the run: long after the last live worker has left.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return not Path("/proc/self/stat").exists()
+    except OSError:
         return True
-    return True
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 class SharedServer:
@@ -51,8 +59,11 @@ class SharedServer:
             # A worker that crashed never left: forget it, so the last live one can stop the server.
             state["users"] = [pid for pid in state.get("users", []) if _alive(pid)]
             state.setdefault("started", False)
-            yield state
-            self.path.write_text(json.dumps(state))
+            try:
+                yield state
+            finally:
+                # Even when starting or stopping failed: who is still using the server is known.
+                self.path.write_text(json.dumps(state))
 
     def join(self, http: Any) -> None:
         """Use the server; start it only when it is not running."""
@@ -65,10 +76,14 @@ class SharedServer:
             if os.getpid() not in state["users"]:
                 state["users"].append(os.getpid())
 
-    def leave(self, http: Any) -> None:
-        """Stop using the server; the last user stops it, if one of its users started it."""
+    def leave(self, http: Any | None) -> None:
+        """Stop using the server; the last user stops it, if one of its users started it.
+
+        ``http`` is None when the server cannot be reached any more: leave without stopping it.
+        """
         with self._state() as state:
             state["users"] = [pid for pid in state["users"] if pid != os.getpid()]
             if not state["users"] and state["started"]:
-                http.stop()
                 state["started"] = False
+                if http is not None:
+                    http.stop()

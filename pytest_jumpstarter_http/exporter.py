@@ -81,6 +81,8 @@ class Exporter:
     where: str = ""
     #: The HttpServer drivers this process uses, by uuid, to leave at the end.
     joined: dict[str, tuple[SharedServer, Any]] = field(default_factory=dict)
+    #: Why the exporter stopped answering, once it has; nothing more is asked of it then.
+    gone: str | None = None
 
     def http(self, path: str | None) -> tuple[str, Any]:
         """The HttpServer driver client at dotted ``path``, or the only one there is."""
@@ -127,13 +129,46 @@ class Exporter:
                 "stop it only where you started it."
             )
 
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """Turn "the exporter no longer answers" into one clear ``ExporterError``.
+
+        Jumpstarter reports a killed or unplugged exporter as a ``DriverError`` of whichever call
+        came next, with a page of gRPC detail; every later call would fail the same way.
+        """
+        if self.gone is not None:
+            raise ExporterError(self.gone)
+        try:
+            yield
+        except Exception as exc:
+            details = _unavailable(exc)
+            if details is None:
+                raise
+            where = "" if self.where in self.name else f" ({self.where})"
+            self.gone = (
+                f"exporter {self.name!r}{where} stopped answering during the run ({details}); "
+                "is it still running?"
+            )
+            raise ExporterError(self.gone) from None
+
     def close(self) -> None:
         try:
             for shared, http in self.joined.values():
-                shared.leave(http)
+                # A server on an exporter that is gone is stopped already: only leave it.
+                shared.leave(http if self.gone is None else None)
         finally:
             self.joined.clear()
             self.stack.close()
+
+
+def _unavailable(exc: BaseException) -> str | None:
+    """The gRPC details of ``exc`` if it means the exporter does not answer, else None."""
+    import grpc
+
+    rpc = exc if isinstance(exc, grpc.aio.AioRpcError) else exc.__cause__
+    if isinstance(rpc, grpc.aio.AioRpcError) and rpc.code() == grpc.StatusCode.UNAVAILABLE:
+        return str(rpc.details())
+    return None
 
 
 def _walk(client: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -170,9 +205,7 @@ async def _probe(host: str, timeout: float) -> None:
     insecure = "1" in (os.environ.get("JMP_GRPC_INSECURE"), os.environ.get("JUMPSTARTER_GRPC_INSECURE"))
     if not _is_tcp_address(host):
         if not Path(host).exists():
-            raise ExporterUnavailable(
-                f"JUMPSTARTER_HOST={host!r}: no such socket; is the jmp shell still running?"
-            )
+            raise ExporterError(f"JUMPSTARTER_HOST={host!r}: no such socket; is the jmp shell still running?")
         channel = grpc.aio.secure_channel(
             f"unix://{host}", grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
         )
@@ -305,6 +338,10 @@ class Exporters:
 
     def server(self, selector: str | None, driver: str | None, root: Path) -> ExporterServer:
         exporter = self.connect(selector)
+        with exporter.answering():
+            return self._server(exporter, driver, root)
+
+    def _server(self, exporter: Exporter, driver: str | None, root: Path) -> ExporterServer:
         path, http = exporter.http(driver)
         exporter.ensure_running(http)
         scratch = f"{TOP}/runs/{self.run_id}/{self.worker}/{root.name}-{uuid.uuid4().hex[:8]}"
@@ -381,8 +418,8 @@ class ExporterServer(HttpServerHandle):
         url_host = exporters.settings.url_host
         if url_host is None and self.host in WILDCARDS:
             raise ExporterError(
-                f"exporter {exporter.name!r}: its HttpServer at {path!r} listens on {self.host!r}, which is no "
-                "address a device can use; give the address the device reaches with --http-url-host."
+                f"exporter {exporter.name!r}: its HttpServer at {path!r} listens on {self.host!r}, which is "
+                "no address a device can use; give the address the device reaches with --http-url-host."
             )
         self._base = format_url(url_host or self.host, self.port)
         self.url = self._base + url_path(prefix)
@@ -394,14 +431,15 @@ class ExporterServer(HttpServerHandle):
 
     def publish(self, name: str | None = None) -> None:
         """Upload what is new or changed in ``root`` (or only ``name``) to this server's folder."""
-        if name is not None:
-            path = self.root / check_name(name, where="publish() name")
-            if path.is_file():
-                self._upload(path, name)
-            return
-        for path in sorted(self.root.rglob("*")):
-            if path.is_file():
-                self._upload(path, path.relative_to(self.root).as_posix())
+        files = (
+            [self.root / check_name(name, where="publish() name")]
+            if name is not None
+            else sorted(self.root.rglob("*"))
+        )
+        with self.exporter.answering():
+            for path in files:
+                if path.is_file():
+                    self._upload(path, path.relative_to(self.root).as_posix())
 
     def stage(self, src: str | os.PathLike[str], name: str | None = None) -> str:
         """Upload the local file ``src`` as ``name`` (default: its file name); return its URL.
@@ -414,7 +452,8 @@ class ExporterServer(HttpServerHandle):
                 f"stage(): {str(source)!r} is not a file; give the path of a file to serve."
             )
         name = check_name(name or source.name, where="stage() name")
-        self._upload(source, name, self.scratch)
+        with self.exporter.answering():
+            self._upload(source, name, self.scratch)
         return self._base + url_path(f"{self.scratch}/{name}")
 
     def _upload(self, source: Path, name: str, folder: str | None = None) -> None:
@@ -439,12 +478,16 @@ class ExporterServer(HttpServerHandle):
 
     def stop(self) -> None:
         """Remove this server's own folder from the exporter (unless ``--http-keep``); the server runs on."""
-        if self._exporters.settings.keep:
+        # An exporter that is gone holds nothing to remove, and its tests were told already.
+        if self._exporters.settings.keep or self.exporter.gone is not None:
             return
         folder = self.scratch + "/"
         known = self._exporters.remote
         stale = [key for key in known if key[1].startswith(folder)]
-        if stale or self.prefix == self.scratch:
-            self._http.storage.remove_all(folder)
-        for key in stale:
-            del known[key]
+        try:
+            if stale or self.prefix == self.scratch:
+                with self.exporter.answering():
+                    self._http.storage.remove_all(folder)
+        finally:
+            for key in stale:
+                del known[key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from abc import ABC, abstractmethod
@@ -92,10 +93,8 @@ class HttpServerHandle(ABC):
 
     def mark_requests(self) -> None:
         """Start a new window for ``requests``: the fixtures call it as each test starts."""
-        try:
+        with contextlib.suppress(RequestLogUnavailable):
             self._request_mark = self._request_count()
-        except RequestLogUnavailable:
-            pass
 
     @property
     def requests(self) -> list[HttpRequest]:

@@ -284,9 +284,8 @@ def _try_bind(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
-                raise pytest.UsageError(
-                    f"--http-host: {host!r} is not valid; this machine cannot bind it ({exc.strerror}); {valid}."
-                ) from None
+                problem = f"this machine cannot bind it ({exc.strerror})"
+                raise pytest.UsageError(f"--http-host: {host!r} is not valid; {problem}; {valid}.") from None
             raise pytest.UsageError(
                 f"--http-port: port {port} on {host} is already in use; "
                 "free it, or give a range A-B or 0 for any free port."

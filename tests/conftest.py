@@ -10,3 +10,6 @@ def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:asyncio -p no:cacheprovider")
     monkeypatch.delenv("JUMPSTARTER_HOST", raising=False)
     return pytester
+
+
+pytest_plugins = ["jumpstarter_helpers"]

@@ -20,7 +20,7 @@ def test_handle(http_server: HttpServerHandle, served_dir: Path, tmp_path: Path)
     port: int = http_server.port
     root: Path | None = http_server.root
     backend: str = http_server.backend
-    assert url and staged and port and root and backend and http_server.client
+    assert all((url, staged, port, root, backend, http_server.client))
 
 
 def test_factory(http_server_factory: HttpServerFactory, tmp_path: Path) -> None:

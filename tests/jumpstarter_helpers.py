@@ -1,0 +1,322 @@
+"""Fixtures and helpers that run the plugin against real Jumpstarter components.
+
+* exporter configs (written as JSON, which is YAML) for ``jmp shell --exporter-config`` and ``jmp run``;
+* pytest runs in a subprocess, inside ``jmp shell`` or not, judged by their junit XML: ``jmp shell
+  --exporter-config`` exits 0 even when its command fails (jumpstarter#1099);
+* standalone exporters (``jmp run --tls-grpc-listener 127.0.0.1:PORT --tls-grpc-insecure``);
+* the fake controller of ``fake_controller.py`` with a client config on disk, for the lease path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_controller import FakeController
+
+PYTHON = sys.executable
+JMP = str(Path(sys.executable).with_name("jmp"))
+HTTP_SERVER = "jumpstarter_driver_http.driver.HttpServer"
+OPENDAL = "jumpstarter_driver_opendal.driver.Opendal"
+#: Reads or starts the HttpServer at a dotted path of the surrounding jmp shell's exporter:
+#: ``python driver_port.py PATH show|start`` prints ``PATH show-port=N`` and writes N to ``PATH.show.port``.
+DRIVER_PORT = """
+import sys
+from pathlib import Path
+from jumpstarter.common.utils import env
+
+path, action = sys.argv[1], sys.argv[2]
+with env() as client:
+    http = client
+    for part in path.split("."):
+        http = http.children[part]
+    if action == "start":
+        http.start()
+    port = http.get_port()
+Path(f"{path}.{action}.port").write_text(str(port))
+print(f"{path} {action}-port={port}", flush=True)
+"""
+
+
+def http_driver(root: Path, **config: Any) -> dict[str, Any]:
+    """An HttpServer driver entry serving ``root`` on loopback, quiet."""
+    return {
+        "type": HTTP_SERVER,
+        "config": {"root_dir": str(root), "host": "127.0.0.1", "port": 0, "log_level": "WARNING", **config},
+    }
+
+
+def storage_driver(root: Path) -> dict[str, Any]:
+    """A driver that is not an HttpServer: plain opendal storage."""
+    return {"type": OPENDAL, "config": {"scheme": "fs", "kwargs": {"root": str(root)}}}
+
+
+def write_exporter_config(path: Path, export: dict[str, Any]) -> Path:
+    """Write an ExporterConfig with these drivers; JSON is YAML, so no YAML writer is needed."""
+    config = {
+        "apiVersion": "jumpstarter.dev/v1alpha1",
+        "kind": "ExporterConfig",
+        "metadata": {"namespace": "default", "name": path.stem},
+        "export": export,
+    }
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def python_pytest(*args: str, junit: str | os.PathLike[str]) -> list[str]:
+    """A pytest run of this interpreter that writes its results to ``junit``."""
+    return [
+        PYTHON,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:asyncio",
+        f"--junitxml={junit}",
+        *args,
+    ]
+
+
+RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+
+
+@dataclass
+class Case:
+    """One test of a junit XML report."""
+
+    name: str
+    outcome: str
+    message: str
+    #: Seconds the test took, setup and teardown included.
+    seconds: float = 0.0
+
+
+class JUnit:
+    """The results of one pytest run, read from its junit XML report."""
+
+    def __init__(self, path: Path, output: str = "") -> None:
+        if not path.exists():
+            raise AssertionError(f"pytest wrote no report {path}; its output:\n{output}")
+        self.cases: dict[str, Case] = {}
+        for case in ET.parse(path).getroot().iter("testcase"):
+            name = case.get("name", "")
+            outcome, message = "passed", ""
+            for kind in ("skipped", "failure", "error"):
+                for element in case.findall(kind):
+                    outcome = {"failure": "failed", "error": "error"}.get(kind, kind)
+                    message += f"{element.get('message', '')}\n{element.text or ''}\n"
+            # A test xdist ran again after a crash shows up twice: keep the worst outcome.
+            if name in self.cases and RANK[self.cases[name].outcome] > RANK[outcome]:
+                outcome = self.cases[name].outcome
+            if name in self.cases:
+                message = self.cases[name].message + message
+            self.cases[name] = Case(name, outcome, message, float(case.get("time", 0)))
+        self.output = output
+
+    def __getitem__(self, name: str) -> Case:
+        if name not in self.cases:
+            raise AssertionError(f"no test {name!r} in the report: {sorted(self.cases)}\n{self.output}")
+        return self.cases[name]
+
+    def outcomes(self) -> dict[str, str]:
+        return {name: case.outcome for name, case in self.cases.items()}
+
+    def assert_passed(self, *names: str) -> None:
+        for name in names:
+            case = self[name]
+            assert case.outcome == "passed", f"{name} {case.outcome}:\n{case.message}\n{self.output}"
+
+    def assert_outcome(self, name: str, outcome: str, *fragments: str) -> str:
+        """Check the outcome of ``name`` and that its message holds every fragment; return it."""
+        case = self[name]
+        assert case.outcome == outcome, (
+            f"{name} {case.outcome}, not {outcome}:\n{case.message}\n{self.output}"
+        )
+        for fragment in fragments:
+            assert fragment in case.message, f"{fragment!r} not in the message of {name}:\n{case.message}"
+        return case.message
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any Jumpstarter connection in it, plus ``extra``."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("JMP_", "JUMPSTARTER_", "PYTEST_XDIST", "PYTEST_CURRENT"))
+    }
+    env["TERM"] = "dumb"
+    env.update(extra)
+    return env
+
+
+def run(
+    command: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(command),
+        cwd=cwd,
+        env=env if env is not None else clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_pytest(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, name: str = "report", timeout: float = 60
+) -> JUnit:
+    """Run pytest in a subprocess in ``cwd`` and read its junit report."""
+    junit = cwd / f"{name}.xml"
+    junit.unlink(missing_ok=True)
+    done = run(python_pytest(*args, junit=junit), cwd=cwd, env=env, timeout=timeout)
+    return JUnit(junit, done.stdout)
+
+
+def jmp_shell(
+    config: Path,
+    *commands: Sequence[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 90,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``commands`` one after the other inside one ``jmp shell --exporter-config config``."""
+    script = " ; ".join(shlex.join(command) for command in commands)
+    shell = [
+        JMP,
+        "--log-level",
+        "WARNING",
+        "shell",
+        "--exporter-config",
+        str(config),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]
+    return run(shell, cwd=cwd, env=env, timeout=timeout)
+
+
+def write_driver_port(folder: Path) -> list[str]:
+    """Write the ``driver_port.py`` script into ``folder``; return the command that runs it."""
+    (folder / "driver_port.py").write_text(DRIVER_PORT)
+    return [PYTHON, str(folder / "driver_port.py")]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float, alive: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
+
+
+class StandaloneExporter:
+    """``jmp run`` serving an exporter config on a loopback TCP port, without a controller."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config, self.log = config, log
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment a client of this exporter runs in."""
+        return clean_env(
+            JUMPSTARTER_HOST=self.address, JMP_GRPC_INSECURE="1", JMP_DRIVERS_ALLOW="UNSAFE", **extra
+        )
+
+    def start(self) -> StandaloneExporter:
+        self.port = free_port()  # jmp run refuses port 0
+        command = [JMP, "--log-level", "WARNING", "run", "--exporter-config", str(self.config)]
+        command += ["--tls-grpc-listener", self.address, "--tls-grpc-insecure"]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log, env=clean_env())
+        process = self.process
+        wait_listening(self.port, 20, lambda: process.poll() is None)
+        return self
+
+    def kill(self) -> None:
+        """Kill it at once, like a power cut: ``jmp run`` serves from a child in its own group."""
+        if self.process is None:
+            return
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        for child in children.read_text().split() if children.exists() else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(child), signal.SIGKILL)
+        self.process.kill()
+        self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def standalone_exporter(tmp_path: Path) -> Iterator[Callable[[Path], StandaloneExporter]]:
+    """Start ``jmp run`` exporters from exporter config files; all are killed at teardown."""
+    started: list[StandaloneExporter] = []
+
+    def start(config: Path) -> StandaloneExporter:
+        exporter = StandaloneExporter(config, tmp_path / f"jmp-run-{len(started)}.log")
+        started.append(exporter)
+        return exporter.start()
+
+    yield start
+    for exporter in started:
+        exporter.kill()
+
+
+def http_device(root: Path) -> Callable[[], Any]:
+    """A device factory for the fake controller: a composite with one HttpServer, ``http``."""
+
+    def make() -> Any:
+        from jumpstarter_driver_composite.driver import Composite
+        from jumpstarter_driver_http.driver import HttpServer
+
+        http = HttpServer(root_dir=str(root), host="127.0.0.1", port=0, log_level="WARNING")  # type: ignore[abstract]
+        return Composite(children={"http": http})  # type: ignore[abstract]
+
+    return make
+
+
+@pytest.fixture
+def fake_controller() -> Iterator[FakeController]:
+    """A fake Jumpstarter controller in this process; pytest runs under test reach it as client ``fake``."""
+    # The fake leaves the exporter side of ControllerService (Register, Listen...) unimplemented.
+    with FakeController() as fake:  # type: ignore[abstract]
+        yield fake
+
+
+@pytest.fixture
+def client_config_home(tmp_path: Path, fake_controller: FakeController) -> Path:
+    """A ``JMP_CLIENT_CONFIG_HOME`` holding ``clients/fake.yaml`` for ``fake_controller``."""
+    from jumpstarter.config.client import ClientConfigV1Alpha1
+
+    home = tmp_path / "jumpstarter-config"
+    config = fake_controller.client_config()
+    ClientConfigV1Alpha1.save(config, home / "clients" / "fake.yaml")
+    return home
