@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import shutil
+import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -35,6 +36,10 @@ class LoopbackServer(HttpServerHandle):
 
         with LoopbackServer(Path("images")).start() as server:
             print(server.url_for("disk.raw"))
+
+    ``stage()`` links files into ``root`` only when ``stage_in_root`` says the root is the
+    plugin's own; otherwise it serves them from a second server on a temporary root, so a
+    directory you gave is never written, even by a run that is killed.
     """
 
     backend: Literal["loopback"] = "loopback"
@@ -48,6 +53,8 @@ class LoopbackServer(HttpServerHandle):
         url_host: str | None = None,
         keep: bool = False,
         timeout: float = 30.0,
+        stage_in_root: bool = False,
+        log: RequestLog | None = None,
     ) -> None:
         self.root: Path = Path(root)
         self.host = host
@@ -61,7 +68,9 @@ class LoopbackServer(HttpServerHandle):
         self._created: list[Path] = []
         self._client: Any = None
         self._client_stack = ExitStack()
-        self._log = RequestLog()
+        self._log = log or RequestLog()
+        self._stage_in_root = stage_in_root
+        self._scratch: LoopbackServer | None = None
 
     def start(self) -> Self:
         """Start the driver's server on a free port of the configured range."""
@@ -135,6 +144,8 @@ class LoopbackServer(HttpServerHandle):
         target = self.root / name
         if target.exists() and target.resolve() == source.resolve():
             return self.url + url_path(name)
+        if not self._stage_in_root:
+            return self._scratch_server().stage(source, name)
         if not target.resolve().is_relative_to(self.root.resolve()):
             raise ValueError(f"stage(): {name!r} leads outside the served root through a symbolic link.")
         if target.exists() or target.is_symlink():
@@ -157,6 +168,22 @@ class LoopbackServer(HttpServerHandle):
         self._created.append(target)
         return self.url + url_path(name)
 
+    def _scratch_server(self) -> LoopbackServer:
+        """A second server, on a temporary root of its own, for what ``stage()`` serves."""
+        if self._scratch is None:
+            root = tempfile.mkdtemp(prefix="pytest-jumpstarter-http-stage-")
+            self._scratch = LoopbackServer(
+                root,
+                host=self.host,
+                port=self._ports,
+                url_host=self._url_host,
+                keep=self._keep,
+                timeout=self._timeout,
+                stage_in_root=True,
+                log=self._log,
+            ).start()
+        return self._scratch
+
     def publish(self, name: str | None = None) -> None:
         """Nothing to do: the server reads ``root`` directly."""
 
@@ -173,7 +200,12 @@ class LoopbackServer(HttpServerHandle):
 
     def stop(self) -> None:
         driver, self._driver = self._driver, None
+        scratch, self._scratch = self._scratch, None
         try:
+            if scratch is not None:
+                scratch.stop()
+                if not self._keep:
+                    shutil.rmtree(scratch.root, ignore_errors=True)
             if driver is not None and driver.runner is not None:
                 eventloop.call(driver.stop, timeout=self._timeout)
         finally:

@@ -65,6 +65,8 @@ class Runtime:
             url_host=settings.url_host,
             keep=settings.keep,
             timeout=settings.timeout,
+            # Only the plugin's own temporary roots are written; a user's root never is.
+            stage_in_root=root.is_relative_to(self.basetemp.parent),
         ).start()
         log.debug("%s: loopback server %s serving %s", worker_id(), server.url, root)
         return server

@@ -213,11 +213,6 @@ def test_http_root_is_unchanged_after_an_xdist_worker_crashes(pytester, images, 
     assert snapshot(images) == before
 
 
-@pytest.mark.xfail(
-    reason="stage() links into --http-root in place; a process killed before its teardown "
-    "cannot remove the link (docs/reliability.md)",
-    strict=True,
-)
 def test_http_root_is_unchanged_after_a_worker_crashes_with_a_file_staged(pytester, images, inner):
     before = snapshot(images)
     inner(
@@ -278,7 +273,7 @@ def test_keep_leaves_staged_files_and_temporary_roots_behind(pytester, images, m
                 json.dump([str(staged), str(http_server_factory().root)], f)
         """
     )
-    pytester.runpytest("--http-root", str(images), "--http-keep").assert_outcomes(passed=1)
+    pytester.runpytest("--http-keep").assert_outcomes(passed=1)
     staged, factory_root = map(Path, json.loads(record.read_text()))
     assert staged.read_bytes() == b"b"
     assert factory_root.is_dir()
