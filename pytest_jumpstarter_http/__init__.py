@@ -1,7 +1,24 @@
 """pytest fixtures that serve files to a device under test through Jumpstarter's HttpServer driver."""
 
-from .handle import HttpServerHandle
-from .loopback import LoopbackServer
-from .runtime import HttpServerFactory
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .handle import HttpServerHandle
+    from .loopback import LoopbackServer
+    from .runtime import HttpServerFactory
 
 __all__ = ["HttpServerFactory", "HttpServerHandle", "LoopbackServer"]
+
+_HOMES = {"HttpServerHandle": "handle", "LoopbackServer": "loopback", "HttpServerFactory": "runtime"}
+
+
+def __getattr__(name: str) -> Any:
+    # pytest imports the plugin in every run of an environment that has it installed; import the
+    # exported classes (and what they pull in) only when someone asks for them.
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{_HOMES[name]}", __name__), name)

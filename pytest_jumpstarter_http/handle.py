@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -32,6 +31,8 @@ def concrete_host(host: str) -> str:
 
 def format_url(host: str, port: int) -> str:
     """``http://host:port`` with IPv6 literals in brackets and no trailing slash."""
+    import ipaddress
+
     host = host.strip("[]")
     try:
         if ipaddress.ip_address(host.split("%")[0]).version == 6:

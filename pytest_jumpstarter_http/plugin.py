@@ -8,16 +8,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from . import eventloop, markers, requestlog, settings
-from .handle import HttpServerHandle
-from .runtime import HttpServerFactory, Runtime
+from . import eventloop, markers, settings
+
+if TYPE_CHECKING:
+    from .handle import HttpServerHandle
+    from .runtime import HttpServerFactory, Runtime
 
 SETTINGS = pytest.StashKey[settings.Settings]()
 #: The servers a test used, for its report.
-SERVERS = pytest.StashKey[list[HttpServerHandle]]()
+SERVERS = pytest.StashKey[list["HttpServerHandle"]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -42,6 +45,8 @@ def pytest_runtest_makereport(
     report: pytest.TestReport = yield
     servers = item.stash.get(SERVERS, [])
     if call.when == "call" and servers:
+        from . import requestlog
+
         requestlog.report(report, servers, item.config.stash[SETTINGS].fail_on)
     return report
 
@@ -58,6 +63,8 @@ def _http_runtime(
     config = request.config
     # xdist gives its workers the run's id; a run of its own makes one up.
     run_id = getattr(config, "workerinput", {}).get("testrunuid") or uuid.uuid4().hex
+    from .runtime import Runtime
+
     runtime = Runtime(config.stash[SETTINGS], tmp_path_factory.getbasetemp() / "http", run_id[:12])
     yield runtime
     runtime.close()
@@ -128,6 +135,8 @@ def http_server_factory(
     Each call returns a new ``HttpServerHandle`` on its own root (a fresh temporary directory
     by default); every server it made is stopped when the test ends.
     """
+    from .runtime import HttpServerFactory
+
     with HttpServerFactory(_http_runtime, lambda server: _watch(request, server)) as factory:
         yield factory
 

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Literal, Self
 import pytest
 
 from .handle import HttpServerHandle
-from .loopback import LoopbackServer
 from .markers import Choice
 from .settings import Settings
 
@@ -58,6 +57,8 @@ class Runtime:
             if required:
                 pytest.fail(problem, pytrace=False)
             pytest.skip(problem)
+        from .loopback import LoopbackServer
+
         server = LoopbackServer(
             root,
             host=settings.host,

@@ -6,9 +6,7 @@ frozen :class:`Settings` kept in ``config.stash`` for the whole run.
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +256,8 @@ def _check_port(settings: Settings, config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return  # the controller checked
     if port is None or not port.fixed:
-        _try_bind(settings.host, 0)
+        if settings.host != Settings.host:  # the default always binds; the check costs start-up time
+            _try_bind(settings.host, 0)
         return
     workers = getattr(config.option, "numprocesses", None)
     if workers not in (None, 0, 1):
@@ -271,6 +270,9 @@ def _check_port(settings: Settings, config: pytest.Config) -> None:
 
 def _try_bind(host: str, port: int) -> None:
     """Refuse an address this machine cannot bind, or a fixed port already taken, before any test."""
+    import errno
+    import socket
+
     valid = "give an address of this machine, like 127.0.0.1"
     try:
         family, _, _, _, address = socket.getaddrinfo(
