@@ -102,9 +102,12 @@ class Runtime:
         return server
 
     def make_root(self, label: str) -> Path:
-        self.basetemp.mkdir(parents=True, exist_ok=True)
         stem = re.sub(r"[^\w.-]+", "_", label)[:40]
-        return Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=self.basetemp))
+        try:
+            return Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=self.basetemp))
+        except FileNotFoundError:  # the first root of the session
+            self.basetemp.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=self.basetemp))
 
     @contextmanager
     def temporary_root(self, label: str) -> Iterator[Path]:
@@ -116,7 +119,11 @@ class Runtime:
             self.remove_root(root)
 
     def remove_root(self, root: Path) -> None:
-        if not self.settings.keep:
+        if self.settings.keep:
+            return
+        try:
+            root.rmdir()  # most tests' roots are empty by now, and this is the per-test path
+        except OSError:
             shutil.rmtree(root, ignore_errors=True)
 
     def close(self) -> None:
