@@ -45,8 +45,8 @@ class RecordingHttpServer(HttpServer):
     @export
     def get_requests(self, start: int) -> tuple[int, list[dict[str, Any]]]:
         """The number of requests recorded so far, and those from number ``start`` on."""
-        total = self.request_log.total
-        return total, [entry.as_dict() for entry in self.request_log.since(start)]
+        total = self.request_log.total  # numbers cross Jumpstarter's wire as floats
+        return total, [entry.as_dict() for entry in self.request_log.since(int(start))]
 
 
 class RecordingHttpServerClient(HttpServerClient):

@@ -6,22 +6,26 @@ test bound to it. Files reach the exporter through the driver's storage, dedupli
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from . import eventloop
 from .coordination import SharedServer
-from .handle import WILDCARDS, HttpServerHandle, format_url
+from .handle import WILDCARDS, HttpServerHandle, RequestLogUnavailable, format_url
 from .names import check_name, url_path
+from .requestlog import HttpRequest
 from .settings import Settings
 
 log = logging.getLogger("pytest_jumpstarter_http.exporter")
@@ -31,6 +35,11 @@ JMP_LEASE = "JMP_LEASE"
 JMP_EXPORTER_LABELS = "JMP_EXPORTER_LABELS"
 CLIENT_LABEL = "jumpstarter.dev/client"
 HTTP_CLIENT = "jumpstarter_driver_http.client.HttpServerClient"
+#: The client of this package's drop-in driver, which also keeps a request log.
+RECORDING_CLIENT = "pytest_jumpstarter_http.driver.RecordingHttpServerClient"
+HTTP_CLIENTS = (HTTP_CLIENT, RECORDING_CLIENT)
+#: Uploads this large get a progress line in the terminal.
+PROGRESS_BYTES = 64 << 20
 #: Everything the plugin uploads lives below this folder of the exporter's served root.
 TOP = "pytest-jumpstarter-http"
 
@@ -90,7 +99,7 @@ class Exporter:
         everything: list[str] = []
         for where, client in _walk(self.root):
             everything.append(f"{where} ({client.labels.get(CLIENT_LABEL, type(client).__name__)})")
-            if client.labels.get(CLIENT_LABEL) != HTTP_CLIENT:
+            if client.labels.get(CLIENT_LABEL) not in HTTP_CLIENTS:
                 continue
             if path is not None and where == path:
                 return where, _usable(where, client)
@@ -249,11 +258,22 @@ def open_shell(timeout: float) -> Exporter:
     return Exporter(name=name, labels=_env_labels(), root=root, stack=stack, where=host)
 
 
+def _current_client() -> str:
+    """The client config ``jmp config client use`` chose, as ``jmp shell`` would take it."""
+    from jumpstarter.config.user import UserConfigV1Alpha1
+
+    try:
+        current = UserConfigV1Alpha1.load().config.current_client
+    except Exception:  # no user config yet, or one this version cannot read
+        current = None
+    return current.alias if current is not None else "default"
+
+
 def open_lease(client_name: str | None, selector: str, timeout: float) -> Exporter:
     """Lease an exporter matching ``selector`` through a client config; released on close."""
     from jumpstarter.config.client import ClientConfigV1Alpha1
 
-    alias = client_name or "default"
+    alias = client_name or _current_client()
     try:
         config = ClientConfigV1Alpha1.load(alias)
     except FileNotFoundError as exc:
@@ -300,12 +320,23 @@ def open_lease(client_name: str | None, selector: str, timeout: float) -> Export
 class Exporters:
     """The exporters this process talks to, and what it has uploaded to them."""
 
-    def __init__(self, settings: Settings, basetemp: Path, run_id: str, worker: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        basetemp: Path,
+        run_id: str,
+        worker: str,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
+        #: Writes a line to the terminal, where pytest shows it (None under -q).
+        self.progress = progress
         self.basetemp = basetemp
         self.run_id = run_id
         self.worker = worker
         self._exporters: dict[str | None, Exporter] = {}
+        #: Why an exporter could not be reached: asked once, not again by every test.
+        self._failures: dict[str | None, ExporterUnavailable | ExporterError] = {}
         self._digests: dict[tuple[str, int, int], str] = {}
         #: What this process knows each remote file holds: target -> sha256.
         self.remote: dict[tuple[int, str], str] = {}
@@ -313,16 +344,14 @@ class Exporters:
     def connect(self, selector: str | None) -> Exporter:
         in_shell = bool(os.environ.get(JUMPSTARTER_HOST))
         key = None if in_shell else selector
+        if key in self._failures:
+            raise self._failures[key]
         if key not in self._exporters:
-            if in_shell:
-                self._exporters[key] = open_shell(self.settings.timeout)
-            elif selector:
-                self._exporters[key] = open_lease(self.settings.client, selector, self.settings.timeout)
-            else:
-                raise ExporterUnavailable(
-                    "no Jumpstarter exporter: run pytest inside `jmp shell`, or give --http-selector LABELS "
-                    "(or @pytest.mark.http_exporter(selector=...)) to lease one."
-                )
+            try:
+                self._exporters[key] = self._open(in_shell, selector)
+            except (ExporterUnavailable, ExporterError) as exc:
+                self._failures[key] = exc
+                raise
         exporter = self._exporters[key]
         if (
             in_shell
@@ -335,6 +364,16 @@ class Exporters:
                 f"does not match selector {selector!r}."
             )
         return exporter
+
+    def _open(self, in_shell: bool, selector: str | None) -> Exporter:
+        if in_shell:
+            return open_shell(self.settings.timeout)
+        if selector:
+            return open_lease(self.settings.client, selector, self.settings.timeout)
+        raise ExporterUnavailable(
+            "no Jumpstarter exporter: run pytest inside `jmp shell`, or give --http-selector LABELS "
+            "(or @pytest.mark.http_exporter(selector=...)) to lease one."
+        )
 
     def server(self, selector: str | None, driver: str | None, root: Path) -> ExporterServer:
         exporter = self.connect(selector)
@@ -370,7 +409,17 @@ class Exporters:
     def close(self) -> None:
         exporters, self._exporters = list(self._exporters.values()), {}
         for exporter in exporters:
+            if not self.settings.keep and exporter.gone is None:
+                self._remove_own_folder(exporter)
             exporter.close()
+
+    def _remove_own_folder(self, exporter: Exporter) -> None:
+        """Remove this worker's (now empty) folder of the run, and the run's once it is empty too."""
+        for _, http in exporter.joined.values():
+            for folder in (f"{TOP}/runs/{self.run_id}/{self.worker}/", f"{TOP}/runs/{self.run_id}/"):
+                # Another worker's folder may still be there: a folder that is not empty stays.
+                with contextlib.suppress(Exception):
+                    http.storage.delete(folder)
 
 
 @contextmanager
@@ -429,6 +478,33 @@ class ExporterServer(HttpServerHandle):
         """The exporter's ``HttpServerClient``; shared with every test bound to this exporter."""
         return self._http
 
+    @property
+    def exporter_client(self) -> Any:
+        """The root client of the whole exporter, to reach its other drivers (``.flasher``, ``.power``...)."""
+        return self.exporter.root
+
+    def _recording(self) -> bool:
+        if self._http.labels.get(CLIENT_LABEL) == RECORDING_CLIENT:
+            return True
+        raise RequestLogUnavailable(
+            f"the HttpServer driver at {self.driver_path!r} of exporter {self.exporter.name!r} keeps no "
+            "request log; put pytest_jumpstarter_http.driver.RecordingHttpServer in the exporter config "
+            "instead of jumpstarter_driver_http.driver.HttpServer to see what the device fetched."
+        )
+
+    def _requests_since(self, start: int) -> list[HttpRequest]:
+        self._recording()
+        with self.exporter.answering():
+            return list(self._http.get_requests(start)[1])
+
+    def _request_count(self) -> int:
+        self._recording()
+        with self.exporter.answering():
+            return int(self._http.get_requests(1 << 62)[0])
+
+    def _request_paths(self) -> tuple[str, ...]:
+        return (urlsplit(self.url).path, url_path(self.scratch))
+
     def publish(self, name: str | None = None) -> None:
         """Upload what is new or changed in ``root`` (or only ``name``) to this server's folder."""
         files = (
@@ -470,9 +546,18 @@ class ExporterServer(HttpServerHandle):
         # Upload beside the target, then rename: a reader (or another worker uploading the same
         # file) never sees a half-written one; same-name uploads through the storage interleave.
         partial = f"{target}.part-{uuid.uuid4().hex[:12]}"
+        size = source.stat().st_size
+        say = self._exporters.progress if size >= PROGRESS_BYTES else None
+        mib = size / (1 << 20)
+        if say:
+            say(f"jumpstarter-http: staging {source.name} ({mib:.1f} MiB) to {self.exporter.name} ...")
+        began = time.monotonic()
         with _quiet_progress():
             storage.write_from_path(partial, str(source))
         storage.rename(partial, target)
+        if say:
+            took = max(time.monotonic() - began, 1e-6)
+            say(f"jumpstarter-http: staged {source.name} in {took:.1f} s ({mib / took:.0f} MiB/s)")
         known[key] = digest
         log.info("staged %s as %s on %s", source, target, self.exporter.name)
 

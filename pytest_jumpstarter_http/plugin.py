@@ -6,7 +6,7 @@ Nothing heavy is imported here: jumpstarter and aiohttp load when a fixture firs
 from __future__ import annotations
 
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,7 +65,8 @@ def _http_runtime(
     run_id = getattr(config, "workerinput", {}).get("testrunuid") or uuid.uuid4().hex
     from .runtime import Runtime
 
-    runtime = Runtime(config.stash[SETTINGS], tmp_path_factory.getbasetemp() / "http", run_id[:12])
+    basetemp = tmp_path_factory.getbasetemp() / "http"
+    runtime = Runtime(config.stash[SETTINGS], basetemp, run_id[:12], progress=_terminal_lines(config))
     yield runtime
     runtime.close()
 
@@ -139,6 +140,21 @@ def http_server_factory(
 
     with HttpServerFactory(_http_runtime, lambda server: _watch(request, server)) as factory:
         yield factory
+
+
+def _terminal_lines(config: pytest.Config) -> Callable[[str], None] | None:
+    """Write a line to the terminal, past output capture; None under -q."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or config.get_verbosity() < 0:
+        return None
+
+    def write(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+    return write
 
 
 def _watch(request: pytest.FixtureRequest, server: HttpServerHandle) -> HttpServerHandle:

@@ -33,8 +33,11 @@ def worker_id() -> str:
 class Runtime:
     """Starts servers for the fixtures and stops the session's ones at the end."""
 
-    def __init__(self, settings: Settings, basetemp: Path, run_id: str) -> None:
+    def __init__(
+        self, settings: Settings, basetemp: Path, run_id: str, progress: Callable[[str], None] | None = None
+    ) -> None:
         self.settings = settings
+        self.progress = progress
         #: Temporary roots live here; everything below pytest's own basetemp counts as temporary.
         self.basetemp = basetemp
         self.run_id = run_id
@@ -76,7 +79,9 @@ class Runtime:
         if self._exporters is None:
             from .exporter import Exporters
 
-            self._exporters = Exporters(self.settings, self.basetemp.parent, self.run_id, worker_id())
+            self._exporters = Exporters(
+                self.settings, self.basetemp.parent, self.run_id, worker_id(), progress=self.progress
+            )
         return self._exporters
 
     def session_root(self, choice: Choice) -> Path:

@@ -186,7 +186,11 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("port", "Port N or range A-B loopback servers bind (default: 0, any free port)", _port, "PORTS"),
     _Option("keep", "Keep temporary roots and staged uploads after their scope (default: false)", _flag),
     _Option(
-        "client", "Jumpstarter client config used to lease an exporter (default: default)", _text, "NAME"
+        "client",
+        "Jumpstarter client config used to lease an exporter "
+        "(default: the current client config, else default)",
+        _text,
+        "NAME",
     ),
     _Option(
         "selector",

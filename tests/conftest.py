@@ -7,7 +7,7 @@ import pytest
 @pytest.fixture
 def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """pytester whose runs load only the plugins a user of this one would have loaded."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:asyncio -p no:cacheprovider")
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:asyncio -p no:aiohttp -p no:cacheprovider")
     monkeypatch.delenv("JUMPSTARTER_HOST", raising=False)
     return pytester
 

@@ -86,6 +86,8 @@ def python_pytest(*args: str, junit: str | os.PathLike[str]) -> list[str]:
         "no:cacheprovider",
         "-p",
         "no:asyncio",
+        "-p",
+        "no:aiohttp",
         f"--junitxml={junit}",
         *args,
     ]
