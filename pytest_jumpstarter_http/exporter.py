@@ -335,6 +335,8 @@ class Exporters:
         self.run_id = run_id
         self.worker = worker
         self._exporters: dict[str | None, Exporter] = {}
+        #: What this process bound to, one line per HttpServer driver, for the run's summary.
+        self.bound: dict[str, str] = {}
         #: Why an exporter could not be reached: asked once, not again by every test.
         self._failures: dict[str | None, ExporterUnavailable | ExporterError] = {}
         self._digests: dict[tuple[str, int, int], str] = {}
@@ -383,6 +385,12 @@ class Exporters:
     def _server(self, exporter: Exporter, driver: str | None, root: Path) -> ExporterServer:
         path, http = exporter.http(driver)
         exporter.ensure_running(http)
+        if str(http.uuid) not in self.bound:
+            labels = ",".join(f"{key}={value}" for key, value in sorted(exporter.labels.items())) or "none"
+            self.bound[str(http.uuid)] = line = (
+                f"exporter {exporter.name!r} (labels {labels}): HttpServer {path!r} at {http.get_url()}"
+            )
+            log.info("%s: %s", self.worker, line)
         scratch = f"{TOP}/runs/{self.run_id}/{self.worker}/{root.name}-{uuid.uuid4().hex[:8]}"
         if root.is_relative_to(self.basetemp):
             return ExporterServer(self, exporter, http, path=path, root=root, prefix=scratch, scratch=scratch)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 SETTINGS = pytest.StashKey[settings.Settings]()
 #: The servers a test used, for its report.
 SERVERS = pytest.StashKey[list["HttpServerHandle"]]()
+#: The session's runtime, once a fixture has made it, for the run's summary.
+RUNTIME = pytest.StashKey["Runtime"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,6 +53,12 @@ def pytest_runtest_makereport(
     return report
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    runtime = config.stash.get(RUNTIME, None)
+    for line in runtime.summary() if runtime else []:
+        terminalreporter.write_line(line)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if SETTINGS in config.stash:
         eventloop.release()
@@ -67,6 +75,7 @@ def _http_runtime(
 
     basetemp = tmp_path_factory.getbasetemp() / "http"
     runtime = Runtime(config.stash[SETTINGS], basetemp, run_id[:12], progress=_terminal_lines(config))
+    config.stash[RUNTIME] = runtime
     yield runtime
     runtime.close()
 

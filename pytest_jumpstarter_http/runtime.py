@@ -131,6 +131,14 @@ class Runtime:
         except OSError:
             shutil.rmtree(root, ignore_errors=True)
 
+    def summary(self) -> list[str]:
+        """What the run's summary says of the exporters this process used."""
+        return (
+            [f"jumpstarter-http: {line}" for line in self._exporters.bound.values()]
+            if self._exporters
+            else []
+        )
+
     def close(self) -> None:
         """Stop the session's servers, newest first, then remove the session's roots."""
         try:

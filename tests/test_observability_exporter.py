@@ -5,6 +5,7 @@ do, jumpstarter#1099, so the runs' own output is what the tests read).
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -118,3 +119,10 @@ def test_the_recording_driver_is_registered_for_jumpstarter() -> None:
 
     found = {entry.name: entry.value for entry in entry_points(group="jumpstarter.drivers")}
     assert found.get("RecordingHttpServer") == "pytest_jumpstarter_http.driver:RecordingHttpServer"
+
+
+def test_the_run_summary_names_the_exporter_and_its_server(runs: Runs) -> None:
+    assert re.search(
+        r"jumpstarter-http: exporter 'jmp shell at .+' \(labels none\): HttpServer 'rec' at http://127\.0\.0\.1:\d+",
+        runs.recording,
+    )
