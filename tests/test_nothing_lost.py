@@ -148,6 +148,14 @@ def test_http_root_is_unchanged_after_a_test_raises_keyboard_interrupt(pytester,
     assert snapshot(images) == before
 
 
+# A shell starts background jobs (a CI runner's, a nohup'd run) with SIGINT ignored, and children
+# inherit that; a user at a terminal gets the default, so give the run under test the default back.
+PYTEST_WITH_SIGINT = (
+    "import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.exit(pytest.console_main())"
+)
+
+
 def test_http_root_is_unchanged_after_sigint_mid_download(pytester, images, inner):
     before = snapshot(images)
     downloading, factory_root = pytester.path / "downloading", pytester.path / "factory-root"
@@ -168,24 +176,26 @@ def test_http_root_is_unchanged_after_sigint_mid_download(pytester, images, inne
     """
     )
     # A signal needs a process of its own, sent while its test is blocked downloading.
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--http-root", str(images), "-p", "no:randomly"],
+    with subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-c", PYTEST_WITH_SIGINT, "--http-root", str(images)],
         cwd=pytester.path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-    )
-    try:
+    ) as process:
         for _ in range(300):
             if downloading.exists() or process.poll() is not None:
                 break
             time.sleep(0.1)
-        assert downloading.exists(), "the download never started"
+        if not downloading.exists():
+            process.kill()
+            pytest.fail(f"the download never started:\n{process.communicate()[0].decode()}")
         process.send_signal(signal.SIGINT)
         interrupted = time.monotonic()
-        output, _ = process.communicate(timeout=30)
-    finally:
-        process.kill()
-        process.wait()
+        try:
+            output, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)  # faulthandler prints where every thread is stuck
+            pytest.fail(f"pytest did not stop within 30 s of SIGINT:\n{process.communicate()[0].decode()}")
     assert time.monotonic() - interrupted < 10
     assert process.returncode == pytest.ExitCode.INTERRUPTED, output.decode()
     assert b"KeyboardInterrupt" in output
