@@ -219,7 +219,11 @@ def startup_tax(config: Config, workdir: Path) -> Section:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pytest.ini").write_text("[pytest]\n")
     (folder / "test_trivial.py").write_text(TRIVIAL)
-    env = child_env()
+    # An installed plugin runs from bytecode pip compiled at install time; with
+    # PYTHONDONTWRITEBYTECODE set (as on some machines) every run would compile every module again
+    # and charge that to start-up. Cache bytecode in the work folder instead, for both variants.
+    env = {key: value for key, value in child_env().items() if key != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
 
     def probe() -> dict[str, float]:
         return {"s": float(run_checked([PYTHON, "-c", IMPORT_PROBE], env=env).stdout)}
