@@ -76,21 +76,14 @@ def write_exporter_config(path: Path, export: dict[str, Any]) -> Path:
     return path
 
 
+def plain_pytest(*args: str) -> list[str]:
+    """A pytest run of this interpreter with only the plugins a user of this one would load."""
+    return [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:asyncio", "-p", "no:aiohttp", *args]
+
+
 def python_pytest(*args: str, junit: str | os.PathLike[str]) -> list[str]:
     """A pytest run of this interpreter that writes its results to ``junit``."""
-    return [
-        PYTHON,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:asyncio",
-        "-p",
-        "no:aiohttp",
-        f"--junitxml={junit}",
-        *args,
-    ]
+    return plain_pytest(f"--junitxml={junit}", *args)
 
 
 RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}

@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass
 
 import pytest
-from jumpstarter_helpers import PYTHON, http_driver, jmp_shell, write_exporter_config
+from jumpstarter_helpers import http_driver, jmp_shell, plain_pytest, write_exporter_config
 
 RECORDING = "pytest_jumpstarter_http.driver.RecordingHttpServer"
 
@@ -60,19 +60,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
             "stock": http_driver(where / "stock-root"),
         },
     )
-    base = [
-        PYTHON,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:asyncio",
-        "-p",
-        "no:aiohttp",
-        "-rA",
-        "test_suite.py",
-    ]
+    base = plain_pytest("-rA", "test_suite.py")
 
     def into(name: str, *args: str) -> list[str]:
         return ["sh", "-c", f"{shlex.join([*base, *args])} > {name}.txt 2>&1"]

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from jumpstarter_helpers import plain_pytest
 
 SERVED = """
     import urllib.request
@@ -142,19 +143,8 @@ def test_an_unreadable_root_is_refused():
         where.chmod(0o755)
         (where / "locked").mkdir(mode=0o000)
         (where / "test_never_runs.py").write_text("def test_it(http_url): raise AssertionError\n")
-        command = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:asyncio",
-            "-p",
-            "no:aiohttp",
-        ]
         result = subprocess.run(
-            as_unprivileged_user([*command, "--http-root=locked"]),
+            as_unprivileged_user(plain_pytest("--http-root=locked")),
             cwd=where,
             capture_output=True,
             text=True,
