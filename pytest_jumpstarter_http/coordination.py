@@ -22,22 +22,36 @@ from typing import Any
 STATE_DIR = Path(tempfile.gettempdir()) / "pytest-jumpstarter-http"
 
 
-def _alive(pid: int) -> bool:
+def _identity(pid: int) -> str | None:
+    """``pid:start-time`` of a live process, or None once it is gone.
+
+    The start time tells a user from a later process that got its pid back. A crashed xdist
+    worker stays a zombie, which kill() still finds, until the controller reaps it at the end of
+    the run, long after the last live worker has left: a zombie counts as gone.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return None
+    except OSError:  # no /proc here: trust the pid alone
+        return str(pid) if _exists(pid) else None
+    if fields[0] in ("Z", "X"):
+        return None
+    return f"{pid}:{fields[19]}"
+
+
+def _exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
-    # A crashed xdist worker stays a zombie, which kill() still finds, until the controller reaps
-    # it at the end of the run: long after the last live worker has left.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return not Path("/proc/self/stat").exists()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+    return True
+
+
+def _alive(user: str) -> bool:
+    return _identity(int(str(user).partition(":")[0])) == str(user)
 
 
 class SharedServer:
@@ -57,7 +71,7 @@ class SharedServer:
             except ValueError:
                 state = {}
             # A worker that crashed never left: forget it, so the last live one can stop the server.
-            state["users"] = [pid for pid in state.get("users", []) if _alive(pid)]
+            state["users"] = [user for user in state.get("users", []) if _alive(user)]
             state.setdefault("started", False)
             try:
                 yield state
@@ -73,8 +87,9 @@ class SharedServer:
                 state["started"] = True
             elif not state["users"]:
                 state["started"] = False  # it ran before any of us came
-            if os.getpid() not in state["users"]:
-                state["users"].append(os.getpid())
+            me = _identity(os.getpid())
+            if me not in state["users"]:
+                state["users"].append(me)
 
     def leave(self, http: Any | None) -> None:
         """Stop using the server; the last user stops it, if one of its users started it.
@@ -82,7 +97,8 @@ class SharedServer:
         ``http`` is None when the server cannot be reached any more: leave without stopping it.
         """
         with self._state() as state:
-            state["users"] = [pid for pid in state["users"] if pid != os.getpid()]
+            me = _identity(os.getpid())
+            state["users"] = [user for user in state["users"] if user != me]
             if not state["users"] and state["started"]:
                 state["started"] = False
                 if http is not None:
