@@ -1,19 +1,23 @@
-"""A drop-in exporter driver: Jumpstarter's HttpServer, plus a log of the requests it answered.
+"""Jumpstarter's HttpServer driver, plus what the plugin needs of it on both backends.
 
-Lab admins put it in an exporter config instead of the stock driver::
+:class:`RecordingHttpServer` keeps a log of the requests it answered and serves only what is
+beneath its root, even while a folder in it is swapped for a link (see :mod:`.serving`). The
+loopback backend runs it in the test's process; lab admins put it in an exporter config instead
+of the stock driver::
 
     export:
       http:
         type: pytest_jumpstarter_http.driver.RecordingHttpServer
         config: {root_dir: /var/lib/jumpstarter/http, host: 192.0.2.10, port: 8080}
 
-and the test reports of pytest-jumpstarter-http then show what the device fetched. This module
-runs on the exporter; the pytest plugin never imports it unless a client of it is built.
+and the test reports of pytest-jumpstarter-http then show what the device fetched. The pytest
+plugin imports this module only when it starts a loopback server or builds a client of it.
 """
 
 from __future__ import annotations
 
 from dataclasses import field
+from pathlib import Path
 from typing import Any
 
 from jumpstarter.driver import export
@@ -22,16 +26,25 @@ from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
 from .requestlog import HttpRequest, RequestLog, install
+from .serving import beneath_middleware
 
-#: Requests kept on the exporter; the oldest go first.
+#: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
 
 
 @dataclass(kw_only=True, config={"arbitrary_types_allowed": True})
 class RecordingHttpServer(HttpServer):
-    """HttpServer that records every request it answers (time, client, method, path, range, status)."""
+    """HttpServer that records every request it answers and never serves outside its root."""
 
+    #: Seconds a stopping server waits for downloads in flight (aiohttp's default is 60).
+    shutdown_grace: float | None = None
+    #: Folders served after ``root_dir``, for files staged beside a root that must not be written.
+    extra_roots: list[str] = field(default_factory=list)
     request_log: RequestLog = field(init=False, default_factory=lambda: RequestLog(MAX_REQUESTS))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.app.middlewares.append(beneath_middleware(_Roots(self)))
 
     @classmethod
     def client(cls) -> str:
@@ -39,7 +52,18 @@ class RecordingHttpServer(HttpServer):
 
     @export
     async def start(self) -> None:
-        await super().start()
+        try:
+            await super().start()
+        except BaseException:
+            # The driver keeps a runner that failed to bind; clean it up or its next start warns.
+            if self.runner is not None:
+                await self.runner.cleanup()
+                self.runner = None
+            raise
+        if self.shutdown_grace is not None and self.runner is not None:
+            # Private, but the only way to bound aiohttp's graceful shutdown of a runner built
+            # by the driver; tests/test_private_apis.py fails loudly if it moves.
+            self.runner._shutdown_timeout = self.shutdown_grace
         install(self.runner, self.request_log)
 
     @export
@@ -47,6 +71,17 @@ class RecordingHttpServer(HttpServer):
         """The number of requests recorded so far, and those from number ``start`` on."""
         total = self.request_log.total  # numbers cross Jumpstarter's wire as floats
         return total, [entry.as_dict() for entry in self.request_log.since(int(start))]
+
+
+class _Roots:
+    """The folders a RecordingHttpServer serves, read at each request: staging adds one later."""
+
+    def __init__(self, server: RecordingHttpServer) -> None:
+        self._server = server
+
+    def __iter__(self) -> Any:
+        yield Path(self._server.root_dir)
+        yield from map(Path, self._server.extra_roots)
 
 
 class RecordingHttpServerClient(HttpServerClient):

@@ -11,7 +11,7 @@ from typing import Any, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 from .names import check_name, url_path
-from .requestlog import HttpRequest, describe, status_matches
+from .requestlog import HttpRequest, RequestLogUnavailable, describe, status_matches
 
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
 
@@ -42,10 +42,6 @@ def format_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-class RequestLogUnavailable(RuntimeError):
-    """The server keeps no request log (an exporter with the stock HttpServer driver)."""
-
-
 class HttpServerHandle(ABC):
     """A running HTTP server serving files to the device under test.
 
@@ -56,26 +52,53 @@ class HttpServerHandle(ABC):
     backend: Literal["loopback", "exporter"]
     #: The bound address (an exporter's server reports its own).
     host: str
-    #: The bound port.
-    port: int
-    #: The server's base URL as the device under test sees it, with no trailing slash.
-    url: str
-    #: The local directory served (on an exporter: the local staging directory), or None.
-    root: Path | None
+    #: The local directory served (on an exporter: the local directory published to it).
+    root: Path
+
+    @property
+    @abstractmethod
+    def port(self) -> int:
+        """The port the server listens on now."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """The server's base URL as the device under test sees it, with no trailing slash.
+
+        Read when used: a server restarted through its client on a new port gets a new URL.
+        """
 
     @property
     @abstractmethod
     def client(self) -> Any:
         """The Jumpstarter ``HttpServerClient`` that drives this server."""
 
+    @property
+    def exporter_client(self) -> Any:
+        """The exporter's root Jumpstarter client (``.flasher``, ``.power``...); None on loopback."""
+        return None
+
     def url_for(self, name: str) -> str:
         """The percent-encoded URL of ``name`` (a path relative to the root), published first."""
         self.publish(check_name(name, where="url_for() name"))
         return self.url + url_path(name)
 
-    @abstractmethod
     def stage(self, src: str | os.PathLike[str], name: str | None = None) -> str:
-        """Make the local file ``src`` available as ``name`` (default: its file name); return its URL."""
+        """Serve a copy of the local file ``src`` as ``name`` (default: its file name); return its URL.
+
+        The copy is the server's own: changing it never changes ``src``, and ``src`` itself is
+        never moved, linked or written.
+        """
+        source = Path(src)
+        if not source.is_file():
+            raise FileNotFoundError(
+                f"stage(): {str(source)!r} is not a file; give the path of a file to serve."
+            )
+        return self._stage(source, check_name(name or source.name, where="stage() name"))
+
+    @abstractmethod
+    def _stage(self, source: Path, name: str) -> str:
+        """Serve a copy of the file ``source`` as the checked ``name``; return its URL."""
 
     @abstractmethod
     def publish(self, name: str | None = None) -> None:

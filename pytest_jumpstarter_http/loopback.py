@@ -6,20 +6,20 @@ import asyncio
 import errno
 import os
 import shutil
-import tempfile
+import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from . import eventloop
 from .handle import HttpServerHandle, concrete_host, format_url
-from .names import check_name, url_path
-from .requestlog import HttpRequest, RequestLog, install
+from .names import url_path
+from .requestlog import HttpRequest
 from .settings import PortRange
 
 if TYPE_CHECKING:
-    from aiohttp.typedefs import Handler, Middleware
-    from jumpstarter_driver_http.driver import HttpServer
+    from .driver import RecordingHttpServer
 
 #: Seconds a stopping server waits for downloads still in flight before it cuts them.
 SHUTDOWN_GRACE = 2.0
@@ -30,16 +30,16 @@ class PortsExhausted(RuntimeError):
 
 
 class LoopbackServer(HttpServerHandle):
-    """Serve ``root`` from ``jumpstarter_driver_http.driver.HttpServer`` on this machine.
+    """Serve ``root`` from Jumpstarter's HttpServer driver on this machine.
 
     Works on its own as a context manager::
 
-        with LoopbackServer(Path("images")).start() as server:
+        with LoopbackServer(Path("images"), staging=Path("staged")).start() as server:
             print(server.url_for("disk.raw"))
 
-    ``stage()`` links files into ``root`` only when ``stage_in_root`` says the root is the
-    plugin's own; otherwise it serves them from a second server on a temporary root, so a
-    directory you gave is never written, even by a run that is killed.
+    ``stage()`` copies files into ``staging`` (a folder, or a function that makes one on first
+    use), which is served beside ``root``: give ``staging=root`` for a root you own, a folder of
+    its own for a root that must not be written.
     """
 
     backend: Literal["loopback"] = "loopback"
@@ -51,42 +51,40 @@ class LoopbackServer(HttpServerHandle):
         host: str = "127.0.0.1",
         port: PortRange | None = None,
         url_host: str | None = None,
-        keep: bool = False,
         timeout: float = 30.0,
-        stage_in_root: bool = False,
-        log: RequestLog | None = None,
+        staging: Path | Callable[[], Path] | None = None,
     ) -> None:
         self.root: Path = Path(root)
         self.host = host
-        self.port = 0
-        self.url = ""
         self._ports = port
         self._url_host = url_host
-        self._keep = keep
         self._timeout = timeout
-        self._driver: HttpServer | None = None
-        self._created: list[Path] = []
+        self._staging = staging
+        self._staged: set[Path] = set()
+        self._driver: RecordingHttpServer | None = None
+        #: The port it last listened on: a stopped server's URL still names it, in its report.
+        self._port = 0
+        self._stopped = False
         self._client: Any = None
         self._client_stack = ExitStack()
-        self._log = log or RequestLog()
-        self._stage_in_root = stage_in_root
-        self._scratch: LoopbackServer | None = None
 
     def start(self) -> Self:
         """Start the driver's server on a free port of the configured range."""
-        from jumpstarter_driver_http.driver import HttpServer
+        from .driver import RecordingHttpServer
 
         # The driver's defaults bind the LAN address on port 8080 and serve /var/www; never use them.
         # mypy takes the grpc servicer methods the Driver base leaves to the exporter as abstract.
-        driver = HttpServer(  # type: ignore[abstract]
+        driver = RecordingHttpServer(  # type: ignore[abstract]
             root_dir=str(self.root),
             host=self.host,
             port=0,
             remove_created_on_close=False,
             # Its INFO lines ("HTTP server started at ...") would fill every test's captured log.
             log_level="WARNING",
+            shutdown_grace=SHUTDOWN_GRACE,
         )
-        driver.app.middlewares.append(_too_long_is_not_found())
+        if isinstance(self._staging, Path) and self._staging != self.root:
+            driver.extra_roots.append(str(self._staging))
         # Each running server holds the loop thread: used without pytest, the last stop() ends
         # the thread, whose portal would otherwise hang the interpreter's exit.
         eventloop.acquire()
@@ -96,15 +94,14 @@ class LoopbackServer(HttpServerHandle):
             eventloop.release()
             raise
         self._driver = driver
-        self.port = driver.get_port()
-        self.url = format_url(self._url_host or concrete_host(self.host), self.port)
+        self._url_base_host = self._url_host or concrete_host(self.host)
         return self
 
-    def _bind(self, driver: HttpServer) -> None:
+    def _bind(self, driver: RecordingHttpServer) -> None:
         for port in _candidates(self._ports):
             driver.port = port
             try:
-                eventloop.call(_start, driver, self._log, timeout=self._timeout)
+                eventloop.call(driver.start, timeout=self._timeout)
                 return
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE or self._ports is None:
@@ -115,74 +112,78 @@ class LoopbackServer(HttpServerHandle):
         )
 
     @property
+    def _started(self) -> RecordingHttpServer:
+        if self._driver is None:
+            raise RuntimeError(f"{type(self).__name__} on {str(self.root)!r} was never started; start() it.")
+        return self._driver
+
+    @property
+    def port(self) -> int:
+        if not self._stopped:
+            self._port = int(self._started.get_port()) or self._port
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return format_url(self._url_base_host, self.port)
+
+    @property
+    def staging(self) -> Path | None:
+        """The folder ``stage()`` copies into, once there is one."""
+        return self._staging if isinstance(self._staging, Path) else None
+
+    @property
     def client(self) -> Any:
         """A Jumpstarter ``HttpServerClient`` on this server, through a local session opened on first use."""
         if self._client is None:
             from jumpstarter.common.utils import serve_async
 
-            if self._driver is None:
-                raise RuntimeError(f"{self!r} is not running; start() it first.")
             portal = eventloop.portal()
             stack = self._client_stack
             self._client = stack.enter_context(
-                portal.wrap_async_context_manager(serve_async(self._driver, portal, stack))
+                portal.wrap_async_context_manager(serve_async(self._started, portal, stack))
             )
         return self._client
 
-    def stage(self, src: str | os.PathLike[str], name: str | None = None) -> str:
-        """Link (or copy) the local file ``src`` into the served root as ``name``; return its URL.
+    def _stage(self, source: Path, name: str) -> str:
+        """Copy ``source`` into the staging folder as ``name``.
 
-        A file already at that place in the root is served as it is; a file there that this
-        server did not create is never replaced.
+        A file of that name in ``root`` that this server did not stage is never replaced.
         """
-        source = Path(src)
-        if not source.is_file():
-            raise FileNotFoundError(
-                f"stage(): {str(source)!r} is not a file; give the path of a file to serve."
-            )
-        name = check_name(name or source.name, where="stage() name")
-        target = self.root / name
-        if target.exists() and target.resolve() == source.resolve():
+        if _same_file(self.root / name, source):  # already served where it is
             return self.url + url_path(name)
-        if not self._stage_in_root:
-            return self._scratch_server().stage(source, name)
-        if not target.resolve().is_relative_to(self.root.resolve()):
-            raise ValueError(f"stage(): {name!r} leads outside the served root through a symbolic link.")
-        if target.exists() or target.is_symlink():
-            if target not in self._created:
-                raise FileExistsError(
-                    f"stage(): {str(target)!r} already exists and the plugin did not create it; "
-                    "stage under another name."
-                )
-            target.unlink()
-            self._created.remove(target)
-        for parent in reversed(target.relative_to(self.root).parents[:-1]):
-            folder = self.root / parent
-            if not folder.exists():
-                folder.mkdir()
-                self._created.append(folder)
+        staging = self._staging_folder()
+        target = staging / name
+        for folder in {self.root, staging}:
+            if not (folder / name).resolve().is_relative_to(folder.resolve()):
+                raise ValueError(f"stage(): {name!r} leads outside the served root through a symbolic link.")
+        if target not in self._staged and (os.path.lexists(self.root / name) or os.path.lexists(target)):
+            raise FileExistsError(
+                f"stage(): {str(self.root / name)!r} already exists and the plugin did not create it; "
+                "stage under another name."
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Copy beside the target and rename: a download in flight keeps the file it opened.
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
         try:
-            os.link(source, target)
-        except OSError:  # another file system, or links not allowed
-            shutil.copyfile(source, target)
-        self._created.append(target)
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        self._staged.add(target)
         return self.url + url_path(name)
 
-    def _scratch_server(self) -> LoopbackServer:
-        """A second server, on a temporary root of its own, for what ``stage()`` serves."""
-        if self._scratch is None:
-            root = tempfile.mkdtemp(prefix="pytest-jumpstarter-http-stage-")
-            self._scratch = LoopbackServer(
-                root,
-                host=self.host,
-                port=self._ports,
-                url_host=self._url_host,
-                keep=self._keep,
-                timeout=self._timeout,
-                stage_in_root=True,
-                log=self._log,
-            ).start()
-        return self._scratch
+    def _staging_folder(self) -> Path:
+        staging = self._staging
+        if staging is None:
+            raise RuntimeError(
+                f"stage(): this {type(self).__name__} has no folder for staged files; "
+                "give LoopbackServer(..., staging=FOLDER)."
+            )
+        if not isinstance(staging, Path):
+            self._staging = staging = staging()
+            self._started.extra_roots.append(str(staging))
+        return staging
 
     def publish(self, name: str | None = None) -> None:
         """Nothing to do: the server reads ``root`` directly."""
@@ -190,41 +191,42 @@ class LoopbackServer(HttpServerHandle):
     def _requests_since(self, start: int) -> list[HttpRequest]:
         # A client can read a response before the server's task logs it; while a connection is
         # open, let the loop catch up (a closed one has logged everything it answered).
-        runner = self._driver.runner if self._driver else None
+        runner = self._started.runner
         if runner is not None and runner.server is not None and runner.server.connections:
             eventloop.call(_settle)
-        return self._log.since(start)
+        return self._started.request_log.since(start)
 
     def _request_count(self) -> int:
-        return self._log.total
+        return self._started.request_log.total
 
     def stop(self) -> None:
-        driver, self._driver = self._driver, None
-        scratch, self._scratch = self._scratch, None
+        """Stop the server; what ``stage()`` copied stays for the owner of its folder to remove."""
+        if self._stopped or self._driver is None:
+            return
+        self.port  # noqa: B018 (remembered for the URL in the report)
+        self._stopped = True
+        driver = self._driver
         try:
-            if scratch is not None:
-                scratch.stop()
-                if not self._keep:
-                    shutil.rmtree(scratch.root, ignore_errors=True)
-            if driver is not None and driver.runner is not None:
+            if driver.runner is not None:
                 eventloop.call(driver.stop, timeout=self._timeout)
         finally:
             try:
                 self._client_stack.close()
             finally:
                 self._client = None
-                if driver is not None:
-                    eventloop.release()
-                if not self._keep:
-                    self._remove_created()
+                eventloop.release()
 
-    def _remove_created(self) -> None:
-        for path in reversed(self._created):
-            if not path.is_dir() or path.is_symlink():
-                path.unlink(missing_ok=True)
-            elif not any(path.iterdir()):  # a test may have put its own files there
-                path.rmdir()
-        self._created.clear()
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+async def _settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
 
 
 def _candidates(ports: PortRange | None) -> list[int]:
@@ -238,44 +240,3 @@ def _candidates(ports: PortRange | None) -> list[int]:
     span = list(range(ports.first, ports.last + 1))
     offset = os.getpid() % len(span)
     return span[offset:] + span[:offset]
-
-
-async def _settle() -> None:
-    for _ in range(3):
-        await asyncio.sleep(0)
-
-
-def _too_long_is_not_found() -> Middleware:
-    """A middleware answering 404 for a name longer than the file system allows: no such file.
-
-    aiohttp's static route lets ENAMETOOLONG out of ``Path.resolve()`` as a 500 with a logged
-    traceback (Starlette answers 404 since encode/starlette#2583).
-    """
-    from aiohttp import web
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except OSError as exc:
-            if exc.errno != errno.ENAMETOOLONG:
-                raise
-            raise web.HTTPNotFound() from None
-
-    return middleware
-
-
-async def _start(driver: HttpServer, log: RequestLog) -> None:
-    try:
-        await driver.start()
-    except BaseException:
-        # The driver keeps a runner that failed to bind; clean it up or its next start warns.
-        if driver.runner is not None:
-            await driver.runner.cleanup()
-            driver.runner = None
-        raise
-    # The driver's AppRunner keeps aiohttp's 60 s graceful shutdown, which would hold a test's
-    # teardown as long as any download is in flight; bound it.
-    if driver.runner is not None:
-        driver.runner._shutdown_timeout = SHUTDOWN_GRACE
-        install(driver.runner, log)

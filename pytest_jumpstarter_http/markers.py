@@ -9,9 +9,10 @@ from typing import Any, Literal
 
 import pytest
 
-from .settings import SCOPES, Scope, Settings, Source, parse_root
+from .settings import OPTIONS, Scope, Settings, Source
 
-JUMPSTARTER_HOST = "JUMPSTARTER_HOST"
+#: Starts the reason of a test skipped for want of an exporter; the run's summary counts them.
+NO_EXPORTER = "http_exporter: "
 
 MARKERS = (
     "http_server(*, scope=None, root=None): serve this test's http_server with this scope "
@@ -37,76 +38,66 @@ def http_loopback() -> dict[str, Any]:
 
 
 _SIGNATURES = {f.__name__: f for f in (http_server, http_exporter, http_loopback)}
+_OPTIONS = {option.field: option for option in OPTIONS}
 
 
 @dataclass(frozen=True)
 class Choice:
-    """What one test asked for, after its markers are applied to the run's settings."""
+    """Which server one test gets: its markers applied to the run's settings."""
 
     scope: Scope
-    root: Path | None
     backend: Literal["loopback", "exporter"]
     selector: str | None = None
     driver: str | None = None
-    #: --http-backend exporter was given: no reachable exporter fails the test instead of skipping it.
-    exporter_required: bool = False
+    #: The run asked for an exporter: not reaching one fails the test instead of skipping it.
+    required: bool = False
 
 
-def _marker_args(node: pytest.Item, name: str) -> dict[str, Any] | None:
-    marker = node.get_closest_marker(name)
-    if marker is None:
-        return None
+def _marker_args(node: pytest.Item, marker: pytest.Mark) -> dict[str, Any]:
     try:
-        return _SIGNATURES[name](*marker.args, **marker.kwargs)
+        return _SIGNATURES[marker.name](*marker.args, **marker.kwargs)
     except TypeError as exc:
         problem = str(exc)
-    pytest.fail(f"@pytest.mark.{name}: {problem}.", pytrace=False)
+    pytest.fail(f"@pytest.mark.{marker.name}: {problem}.", pytrace=False)
+
+
+def _server_marker(node: pytest.Item, field: str) -> Any:
+    """The ``http_server`` marker's ``field``, parsed as its option would be; None if not given."""
+    marker = node.get_closest_marker("http_server")
+    value = None if marker is None else _marker_args(node, marker)[field]
+    if value is None:
+        return None
+    try:
+        return _OPTIONS[field].parse(
+            value, Source(f"@pytest.mark.http_server({field}=...)", node.path.parent)
+        )
+    except pytest.UsageError as exc:
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)
+
+
+def chosen_root(node: pytest.Item, settings: Settings) -> Path | None:
+    """The user's directory ``node`` serves (marker, then ``--http-root``), or None for a temporary one."""
+    root: Path | None = _server_marker(node, "root")
+    return root or settings.root
 
 
 def choose(node: pytest.Item, settings: Settings) -> Choice:
-    """Resolve the scope, root and backend of ``node`` from its markers and the settings."""
-    server = _marker_args(node, "http_server") or {}
-    exporter = _marker_args(node, "http_exporter")
-    loopback = _marker_args(node, "http_loopback")
-    scope = server.get("scope") or settings.scope
-    if scope not in SCOPES:
-        pytest.fail(
-            f"@pytest.mark.http_server: scope={scope!r} is not valid; use one of {', '.join(SCOPES)}.",
-            pytrace=False,
-        )
-    root = settings.root
-    if server.get("root") is not None:
-        source = Source("@pytest.mark.http_server(root=...)", node.path.parent)
-        try:
-            root = parse_root(os.fspath(server["root"]), source)
-        except pytest.UsageError as exc:
-            problem = str(exc)
-        else:
-            problem = ""
-        if problem:
-            pytest.fail(problem, pytrace=False)
-    closest = next(
-        (m.name for m in node.iter_markers() if m.name in ("http_exporter", "http_loopback")), None
-    )
-    if closest == "http_loopback" or (closest is None and loopback is not None):
-        return Choice(scope, root, "loopback")
-    if closest == "http_exporter" and exporter is not None:
+    """Resolve the scope and backend of ``node`` from its markers and the settings."""
+    scope: Scope = _server_marker(node, "scope") or settings.scope
+    # The closest of the two backend markers wins: a test's own over its class's or module's.
+    marker = next((m for m in node.iter_markers() if m.name in ("http_exporter", "http_loopback")), None)
+    if marker is None:
         return Choice(
-            scope,
-            root,
-            "exporter",
-            selector=exporter["selector"] or settings.selector,
-            driver=exporter["driver"] or settings.driver,
-            exporter_required=settings.backend == "exporter",
+            scope, settings.run_backend, settings.selector, settings.driver, settings.wants_exporter
         )
-    backend = settings.backend
-    if backend == "auto":
-        backend = "exporter" if os.environ.get(JUMPSTARTER_HOST) or settings.selector else "loopback"
+    args = _marker_args(node, marker)
+    if marker.name == "http_loopback":
+        return Choice(scope, "loopback")
     return Choice(
         scope,
-        root,
-        backend,
-        selector=settings.selector,
-        driver=settings.driver,
-        exporter_required=settings.backend == "exporter",
+        "exporter",
+        args["selector"] or settings.selector,
+        args["driver"] or settings.driver,
+        settings.wants_exporter,
     )

@@ -1,4 +1,4 @@
-"""pytest hooks and fixtures of pytest-jumpstarter-http, in the order pytest calls them.
+"""pytest hooks, then fixtures, of pytest-jumpstarter-http; the work is in the modules beside it.
 
 Nothing heavy is imported here: jumpstarter and aiohttp load when a fixture first needs them.
 """
@@ -49,7 +49,7 @@ def pytest_runtest_makereport(
     if call.when == "call" and servers:
         from . import requestlog
 
-        requestlog.report(report, servers, item.config.stash[SETTINGS].fail_on)
+        requestlog.add_to_report(report, servers, item.config.stash[SETTINGS].fail_on)
     return report
 
 
@@ -57,6 +57,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     runtime = config.stash.get(RUNTIME, None)
     for line in runtime.summary() if runtime else []:
         terminalreporter.write_line(line)
+    # Counted from the reports, which xdist brings back from its workers.
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        if reason.startswith("Skipped: " + markers.NO_EXPORTER):
+            reason = reason.removeprefix("Skipped: " + markers.NO_EXPORTER)
+            reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        tests = "test was" if count == 1 else "tests were"
+        terminalreporter.write_line(
+            f"jumpstarter-http: {count} {tests} skipped for want of an exporter: {reason}", yellow=True
+        )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -91,19 +103,15 @@ def served_dir(
 ) -> Iterator[Path]:
     """The local directory ``http_server`` serves, as a ``pathlib.Path``.
 
-    A fresh empty temporary directory per test (per session with ``--http-scope session``),
+    A fresh empty temporary directory per test (per session with ``--http-scope=session``),
     removed afterwards unless ``--http-keep``; or the ``--http-root`` directory (or the
     ``http_server(root=...)`` marker's), which the plugin never changes. On an exporter it is a
     local staging directory: files written here are uploaded on ``url_for()`` or ``publish()``.
     Override it in a conftest.py to serve a directory of your own.
     """
-    if _http_choice.root is not None:
-        yield _http_choice.root
-    elif _http_choice.scope == "session":
-        yield _http_runtime.session_root(_http_choice)
-    else:
-        with _http_runtime.temporary_root(request.node.name) as root:
-            yield root
+    root = markers.chosen_root(request.node, request.config.stash[SETTINGS])
+    with _http_runtime.served_dir(_http_choice, root, request.node.name) as path:
+        yield path
 
 
 @pytest.fixture
@@ -114,15 +122,12 @@ def http_server(
 
     It is Jumpstarter's own ``HttpServer`` driver: on loopback it runs in this process on a free
     port; inside ``jmp shell`` or with ``--http-selector`` it is the exporter's server next to the
-    device. Fresh per test, or one per process with ``--http-scope session`` or
+    device. Fresh per test, or one per process with ``--http-scope=session`` or
     ``@pytest.mark.http_server(scope="session")``. Use ``.url``, ``.url_for(name)``,
     ``.stage(path)``, ``.requests``, ``.assert_requested(path)`` and ``.client``.
     """
-    if _http_choice.scope == "session":
-        yield _watch(request, _http_runtime.session_server(_http_choice, served_dir))
-    else:
-        with _http_runtime.start(_http_choice, served_dir) as server:
-            yield _watch(request, server)
+    with _http_runtime.server(_http_choice, served_dir) as server:
+        yield _watch(request, server)
 
 
 @pytest.fixture

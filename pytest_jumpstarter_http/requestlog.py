@@ -11,6 +11,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+class RequestLogUnavailable(RuntimeError):
+    """The server keeps no request log (an exporter with the stock HttpServer driver)."""
+
+
 @dataclass(frozen=True)
 class HttpRequest:
     """One request a server answered."""
@@ -134,10 +138,8 @@ def describe(entries: list[HttpRequest]) -> str:
     return "\n".join(entry.line() for entry in entries) if entries else "(no requests)"
 
 
-def report(report: Any, servers: list[Any], fail_on: tuple[str, ...]) -> None:
+def add_to_report(report: Any, servers: list[Any], fail_on: tuple[str, ...]) -> None:
     """Add each server's requests to a test's report; fail it on a status of ``--http-fail-on``."""
-    from .handle import RequestLogUnavailable
-
     lines = []
     for server in servers:
         try:

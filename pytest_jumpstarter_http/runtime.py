@@ -1,13 +1,10 @@
-"""What one pytest process keeps for its whole session: session servers, temporary roots, exporters."""
+"""What one pytest process keeps for its session: its roots, its session servers, its exporters."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -16,11 +13,13 @@ from typing import TYPE_CHECKING, Literal, Self
 import pytest
 
 from .handle import HttpServerHandle
-from .markers import Choice
+from .loopback import LoopbackServer
+from .markers import NO_EXPORTER, Choice
+from .roots import Roots
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .exporter import Exporters
+    from .exporter import ExporterBackend
 
 log = logging.getLogger("pytest_jumpstarter_http")
 
@@ -31,66 +30,45 @@ def worker_id() -> str:
 
 
 class Runtime:
-    """Starts servers for the fixtures and stops the session's ones at the end."""
+    """Starts servers for the fixtures, and stops the session's ones at the end."""
 
     def __init__(
         self, settings: Settings, basetemp: Path, run_id: str, progress: Callable[[str], None] | None = None
     ) -> None:
         self.settings = settings
         self.progress = progress
-        #: Temporary roots live here; everything below pytest's own basetemp counts as temporary.
-        self.basetemp = basetemp
+        self.roots = Roots(basetemp, keep=settings.keep)
         self.run_id = run_id
         self._session_roots: dict[Choice, Path] = {}
         self._session_servers: dict[Choice, HttpServerHandle] = {}
-        self._exporters: Exporters | None = None
+        self._exporters: ExporterBackend | None = None
 
-    def start(self, choice: Choice, root: Path) -> HttpServerHandle:
-        """A new server on ``root`` for ``choice``; the caller stops it."""
-        settings = self.settings
-        if choice.backend == "exporter":
-            from .exporter import ExporterError, ExporterUnavailable
+    @contextmanager
+    def served_dir(self, choice: Choice, root: Path | None, label: str) -> Iterator[Path]:
+        """The user's ``root`` if given, else a root of the plugin's own for the choice's scope."""
+        if root is not None:
+            yield root
+        elif choice.scope == "session":
+            if choice not in self._session_roots:
+                self._session_roots[choice] = self.roots.make("session")
+            yield self._session_roots[choice]
+        else:
+            with self.roots.temporary(label) as path:
+                yield path
 
-            try:
-                return self.exporters().server(choice.selector, choice.driver, root)
-            except ExporterUnavailable as exc:
-                problem, required = str(exc), choice.exporter_required
-            except ExporterError as exc:
-                problem, required = str(exc), True
-            if required:
-                pytest.fail(problem, pytrace=False)
-            pytest.skip(problem)
-        from .loopback import LoopbackServer
+    @contextmanager
+    def server(self, choice: Choice, root: Path) -> Iterator[HttpServerHandle]:
+        """A server on ``root``: the session's one for ``choice``, or a new one for the block."""
+        if choice.scope == "session":
+            yield self._session_server(choice, root)
+            return
+        server = self.start(choice, root)
+        try:
+            yield server
+        finally:
+            self.stop_all([server])
 
-        server = LoopbackServer(
-            root,
-            host=settings.host,
-            port=settings.port,
-            url_host=settings.url_host,
-            keep=settings.keep,
-            timeout=settings.timeout,
-            # Only the plugin's own temporary roots are written; a user's root never is.
-            stage_in_root=root.is_relative_to(self.basetemp.parent),
-        ).start()
-        log.debug("%s: loopback server %s serving %s", worker_id(), server.url, root)
-        return server
-
-    def exporters(self) -> Exporters:
-        if self._exporters is None:
-            from .exporter import Exporters
-
-            self._exporters = Exporters(
-                self.settings, self.basetemp.parent, self.run_id, worker_id(), progress=self.progress
-            )
-        return self._exporters
-
-    def session_root(self, choice: Choice) -> Path:
-        """The temporary root shared by the session's servers of ``choice``."""
-        if choice not in self._session_roots:
-            self._session_roots[choice] = self.make_root("session")
-        return self._session_roots[choice]
-
-    def session_server(self, choice: Choice, root: Path) -> HttpServerHandle:
+    def _session_server(self, choice: Choice, root: Path) -> HttpServerHandle:
         """The session's server for ``choice``, started on first use.
 
         One per choice: a ``served_dir`` overridden to another directory replaces it, so a
@@ -99,37 +77,63 @@ class Runtime:
         server = self._session_servers.get(choice)
         if server is not None and server.root != root:
             del self._session_servers[choice]
-            server.stop()
+            self.stop_all([server])
             server = None
         if server is None:
             self._session_servers[choice] = server = self.start(choice, root)
             log.info("%s: session server %s serving %s", worker_id(), server.url, root)
         return server
 
-    def make_root(self, label: str) -> Path:
-        stem = re.sub(r"[^\w.-]+", "_", label)[:40]
-        try:
-            return Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=self.basetemp))
-        except FileNotFoundError:  # the first root of the session
-            self.basetemp.mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=self.basetemp))
+    def start(self, choice: Choice, root: Path) -> HttpServerHandle:
+        """A new server on ``root`` for ``choice``; the caller stops it with :meth:`stop_all`."""
+        if choice.backend == "exporter":
+            return self._exporter_server(choice, root)
+        settings = self.settings
+        server = LoopbackServer(
+            root,
+            host=settings.host,
+            port=settings.port,
+            url_host=settings.url_host,
+            timeout=settings.timeout,
+            # A user's root is never written: what a test stages there goes to a folder of ours.
+            staging=root if self.roots.owns(root) else lambda: self.roots.make("staged"),
+        ).start()
+        log.debug("%s: loopback server %s serving %s", worker_id(), server.url, root)
+        return server
 
-    @contextmanager
-    def temporary_root(self, label: str) -> Iterator[Path]:
-        """A fresh empty root, removed afterwards unless ``--http-keep``."""
-        root = self.make_root(label)
-        try:
-            yield root
-        finally:
-            self.remove_root(root)
+    def _exporter_server(self, choice: Choice, root: Path) -> HttpServerHandle:
+        from .connect import ExporterError, ExporterUnavailable
 
-    def remove_root(self, root: Path) -> None:
-        if self.settings.keep:
-            return
         try:
-            root.rmdir()  # most tests' roots are empty by now, and this is the per-test path
-        except OSError:
-            shutil.rmtree(root, ignore_errors=True)
+            return self.backend().server(choice.selector, choice.driver, root, owned=self.roots.owns(root))
+        except ExporterUnavailable as exc:
+            if not choice.required:
+                pytest.skip(NO_EXPORTER + str(exc))
+            problem = str(exc)
+        except ExporterError as exc:
+            problem = str(exc)
+        pytest.fail(problem, pytrace=False)
+
+    def backend(self) -> ExporterBackend:
+        if self._exporters is None:
+            from .exporter import ExporterBackend
+
+            self._exporters = ExporterBackend(self.settings, self.run_id, worker_id(), progress=self.progress)
+        return self._exporters
+
+    def stop_all(self, servers: Iterable[HttpServerHandle]) -> None:
+        """Stop every server, and remove its staging folder, even when one fails; raise the first failure."""
+        first: BaseException | None = None
+        for server in servers:
+            try:
+                server.stop()
+            except BaseException as exc:
+                first = first or exc
+            finally:
+                if isinstance(server, LoopbackServer) and server.staging not in (None, server.root):
+                    self.roots.remove(server.staging)
+        if first is not None:
+            raise first
 
     def summary(self) -> list[str]:
         """What the run's summary says of the exporters this process used."""
@@ -142,25 +146,13 @@ class Runtime:
     def close(self) -> None:
         """Stop the session's servers, newest first, then remove the session's roots."""
         try:
-            stop_all(reversed(self._session_servers.values()))
+            self.stop_all(reversed(self._session_servers.values()))
         finally:
             self._session_servers.clear()
             for root in self._session_roots.values():
-                self.remove_root(root)
+                self.roots.remove(root)
             if self._exporters is not None:
                 self._exporters.close()
-
-
-def stop_all(servers: Iterator[HttpServerHandle] | list[HttpServerHandle]) -> None:
-    """Stop every server even when one fails; raise the first failure."""
-    first: BaseException | None = None
-    for server in servers:
-        try:
-            server.stop()
-        except BaseException as exc:
-            first = first or exc
-    if first is not None:
-        raise first
 
 
 class HttpServerFactory:
@@ -185,21 +177,14 @@ class HttpServerFactory:
         """Start a server on ``root`` (default: a fresh temporary directory) and return its handle."""
         runtime = self._runtime
         if root is None:
-            path = runtime.make_root("factory")
+            path = runtime.roots.make("factory")
             self._roots.append(path)
         else:
             path = Path(root)
             if not path.is_dir():
                 raise NotADirectoryError(f"http_server_factory: root {str(root)!r} is not a directory.")
         settings = runtime.settings
-        choice = Choice(
-            "function",
-            path,
-            backend,
-            selector=selector or settings.selector,
-            driver=driver or settings.driver,
-            exporter_required=True,
-        )
+        choice = Choice("function", backend, selector or settings.selector, driver or settings.driver, True)
         server = runtime.start(choice, path)
         self._servers.append(server)
         self._on_start(server)
@@ -207,11 +192,11 @@ class HttpServerFactory:
 
     def close(self) -> None:
         try:
-            stop_all(reversed(self._servers))
+            self._runtime.stop_all(reversed(self._servers))
         finally:
             self._servers.clear()
             for root in self._roots:
-                self._runtime.remove_root(root)
+                self._runtime.roots.remove(root)
             self._roots.clear()
 
     def __enter__(self) -> Self:

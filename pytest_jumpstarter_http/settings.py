@@ -17,6 +17,8 @@ import pytest
 Scope = Literal["function", "session"]
 Backend = Literal["auto", "loopback", "exporter"]
 SCOPES: tuple[Scope, ...] = ("function", "session")
+#: Set by ``jmp shell`` (and by hand, for a ``jmp run`` exporter): the exporter to serve from.
+JUMPSTARTER_HOST = "JUMPSTARTER_HOST"
 BACKENDS: tuple[Backend, ...] = ("auto", "loopback", "exporter")
 
 
@@ -51,14 +53,38 @@ class Settings:
     driver: str | None = None
     timeout: float = 30.0
     fail_on: tuple[str, ...] = ()
+    #: ``JUMPSTARTER_HOST`` as the run started.
+    jumpstarter_host: str | None = None
+
+    @property
+    def wants_exporter(self) -> bool:
+        """Whether the run itself asked for an exporter: then not reaching one is an error."""
+        if self.backend != "auto":
+            return self.backend == "exporter"
+        return bool(self.jumpstarter_host or self.selector or self.client)
+
+    @property
+    def run_backend(self) -> Literal["loopback", "exporter"]:
+        """Where tests without a backend marker are served."""
+        return "exporter" if self.wants_exporter else "loopback"
 
     def header(self) -> str:
         root = str(self.root) if self.root else "a fresh temporary directory per server"
-        port = str(self.port) if self.port else "any free"
-        line = (
-            f"jumpstarter-http: backend={self.backend}, scope={self.scope}, root={root}, "
-            f"host={self.host}, port={port}"
-        )
+        if self.run_backend == "exporter":
+            where = (
+                f"jmp shell at {self.jumpstarter_host}"
+                if self.jumpstarter_host
+                else f"a lease matching {self.selector!r}"
+                if self.selector
+                else "an exporter (none named)"
+            )
+            line = f"jumpstarter-http: backend=exporter ({where}), scope={self.scope}, root={root}"
+        else:
+            port = str(self.port) if self.port else "any free"
+            line = (
+                f"jumpstarter-http: backend=loopback, scope={self.scope}, root={root}, "
+                f"host={self.host}, port={port}"
+            )
         extras = {
             "url-host": self.url_host,
             "selector": self.selector,
@@ -249,7 +275,7 @@ def resolve(config: pytest.Config) -> Settings:
         parsed = option.parse(str(raw), source)
         if parsed is not None:
             values[option.field] = parsed
-    settings = Settings(**values)
+    settings = Settings(**values, jumpstarter_host=os.environ.get(JUMPSTARTER_HOST) or None)
     _check_port(settings, config)
     return settings
 

@@ -209,10 +209,12 @@ def test_http_loopback_stays_on_loopback_inside_jmp_shell(shell_run: ShellRun) -
     assert shell_run.record["loopback"][0] not in shell_run.record["ports"]
 
 
-def test_a_server_the_run_started_is_stopped_after_it(shell_run: ShellRun) -> None:
-    assert shell_run.ports["show"][:2] == [0, 0], shell_run.output
-    assert len(set(shell_run.record["ports"])) == 1
-    assert shell_run.record["ports"][0] > 0
+def test_a_server_the_run_started_runs_on_for_the_rest_of_the_jmp_shell(shell_run: ShellRun) -> None:
+    # The server belongs to the exporter: jmp shell stops it when it exits; a run never does, so
+    # another run in the same shell can never lose it under a download.
+    (port,) = set(shell_run.record["ports"])
+    assert port > 0
+    assert shell_run.ports["show"][:2] == [0, port], shell_run.output
 
 
 def test_a_server_running_before_the_run_is_neither_restarted_nor_stopped(shell_run: ShellRun) -> None:
@@ -234,12 +236,12 @@ DRIVER_TESTS = """
 import pytest
 
 def test_default(http_server):
-    print("DRIVER", http_server.driver_path)
+    print("DRIVER", http_server.driver)
     assert http_server.backend == "exporter"
 
 @pytest.mark.http_exporter(driver="alias")
 def test_marker(http_server):
-    assert http_server.driver_path == "alias"
+    assert http_server.driver == "alias"
 """
 
 

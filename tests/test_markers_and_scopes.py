@@ -114,7 +114,7 @@ def test_a_module_marker_applies_to_every_test_in_it(pytester):
         ),
         (
             "http_server(scope='module')",
-            "@pytest.mark.http_server: scope='module' is not valid; use one of function, session.",
+            "@pytest.mark.http_server(scope=...): 'module' is not valid; use one of function, session.",
         ),
         (
             "http_server(root='nowhere')",

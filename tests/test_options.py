@@ -56,7 +56,7 @@ def test_the_command_line_beats_the_ini_file(pytester, root):
 def test_the_header_shows_the_effective_settings(pytester, root):
     result = pytester.runpytest("--http-root", "images", "--http-scope", "session")
     result.stdout.fnmatch_lines(
-        ["jumpstarter-http: backend=auto, scope=session, root=*images, host=127.0.0.1, port=any free"]
+        ["jumpstarter-http: backend=loopback, scope=session, root=*images, host=127.0.0.1, port=any free"]
     )
 
 
