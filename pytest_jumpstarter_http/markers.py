@@ -61,19 +61,22 @@ def _marker_args(node: pytest.Item, marker: pytest.Mark) -> dict[str, Any]:
     pytest.fail(f"@pytest.mark.{marker.name}: {problem}.", pytrace=False)
 
 
-def _server_marker(node: pytest.Item, field: str) -> Any:
-    """The ``http_server`` marker's ``field``, parsed as its option would be; None if not given."""
-    marker = node.get_closest_marker("http_server")
-    value = None if marker is None else _marker_args(node, marker)[field]
+def _parsed(node: pytest.Item, marker: pytest.Mark, field: str) -> Any:
+    """The marker's argument ``field``, checked as its option's value is; None if not given."""
+    value = _marker_args(node, marker)[field]
     if value is None:
         return None
+    source = Source(f"@pytest.mark.{marker.name}({field}=...)", node.path.parent)
     try:
-        return _OPTIONS[field].parse(
-            value, Source(f"@pytest.mark.http_server({field}=...)", node.path.parent)
-        )
+        return _OPTIONS[field].parse(value, source)
     except pytest.UsageError as exc:
         problem = str(exc)
     pytest.fail(problem, pytrace=False)
+
+
+def _server_marker(node: pytest.Item, field: str) -> Any:
+    marker = node.get_closest_marker("http_server")
+    return None if marker is None else _parsed(node, marker, field)
 
 
 def chosen_root(node: pytest.Item, settings: Settings) -> Path | None:
@@ -91,13 +94,13 @@ def choose(node: pytest.Item, settings: Settings) -> Choice:
         return Choice(
             scope, settings.run_backend, settings.selector, settings.driver, settings.wants_exporter
         )
-    args = _marker_args(node, marker)
     if marker.name == "http_loopback":
+        _marker_args(node, marker)
         return Choice(scope, "loopback")
     return Choice(
         scope,
         "exporter",
-        args["selector"] or settings.selector,
-        args["driver"] or settings.driver,
+        _parsed(node, marker, "selector") or settings.selector,
+        _parsed(node, marker, "driver") or settings.driver,
         settings.wants_exporter,
     )

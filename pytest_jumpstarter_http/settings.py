@@ -6,8 +6,11 @@ frozen :class:`Settings` kept in ``config.stash`` for the whole run.
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Callable
+import re
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -101,7 +104,15 @@ class Source:
         self.label, self.base = label, base
 
     def error(self, value: object, valid: str) -> pytest.UsageError:
-        return pytest.UsageError(f"{self.label}: {value!r} is not valid; {valid}.")
+        return pytest.UsageError(f"{self.label}: {_shown(value)} is not valid; {valid}.")
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut in the middle when it would drown the message (a 5000-character path)."""
+    text = repr(value)
+    if len(text) <= 100:
+        return text
+    return f"{text[:48]}…{text[-48:]} ({len(str(value))} characters)"
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str, Source], str]:
@@ -117,18 +128,46 @@ def _text(value: str, source: Source) -> str | None:
     return value.strip() or None
 
 
-def parse_root(value: str, source: Source) -> Path | None:
-    if not value:
+def parse_root(value: object, source: Source) -> Path | None:
+    """The directory ``value`` names, relative to ``source.base``; None for an empty value.
+
+    ``value`` is raw: a string from the command line or the ini file, or whatever a test gave
+    ``@pytest.mark.http_server(root=...)``.
+    """
+    if not isinstance(value, str | os.PathLike):
+        raise source.error(value, "give the directory as a str or a pathlib.Path")
+    text = os.fsdecode(os.fspath(value))
+    if not text:
         return None
-    path = source.base / os.path.expanduser(value)
-    if not path.exists():
+    if "\0" in text:
+        raise source.error(value, "a path cannot hold a NUL character; give an existing directory")
+    path = source.base / os.path.expanduser(text)
+    try:
+        status = path.stat()
+    except FileNotFoundError:
         broken = " (a broken symbolic link)" if path.is_symlink() else ""
-        raise source.error(value, f"the directory does not exist{broken}; give an existing directory")
-    if not path.is_dir():
+        raise source.error(
+            value, f"the directory does not exist{broken}; give an existing directory"
+        ) from None
+    except OSError as exc:
+        raise source.error(value, f"{_stat_problem(exc)}; give an existing directory") from None
+    if not stat.S_ISDIR(status.st_mode):
         raise source.error(value, "it is a file, not a directory; give the directory to serve")
     if not os.access(path, os.R_OK | os.X_OK):
         raise source.error(value, "the directory is not readable; give a directory this user can read")
     return path.resolve()
+
+
+def _stat_problem(exc: OSError) -> str:
+    if exc.errno == errno.ENAMETOOLONG:
+        return "the path is too long for this system (a name over 255 or a path over 4096 characters)"
+    if exc.errno == errno.EACCES:
+        return "this user may not look inside a folder on the way to it"
+    if exc.errno == errno.ENOTDIR:
+        return "a part of the path on the way to it is a file"
+    if exc.errno == errno.ELOOP:
+        return "it goes round a loop of symbolic links"
+    return f"it cannot be looked up ({exc.strerror})"
 
 
 def _port(value: str, source: Source) -> PortRange | None:
@@ -145,6 +184,84 @@ def _port(value: str, source: Source) -> PortRange | None:
     if low > high:
         raise source.error(value, f"the range is reversed; write it as {high}-{low}")
     return PortRange(low, high)
+
+
+def _host(value: str, source: Source) -> str | None:
+    """The address to bind, an IPv6 literal without the brackets a URL would put around it."""
+    host = value.strip()
+    if host.startswith("[") and host.endswith("]"):
+        inner = host[1:-1]
+        if not _is_ipv6(inner):
+            raise source.error(value, f"brackets enclose only an IPv6 address; write {inner}")
+        return inner
+    return host or None
+
+
+def _is_ipv6(text: str) -> bool:
+    return _ip_version(text) == 6
+
+
+def _is_ipv4(text: str) -> bool:
+    return _ip_version(text) == 4
+
+
+def _ip_version(text: str) -> int:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(text).version
+    except ValueError:
+        return 0
+
+
+#: A DNS name or an IPv4 address: dot-separated labels of letters, digits, ``-`` and ``_``.
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
+
+
+def _url_host(value: str, source: Source) -> str | None:
+    """The host part of the servers' URLs: a DNS name, an IPv4 address, or an IPv6 address."""
+    host = value.strip()
+    if not host:
+        return None
+    inner = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if _is_ipv6(inner):
+        return inner  # the URL brackets it
+    if _HOST_NAME.fullmatch(host) and not (re.fullmatch(r"[0-9.]+", host) and not _is_ipv4(host)):
+        return host
+    if "://" in host:
+        from urllib.parse import urlsplit
+
+        bare = urlsplit(host).hostname or "the host"
+        raise source.error(value, f"give the host alone, without a scheme, like {bare}")
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and (_HOST_NAME.fullmatch(name) or _is_ipv6(name.strip("[]"))):
+        raise source.error(value, f"give the host alone, like {name}; a URL's port is its server's own")
+    raise source.error(
+        value, "give a host name, an IPv4 address or an IPv6 address, like 10.0.0.5 or build.lab"
+    )
+
+
+def parse_selector(value: str, source: Source) -> str | None:
+    """A Jumpstarter label selector (``board=rpi4,!busy``), each of its requirements checked.
+
+    Jumpstarter's parser skips a requirement it cannot read, so a typo would widen the lease to any
+    exporter; each comma-separated part must therefore read as one requirement on its own.
+    """
+    from jumpstarter.client.selectors import parse_label_selector
+
+    selector = value.strip()
+    # Jumpstarter's own split: at commas outside parentheses.
+    for part in re.split(r",(?![^()]*\))", selector):
+        if part.strip() and parse_label_selector(part) == ({}, []):
+            raise source.error(
+                value,
+                f"{part.strip()!r} is no label requirement; give requirements separated by commas, "
+                "like board=rpi4,!busy or board in (rpi4,rpi5)",
+            )
+    return selector or None
 
 
 def _timeout(value: str, source: Source) -> float:
@@ -201,12 +318,12 @@ OPTIONS: tuple[_Option, ...] = (
         _choice(BACKENDS),
         "NAME",
     ),
-    _Option("host", "Address loopback servers bind (default: 127.0.0.1)", _text, "ADDR"),
+    _Option("host", "Address loopback servers bind (default: 127.0.0.1)", _host, "ADDR"),
     _Option(
         "url_host",
         "Host written into server URLs, for a device that reaches the server through "
         "another address (default: the bound address)",
-        _text,
+        _url_host,
         "HOST",
     ),
     _Option("port", "Port N or range A-B loopback servers bind (default: 0, any free port)", _port, "PORTS"),
@@ -221,7 +338,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option(
         "selector",
         "Label selector of the exporter to lease, e.g. board=rpi4 (default: none)",
-        _text,
+        parse_selector,
         "LABELS",
     ),
     _Option(
@@ -259,6 +376,7 @@ def add_options(parser: pytest.Parser) -> None:
 def resolve(config: pytest.Config) -> Settings:
     """Read every option once: the command line beats the ini file, which beats the default."""
     values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
     ini_base = config.inipath.parent if config.inipath else config.rootpath
     for option in OPTIONS:
         raw = config.getoption(option.flag)
@@ -275,16 +393,19 @@ def resolve(config: pytest.Config) -> Settings:
         parsed = option.parse(str(raw), source)
         if parsed is not None:
             values[option.field] = parsed
+            sources[option.field] = source
     settings = Settings(**values, jumpstarter_host=os.environ.get(JUMPSTARTER_HOST) or None)
-    _check_port(settings, config)
+    if not hasattr(config, "workerinput"):  # the controller checked and warned
+        _check_port(settings, config, sources.get("port"))
+        _warn_of_space_form(config)
     return settings
 
 
-def _check_port(settings: Settings, config: pytest.Config) -> None:
-    """Refuse a fixed port that cannot work before any test runs."""
+def _check_port(settings: Settings, config: pytest.Config, source: Source | None) -> None:
+    """Refuse a port or address that cannot work before any test runs."""
     port = settings.port
-    if hasattr(config, "workerinput"):
-        return  # the controller checked
+    if port is not None and source is not None:
+        _check_privileged(port, source)
     if port is None or not port.fixed:
         if settings.host != Settings.host:  # the default always binds; the check costs start-up time
             _try_bind(settings.host, 0)
@@ -298,15 +419,47 @@ def _check_port(settings: Settings, config: pytest.Config) -> None:
     _try_bind(settings.host, port.first)
 
 
+def _check_privileged(port: PortRange, source: Source) -> None:
+    """Refuse ports below the first one this process may bind without privilege."""
+    start = unprivileged_port_start()
+    if port.first >= start:
+        return
+    need = f"ports below {start} need root or CAP_NET_BIND_SERVICE here"
+    if port.last < start:
+        raise source.error(str(port), f"{need}; give a port from {start} to 65535, or 0 for any free port")
+    # A server takes the range's ports in an order of its own: the low ones would fail some tests.
+    raise source.error(str(port), f"{need}; give {PortRange(start, port.last)}")
+
+
+def unprivileged_port_start() -> int:
+    """The lowest port this process may bind: 0 with the privilege to bind any, else the system's start.
+
+    Linux: ``net.ipv4.ip_unprivileged_port_start`` (1024 when the kernel predates it) and the
+    CAP_NET_BIND_SERVICE capability. Elsewhere 0: macOS and Windows have no privileged ports, and
+    the fixed port's trial bind catches the rest.
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return 0
+    effective = re.search(r"^CapEff:\s*([0-9a-f]+)$", status, re.MULTILINE)
+    cap_net_bind_service = 10
+    if effective and int(effective.group(1), 16) >> cap_net_bind_service & 1:
+        return 0
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
+
+
 def _try_bind(host: str, port: int) -> None:
     """Refuse an address this machine cannot bind, or a fixed port already taken, before any test."""
-    import errno
     import socket
 
     valid = "give an address of this machine, like 127.0.0.1"
     try:
         family, _, _, _, address = socket.getaddrinfo(
-            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
         raise pytest.UsageError(f"--http-host: {host!r} is not valid ({exc.strerror}); {valid}.") from None
@@ -315,10 +468,55 @@ def _try_bind(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                problem = f"this machine cannot bind it ({exc.strerror})"
-                raise pytest.UsageError(f"--http-host: {host!r} is not valid; {problem}; {valid}.") from None
-            raise pytest.UsageError(
-                f"--http-port: port {port} on {host} is already in use; "
-                "free it, or give a range A-B or 0 for any free port."
-            ) from None
+            if exc.errno == errno.EADDRINUSE:
+                raise pytest.UsageError(
+                    f"--http-port: port {port} on {host} is already in use; "
+                    "free it, or give a range A-B or 0 for any free port."
+                ) from None
+            if exc.errno == errno.EACCES and port:
+                # A privileged port, never the address: the address is checked on port 0 first.
+                raise pytest.UsageError(
+                    f"--http-port: this user may not bind port {port} ({exc.strerror}); "
+                    "give a port this user may bind, like 8080, or 0 for any free port."
+                ) from None
+            problem = f"this machine cannot bind it ({exc.strerror})"
+            raise pytest.UsageError(f"--http-host: {host!r} is not valid; {problem}; {valid}.") from None
+
+
+def _warn_of_space_form(config: pytest.Config) -> None:
+    """Warn of ``--http-root DIR``: pytest chose the rootdir and ini file taking DIR for a test path.
+
+    pytest finds its rootdir and ini file before it knows a plugin's options, so the value of
+    ``--http-x VALUE`` counts as a test path then when it names an existing file or folder: the
+    rootdir moves, and the project's ini file may be ignored. ``--http-x=VALUE`` is safe.
+    """
+    for flag, value in _space_form(config):
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                f"{flag} {value} was given as two arguments, so pytest took {value!r} for a test path "
+                f"when it chose the rootdir ({config.rootpath}) and the ini file "
+                f"({config.inipath or 'none'}); write {flag}={value} instead."
+            ),
+            stacklevel=2,
+        )
+
+
+def _space_form(config: pytest.Config) -> Iterator[tuple[str, str]]:
+    """The ``--http-*`` options given as ``FLAG VALUE`` where VALUE names an existing path."""
+    import itertools
+    import shlex
+
+    flags = {option.flag for option in OPTIONS if option.parse is not _flag}
+    # PYTEST_ADDOPTS is read before the rootdir is chosen; the ini file's addopts after.
+    args = [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args]
+    for flag, value in itertools.pairwise(args):
+        if flag in flags and not value.startswith("-") and _exists(config.invocation_params.dir, value):
+            yield flag, value
+
+
+def _exists(base: Path, arg: str) -> bool:
+    """Whether pytest would take ``arg`` for a test path (its ``get_dirs_from_args``)."""
+    try:
+        return (base / arg.split("::", maxsplit=1)[0]).exists()
+    except (OSError, ValueError):
+        return False

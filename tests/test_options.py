@@ -27,7 +27,7 @@ def root(pytester):
 
 def test_http_root_serves_that_directory(pytester, root):
     pytester.makepyfile(SERVED)
-    pytester.runpytest("--http-root", "images").assert_outcomes(passed=1)
+    pytester.runpytest("--http-root=images").assert_outcomes(passed=1)
 
 
 def test_the_ini_key_works_relative_to_the_ini_file(pytester, root):
@@ -54,7 +54,7 @@ def test_the_command_line_beats_the_ini_file(pytester, root):
 
 
 def test_the_header_shows_the_effective_settings(pytester, root):
-    result = pytester.runpytest("--http-root", "images", "--http-scope", "session")
+    result = pytester.runpytest("--http-root=images", "--http-scope", "session")
     result.stdout.fnmatch_lines(
         ["jumpstarter-http: backend=loopback, scope=session, root=*images, host=127.0.0.1, port=any free"]
     )
@@ -107,6 +107,41 @@ def test_options_and_ini_keys_are_documented_in_help(pytester):
             ["--http-timeout", "-1"],
             "--http-timeout (command line): '-1' is not valid; give a number of seconds*",
         ),
+        (
+            ["--http-root=" + "a" * 5000],
+            "--http-root (command line): 'aaa*…*aaa' (5000 characters) is not valid; "
+            "the path is too long for this system (a name over 255 or a path over 4096 characters); "
+            "give an existing directory.",
+        ),
+        (
+            ["--http-host=[localhost]"],
+            "--http-host (command line): '[localhost]' is not valid; brackets enclose only an IPv6 address; "
+            "write localhost.",
+        ),
+        (
+            ["--http-url-host=http://10.0.0.1"],
+            "--http-url-host (command line): 'http://10.0.0.1' is not valid; "
+            "give the host alone, without a scheme, like 10.0.0.1.",
+        ),
+        (
+            ["--http-url-host=build.lab:8080"],
+            "--http-url-host (command line): 'build.lab:8080' is not valid; "
+            "give the host alone, like build.lab; a URL's port is its server's own.",
+        ),
+        (
+            ["--http-url-host=a b"],
+            "--http-url-host (command line): 'a b' is not valid; "
+            "give a host name, an IPv4 address or an IPv6 address, like 10.0.0.5 or build.lab.",
+        ),
+        (
+            ["--http-url-host=x/y?"],
+            "--http-url-host (command line): 'x/y?' is not valid; give a host name, an IPv4 address*",
+        ),
+        (
+            ["--http-selector=!!!=,="],
+            "--http-selector (command line): '!!!=,=' is not valid; '!!!=' is no label requirement; "
+            "give requirements separated by commas, like board=rpi4,!busy or board in (rpi4,rpi5).",
+        ),
     ],
 )
 def test_a_bad_option_stops_the_run_with_one_clear_sentence(pytester, args, message):
@@ -116,6 +151,56 @@ def test_a_bad_option_stops_the_run_with_one_clear_sentence(pytester, args, mess
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
     assert "Traceback" not in result.stderr.str()
+
+
+def test_an_ini_root_with_a_name_over_255_characters_names_the_ini_key(pytester):
+    pytester.makeini(f"[pytest]\nhttp_root = {'b' * 300}\n")
+    pytester.makepyfile("def test_never_runs(): raise AssertionError")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: ini key http_root: 'bbb*…*bbb' (300 characters) is not valid; the path is too long*"]
+    )
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_a_marker_root_that_is_no_path_fails_its_test_with_one_sentence(pytester):
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.http_server(root=123)
+        def test_it(http_url): raise AssertionError
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*@pytest.mark.http_server(root=...): 123 is not valid; "
+            "give the directory as a str or a pathlib.Path."
+        ]
+    )
+    assert "TypeError" not in result.stdout.str()
+
+
+def test_a_bracketed_ipv6_host_binds_the_ipv6_loopback(pytester):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"this machine has no IPv6 loopback ({exc.strerror})")
+    pytester.makepyfile(
+        """
+        import urllib.request
+        def test_it(http_server):
+            (http_server.root / "hello.txt").write_text("hello")
+            assert http_server.url.startswith("http://[::1]:")
+            assert urllib.request.urlopen(http_server.url + "/hello.txt").read() == b"hello"
+        """
+    )
+    result = pytester.runpytest("--http-host=[::1]")
+    result.stdout.fnmatch_lines(["jumpstarter-http: *host=::1, port=any free*"])
+    result.assert_outcomes(passed=1)
 
 
 def test_a_broken_symlink_root_is_named_as_such(pytester):
@@ -159,6 +244,80 @@ def test_an_unreadable_root_is_refused():
         "ERROR: --http-root (command line): 'locked' is not valid; the directory is not readable"
         in result.stderr
     )
+
+
+def unprivileged_port_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except OSError:
+        pytest.skip("no /proc/sys/net/ipv4/ip_unprivileged_port_start: not Linux, or a kernel before 4.11")
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "message"),
+    [
+        (
+            ["--http-port=80"],
+            "",
+            "--http-port (command line): '80' is not valid; ports below {start} need root or "
+            "CAP_NET_BIND_SERVICE here; give a port from {start} to 65535, or 0 for any free port.",
+        ),
+        (
+            ["--http-port=80-90"],
+            "",
+            "--http-port (command line): '80-90' is not valid; ports below {start} need root or "
+            "CAP_NET_BIND_SERVICE here; give a port from {start} to 65535, or 0 for any free port.",
+        ),
+        (
+            [],
+            "http_port = 80",
+            "ini key http_port: '80' is not valid; ports below {start} need root*",
+        ),
+        (
+            ["--http-port={below}-{above}"],
+            "",
+            "--http-port (command line): '{below}-{above}' is not valid; ports below {start} need root or "
+            "CAP_NET_BIND_SERVICE here; give {start}-{above}.",
+        ),
+        (
+            ["--http-root=locked/images"],
+            "",
+            "--http-root (command line): 'locked/images' is not valid; "
+            "this user may not look inside a folder on the way to it; give an existing directory.",
+        ),
+    ],
+)
+def test_a_setting_this_user_cannot_use_is_refused_before_any_test(args, ini, message):
+    start = unprivileged_port_start()
+    if start <= 90:
+        pytest.skip(f"every port from {start} up is unprivileged here")
+    values = {"start": start, "below": start - 24, "above": start + 6}
+    # A world-readable folder of its own, owned by the user who runs the check, with HOME and TMPDIR
+    # in it: pytester's folder lives under root's private temp dir, which nobody cannot enter.
+    where = Path(tempfile.mkdtemp())
+    try:
+        where.chmod(0o755)
+        (where / "locked" / "images").mkdir(parents=True)
+        (where / "locked").chmod(0o000)
+        (where / "tox.ini").write_text(f"[pytest]\n{ini}\n")
+        (where / "test_never_runs.py").write_text("def test_it(http_url): raise AssertionError\n")
+        if os.geteuid() == 0:
+            os.chown(where, 65534, 65534)
+        result = subprocess.run(
+            as_unprivileged_user(plain_pytest(*(arg.format(**values) for arg in args))),
+            cwd=where,
+            env={**os.environ, "HOME": str(where), "TMPDIR": str(where), "PYTHONDONTWRITEBYTECODE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        (where / "locked").chmod(0o755)
+        shutil.rmtree(where)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
+    pytest.LineMatcher(result.stderr.splitlines()).fnmatch_lines(["ERROR: " + message.format(**values)])
+    assert "--http-host" not in result.stderr
 
 
 def test_an_ini_value_of_the_wrong_type_names_the_ini_key(pytester):
@@ -232,3 +391,36 @@ def test_an_address_this_machine_cannot_bind_is_refused_before_any_test(pytester
     result.stderr.fnmatch_lines(
         [f"ERROR: --http-host: {host!r} is not valid*give an address of this machine*"]
     )
+
+
+def test_http_root_as_two_arguments_warns_that_pytest_moved_the_rootdir(pytester, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside")
+    pytester.makeini("[pytest]\nhttp_scope = session\n")
+    pytester.makepyfile("def test_it(http_url): pass")
+    result = pytester.runpytest("--http-root", str(outside))
+    moved = os.path.commonpath([pytester.path, outside])
+    result.stdout.fnmatch_lines(
+        [
+            "jumpstarter-http: *scope=function*",  # the project's ini file was not read
+            f"rootdir: {moved}",
+            f"*PytestConfigWarning: --http-root {outside} was given as two arguments, so pytest took "
+            f"'{outside}' for a test path when it chose the rootdir ({moved}) and the ini file (none); "
+            f"write --http-root={outside} instead.",
+        ]
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_http_root_with_an_equals_sign_keeps_the_projects_rootdir_and_ini_file(pytester, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside")
+    pytester.makeini("[pytest]\nhttp_scope = session\n")
+    pytester.makepyfile("def test_it(http_url): pass")
+    result = pytester.runpytest(f"--http-root={outside}")
+    result.stdout.fnmatch_lines(["jumpstarter-http: *scope=session*", f"rootdir: {pytester.path}"])
+    result.assert_outcomes(passed=1)
+
+
+def test_a_value_that_names_no_path_may_follow_its_option_as_a_second_argument(pytester):
+    pytester.makepyfile("def test_it(http_url): pass")
+    result = pytester.runpytest("--http-scope", "session", "--http-port", "0")
+    result.assert_outcomes(passed=1)

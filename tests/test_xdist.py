@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import socket
 from collections import defaultdict
@@ -332,21 +331,3 @@ def test_each_worker_leases_its_own_exporter(
         "rpi4-02",
     ]
     assert not fake_controller.active_leases(), "a worker kept its lease after the run"
-
-
-def test_a_pid_reused_by_another_process_does_not_keep_a_shared_server_running(tmp_path: Path) -> None:
-    from pytest_jumpstarter_http import LoopbackServer
-    from pytest_jumpstarter_http.coordination import SharedServer
-
-    with LoopbackServer(tmp_path).start() as loopback:
-        http = loopback.client  # the driver's real HttpServerClient, through a local session
-        http.stop()
-        shared = SharedServer(f"test:{tmp_path}", str(http.uuid))
-        # A user that left without saying so, whose pid now belongs to a live process (this one)
-        # that started at another time: it must not count as still using the server.
-        shared.path.write_text(json.dumps({"users": [f"{os.getpid()}:1"], "started": False}))
-        shared.join(http)
-        assert http.get_port() != 0  # not running, so the first user started it
-        shared.leave(http)
-        assert http.get_port() == 0  # the last real user left and stopped what it started
-        shared.path.unlink()
