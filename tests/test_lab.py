@@ -82,7 +82,7 @@ def test_stage(http_server, tmp_path):
     download(url, tmp_path, sha256(tmp_path / "kernel.img"))
 """
 
-#: 64 MiB the device fetches slowly while the other worker's test ends.
+#: 64 MiB the device fetches while the other worker ends its tests and leaves the server.
 BIG = """
 import hashlib, os, signal, subprocess, time
 from lab_device import WORK, curl_command, record, sha256
@@ -91,7 +91,7 @@ from lab_device import WORK, curl_command, record, sha256
 def wait_for(condition, what):
     deadline = time.monotonic() + 60
     while not condition():
-        assert time.monotonic() < deadline, f"{what} never happened"
+        assert time.monotonic() < deadline, f"{what} did not happen within 60 s"
         time.sleep(0.02)
 
 
@@ -103,12 +103,15 @@ def test_big_download(http_server, tmp_path):
     out = tmp_path / "device-rootfs.img"
     device = subprocess.Popen(curl_command(url, out, "--limit-rate", "32M"), start_new_session=True)
     try:
-        wait_for(lambda: out.exists() and out.stat().st_size > 0, "the device's first bytes")
+        begun = lambda: device.poll() is not None or out.exists() and out.stat().st_size > 0  # noqa: E731
+        wait_for(begun, "the device's first bytes")
+        assert device.poll() is None, f"curl on the device exited {device.returncode} at once"
         # Hold the device mid-download, its connection open, until the other worker has ended its
         # tests and left: whatever its teardowns do to the server happens during this download.
         os.killpg(device.pid, signal.SIGSTOP)
         (WORK / "downloading").write_text(str(os.getpid()))
-        wait_for((WORK / "other-done").exists, "the other worker's leaving")
+        # A teardown that stops (or waits on) the server this download holds never gets here.
+        wait_for((WORK / "other-done").exists, "the other worker's leaving, during the download,")
         received = out.stat().st_size
         os.killpg(device.pid, signal.SIGCONT)
         code = device.wait(90)
@@ -116,7 +119,7 @@ def test_big_download(http_server, tmp_path):
         if device.poll() is None:
             os.killpg(device.pid, signal.SIGKILL)
             device.wait()
-    assert received < len(data), "the download ended before the other worker's test"
+    assert received < len(data), "the download ended before the other worker left"
     assert code == 0, f"curl on the device exited {code}: the download was cut"
     assert sha256(out) == hashlib.sha256(data).hexdigest()
     record(test="big", at="end", url=url, port=http_server.port, live=http_server.client.get_port())
