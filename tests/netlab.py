@@ -379,7 +379,7 @@ def laptop_lab_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lap
         yield LaptopLab(lab, laptop, device, work)
 
 
-def device_connect(netns: str, host: str, port: int) -> subprocess.CompletedProcess[str]:
+def connect_from(netns: str, host: str, port: int) -> subprocess.CompletedProcess[str]:
     """One bounded curl from ``netns`` to ``host:port``: did anything there answer?"""
     command = in_netns(netns, "curl", "--silent", "--connect-timeout", "3", "--max-time", "5")
     return subprocess.run(

@@ -15,9 +15,7 @@ from typing import Any
 
 import pytest
 from jumpstarter_helpers import JUnit
-
-# The fixtures exporter_lab and laptop_lab: importing them here is what registers them.
-from netlab import (  # noqa: F401
+from netlab import (
     DEVICE_IP,
     EXPORTER_CONTROL_IP,
     EXPORTER_DEVICE_IP,
@@ -26,9 +24,11 @@ from netlab import (  # noqa: F401
     TESTHOST_IP,
     ExporterLab,
     LaptopLab,
-    device_connect,
-    exporter_lab_fixture,
-    laptop_lab_fixture,
+    connect_from,
+    # The fixtures exporter_lab and laptop_lab: importing them here is what registers them.
+    exporter_lab_fixture,  # noqa: F401
+    in_netns,
+    laptop_lab_fixture,  # noqa: F401
 )
 
 #: The inner run's conftest: the worker that ran test_serve.py says when it has left the run.
@@ -202,13 +202,28 @@ def test_the_device_reaches_only_the_exporter_and_testhost_only_the_control_net(
             ["ip", "-n", netns, "route", "show", "default"], capture_output=True, text=True, check=True
         )
         assert routes.stdout == "", f"{netns} has a default route: {routes.stdout}"
-    # The exporter's gRPC port answers testhost but not the device; testhost cannot reach the device net.
-    assert device_connect(lab.testhost, EXPORTER_CONTROL_IP, GRPC_PORT).returncode != 7
-    for host in (TESTHOST_IP, EXPORTER_CONTROL_IP):
-        done = device_connect(lab.device, host, GRPC_PORT)
-        assert done.returncode == 7, f"the device reached {host}: {done.stdout}{done.stderr}"
-    for host in (EXPORTER_DEVICE_IP, DEVICE_IP):
-        assert device_connect(lab.testhost, host, 80).returncode == 7, f"testhost reached {host}"
+    forwarding = subprocess.run(
+        in_netns(lab.exporter, "cat", "/proc/sys/net/ipv4/ip_forward"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert forwarding.stdout.strip() == "0", "the exporter forwards between its networks"
+    # The exporter's gRPC port answers testhost (anything but curl's 7, "could not connect").
+    assert connect_from(lab.testhost, EXPORTER_CONTROL_IP, GRPC_PORT).returncode != 7
+    unreachable = [
+        (lab.device, TESTHOST_IP),
+        (lab.device, EXPORTER_CONTROL_IP),
+        (lab.testhost, EXPORTER_DEVICE_IP),
+        (lab.testhost, DEVICE_IP),
+    ]
+    for netns, host in unreachable:
+        route = subprocess.run(
+            ["ip", "-n", netns, "route", "get", host], capture_output=True, text=True, check=False
+        )
+        assert "Network is unreachable" in route.stderr, f"{netns} has a route to {host}: {route.stdout}"
+        done = connect_from(netns, host, GRPC_PORT)
+        assert done.returncode == 7, f"{netns} reached {host}: {done.stdout}{done.stderr}"
 
 
 def test_the_device_downloads_served_dir_and_staged_files_from_the_exporter_under_xdist(
