@@ -22,16 +22,13 @@ from typing import Any
 
 import pytest
 from jumpstarter_helpers import (
-    JUnit,
-    clean_env,
     http_driver,
     jmp_shell,
-    python_pytest,
-    run_pytest,
     storage_driver,
     write_driver_port,
     write_exporter_config,
 )
+from subprocess_runs import JUnit, clean_env, python_pytest, run_pytest
 
 TOP = "pytest-jumpstarter-http"
 
