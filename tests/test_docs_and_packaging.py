@@ -27,8 +27,9 @@ DOCS = TOP / "docs"
 DOC_EXAMPLES = DOCS / "examples"
 PACKAGE = TOP / "pytest_jumpstarter_http"
 FIXTURES = ("served_dir", "http_server", "http_url", "http_server_factory")
+#: A user's install, then the developers' (.ci/run runs what the README says).
 README_COMMANDS = (
-    "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest examples",
+    "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/pytest examples",
     "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest",
 )
 
@@ -167,11 +168,15 @@ def readme() -> str:
     return (TOP / "README.md").read_text()
 
 
-def test_the_readme_has_the_two_setup_commands_ci_runs():
-    README = readme()
-    for command in README_COMMANDS:
-        assert command in README
-    assert "-p no:jumpstarter_http" in README
+def test_the_readme_sets_up_with_two_commands_that_ci_reads_from_it():
+    setup = readme().partition("\n## Set up\n")[2].partition("\n## ")[0]
+    assert re.findall(r"^python3 -m venv .*$", setup, re.MULTILINE) == list(README_COMMANDS)
+    assert setup.count("```console") == 2
+    # .ci/run picks the section's `python3 -m venv` lines out of the README and runs them.
+    ci = (TOP / ".ci" / "run").read_text()
+    assert "README.md" in ci
+    assert "python3 -m venv" in ci
+    assert "-p no:jumpstarter_http" in readme()
 
 
 def test_the_readme_example_is_the_tested_first_example():
