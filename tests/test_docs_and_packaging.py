@@ -132,6 +132,28 @@ def test_every_included_file_exists_and_every_doc_example_is_shown():
     assert examples - included == set(), "doc examples no page shows"
 
 
+def code_lines(page: Path) -> list[str]:
+    """The command lines and inline code spans of a page, without its quoted output (text blocks)."""
+    code, fence = [], None
+    for line in page.read_text().splitlines():
+        if opening := re.match(r"\s*(?:```|:::)\s*\{?([\w-]*)", line):
+            fence = None if fence is not None else opening[1]
+        elif fence is None:
+            code += line.split("`")[1::2]
+        elif fence not in ("text", "mermaid"):
+            code.append(line)
+    return code
+
+
+def test_the_docs_join_every_value_option_to_its_value_with_an_equals_sign():
+    # A separate value is a path to pytest while it looks for its ini file (docs/options.md).
+    flags = "|".join(re.escape(option.flag) for option in settings.OPTIONS if option.metavar)
+    spaced = re.compile(rf"(?:{flags}) +[^\s`|(-]")
+    for page in (TOP / "README.md", TOP / "bench" / "README.md", *pages()):
+        found = [line for line in code_lines(page) if spaced.search(line)]
+        assert not found, f"{page.name}: write --http-OPTION=VALUE in {found}"
+
+
 def error_fragments() -> set[str]:
     """The literal text of every message the package raises, fails or skips with."""
     fragments = set()
