@@ -347,17 +347,18 @@ def test_a_dead_jumpstarter_host_is_a_clear_error_within_ten_seconds(
     assert junit["test_it"].seconds < 10
 
 
+NEEDS_AN_EXPORTER = """
+import pytest
+@pytest.mark.http_exporter
+def test_it(http_server):
+    pass
+"""
+
+
 def test_http_exporter_without_an_exporter_is_skipped_saying_how_to_get_one(
     pytester: pytest.Pytester,
 ) -> None:
-    pytester.makepyfile(
-        """
-        import pytest
-        @pytest.mark.http_exporter
-        def test_it(http_server):
-            pass
-        """
-    )
+    pytester.makepyfile(NEEDS_AN_EXPORTER)
     result = pytester.runpytest("-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(
@@ -368,14 +369,7 @@ def test_http_exporter_without_an_exporter_is_skipped_saying_how_to_get_one(
 def test_http_exporter_without_an_exporter_fails_with_http_backend_exporter(
     pytester: pytest.Pytester,
 ) -> None:
-    pytester.makepyfile(
-        """
-        import pytest
-        @pytest.mark.http_exporter
-        def test_it(http_server):
-            pass
-        """
-    )
+    pytester.makepyfile(NEEDS_AN_EXPORTER)
     result = pytester.runpytest("--http-backend", "exporter")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*no Jumpstarter exporter: run pytest inside `jmp shell`*"])
