@@ -1,8 +1,7 @@
 """Fixtures and helpers that run the plugin against real Jumpstarter components.
 
 * exporter configs (written as JSON, which is YAML) for ``jmp shell --exporter-config`` and ``jmp run``;
-* pytest runs in a subprocess, inside ``jmp shell`` or not, judged by their junit XML: ``jmp shell
-  --exporter-config`` exits 0 even when its command fails (jumpstarter#1099);
+* commands run inside ``jmp shell`` (pytest runs and their reports are in ``subprocess_runs.py``);
 * standalone exporters (``jmp run --tls-grpc-listener 127.0.0.1:PORT --tls-grpc-insecure``);
 * the fake controller of ``fake_controller.py`` with a client config on disk, for the lease path.
 """
@@ -16,19 +15,16 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_controller import FakeController
+from subprocess_runs import PYTHON, clean_env, run
 
-PYTHON = sys.executable
-JMP = str(Path(sys.executable).with_name("jmp"))
+JMP = str(Path(PYTHON).with_name("jmp"))
 HTTP_SERVER = "jumpstarter_driver_http.driver.HttpServer"
 OPENDAL = "jumpstarter_driver_opendal.driver.Opendal"
 #: Reads or starts the HttpServer at a dotted path of the surrounding jmp shell's exporter:
@@ -74,113 +70,6 @@ def write_exporter_config(path: Path, export: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps(config, indent=2))
     return path
-
-
-def plain_pytest(*args: str) -> list[str]:
-    """A pytest run of this interpreter with only the plugins a user of this one would load."""
-    return [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:asyncio", "-p", "no:aiohttp", *args]
-
-
-def python_pytest(*args: str, junit: str | os.PathLike[str]) -> list[str]:
-    """A pytest run of this interpreter that writes its results to ``junit``."""
-    return plain_pytest(f"--junitxml={junit}", *args)
-
-
-RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
-
-
-@dataclass
-class Case:
-    """One test of a junit XML report."""
-
-    name: str
-    outcome: str
-    message: str
-    #: Seconds the test took, setup and teardown included.
-    seconds: float = 0.0
-
-
-class JUnit:
-    """The results of one pytest run, read from its junit XML report."""
-
-    def __init__(self, path: Path, output: str = "") -> None:
-        if not path.exists():
-            raise AssertionError(f"pytest wrote no report {path}; its output:\n{output}")
-        self.cases: dict[str, Case] = {}
-        for case in ET.parse(path).getroot().iter("testcase"):
-            name = case.get("name", "")
-            outcome, message = "passed", ""
-            for kind in ("skipped", "failure", "error"):
-                for element in case.findall(kind):
-                    outcome = {"failure": "failed", "error": "error"}.get(kind, kind)
-                    message += f"{element.get('message', '')}\n{element.text or ''}\n"
-            # A test xdist ran again after a crash shows up twice: keep the worst outcome.
-            if name in self.cases and RANK[self.cases[name].outcome] > RANK[outcome]:
-                outcome = self.cases[name].outcome
-            if name in self.cases:
-                message = self.cases[name].message + message
-            self.cases[name] = Case(name, outcome, message, float(case.get("time", 0)))
-        self.output = output
-
-    def __getitem__(self, name: str) -> Case:
-        if name not in self.cases:
-            raise AssertionError(f"no test {name!r} in the report: {sorted(self.cases)}\n{self.output}")
-        return self.cases[name]
-
-    def outcomes(self) -> dict[str, str]:
-        return {name: case.outcome for name, case in self.cases.items()}
-
-    def assert_passed(self, *names: str) -> None:
-        for name in names:
-            case = self[name]
-            assert case.outcome == "passed", f"{name} {case.outcome}:\n{case.message}\n{self.output}"
-
-    def assert_outcome(self, name: str, outcome: str, *fragments: str) -> str:
-        """Check the outcome of ``name`` and that its message holds every fragment; return it."""
-        case = self[name]
-        assert case.outcome == outcome, (
-            f"{name} {case.outcome}, not {outcome}:\n{case.message}\n{self.output}"
-        )
-        for fragment in fragments:
-            assert fragment in case.message, f"{fragment!r} not in the message of {name}:\n{case.message}"
-        return case.message
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any Jumpstarter connection in it, plus ``extra``."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("JMP_", "JUMPSTARTER_", "PYTEST_XDIST", "PYTEST_CURRENT"))
-    }
-    env["TERM"] = "dumb"
-    env.update(extra)
-    return env
-
-
-def run(
-    command: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(command),
-        cwd=cwd,
-        env=env if env is not None else clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def run_pytest(
-    cwd: Path, *args: str, env: dict[str, str] | None = None, name: str = "report", timeout: float = 60
-) -> JUnit:
-    """Run pytest in a subprocess in ``cwd`` and read its junit report."""
-    junit = cwd / f"{name}.xml"
-    junit.unlink(missing_ok=True)
-    done = run(python_pytest(*args, junit=junit), cwd=cwd, env=env, timeout=timeout)
-    return JUnit(junit, done.stdout)
 
 
 def jmp_shell(

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import os
 import re
 import shutil
-import subprocess
 import sys
-import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
+from jumpstarter_helpers import JMP, jmp_shell
+from subprocess_runs import JUnit, clean_env, python_pytest, run
 
 from pytest_jumpstarter_http import markers, settings
 
@@ -29,52 +27,28 @@ DOCS = TOP / "docs"
 DOC_EXAMPLES = DOCS / "examples"
 PACKAGE = TOP / "pytest_jumpstarter_http"
 FIXTURES = ("served_dir", "http_server", "http_url", "http_server_factory")
+#: A user's install, then the developers' (.ci/run runs what the README says).
 README_COMMANDS = (
-    "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest examples",
+    "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/pytest examples",
     "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest",
 )
 
 
-def clean_env() -> dict[str, str]:
-    """This environment without what would steer a run: a jmp shell, a lease, addopts, the checkout."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("JMP_", "JUMPSTARTER_", "PYTEST_", "PYTHONPATH"))
-    }
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    return env
-
-
-def run(command: list[str], *, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` in the clean environment; the caller checks the outcome, with the output."""
-    return subprocess.run(
-        command, check=False, capture_output=True, text=True, env=clean_env(), timeout=timeout, **kwargs
-    )
-
-
-def outcomes(junit: Path) -> dict[str, str]:
-    """test name -> passed, failed, error or skipped, from a junit XML report."""
-    result = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
-        result[f"{case.get('classname')}::{case.get('name')}"] = kinds[0] if kinds else "passed"
-    return result
-
-
-def run_pytest(args: list[str], junit: Path, *, prefix: tuple[str, ...] = ()) -> dict[str, str]:
-    """Run pytest on the doc examples in a subprocess; return each test's outcome.
+def run_doc_examples(*args: str, junit: Path, shell: Path | None = None) -> JUnit:
+    """Run pytest on the doc examples in a subprocess, in ``jmp shell`` on ``shell`` if given; none fails.
 
     A subprocess: the examples start servers and event-loop threads of their own, and a
     `jmp shell` run must be a separate process anyway.
     """
-    command = [*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={junit}"]
-    done = run([*command, *args], cwd=DOC_EXAMPLES, timeout=180)
-    assert junit.exists(), f"pytest did not run:\n{done.stdout}\n{done.stderr}"
-    result = outcomes(junit)
-    failed = {name: kind for name, kind in result.items() if kind not in ("passed", "skipped")}
-    assert not failed, f"{failed}\n{done.stdout}\n{done.stderr}"
-    return result
+    command = python_pytest(*args, junit=junit)
+    if shell is None:
+        done = run(command, cwd=DOC_EXAMPLES, timeout=180)
+    else:
+        done = jmp_shell(shell, command, cwd=DOC_EXAMPLES, timeout=180)
+    report = JUnit(junit, done.stdout)
+    failed = {name: kind for name, kind in report.outcomes().items() if kind not in ("passed", "skipped")}
+    assert not failed, f"{failed}\n{done.stdout}"
+    return report
 
 
 # --- the doc examples run -------------------------------------------------------------------
@@ -86,7 +60,7 @@ def files_of(folder: Path) -> set[Path]:
 
 def test_the_doc_examples_pass_on_loopback_and_leave_their_folder_as_it_was(tmp_path):
     before = files_of(DOC_EXAMPLES)
-    result = run_pytest(["-rs"], tmp_path / "report.xml")
+    result = run_doc_examples("-rs", junit=tmp_path / "report.xml").outcomes()
     assert files_of(DOC_EXAMPLES) == before
     assert result.pop("test_markers::test_only_on_a_board") == "skipped"
     assert result
@@ -97,34 +71,30 @@ def test_the_doc_examples_pass_on_loopback_and_leave_their_folder_as_it_was(tmp_
 def test_the_lab_network_recipe_serves_on_every_interface_under_xdist(tmp_path):
     pytest.importorskip("xdist")
     # lab.ini binds 0.0.0.0 on a port range; the URL host is overridden to one this machine answers on.
-    args = ["-c", "lab.ini", "-o", "http_url_host=127.0.0.1", "-n", "2", "."]
-    result = run_pytest(args, tmp_path / "report.xml")
+    args = ("-c", "lab.ini", "-o", "http_url_host=127.0.0.1", "-n", "2", ".")
+    result = run_doc_examples(*args, junit=tmp_path / "report.xml").outcomes()
     assert list(result.values()).count("passed") == len(result) - 1
 
 
 def test_the_hardware_ini_leases_through_the_lab_client_config(tmp_path):
     # No client config "lab" here, so every test bound to an exporter is skipped with that reason.
-    junit = tmp_path / "report.xml"
-    result = run_pytest(["-c", "hardware.ini", "."], junit)
-    assert result["test_flash_board::test_the_board_flashes_a_fresh_build"] == "skipped"
-    assert result["test_factory::test_two_servers_with_different_images"] == "passed"
-    reasons = [skip.get("message", "") for skip in ET.parse(junit).getroot().iter("skipped")]
+    report = run_doc_examples("-c", "hardware.ini", ".", junit=tmp_path / "report.xml")
+    assert report["test_flash_board::test_the_board_flashes_a_fresh_build"].outcome == "skipped"
+    assert report["test_factory::test_two_servers_with_different_images"].outcome == "passed"
+    reasons = [case.message for case in report.cases.values() if case.outcome == "skipped"]
     assert reasons
     assert all("no Jumpstarter client config 'lab'" in reason for reason in reasons), reasons
 
 
 def test_the_jmp_shell_recipe_runs_the_doc_examples_on_the_documented_exporter(tmp_path):
-    jmp = shutil.which("jmp", path=str(Path(sys.executable).parent)) or shutil.which("jmp")
-    if jmp is None:
+    if not Path(JMP).exists():
         pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
     # The documented config, with its root_dir moved to a temporary directory.
     config = (DOC_EXAMPLES / "exporter.yaml").read_text()
     assert "root_dir: /srv/jumpstarter/www" in config
     exporter = tmp_path / "exporter.yaml"
     exporter.write_text(config.replace("/srv/jumpstarter/www", str(tmp_path / "www")))
-    # `jmp shell --exporter-config` exits 0 whatever its command did (jumpstarter 0.9): read the report.
-    prefix = (jmp, "--log-level", "WARNING", "shell", "--exporter-config", str(exporter), "--")
-    result = run_pytest([], tmp_path / "report.xml", prefix=prefix)
+    result = run_doc_examples(junit=tmp_path / "report.xml", shell=exporter).outcomes()
     assert result["test_markers::test_only_on_a_board"] == "passed", result
     assert set(result.values()) == {"passed"}
     assert (tmp_path / "www" / "pytest-jumpstarter-http").is_dir()
@@ -160,6 +130,28 @@ def test_every_included_file_exists_and_every_doc_example_is_shown():
         and path.name != "pytest.ini"
     }
     assert examples - included == set(), "doc examples no page shows"
+
+
+def code_lines(page: Path) -> list[str]:
+    """The command lines and inline code spans of a page, without its quoted output (text blocks)."""
+    code, fence = [], None
+    for line in page.read_text().splitlines():
+        if opening := re.match(r"\s*(?:```|:::)\s*\{?([\w-]*)", line):
+            fence = None if fence is not None else opening[1]
+        elif fence is None:
+            code += line.split("`")[1::2]
+        elif fence not in ("text", "mermaid"):
+            code.append(line)
+    return code
+
+
+def test_the_docs_join_every_value_option_to_its_value_with_an_equals_sign():
+    # A separate value is a path to pytest while it looks for its ini file (docs/options.md).
+    flags = "|".join(re.escape(option.flag) for option in settings.OPTIONS if option.metavar)
+    spaced = re.compile(rf"(?:{flags}) +[^\s`|(-]")
+    for page in (TOP / "README.md", TOP / "bench" / "README.md", *pages()):
+        found = [line for line in code_lines(page) if spaced.search(line)]
+        assert not found, f"{page.name}: write --http-OPTION=VALUE in {found}"
 
 
 def error_fragments() -> set[str]:
@@ -198,11 +190,15 @@ def readme() -> str:
     return (TOP / "README.md").read_text()
 
 
-def test_the_readme_has_the_two_setup_commands_ci_runs():
-    README = readme()
-    for command in README_COMMANDS:
-        assert command in README
-    assert "-p no:jumpstarter_http" in README
+def test_the_readme_sets_up_with_two_commands_that_ci_reads_from_it():
+    setup = readme().partition("\n## Set up\n")[2].partition("\n## ")[0]
+    assert re.findall(r"^python3 -m venv .*$", setup, re.MULTILINE) == list(README_COMMANDS)
+    assert setup.count("```console") == 2
+    # .ci/run picks the section's `python3 -m venv` lines out of the README and runs them.
+    ci = (TOP / ".ci" / "run").read_text()
+    assert "README.md" in ci
+    assert "python3 -m venv" in ci
+    assert "-p no:jumpstarter_http" in readme()
 
 
 def test_the_readme_example_is_the_tested_first_example():
@@ -239,8 +235,8 @@ def test_the_docs_build_without_warnings(tmp_path):
         pytest.skip("sphinx is not installed: pip install -e '.[docs]'")
     html = tmp_path / "html"
     command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
-    done = run([*command, "-d", str(tmp_path / "doctrees"), str(DOCS), str(html)])
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run([*command, "-d", str(tmp_path / "doctrees"), str(DOCS), str(html)], timeout=300)
+    assert done.returncode == 0, done.stdout
     options = (html / "options.html").read_text()
     for option in settings.OPTIONS:
         assert option.ini in options
@@ -253,6 +249,14 @@ def test_the_docs_build_without_warnings(tmp_path):
 # --- the release artefacts ------------------------------------------------------------------
 
 
+def without_the_checkout() -> dict[str, str]:
+    """The clean environment without PYTHONPATH, which may hold this checkout: a build or a venv sees only
+    what it installs."""
+    env = clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory):
     """The sdist and the wheel built from it, as `python -m build` makes them for a release."""
@@ -260,16 +264,20 @@ def dist(tmp_path_factory):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed: pip install build twine")
     out = tmp_path_factory.mktemp("dist")
-    done = run([sys.executable, "-m", "build", "--outdir", str(out), str(TOP)])
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(TOP)],
+        env=without_the_checkout(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout
     return out
 
 
 def test_the_wheel_and_sdist_pass_twine_check(dist):
     files = sorted(str(path) for path in dist.iterdir())
     assert len(files) == 2, files
-    done = run([sys.executable, "-m", "twine", "check", "--strict", *files])
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run([sys.executable, "-m", "twine", "check", "--strict", *files], timeout=300)
+    assert done.returncode == 0, done.stdout
 
 
 def test_the_wheel_carries_the_entry_point_the_types_marker_and_the_license(dist):
@@ -287,28 +295,25 @@ def test_the_wheel_carries_the_entry_point_the_types_marker_and_the_license(dist
     assert "pytest-jumpstarter-http" in metadata.split("\n\n", 1)[1]  # the README is the description
 
 
-def test_the_installed_wheel_runs_the_flash_example_in_a_fresh_venv(dist, tmp_path):
+def test_the_installed_wheel_runs_the_example_suite_in_a_fresh_venv(dist, tmp_path):
     venv = tmp_path / "venv"
-    assert run([sys.executable, "-m", "venv", str(venv)], timeout=120).returncode == 0
+    env = without_the_checkout()
+    assert run([sys.executable, "-m", "venv", str(venv)], env=env, timeout=120).returncode == 0
     python = venv / "bin" / "python"
     wheel = next(dist.glob("*.whl"))
-    install = run([str(python), "-m", "pip", "install", "-q", str(wheel)], timeout=600)
-    assert install.returncode == 0, install.stdout + install.stderr
-    # A copy of the example, away from the checkout, so only the installed plugin can serve it.
-    work = tmp_path / "work"
-    work.mkdir()
-    for name in ("test_flash.py", "board.py"):
-        shutil.copy(TOP / "examples" / name, work / name)
-    shutil.copytree(TOP / "examples" / "images", work / "images")
-    # Not examples/pytest.ini: it sets an ini key of pytest-asyncio, which the bare wheel lacks.
-    (work / "pytest.ini").write_text("[pytest]\nhttp_root = images\npythonpath = .\nfilterwarnings = error\n")
+    install = run([str(python), "-m", "pip", "install", "-q", str(wheel)], env=env, timeout=600)
+    assert install.returncode == 0, install.stdout
+    # A copy of the examples, ini included, away from the checkout, so only the installed plugin
+    # can serve them, in an environment with nothing but the wheel and what it requires.
+    work = tmp_path / "examples"
+    shutil.copytree(TOP / "examples", work, ignore=shutil.ignore_patterns("__pycache__"))
     where = run(
-        [str(python), "-c", "import pytest_jumpstarter_http.plugin as p; print(p.__file__)"], cwd=work
+        [str(python), "-c", "import pytest_jumpstarter_http.plugin as p; print(p.__file__)"],
+        cwd=work,
+        env=env,
     )
-    assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout + where.stderr
-    done = run(
-        [str(python), "-m", "pytest", "-p", "no:cacheprovider", "test_flash.py"], cwd=work, timeout=120
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout
+    done = run([str(python), "-m", "pytest", "-p", "no:cacheprovider"], cwd=work, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout
     assert "jumpstarter-http: backend=auto" in done.stdout
-    assert "2 passed" in done.stdout
+    assert re.search(r"\b7 passed", done.stdout), done.stdout

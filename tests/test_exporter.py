@@ -22,16 +22,13 @@ from typing import Any
 
 import pytest
 from jumpstarter_helpers import (
-    JUnit,
-    clean_env,
     http_driver,
     jmp_shell,
-    python_pytest,
-    run_pytest,
     storage_driver,
     write_driver_port,
     write_exporter_config,
 )
+from subprocess_runs import JUnit, clean_env, python_pytest, run_pytest
 
 TOP = "pytest-jumpstarter-http"
 
@@ -352,17 +349,18 @@ def test_a_dead_jumpstarter_host_is_a_clear_error_within_ten_seconds(
     assert junit["test_it"].seconds < 10
 
 
+NEEDS_AN_EXPORTER = """
+import pytest
+@pytest.mark.http_exporter
+def test_it(http_server):
+    pass
+"""
+
+
 def test_http_exporter_without_an_exporter_is_skipped_saying_how_to_get_one(
     pytester: pytest.Pytester,
 ) -> None:
-    pytester.makepyfile(
-        """
-        import pytest
-        @pytest.mark.http_exporter
-        def test_it(http_server):
-            pass
-        """
-    )
+    pytester.makepyfile(NEEDS_AN_EXPORTER)
     result = pytester.runpytest("-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(
@@ -373,14 +371,7 @@ def test_http_exporter_without_an_exporter_is_skipped_saying_how_to_get_one(
 def test_http_exporter_without_an_exporter_fails_with_http_backend_exporter(
     pytester: pytest.Pytester,
 ) -> None:
-    pytester.makepyfile(
-        """
-        import pytest
-        @pytest.mark.http_exporter
-        def test_it(http_server):
-            pass
-        """
-    )
+    pytester.makepyfile(NEEDS_AN_EXPORTER)
     result = pytester.runpytest("--http-backend", "exporter")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*no Jumpstarter exporter: run pytest inside `jmp shell`*"])

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from fake_controller import FakeController
-from jumpstarter_helpers import JUnit, clean_env, http_device, run_pytest
+from jumpstarter_helpers import http_device
+from subprocess_runs import JUnit, clean_env, run_pytest
 
 LEASED = """
 import os, urllib.request

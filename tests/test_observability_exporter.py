@@ -10,7 +10,8 @@ import shlex
 from dataclasses import dataclass
 
 import pytest
-from jumpstarter_helpers import http_driver, jmp_shell, plain_pytest, write_exporter_config
+from jumpstarter_helpers import http_driver, jmp_shell, write_exporter_config
+from subprocess_runs import plain_pytest
 
 RECORDING = "pytest_jumpstarter_http.driver.RecordingHttpServer"
 

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from jumpstarter_helpers import plain_pytest
+from subprocess_runs import plain_pytest
 
 SERVED = """
     import urllib.request

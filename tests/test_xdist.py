@@ -12,17 +12,8 @@ from typing import Any
 
 import pytest
 from fake_controller import FakeController
-from jumpstarter_helpers import (
-    JUnit,
-    clean_env,
-    http_device,
-    http_driver,
-    jmp_shell,
-    python_pytest,
-    run_pytest,
-    write_driver_port,
-    write_exporter_config,
-)
+from jumpstarter_helpers import http_device, http_driver, jmp_shell, write_driver_port, write_exporter_config
+from subprocess_runs import JUnit, clean_env, python_pytest, run_pytest
 
 LOOPBACK = """
 import json, os, urllib.request

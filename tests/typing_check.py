@@ -1,5 +1,6 @@
 """Checked by mypy, not run: the public API used the way users write it."""
 
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,17 +24,40 @@ def test_handle(http_server: HttpServerHandle, served_dir: Path, tmp_path: Path)
     assert all((url, staged, port, root, backend, http_server.client))
 
 
+def test_request_log(http_server: HttpServerHandle) -> None:
+    request = http_server.assert_requested("kernel.img", status=200)
+    method: str = request.method
+    sent: int = request.bytes_sent
+    not_found = http_server.assert_requested("missing.img", status="4xx")
+    statuses: list[int] = [entry.status for entry in http_server.requests]
+    assert method == "GET"
+    assert sent >= 0
+    assert not_found.path
+    assert all(statuses)
+
+
 def test_factory(http_server_factory: HttpServerFactory, tmp_path: Path) -> None:
     server: HttpServerHandle = http_server_factory(tmp_path)
     other = http_server_factory(backend="loopback")
-    assert server.url != other.url
+    leased = http_server_factory(backend="exporter", selector="board=rpi4", driver="flasher.http")
+    assert server.url != other.url != leased.url
 
 
-def standalone(root: Path) -> str:
-    with LoopbackServer(root, host="127.0.0.1").start() as server:
-        return server.url
+def standalone(root: Path) -> bytes:
+    with (
+        LoopbackServer(root, host="127.0.0.1").start() as server,
+        urllib.request.urlopen(server.url_for("image.raw")) as response,
+    ):
+        body: bytes = response.read()
+        return body
 
 
 @pytest.mark.http_server(scope="session", root="images")
 def test_marked(http_url: str) -> None:
     assert http_url
+
+
+@pytest.mark.http_loopback
+@pytest.mark.http_exporter(selector="board=rpi4", driver="http")
+def test_backend_markers(http_server: HttpServerHandle) -> None:
+    assert http_server.url
