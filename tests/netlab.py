@@ -34,15 +34,8 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
-from jumpstarter_helpers import (
-    JMP,
-    PYTHON,
-    JUnit,
-    clean_env,
-    http_driver,
-    python_pytest,
-    write_exporter_config,
-)
+from jumpstarter_helpers import JMP, http_driver, write_exporter_config
+from subprocess_runs import PYTHON, JUnit, clean_env, python_pytest
 
 #: The only ranges the lab uses (RFC 5737 documentation networks); never 192.0.2.0/24.
 CONTROL_NET = ipaddress.ip_network("198.51.100.0/24")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jumpstarter_helpers import JUnit
 from netlab import (
     DEVICE_IP,
     EXPORTER_CONTROL_IP,
@@ -30,6 +29,7 @@ from netlab import (
     in_netns,
     laptop_lab_fixture,  # noqa: F401
 )
+from subprocess_runs import JUnit
 
 #: The inner run's conftest: the worker that ran test_serve.py says when it has left the run.
 LAB_CONFTEST = """
