@@ -198,6 +198,12 @@ class ExporterServer(HttpServerHandle):
         with self.exporter.answering():
             return int(self._http.get_requests(1 << 62)[0])
 
+    #: Each look at the request log is a call to the exporter.
+    _poll_interval = 0.25
+
+    def _url_path(self) -> str:
+        return url_path(self.served)
+
     def _request_paths(self) -> tuple[str, ...]:
         return (url_path(self.served), url_path(self.folder))
 

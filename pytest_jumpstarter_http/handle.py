@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
@@ -129,22 +130,66 @@ class HttpServerHandle(ABC):
 
     def _request_paths(self) -> tuple[str, ...]:
         """URL path prefixes of this handle's requests (a shared server serves others too)."""
-        return (urlsplit(self.url).path,)
+        return (self._url_path(),)
+
+    def _url_path(self) -> str:
+        """The path part of ``url``."""
+        return urlsplit(self.url).path
+
+    def _matching(
+        self, path: str, status: int | str | None
+    ) -> tuple[list[HttpRequest], list[HttpRequest], str]:
+        """This test's requests for ``path`` answered ``status``, all of this test's, and what was wanted."""
+        wanted = self._url_path() + "/" + path.lstrip("/")
+        entries = self.requests
+        codes = [str(status).lower()] if status is not None else None
+        hits = [
+            entry
+            for entry in entries
+            if unquote(entry.path.split("?")[0]) == wanted
+            and (codes is None or status_matches(entry.status, codes))
+        ]
+        return hits, entries, wanted + (f" answered {status}" if status is not None else "")
 
     def assert_requested(self, path: str, *, status: int | str | None = None) -> HttpRequest:
         """Assert the device requested ``path`` (relative to ``url``), answered with ``status`` if given.
 
         Returns the last matching request; the assertion message lists everything requested instead.
         """
-        wanted = urlsplit(self.url).path + "/" + path.lstrip("/")
-        entries = self.requests
-        hits = [e for e in entries if unquote(e.path.split("?")[0]) == wanted]
-        if status is not None:
-            hits = [e for e in hits if status_matches(e.status, [str(status).lower()])]
+        hits, entries, wanted = self._matching(path, status)
         if not hits:
-            expected = f"{wanted}" + (f" answered {status}" if status is not None else "")
-            raise AssertionError(f"no request for {expected}; the server answered:\n{describe(entries)}")
+            raise AssertionError(f"no request for {wanted}; the server answered:\n{describe(entries)}")
         return hits[-1]
+
+    #: Seconds between two looks at the request log while waiting.
+    _poll_interval = 0.02
+
+    def wait_for_request(
+        self, path: str, *, timeout: float = 60.0, status: int | str | None = None
+    ) -> HttpRequest:
+        """Wait until the device has requested ``path`` (relative to ``url``) and its response has ended.
+
+        Returns that request (its ``complete`` tells a whole download from an abandoned one). After
+        ``timeout`` seconds it fails the test, listing what the device requested instead.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            hits, entries, wanted = self._matching(path, status)
+            if hits:
+                return hits[-1]
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"no request for {wanted} within {timeout:g} s; the server answered:\n{describe(entries)}"
+                )
+            time.sleep(self._poll_interval)
+
+    async def wait_for_request_async(
+        self, path: str, *, timeout: float = 60.0, status: int | str | None = None
+    ) -> HttpRequest:
+        """:meth:`wait_for_request` for ``async def`` tests: waits without blocking their event loop."""
+        import asyncio
+
+        return await asyncio.to_thread(self.wait_for_request, path, timeout=timeout, status=status)
 
     @abstractmethod
     def stop(self) -> None:
