@@ -10,11 +10,6 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-#: Request-mapping keys the file response fills in for ``record()``: the body bytes it handed to
-#: the socket, and whether the whole body went out.
-SENT_KEY = "pytest_jumpstarter_http.sent"
-COMPLETE_KEY = "pytest_jumpstarter_http.complete"
-
 
 @dataclass(frozen=True)
 class HttpRequest:
@@ -61,9 +56,10 @@ class HttpRequest:
 
 @dataclass
 class Progress:
-    """A download under way: ``sent`` grows on the server's loop, anyone may read it.
+    """A file response's body: ``sent`` grows on the server's loop, anyone may read it.
 
-    ``total`` is the body's length, None until the headers are out.
+    ``total`` is the body's length, None until the headers are out; ``complete`` turns True
+    once the whole body went out.
     """
 
     method: str
@@ -71,6 +67,7 @@ class Progress:
     client: str
     sent: int = 0
     total: int | None = None
+    complete: bool = False
 
 
 class RequestLog:
@@ -128,6 +125,7 @@ def access_logger_class(log: RequestLog) -> type:
 
 
 def record(request: Any, response: Any, duration: float) -> HttpRequest:
+    progress = getattr(response, "progress", None)  # serving.ServedFile's, once prepared
     return HttpRequest(
         time=time.time() - duration,
         client=str(request.remote),
@@ -136,10 +134,10 @@ def record(request: Any, response: Any, duration: float) -> HttpRequest:
         range=request.headers.get("Range"),
         status=response.status,
         # With sendfile the writer never sees the file's bytes, so its counters hold only the
-        # headers: the file response counts what it sent; for any other, the length it declared.
-        bytes_sent=request.get(SENT_KEY, response.content_length or 0),
+        # headers: a served file counts what it sent; for any other, the length it declared.
+        bytes_sent=progress.sent if progress else response.content_length or 0,
         duration=duration,
-        complete=request.get(COMPLETE_KEY, True),
+        complete=progress.complete if progress else True,
     )
 
 

@@ -25,22 +25,18 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
+from aiohttp.web import FileResponse, RequestKey  # this module is imported where aiohttp runs
+
 from .beneath import PROBE, EscapesRoot, Root, open_beneath
-from .requestlog import COMPLETE_KEY, SENT_KEY, Progress, RequestLog
+from .requestlog import Progress, RequestLog
 
 if TYPE_CHECKING:
     from aiohttp.abc import AbstractStreamWriter
     from aiohttp.typedefs import Handler
-    from aiohttp.web import FileResponse, Request, StreamResponse
-else:  # ServedFile subclasses FileResponse: aiohttp is imported with this module, not before
-    from aiohttp.web import FileResponse
+    from aiohttp.web import Request, StreamResponse
 
 __all__ = ["SHAPER_KEY", "BeneathFiles", "BodyShaper", "ServedFile", "beneath_middleware"]
 
-#: Request-mapping key of a :class:`BodyShaper` that sends the body instead of ``sendfile``.
-SHAPER_KEY: Final = "pytest_jumpstarter_http.shaper"
-#: Request-mapping key of the :class:`~pytest_jumpstarter_http.requestlog.Progress` of a download.
-PROGRESS_KEY: Final = "pytest_jumpstarter_http.progress"
 #: Bytes per ``sendfile`` call: small enough to count progress and notice a closed connection.
 CHUNK: Final = 4 << 20
 #: How an open descriptor is named for a second open that looks nothing up by name.
@@ -53,6 +49,13 @@ class BodyShaper(Protocol):
     """Sends a response body its own way (slowly, cut, ...); returns the body bytes it sent."""
 
     async def send(self, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int) -> int: ...
+
+
+#: Request-mapping key of a :class:`BodyShaper` that sends the body instead of ``sendfile``.
+SHAPER_KEY: Final = RequestKey("pytest_jumpstarter_http.shaper", BodyShaper)
+#: Request-mapping key of the :class:`~pytest_jumpstarter_http.requestlog.Progress` of a file
+#: response's body, set when it starts (also ``ServedFile.progress``).
+PROGRESS_KEY: Final = RequestKey("pytest_jumpstarter_http.progress", Progress)
 
 
 class ServedFile(FileResponse):
@@ -71,7 +74,8 @@ class ServedFile(FileResponse):
         self._name = name
         self._root = root
         self._log = log
-        self._expected = 0
+        #: Bytes sent and completion of the body, for the request log; None until prepared.
+        self.progress: Progress | None = None
         self._fds = [fd]
         # Closes the descriptors even when the response is dropped unsent (the handler cancelled).
         self._release = weakref.finalize(self, _close_all, self._fds)
@@ -81,7 +85,9 @@ class ServedFile(FileResponse):
     ) -> tuple[Path | None, os.stat_result, str | None]:
         from aiohttp.web_fileresponse import ENCODING_EXTENSIONS
 
-        relpath = self._name = _real_name(self._fd, self._root) or self._name
+        relpath = _real_name(self._fd, self._root) or self._name
+        opened = self._path
+        self._path = Path(relpath)  # FileResponse guesses the Content-Type from it, not from N
         for extension, encoding in ENCODING_EXTENSIONS.items():
             if encoding not in accept_encoding:
                 continue
@@ -94,37 +100,22 @@ class ServedFile(FileResponse):
             if stat.S_ISREG(st.st_mode):
                 return Path(f"{_FD_DIR}/{fd}"), st, encoding
         st = os.fstat(self._fd)
-        return self._path if stat.S_ISREG(st.st_mode) else None, st, None
-
-    async def _prepare_open_file(
-        self, request: Any, fobj: Any, st: os.stat_result, file_encoding: str | None
-    ) -> AbstractStreamWriter | None:
-        from aiohttp import hdrs
-        from aiohttp.web_fileresponse import CONTENT_TYPES, FALLBACK_CONTENT_TYPE
-
-        if hdrs.CONTENT_TYPE not in self.headers:  # from the file's name, not /proc/self/fd/N
-            if sys.version_info >= (3, 13):
-                guessed = CONTENT_TYPES.guess_file_type(self._name)[0]
-            else:
-                guessed = CONTENT_TYPES.guess_type(self._name)[0]
-            self.content_type = guessed or FALLBACK_CONTENT_TYPE
-        return await super()._prepare_open_file(request, fobj, st, file_encoding)
+        return opened if stat.S_ISREG(st.st_mode) else None, st, None
 
     async def prepare(self, request: Any) -> AbstractStreamWriter | None:
         from aiohttp.web import StreamResponse
 
         if self.prepared:  # FileResponse would look the file up and send it again
             return await StreamResponse.prepare(self, request)
-        progress = Progress(request.method, request.raw_path, str(request.remote))
-        request[PROGRESS_KEY] = progress
-        request[SENT_KEY] = 0
-        request[COMPLETE_KEY] = False
+        progress = self.progress = request[PROGRESS_KEY] = Progress(
+            request.method, request.raw_path, str(request.remote)
+        )
         if self._log is not None:
             self._log.begin(progress)
         started = asyncio.get_running_loop().time()
         try:
             writer = await super().prepare(request)
-            request[COMPLETE_KEY] = request[SENT_KEY] >= self._expected
+            progress.complete = progress.sent >= (progress.total or 0)  # HEAD, 304, 416: no body
             return writer
         except BaseException as exc:
             # aiohttp logs a response cut by ConnectionError itself; one cancelled (the server
@@ -141,13 +132,13 @@ class ServedFile(FileResponse):
         from aiohttp.web import StreamResponse
         from aiohttp.web_fileresponse import NOSENDFILE
 
-        progress: Progress = request[PROGRESS_KEY]
-        progress.total = self._expected = count
+        progress = request[PROGRESS_KEY]
+        progress.total = count
         writer = await StreamResponse.prepare(self, request)
         assert writer is not None
-        shaper: BodyShaper | None = request.get(SHAPER_KEY)
+        shaper = request.get(SHAPER_KEY)
         if shaper is not None:
-            request[SENT_KEY] = progress.sent = await shaper.send(writer, fobj, offset, count)
+            progress.sent = await shaper.send(writer, fobj, offset, count)
             return writer
         if NOSENDFILE or self.compression:
             return await self._copy(request, writer, fobj, offset, count)
@@ -156,20 +147,22 @@ class ServedFile(FileResponse):
         while progress.sent < count:
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("Connection lost")
+            at = offset + progress.sent
             try:
-                sent = await loop.sendfile(
-                    transport, fobj, offset + progress.sent, min(CHUNK, count - progress.sent)
-                )
+                sent = await loop.sendfile(transport, fobj, at, min(CHUNK, count - progress.sent))
             except NotImplementedError:
                 if progress.sent:
                     raise
                 return await self._copy(request, writer, fobj, offset, count)
-            except RuntimeError:
-                # asyncio's "Transport is closing": the client went away between two chunks.
-                if transport.is_closing():
+            except BaseException as exc:
+                # asyncio leaves the file's offset after what went out, even when a send fails.
+                with suppress(OSError, ValueError):
+                    progress.sent += max(0, os.lseek(fobj.fileno(), 0, os.SEEK_CUR) - at)
+                if isinstance(exc, RuntimeError) and transport.is_closing():
+                    # asyncio's "Transport is closing": the client went away between two chunks.
                     raise ConnectionResetError("Connection lost") from None
                 raise
-            request[SENT_KEY] = progress.sent = progress.sent + sent
+            progress.sent += sent
             if not sent:  # the file shrank under us
                 break
         await StreamResponse.write_eof(self)
@@ -179,14 +172,14 @@ class ServedFile(FileResponse):
         self, request: Any, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int
     ) -> AbstractStreamWriter:
         """aiohttp's fallback without ``sendfile`` (TLS, compression, AIOHTTP_NOSENDFILE), counting."""
-        progress: Progress = request[PROGRESS_KEY]
+        progress = request[PROGRESS_KEY]
         loop = asyncio.get_running_loop()
         chunk = await loop.run_in_executor(
             None, self._seek_and_read, fobj, offset, min(self._chunk_size, count)
         )
         while chunk:
             await writer.write(chunk)
-            request[SENT_KEY] = progress.sent = progress.sent + len(chunk)
+            progress.sent += len(chunk)
             if progress.sent >= count:
                 break
             chunk = await loop.run_in_executor(None, fobj.read, min(self._chunk_size, count - progress.sent))
