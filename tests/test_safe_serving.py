@@ -14,12 +14,18 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_jumpstarter_http import beneath, eventloop
 from pytest_jumpstarter_http.requestlog import RequestLog, install
-from pytest_jumpstarter_http.serving import CHUNK, beneath_middleware
+from pytest_jumpstarter_http.serving import CHUNK, SHAPER_KEY, beneath_middleware
+
+if TYPE_CHECKING:
+    from aiohttp.abc import AbstractStreamWriter
+    from aiohttp.typedefs import Handler, Middleware
+    from aiohttp.web import Request, StreamResponse
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the swap needs renameat2(2), Linux's")
 
@@ -29,7 +35,12 @@ INSIDE = b"inside"
 
 @contextmanager
 def serving(
-    root: Path, *, safe: bool = True, roots: list[Path] | None = None, log: RequestLog | None = None
+    root: Path,
+    *,
+    safe: bool = True,
+    roots: list[Path] | None = None,
+    log: RequestLog | None = None,
+    outer: Middleware | None = None,
 ) -> Iterator[int]:
     """The driver serving ``root`` on a free loopback port, with our middleware when ``safe``."""
     from jumpstarter_driver_http.driver import HttpServer
@@ -37,6 +48,8 @@ def serving(
     driver = HttpServer(  # type: ignore[abstract]
         root_dir=str(root), host="127.0.0.1", port=0, remove_created_on_close=False, log_level="WARNING"
     )
+    if outer is not None:
+        driver.app.middlewares.append(outer)
     if safe:
         files = beneath_middleware(roots if roots is not None else [root], log=log)
         driver.app.middlewares.append(files)
@@ -45,7 +58,7 @@ def serving(
     async def start() -> None:
         await driver.start()
         assert driver.runner is not None
-        driver.runner._shutdown_timeout = 2.0
+        driver.runner._shutdown_timeout = 0.5
         if log is not None:
             install(driver.runner, log)
 
@@ -309,6 +322,58 @@ def test_a_whole_download_is_logged_complete(tmp_path: Path) -> None:
         assert fetch(port, "HEAD", "/f")[0] == 200
         entries = wait_for_entries(log, port, 2)
     assert [(e.status, e.bytes_sent, e.complete) for e in entries] == [(206, 99_990, True), (200, 0, True)]
+
+
+def test_a_download_cut_by_the_server_stopping_is_logged(tmp_path: Path) -> None:
+    big = tmp_path / "big.raw"
+    with big.open("wb") as file:
+        file.truncate(64 << 20)
+    log = RequestLog()
+    with socket.socket() as client, serving(tmp_path, log=log) as port:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        client.connect(("127.0.0.1", port))
+        client.sendall(b"GET /big.raw HTTP/1.1\r\nHost: x\r\n\r\n")
+        client.recv(65536)
+        while not log.in_flight():
+            eventloop.call(_tick)
+        # the client neither reads nor closes: the server's shutdown cancels the download
+    [entry] = log.since(0)
+    assert (entry.path, entry.status, entry.complete) == ("/big.raw", 200, False)
+    assert entry.bytes_sent < 64 << 20
+
+
+class FirstBytes:
+    """A body shaper that sends only the first ``size`` bytes."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    async def send(self, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int) -> int:
+        fobj.seek(offset)
+        data = fobj.read(min(self.size, count))
+        await writer.write(data)
+        return len(data)
+
+
+def test_a_body_shaper_in_the_request_sends_the_body_instead_of_sendfile(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    @web.middleware
+    async def shape(request: Request, handler: Handler) -> StreamResponse:
+        request[SHAPER_KEY] = FirstBytes(10)
+        return await handler(request)
+
+    (tmp_path / "f").write_bytes(b"0123456789" * 100)
+    log = RequestLog()
+    with serving(tmp_path, log=log, outer=shape) as port:
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n0123456789" not in head:
+                head += client.recv(65536)
+            assert b"Content-Length: 1000" in head
+        [entry] = wait_for_entries(log, port, 1)
+    assert (entry.bytes_sent, entry.complete) == (10, False)
 
 
 def wait_for_entries(log: RequestLog, port: int, count: int) -> list:  # type: ignore[type-arg]
