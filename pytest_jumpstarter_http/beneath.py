@@ -29,6 +29,9 @@ import os
 import platform
 import stat
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 __all__ = ["PROBE", "EscapesRoot", "Root", "open_beneath"]
@@ -64,16 +67,40 @@ class Root:
     """A root folder held open: its descriptor and the real path absolute links are compared to.
 
     Open it once per server and ``close()`` it when the server stops; a context manager too.
+    Closing waits for lookups under way (the descriptor's number must not be reused under them).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.real = os.path.realpath(path)
         self.fd = os.open(self.real, PROBE | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
+
+    @contextmanager
+    def held(self) -> Iterator[int]:
+        """The descriptor, kept open until the block ends even if ``close()`` is called meanwhile."""
+        with self._lock:
+            if self._closing:
+                raise OSError(errno.EBADF, f"the root {self.real!r} was closed")
+            self._users += 1
+        try:
+            yield self.fd
+        finally:
+            with self._lock:
+                self._users -= 1
+                last = self._closing and not self._users
+            if last:
+                os.close(self.fd)
 
     def close(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            now = not self._users
+        if now:
+            os.close(self.fd)
 
     def __enter__(self) -> Root:
         return self
@@ -96,11 +123,12 @@ def open_beneath(root: Root | int | str | os.PathLike[str], relpath: str, flags:
     (``O_PATH`` on Linux) to open a FIFO or a device without effect.
     """
     if isinstance(root, Root):
-        return _open(root.fd, root.real, relpath, flags)
+        with root.held() as fd:
+            return _open(fd, root.real, relpath, flags)
     if isinstance(root, int):
         return _open(root, None, relpath, flags)
-    with Root(root) as held:
-        return _open(held.fd, held.real, relpath, flags)
+    with Root(root) as held, held.held() as fd:
+        return _open(fd, held.real, relpath, flags)
 
 
 def _open(root_fd: int, real: str | None, relpath: str, flags: int) -> int:

@@ -164,3 +164,12 @@ def test_the_kernel_and_the_walk_agree_on_every_name(tree: Path, monkeypatch: py
     kernel = outcomes()
     monkeypatch.setattr(beneath.settings, "openat2", False)
     assert outcomes() == kernel
+
+
+def test_closing_a_root_waits_for_the_lookup_holding_it(tree: Path) -> None:
+    root = Root(tree)
+    with root.held() as fd:
+        root.close()
+        assert read(fd, "f") == "inside"  # still the root's descriptor
+    with pytest.raises(OSError, match="closed"):
+        open_beneath(root, "f")
