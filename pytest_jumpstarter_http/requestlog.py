@@ -74,7 +74,7 @@ class RequestLog:
     """Requests in the order they finished; appended from the server's loop, read from tests.
 
     Entries are numbered from 0 for the server's whole life; past ``limit`` the oldest go.
-    A download is in ``in_flight()`` from its first byte until its body is sent or cut; its
+    A file download is in ``in_flight()`` from its response's start until its body is sent or cut; its
     entry follows.
     """
 

@@ -119,7 +119,8 @@ class ServedFile(FileResponse):
             return writer
         except BaseException as exc:
             # aiohttp logs a response cut by ConnectionError itself; one cancelled (the server
-            # stopping, or handler_cancellation) would go unrecorded.
+            # stopping, or handler_cancellation) would go unrecorded. Its duration counts from
+            # the response's start, the request's own start being aiohttp's private state.
             if not isinstance(exc, ConnectionError):
                 _log_access(request, self, asyncio.get_running_loop().time() - started)
             raise
