@@ -27,6 +27,8 @@ class HttpRequest:
     status: int
     bytes_sent: int
     duration: float
+    #: False when the body was cut short: the client went away, or the server stopped.
+    complete: bool = True
 
     def line(self) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time % 1 * 1000):03d}"
@@ -34,6 +36,7 @@ class HttpRequest:
         return (
             f"{stamp} {self.client} {self.method} {self.path}{range_} -> {self.status}, "
             f"{self.bytes_sent} bytes in {self.duration * 1000:.1f} ms"
+            + ("" if self.complete else " (cut short)")
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -51,19 +54,52 @@ class HttpRequest:
             status=int(data["status"]),
             bytes_sent=int(data["bytes_sent"]),
             duration=float(data["duration"]),
+            complete=bool(data.get("complete", True)),
         )
+
+
+@dataclass
+class Progress:
+    """A file response's body: ``sent`` grows on the server's loop, anyone may read it.
+
+    ``total`` is the body's length, None until the headers are out; ``complete`` turns True
+    once the whole body went out.
+    """
+
+    method: str
+    path: str
+    client: str
+    sent: int = 0
+    total: int | None = None
+    complete: bool = False
 
 
 class RequestLog:
     """Requests in the order they finished; appended from the server's loop, read from tests.
 
     Entries are numbered from 0 for the server's whole life; past ``limit`` the oldest go.
+    A file download is in ``in_flight()`` from its response's start until its body is sent or cut; its
+    entry follows.
     """
 
     def __init__(self, limit: int | None = None) -> None:
         self._entries: deque[HttpRequest] = deque(maxlen=limit)
         self.total = 0
         self._lock = threading.Lock()
+        self._running: dict[int, Progress] = {}
+
+    def begin(self, progress: Progress) -> None:
+        with self._lock:
+            self._running[id(progress)] = progress
+
+    def end(self, progress: Progress) -> None:
+        with self._lock:
+            self._running.pop(id(progress), None)
+
+    def in_flight(self) -> list[Progress]:
+        """The downloads under way now, oldest first (live objects: read, do not keep)."""
+        with self._lock:
+            return list(self._running.values())
 
     def add(self, entry: HttpRequest) -> None:
         with self._lock:
@@ -93,6 +129,7 @@ def access_logger_class(log: RequestLog) -> type:
 
 
 def record(request: Any, response: Any, duration: float) -> HttpRequest:
+    progress = getattr(response, "progress", None)  # serving.ServedFile's, once prepared
     return HttpRequest(
         time=time.time() - duration,
         client=str(request.remote),
@@ -101,9 +138,10 @@ def record(request: Any, response: Any, duration: float) -> HttpRequest:
         range=request.headers.get("Range"),
         status=response.status,
         # With sendfile the writer never sees the file's bytes, so its counters hold only the
-        # headers; the response was sent whole once the access log sees it.
-        bytes_sent=response.content_length or 0,
+        # headers: a served file counts what it sent; for any other, the length it declared.
+        bytes_sent=progress.sent if progress else response.content_length or 0,
         duration=duration,
+        complete=progress.complete if progress else True,
     )
 
 

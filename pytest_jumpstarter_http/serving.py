@@ -1,0 +1,298 @@
+"""Serve the driver's static route from files opened beneath their root, never by name twice.
+
+aiohttp's static route checks a resolved path and then opens it again by name, so a folder
+swapped for a link in between serves a file from outside the root. ``beneath_middleware()``
+answers the route's GET and HEAD requests itself: it opens the name with
+:func:`~pytest_jumpstarter_http.beneath.open_beneath` and sends that open file through
+:class:`ServedFile`, a ``FileResponse`` pointed at ``/proc/self/fd/N``, keeping every answer of
+the static route (ranges, ETag, 304, 403 for folders and special files, 404) as it was.
+
+``ServedFile`` also counts the body bytes it hands to the socket, for the request log, and is
+the one place a body shaper (``SHAPER_KEY``) replaces ``sendfile``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+import sys
+import threading
+import weakref
+from collections.abc import Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol
+
+from aiohttp.web import FileResponse, RequestKey  # this module is imported where aiohttp runs
+
+from .beneath import PROBE, EscapesRoot, Root, open_beneath
+from .requestlog import Progress, RequestLog
+
+if TYPE_CHECKING:
+    from aiohttp.abc import AbstractStreamWriter
+    from aiohttp.typedefs import Handler
+    from aiohttp.web import Request, StreamResponse
+
+__all__ = ["SHAPER_KEY", "BeneathFiles", "BodyShaper", "ServedFile", "beneath_middleware"]
+
+#: Bytes per ``sendfile`` call: small enough to count progress and notice a closed connection.
+CHUNK: Final = 4 << 20
+#: How an open descriptor is named for a second open that looks nothing up by name.
+_FD_DIR: Final = "/proc/self/fd" if sys.platform == "linux" else "/dev/fd"
+#: Errors of a name that is not there, or not a file: the next root may hold it.
+_ABSENT: Final = (errno.ENOENT, errno.ENOTDIR)
+
+
+class BodyShaper(Protocol):
+    """Sends a response body its own way (slowly, cut, ...); returns the body bytes it sent."""
+
+    async def send(self, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int) -> int: ...
+
+
+#: Request-mapping key of a :class:`BodyShaper` that sends the body instead of ``sendfile``.
+SHAPER_KEY: Final = RequestKey("pytest_jumpstarter_http.shaper", BodyShaper)
+#: Request-mapping key of the :class:`~pytest_jumpstarter_http.requestlog.Progress` of a file
+#: response's body, set when it starts (also ``ServedFile.progress``).
+PROGRESS_KEY: Final = RequestKey("pytest_jumpstarter_http.progress", Progress)
+
+
+class ServedFile(FileResponse):
+    """A ``FileResponse`` of a file already open as ``fd``, which it closes when done.
+
+    ``name`` is the name asked for, below ``root``. As aiohttp, which serves the resolved path,
+    the Content-Type comes from the file's real name (a link's target), and a ``.gz``/``.br``
+    sibling is looked for beside it, again beneath the root.
+    """
+
+    def __init__(
+        self, fd: int, name: str, *, root: Root, chunk_size: int, log: RequestLog | None = None
+    ) -> None:
+        super().__init__(f"{_FD_DIR}/{fd}", chunk_size=chunk_size)
+        self._fd = fd
+        self._name = name
+        self._root = root
+        self._log = log
+        #: Bytes sent and completion of the body, for the request log; None until prepared.
+        self.progress: Progress | None = None
+        self._fds = [fd]
+        # Closes the descriptors even when the response is dropped unsent (the handler cancelled).
+        self._release = weakref.finalize(self, _close_all, self._fds)
+
+    def _get_file_path_stat_encoding(
+        self, accept_encoding: str
+    ) -> tuple[Path | None, os.stat_result, str | None]:
+        from aiohttp.web_fileresponse import ENCODING_EXTENSIONS
+
+        relpath = _real_name(self._fd, self._root) or self._name
+        opened = self._path
+        self._path = Path(relpath)  # FileResponse guesses the Content-Type from it, not from N
+        for extension, encoding in ENCODING_EXTENSIONS.items():
+            if encoding not in accept_encoding:
+                continue
+            try:  # aiohttp takes a sibling only if it is a regular file, not a link
+                fd = open_beneath(self._root, relpath + extension, PROBE | os.O_NOFOLLOW)
+            except (OSError, ValueError):
+                continue
+            self._fds.append(fd)
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                return Path(f"{_FD_DIR}/{fd}"), st, encoding
+        st = os.fstat(self._fd)
+        return opened if stat.S_ISREG(st.st_mode) else None, st, None
+
+    async def prepare(self, request: Any) -> AbstractStreamWriter | None:
+        from aiohttp.web import StreamResponse
+
+        if self.prepared:  # FileResponse would look the file up and send it again
+            return await StreamResponse.prepare(self, request)
+        progress = self.progress = request[PROGRESS_KEY] = Progress(
+            request.method, request.raw_path, str(request.remote)
+        )
+        if self._log is not None:
+            self._log.begin(progress)
+        started = asyncio.get_running_loop().time()
+        try:
+            writer = await super().prepare(request)
+            progress.complete = progress.sent >= (progress.total or 0)  # HEAD, 304, 416: no body
+            return writer
+        except BaseException as exc:
+            # aiohttp logs a response cut by ConnectionError itself; one cancelled (the server
+            # stopping, or handler_cancellation) would go unrecorded. Its duration counts from
+            # the response's start, the request's own start being aiohttp's private state.
+            if not isinstance(exc, ConnectionError):
+                _log_access(request, self, asyncio.get_running_loop().time() - started)
+            raise
+        finally:
+            if self._log is not None:
+                self._log.end(progress)
+            self._release()
+
+    async def _sendfile(self, request: Any, fobj: IO[Any], offset: int, count: int) -> AbstractStreamWriter:
+        from aiohttp.web import StreamResponse
+        from aiohttp.web_fileresponse import NOSENDFILE
+
+        progress = request[PROGRESS_KEY]
+        progress.total = count
+        writer = await StreamResponse.prepare(self, request)
+        assert writer is not None
+        shaper = request.get(SHAPER_KEY)
+        if shaper is not None:
+            progress.sent = await shaper.send(writer, fobj, offset, count)
+            return writer
+        if NOSENDFILE or self.compression:
+            return await self._copy(request, writer, fobj, offset, count)
+        loop = asyncio.get_running_loop()
+        transport = request.transport
+        while progress.sent < count:
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("Connection lost")
+            at = offset + progress.sent
+            try:
+                sent = await loop.sendfile(transport, fobj, at, min(CHUNK, count - progress.sent))
+            except NotImplementedError:
+                if progress.sent:
+                    raise
+                return await self._copy(request, writer, fobj, offset, count)
+            except BaseException as exc:
+                # asyncio leaves the file's offset after what went out, even when a send fails.
+                with suppress(OSError, ValueError):
+                    progress.sent += max(0, os.lseek(fobj.fileno(), 0, os.SEEK_CUR) - at)
+                if isinstance(exc, RuntimeError) and transport.is_closing():
+                    # asyncio's "Transport is closing": the client went away between two chunks.
+                    raise ConnectionResetError("Connection lost") from None
+                raise
+            progress.sent += sent
+            if not sent:  # the file shrank under us
+                break
+        await StreamResponse.write_eof(self)
+        return writer
+
+    async def _copy(
+        self, request: Any, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        """aiohttp's fallback without ``sendfile`` (TLS, compression, AIOHTTP_NOSENDFILE), counting."""
+        progress = request[PROGRESS_KEY]
+        loop = asyncio.get_running_loop()
+        chunk = await loop.run_in_executor(
+            None, self._seek_and_read, fobj, offset, min(self._chunk_size, count)
+        )
+        while chunk:
+            await writer.write(chunk)
+            progress.sent += len(chunk)
+            if progress.sent >= count:
+                break
+            chunk = await loop.run_in_executor(None, fobj.read, min(self._chunk_size, count - progress.sent))
+        await writer.drain()
+        return writer
+
+
+class BeneathFiles:
+    """The middleware: answers GET/HEAD of the static route from ``roots``, first holder wins.
+
+    ``roots`` is read at each request, so the caller may append to it (a folder of staged
+    files). Each root is opened once, on first use, and closed by :meth:`close` (added to the
+    app's ``on_cleanup`` by :func:`beneath_middleware`'s caller, or called directly).
+    """
+
+    __middleware_version__ = 1
+
+    def __init__(self, roots: Sequence[Path], *, log: RequestLog | None = None) -> None:
+        self.roots = roots
+        self.log = log
+        self._held: dict[Path, Root] = {}
+        self._lock = threading.Lock()
+
+    async def __call__(self, request: Request, handler: Handler) -> StreamResponse:
+        from aiohttp import web
+        from aiohttp.web_urldispatcher import StaticResource
+
+        route = request.match_info.route
+        resource = route.resource
+        if request.method not in ("GET", "HEAD") or not isinstance(resource, StaticResource):
+            return await handler(request)
+        name = request.match_info["filename"]
+        if Path(name).is_absolute():  # as the static route: //host/share would be a UNC path
+            raise web.HTTPNotFound()
+        loop = asyncio.get_running_loop()
+        try:
+            fd, root = await loop.run_in_executor(None, self._lookup, name)
+        except PermissionError:
+            raise web.HTTPForbidden() from None  # a folder on the way may not be searched
+        except (EscapesRoot, ValueError):
+            raise web.HTTPNotFound() from None
+        except OSError as exc:
+            if exc.errno not in _ABSENT:  # ENAMETOOLONG, ELOOP: no such file to serve either
+                raise web.HTTPNotFound() from None
+            # What the static route answers for a missing file: FileResponse's bodiless 404.
+            return web.StreamResponse(status=web.HTTPNotFound.status_code)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise web.HTTPForbidden()  # show_index=False
+        return ServedFile(fd, name, root=root, chunk_size=resource._chunk_size, log=self.log)
+
+    def _lookup(self, name: str) -> tuple[int, Root]:
+        """The name opened (O_PATH) in the first root that holds it."""
+        absent: OSError | None = None
+        for path in list(self.roots):
+            try:
+                root = self._root(path)
+                return open_beneath(root, name, PROBE), root
+            except OSError as exc:
+                if exc.errno not in _ABSENT:
+                    raise
+                absent = absent or exc
+        raise absent or FileNotFoundError(errno.ENOENT, "no root to serve from", name)
+
+    def _root(self, path: Path) -> Root:
+        with self._lock:
+            root = self._held.get(path)
+            if root is None:
+                root = self._held[path] = Root(path)
+            return root
+
+    def close(self) -> None:
+        """Close the roots held open; the next request opens them again."""
+        with self._lock:
+            held, self._held = self._held, {}
+        for root in held.values():
+            root.close()
+
+    async def on_cleanup(self, app: object) -> None:
+        """For ``app.on_cleanup``: close the roots when the server stops."""
+        self.close()
+
+
+def beneath_middleware(roots: Sequence[Path], *, log: RequestLog | None = None) -> BeneathFiles:
+    """A middleware serving the static route's files from ``roots`` without ever leaving them.
+
+    Append it to ``app.middlewares`` and its ``on_cleanup`` to ``app.on_cleanup`` before the
+    app starts. With ``log``, downloads under way show in ``log.in_flight()``.
+    """
+    return BeneathFiles(roots, log=log)
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        with suppress(OSError):
+            os.close(fds.pop())
+
+
+def _real_name(fd: int, root: Root) -> str | None:
+    """Where the open file is now, relative to the root; None when that is unknown."""
+    if sys.platform != "linux":
+        return None
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    prefix = root.real.rstrip("/") + "/"
+    return real[len(prefix) :] if real.startswith(prefix) and not real.endswith(" (deleted)") else None
+
+
+def _log_access(request: Any, response: Any, duration: float) -> None:
+    protocol = request.protocol
+    logger = getattr(protocol, "access_logger", None)
+    if logger is not None and logger.enabled:
+        logger.log(request, response, duration)
