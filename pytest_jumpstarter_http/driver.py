@@ -38,13 +38,17 @@ class RecordingHttpServer(HttpServer):
 
     #: Seconds a stopping server waits for downloads in flight (aiohttp's default is 60).
     shutdown_grace: float | None = None
-    #: Folders served after ``root_dir``, for files staged beside a root that must not be written.
-    extra_roots: list[str] = field(default_factory=list)
     request_log: RequestLog = field(init=False, default_factory=lambda: RequestLog(MAX_REQUESTS))
+    #: The folders served, first holder of a name wins: ``root_dir``, then any the owner adds
+    #: (the loopback backend adds one for files staged beside a root that must not be written).
+    roots: list[Path] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.app.middlewares.append(beneath_middleware(_Roots(self)))
+        self.roots.append(Path(self.root_dir))
+        files = beneath_middleware(self.roots, log=self.request_log)
+        self.app.middlewares.append(files)
+        self.app.on_cleanup.append(files.on_cleanup)
 
     @classmethod
     def client(cls) -> str:
@@ -71,17 +75,6 @@ class RecordingHttpServer(HttpServer):
         """The number of requests recorded so far, and those from number ``start`` on."""
         total = self.request_log.total  # numbers cross Jumpstarter's wire as floats
         return total, [entry.as_dict() for entry in self.request_log.since(int(start))]
-
-
-class _Roots:
-    """The folders a RecordingHttpServer serves, read at each request: staging adds one later."""
-
-    def __init__(self, server: RecordingHttpServer) -> None:
-        self._server = server
-
-    def __iter__(self) -> Any:
-        yield Path(self._server.root_dir)
-        yield from map(Path, self._server.extra_roots)
 
 
 class RecordingHttpServerClient(HttpServerClient):

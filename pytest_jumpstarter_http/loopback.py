@@ -84,7 +84,7 @@ class LoopbackServer(HttpServerHandle):
             shutdown_grace=SHUTDOWN_GRACE,
         )
         if isinstance(self._staging, Path) and self._staging != self.root:
-            driver.extra_roots.append(str(self._staging))
+            driver.roots.append(self._staging)
         # Each running server holds the loop thread: used without pytest, the last stop() ends
         # the thread, whose portal would otherwise hang the interpreter's exit.
         eventloop.acquire()
@@ -182,7 +182,7 @@ class LoopbackServer(HttpServerHandle):
             )
         if not isinstance(staging, Path):
             self._staging = staging = staging()
-            self._started.extra_roots.append(str(staging))
+            self._started.roots.append(staging)
         return staging
 
     def publish(self, name: str | None = None) -> None:

@@ -76,14 +76,16 @@ def test_the_lab_network_recipe_serves_on_every_interface_under_xdist(tmp_path):
     assert list(result.values()).count("passed") == len(result) - 1
 
 
-def test_the_hardware_ini_leases_through_the_lab_client_config(tmp_path):
-    # No client config "lab" here, so every test bound to an exporter is skipped with that reason.
+def test_the_hardware_ini_errors_every_exporter_test_without_its_lab_client_config(tmp_path):
+    # No client config "lab" here. The ini file asks for hardware, so not reaching it is an error
+    # in every test bound to an exporter, never a green run of skips (issue 11, item 12).
     report = run_doc_examples("-c", "hardware.ini", ".", junit=tmp_path / "report.xml")
-    assert report["test_flash_board::test_the_board_flashes_a_fresh_build"].outcome == "skipped"
+    assert report["test_flash_board::test_the_board_flashes_a_fresh_build"].outcome == "error"
     assert report["test_factory::test_two_servers_with_different_images"].outcome == "passed"
-    reasons = [case.message for case in report.cases.values() if case.outcome == "skipped"]
-    assert reasons
-    assert all("no Jumpstarter client config 'lab'" in reason for reason in reasons), reasons
+    errors = [case.message for case in report.cases.values() if case.outcome == "error"]
+    assert errors
+    assert all("no Jumpstarter client config 'lab'" in message for message in errors), errors
+    assert not [case for case in report.cases.values() if case.outcome == "skipped"]
 
 
 def test_the_jmp_shell_recipe_runs_the_doc_examples_on_the_documented_exporter(tmp_path):
