@@ -297,33 +297,37 @@ class Connections:
         self._client_name = client_name
         self._host = jumpstarter_host
         self._timeout = timeout
-        self._open: dict[object, Exporter] = {}
+        self._open: dict[str | None, Exporter] = {}
         #: Why a connection could not be made: tried once, not again by every test.
-        self._failures: dict[object, ExporterUnavailable | ExporterError] = {}
+        self._failures: dict[str | None, ExporterUnavailable | ExporterError] = {}
 
     def get(self, selector: str | None, client: Any = None) -> Exporter:
         """The connection for ``selector``, or over ``client`` when the test gives its own."""
-        key: object = id(client) if client is not None else (None if self._host else selector)
+        if client is not None:  # the test's, for as long as the test keeps it: never kept here
+            return adopt(client)
+        key = None if self._host else selector
         if key in self._failures:
             raise self._failures[key]
         if key not in self._open:
             try:
-                self._open[key] = self._connect(selector, client)
+                self._open[key] = self._connect(selector)
             except (ExporterUnavailable, ExporterError) as exc:
                 self._failures[key] = exc
                 raise
         connection = self._open[key]
-        shell = self._host and client is None and os.environ.get(JMP_EXPORTER_LABELS)
-        if shell and selector and not labels_match(selector, connection.labels):
+        if (
+            self._host
+            and os.environ.get(JMP_EXPORTER_LABELS)
+            and selector
+            and not labels_match(selector, connection.labels)
+        ):
             raise ExporterUnavailable(
                 f"the jmp shell exporter {connection.name!r} (labels {os.environ[JMP_EXPORTER_LABELS]}) "
                 f"does not match selector {selector!r}."
             )
         return connection
 
-    def _connect(self, selector: str | None, client: Any) -> Exporter:
-        if client is not None:
-            return adopt(client)
+    def _connect(self, selector: str | None) -> Exporter:
         if self._host:
             return open_shell(self._host, self._timeout)
         if selector:

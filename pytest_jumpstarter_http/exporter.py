@@ -44,9 +44,9 @@ class ExporterBackend:
         self._progress = progress
         self._digests = Digests()
         #: Every HttpServer this process used, by driver uuid: its exporter, client and store.
-        self._used: dict[str, tuple[Exporter, Any, Store]] = {}
+        self._used: dict[int, tuple[Exporter, Any, Store]] = {}
         #: What this process bound to, one line per HttpServer driver, for the run's summary.
-        self.bound: dict[str, str] = {}
+        self.bound: list[str] = []
 
     def server(
         self, selector: str | None, driver: str | None, root: Path, *, owned: bool, client: Any = None
@@ -71,14 +71,17 @@ class ExporterBackend:
             return server
 
     def _store(self, exporter: Exporter, path: str, http: Any) -> Store:
-        key = str(http.uuid)
+        # By client object: a test's own client (http_exporter_client) reaches the same driver
+        # through objects of its own, which end with it. The entry keeps ``http`` alive, so its
+        # id is never reused by another.
+        key = id(http)
         if key not in self._used:
             _start_unless_running(http, self.settings.timeout)
             labels = ",".join(f"{k}={v}" for k, v in sorted(exporter.labels.items())) or "none"
-            self.bound[key] = line = (
-                f"exporter {exporter.name!r} (labels {labels}): HttpServer {path!r} at {http.get_url()}"
-            )
-            log.info("%s: %s", self._worker, line)
+            line = f"exporter {exporter.name!r} (labels {labels}): HttpServer {path!r} at {http.get_url()}"
+            if line not in self.bound:
+                self.bound.append(line)
+                log.info("%s: %s", self._worker, line)
             store = Store(http, exporter.name, self._digests, self.settings.timeout, self._progress)
             self._used[key] = (exporter, http, store)
         return self._used[key][2]

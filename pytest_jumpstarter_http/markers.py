@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +51,8 @@ class Choice:
     driver: str | None = None
     #: The run asked for an exporter: not reaching one fails the test instead of skipping it.
     required: bool = False
+    #: The Jumpstarter client the test holds (``http_exporter_client``), whose exporter serves.
+    client: Any = field(default=None, compare=False, repr=False)
 
 
 def _marker_args(node: pytest.Item, marker: pytest.Mark) -> dict[str, Any]:
@@ -85,11 +87,16 @@ def chosen_root(node: pytest.Item, settings: Settings) -> Path | None:
     return root or settings.root
 
 
-def choose(node: pytest.Item, settings: Settings) -> Choice:
-    """Resolve the scope and backend of ``node`` from its markers and the settings."""
+def choose(node: pytest.Item, settings: Settings, client: Any = None) -> Choice:
+    """Resolve the scope and backend of ``node`` from its markers, the settings and its own client."""
     scope: Scope = _server_marker(node, "scope") or settings.scope
     # The closest of the two backend markers wins: a test's own over its class's or module's.
     marker = next((m for m in node.iter_markers() if m.name in ("http_exporter", "http_loopback")), None)
+    if client is not None and (marker is None or marker.name == "http_exporter"):
+        # The test holds the board: serve next to it, never through a connection of our own, and
+        # per test, since the client may end with the test's class.
+        driver = _parsed(node, marker, "driver") if marker else None
+        return Choice("function", "exporter", None, driver or settings.driver, True, client)
     if marker is None:
         return Choice(
             scope, settings.run_backend, settings.selector, settings.driver, settings.wants_exporter

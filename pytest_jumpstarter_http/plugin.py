@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -17,6 +17,9 @@ from . import eventloop, markers, settings
 if TYPE_CHECKING:
     from .handle import HttpServerHandle
     from .runtime import HttpServerFactory, Runtime
+
+#: The base class of jumpstarter-testing, whose class-scoped ``client`` fixture holds the board.
+_JUMPSTARTER_TEST = "jumpstarter_testing.pytest.JumpstarterTest"
 
 SETTINGS = pytest.StashKey[settings.Settings]()
 #: The servers a test used, for its report.
@@ -93,8 +96,26 @@ def _http_runtime(
 
 
 @pytest.fixture
-def _http_choice(request: pytest.FixtureRequest) -> markers.Choice:
-    return markers.choose(request.node, request.config.stash[SETTINGS])
+def http_exporter_client(request: pytest.FixtureRequest) -> Any:
+    """The Jumpstarter client whose exporter serves this test's files, or None to let the plugin connect.
+
+    By default, the ``client`` fixture of a test in a ``jumpstarter_testing.pytest.JumpstarterTest``
+    class, else None. Override it to return the client your suite already holds (the root
+    ``DriverClient`` of your lease or ``env()``): the plugin then uses that exporter's HttpServer
+    and never opens a session or lease of its own, so it serves next to the very board the test
+    drives. Such servers live per test, as the client may end with its class.
+    """
+    if any(
+        f"{base.__module__}.{base.__qualname__}" == _JUMPSTARTER_TEST
+        for base in getattr(request.cls, "__mro__", ())
+    ):
+        return request.getfixturevalue("client")
+    return None
+
+
+@pytest.fixture
+def _http_choice(request: pytest.FixtureRequest, http_exporter_client: Any) -> markers.Choice:
+    return markers.choose(request.node, request.config.stash[SETTINGS], http_exporter_client)
 
 
 @pytest.fixture

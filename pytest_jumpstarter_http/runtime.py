@@ -105,7 +105,9 @@ class Runtime:
         from .connect import ExporterError, ExporterUnavailable
 
         try:
-            return self.backend().server(choice.selector, choice.driver, root, owned=self.roots.owns(root))
+            return self.backend().server(
+                choice.selector, choice.driver, root, owned=self.roots.owns(root), client=choice.client
+            )
         except ExporterUnavailable as exc:
             if not choice.required:
                 pytest.skip(NO_EXPORTER + str(exc))
@@ -137,11 +139,7 @@ class Runtime:
 
     def summary(self) -> list[str]:
         """What the run's summary says of the exporters this process used."""
-        return (
-            [f"jumpstarter-http: {line}" for line in self._exporters.bound.values()]
-            if self._exporters
-            else []
-        )
+        return [f"jumpstarter-http: {line}" for line in self._exporters.bound] if self._exporters else []
 
     def close(self) -> None:
         """Stop the session's servers, newest first, then remove the session's roots."""
