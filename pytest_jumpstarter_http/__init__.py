@@ -22,3 +22,9 @@ def __getattr__(name: str) -> Any:
     from importlib import import_module
 
     return getattr(import_module(f".{_HOMES[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    # PEP 562: the lazy exports are no module attributes until first use, so name them here for
+    # dir() and tab completion, without importing them; the typing helpers above are not the API.
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

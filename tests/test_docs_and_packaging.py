@@ -99,9 +99,9 @@ def test_the_jmp_shell_recipe_runs_the_doc_examples_on_the_documented_exporter(t
         pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
     # The documented config, with its root_dir moved to a temporary directory.
     config = (DOC_EXAMPLES / "exporter.yaml").read_text()
-    assert "root_dir: /srv/jumpstarter/www" in config
+    assert "root_dir: /home/lab/jumpstarter-http" in config
     exporter = tmp_path / "exporter.yaml"
-    exporter.write_text(config.replace("/srv/jumpstarter/www", str(tmp_path / "www")))
+    exporter.write_text(config.replace("/home/lab/jumpstarter-http", str(tmp_path / "www")))
     result = run_doc_examples(junit=tmp_path / "report.xml", shell=exporter).outcomes()
     assert result["test_markers::test_only_on_a_board"] == "passed", result
     assert set(result.values()) == {"passed"}
