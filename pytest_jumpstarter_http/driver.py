@@ -8,7 +8,7 @@ of the stock driver::
     export:
       http:
         type: pytest_jumpstarter_http.driver.RecordingHttpServer
-        config: {root_dir: /var/lib/jumpstarter/http, host: 192.0.2.10, port: 8080}
+        config: {root_dir: /home/lab/jumpstarter-http, host: 203.0.113.1, port: 8080}
 
 and the test reports of pytest-jumpstarter-http then show what the device fetched. The pytest
 plugin imports this module only when it starts a loopback server or builds a client of it.

@@ -314,7 +314,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option(
         "backend",
         "Where the server runs: auto, loopback or exporter; auto picks exporter when "
-        "JUMPSTARTER_HOST is set or --http-selector is given (default: auto)",
+        "JUMPSTARTER_HOST is set or --http-selector or --http-client is given (default: auto)",
         _choice(BACKENDS),
         "NAME",
     ),
