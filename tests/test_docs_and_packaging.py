@@ -323,5 +323,5 @@ def test_the_installed_wheel_runs_the_example_suite_in_a_fresh_venv(dist, tmp_pa
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout
     done = run([str(python), "-m", "pytest", "-p", "no:cacheprovider"], cwd=work, env=env, timeout=120)
     assert done.returncode == 0, done.stdout
-    assert "jumpstarter-http: backend=auto" in done.stdout
+    assert "jumpstarter-http: backend=loopback" in done.stdout
     assert re.search(r"\b7 passed", done.stdout), done.stdout
