@@ -16,7 +16,7 @@ plugin imports this module only when it starts a loopback server or builds a cli
 
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from jumpstarter_driver_http.client import HttpServerClient
 from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
-from .requestlog import HttpRequest, RequestLog, install
+from .requestlog import HttpRequest, Progress, RequestLog, install
 from .serving import beneath_middleware
 
 #: Requests kept; the oldest go first.
@@ -76,6 +76,11 @@ class RecordingHttpServer(HttpServer):
         total = self.request_log.total  # numbers cross Jumpstarter's wire as floats
         return total, [entry.as_dict() for entry in self.request_log.since(int(start))]
 
+    @export
+    def get_in_flight(self) -> list[dict[str, Any]]:
+        """The downloads under way now: method, path, client, bytes sent and total."""
+        return [asdict(progress) for progress in self.request_log.in_flight()]
+
 
 class RecordingHttpServerClient(HttpServerClient):
     """Client of :class:`RecordingHttpServer`: an ``HttpServerClient`` that can read the request log."""
@@ -83,3 +88,13 @@ class RecordingHttpServerClient(HttpServerClient):
     def get_requests(self, start: int = 0) -> tuple[int, list[HttpRequest]]:
         total, entries = self.call("get_requests", start)
         return int(total), [HttpRequest.from_dict(entry) for entry in entries]
+
+    def get_in_flight(self) -> list[Progress]:
+        return [
+            Progress(**{**entry, "sent": int(entry["sent"]), "total": _int_or_none(entry["total"])})
+            for entry in self.call("get_in_flight")
+        ]
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)  # numbers cross Jumpstarter's wire as floats

@@ -23,7 +23,7 @@ from .beneath import EscapesRoot, open_beneath
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connections, Exporter, ExporterError
 from .handle import WILDCARDS, HttpServerHandle, format_url
 from .names import url_path
-from .requestlog import HttpRequest, RequestLogUnavailable
+from .requestlog import HttpRequest, Progress, RequestLogUnavailable
 from .settings import Settings
 from .uploads import TOP, Digests, Store
 
@@ -194,6 +194,12 @@ class ExporterServer(HttpServerHandle):
             raise problem
         with self.exporter.answering():
             return list(self._http.get_requests(start)[1])
+
+    def _in_flight(self) -> list[Progress]:
+        if self._log_unavailable():
+            return []
+        with self.exporter.answering():
+            return list(self._http.get_in_flight())
 
     def _request_count(self) -> int:
         if problem := self._log_unavailable():

@@ -6,13 +6,14 @@ import contextlib
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 from .names import check_name, url_path
-from .requestlog import HttpRequest, RequestLogUnavailable, describe, status_matches
+from .requestlog import HttpRequest, Progress, RequestLogUnavailable, describe, status_matches
 
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
 
@@ -136,11 +137,8 @@ class HttpServerHandle(ABC):
         """The path part of ``url``."""
         return urlsplit(self.url).path
 
-    def _matching(
-        self, path: str, status: int | str | None
-    ) -> tuple[list[HttpRequest], list[HttpRequest], str]:
-        """This test's requests for ``path`` answered ``status``, all of this test's, and what was wanted."""
-        wanted = self._url_path() + "/" + path.lstrip("/")
+    def _matching(self, wanted: str, status: int | str | None) -> tuple[list[HttpRequest], list[HttpRequest]]:
+        """This test's requests for the URL path ``wanted`` answered ``status``, and all of this test's."""
         entries = self.requests
         codes = [str(status).lower()] if status is not None else None
         hits = [
@@ -149,20 +147,28 @@ class HttpServerHandle(ABC):
             if unquote(entry.path.split("?")[0]) == wanted
             and (codes is None or status_matches(entry.status, codes))
         ]
-        return hits, entries, wanted + (f" answered {status}" if status is not None else "")
+        return hits, entries
+
+    def _wanted(self, path: str, status: int | str | None) -> tuple[str, str]:
+        """The URL path of ``path`` relative to ``url``, and how a message names the request."""
+        wanted = self._url_path() + "/" + path.lstrip("/")
+        return wanted, wanted + (f" answered {status}" if status is not None else "")
 
     def assert_requested(self, path: str, *, status: int | str | None = None) -> HttpRequest:
         """Assert the device requested ``path`` (relative to ``url``), answered with ``status`` if given.
 
         Returns the last matching request; the assertion message lists everything requested instead.
         """
-        hits, entries, wanted = self._matching(path, status)
+        wanted, named = self._wanted(path, status)
+        hits, entries = self._matching(wanted, status)
         if not hits:
-            raise AssertionError(f"no request for {wanted}; the server answered:\n{describe(entries)}")
+            raise AssertionError(f"no request for {named}; the server answered:\n{describe(entries)}")
         return hits[-1]
 
     #: Seconds between two looks at the request log while waiting.
     _poll_interval = 0.02
+    #: Where ``wait_for_request`` reports a large download under way (the fixtures set it; None: silent).
+    progress: Callable[[str], None] | None = None
 
     def wait_for_request(
         self, path: str, *, timeout: float = 60.0, status: int | str | None = None
@@ -170,18 +176,27 @@ class HttpServerHandle(ABC):
         """Wait until the device has requested ``path`` (relative to ``url``) and its response has ended.
 
         Returns that request (its ``complete`` tells a whole download from an abandoned one). After
-        ``timeout`` seconds it fails the test, listing what the device requested instead.
+        ``timeout`` seconds it fails the test, listing what the device requested instead. While a
+        download of 64 MiB or more is under way, a progress line shows in the terminal (not under -q).
         """
+        wanted, named = self._wanted(path, status)
         deadline = time.monotonic() + timeout
+        shown = _Shown()
         while True:
-            hits, entries, wanted = self._matching(path, status)
+            hits, entries = self._matching(wanted, status)
             if hits:
                 return hits[-1]
             if time.monotonic() >= deadline:
                 raise AssertionError(
-                    f"no request for {wanted} within {timeout:g} s; the server answered:\n{describe(entries)}"
+                    f"no request for {named} within {timeout:g} s; the server answered:\n{describe(entries)}"
                 )
+            if self.progress is not None:
+                shown.report(self.progress, [p for p in self._in_flight() if unquote(p.path) == wanted])
             time.sleep(self._poll_interval)
+
+    def _in_flight(self) -> list[Progress]:
+        """The server's downloads under way now (none, where it cannot tell)."""
+        return []
 
     async def wait_for_request_async(
         self, path: str, *, timeout: float = 60.0, status: int | str | None = None
@@ -205,3 +220,30 @@ class HttpServerHandle(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend} {self.url} root={self.root}>"
+
+
+#: Downloads this large get a progress line while a test waits for them.
+PROGRESS_BYTES = 64 << 20
+
+
+class _Shown:
+    """Progress lines of a download a test waits for: one every two seconds, with its rate."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+        self._sent = 0
+
+    def report(self, say: Callable[[str], None], downloads: list[Progress]) -> None:
+        now = time.monotonic()
+        big = [p for p in downloads if (p.total or 0) >= PROGRESS_BYTES]
+        if not big or now - self._last < 2.0:
+            return
+        download = big[-1]
+        rate = (download.sent - self._sent) / (now - self._last) if self._last else 0.0
+        self._last, self._sent = now, download.sent
+        mib, total = download.sent / (1 << 20), (download.total or 1) / (1 << 20)
+        say(
+            f"jumpstarter-http: {download.client} is downloading {download.path}: {mib:.1f} of "
+            f"{total:.1f} MiB ({100 * mib / total:.0f} %)"
+            + (f", {rate / (1 << 20):.0f} MiB/s" if rate else "")
+        )

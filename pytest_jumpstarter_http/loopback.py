@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from . import eventloop
 from .handle import HttpServerHandle, concrete_host, format_url
 from .names import url_path
-from .requestlog import HttpRequest
+from .requestlog import HttpRequest, Progress
 from .settings import PortRange
 
 if TYPE_CHECKING:
@@ -195,6 +195,9 @@ class LoopbackServer(HttpServerHandle):
         if runner is not None and runner.server is not None and runner.server.connections:
             eventloop.call(_settle)
         return self._started.request_log.since(start)
+
+    def _in_flight(self) -> list[Progress]:
+        return self._started.request_log.in_flight()
 
     def _request_count(self) -> int:
         return self._started.request_log.total

@@ -195,5 +195,6 @@ def _terminal_lines(config: pytest.Config) -> Callable[[str], None] | None:
 def _watch(request: pytest.FixtureRequest, server: HttpServerHandle) -> HttpServerHandle:
     """Show the requests ``server`` answers during this test in the test's report."""
     server.mark_requests()
+    server.progress = request.config.stash[RUNTIME].progress
     request.node.stash.setdefault(SERVERS, []).append(server)
     return server

@@ -78,3 +78,28 @@ def test_async_tests_wait_without_blocking_their_loop(pytester):
     for mode in ("strict", "auto"):
         result = pytester.runpytest_subprocess("-p", "asyncio", f"--asyncio-mode={mode}", "-p", "no:randomly")
         result.assert_outcomes(passed=1)
+
+
+def test_a_large_download_shows_its_progress_while_the_test_waits(pytester):
+    pytester.makepyfile(
+        """
+        import threading, time, urllib.request
+
+        def test_flash(http_server, served_dir):
+            (served_dir / "big.raw").write_bytes(bytes(64 << 20))
+
+            def slow_device():
+                with urllib.request.urlopen(http_server.url_for("big.raw"), timeout=30) as response:
+                    while response.read(4 << 20):
+                        time.sleep(0.25)  # a slow link: about 16 MiB/s
+
+            threading.Thread(target=slow_device).start()
+            request = http_server.wait_for_request("big.raw", timeout=30)
+            assert (request.bytes_sent, request.complete) == (64 << 20, True)
+        """
+    )
+    # A subprocess: the line goes to the terminal past output capture, as a user sees it.
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["jumpstarter-http: 127.0.0.1 is downloading /big.raw: * of 64.0 MiB (*%)*"])
+    assert "is downloading" not in pytester.runpytest_subprocess("-q", "-p", "no:randomly").stdout.str()
