@@ -26,7 +26,7 @@ TOP = Path(__file__).resolve().parent.parent
 DOCS = TOP / "docs"
 DOC_EXAMPLES = DOCS / "examples"
 PACKAGE = TOP / "pytest_jumpstarter_http"
-FIXTURES = ("served_dir", "http_server", "http_url", "http_server_factory")
+FIXTURES = ("served_dir", "http_server", "http_url", "http_server_factory", "http_exporter_client")
 #: A user's install, then the developers' (.ci/run runs what the README says).
 README_COMMANDS = (
     "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/pytest examples",
