@@ -396,8 +396,10 @@ def marked_faults(node: pytest.Item, server: Any) -> Iterator[None]:
         for kwargs in fault_markers(node):
             try:
                 server.inject(**kwargs)
+                continue
             except (ValueError, FaultsUnavailable) as exc:
-                pytest.fail(f"@pytest.mark.http_fault: {exc}", pytrace=False)
+                problem = str(exc)
+            pytest.fail(f"@pytest.mark.http_fault: {problem}", pytrace=False)
         yield
     finally:
         server.clear_faults()
