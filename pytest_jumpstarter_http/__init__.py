@@ -5,13 +5,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .faults import Fault
     from .handle import HttpServerHandle
     from .loopback import LoopbackServer
+    from .requestlog import HttpRequest
     from .runtime import HttpServerFactory
 
-__all__ = ["HttpServerFactory", "HttpServerHandle", "LoopbackServer"]
+__all__ = ["Fault", "HttpRequest", "HttpServerFactory", "HttpServerHandle", "LoopbackServer"]
 
-_HOMES = {"HttpServerHandle": "handle", "LoopbackServer": "loopback", "HttpServerFactory": "runtime"}
+_HOMES = {
+    "Fault": "faults",
+    "HttpRequest": "requestlog",
+    "HttpServerHandle": "handle",
+    "LoopbackServer": "loopback",
+    "HttpServerFactory": "runtime",
+}
 
 
 def __getattr__(name: str) -> Any:

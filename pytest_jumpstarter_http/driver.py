@@ -25,6 +25,7 @@ from jumpstarter_driver_http.client import HttpServerClient
 from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
+from .faults import FaultMiddleware, FaultRegistry, FaultSpec
 from .requestlog import HttpRequest, Progress, RequestLog, install
 from .serving import beneath_middleware
 
@@ -42,11 +43,15 @@ class RecordingHttpServer(HttpServer):
     #: The folders served, first holder of a name wins: ``root_dir``, then any the owner adds
     #: (the loopback backend adds one for files staged beside a root that must not be written).
     roots: list[Path] = field(init=False, default_factory=list)
+    #: The network faults tests injected (see :mod:`.faults`).
+    faults: FaultRegistry = field(init=False, default_factory=FaultRegistry)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.roots.append(Path(self.root_dir))
         files = beneath_middleware(self.roots, log=self.request_log)
+        # Outermost: a delay or a refusal comes before the static route looks at anything.
+        self.app.middlewares.append(FaultMiddleware(self.faults))
         self.app.middlewares.append(files)
         self.app.on_cleanup.append(files.on_cleanup)
 
@@ -71,6 +76,12 @@ class RecordingHttpServer(HttpServer):
         install(self.runner, self.request_log)
 
     @export
+    async def stop(self) -> None:
+        # A stalled response would hold the graceful shutdown for its whole grace period.
+        self.faults.clear_all()
+        await super().stop()
+
+    @export
     def get_requests(self, start: int) -> tuple[int, list[dict[str, Any]]]:
         """The number of requests recorded so far, and those from number ``start`` on."""
         total = self.request_log.total  # numbers cross Jumpstarter's wire as floats
@@ -81,13 +92,46 @@ class RecordingHttpServer(HttpServer):
         """The downloads under way now: method, path, client, bytes sent and total."""
         return [asdict(progress) for progress in self.request_log.in_flight()]
 
+    @export
+    def inject_fault(self, spec: dict[str, Any]) -> str:
+        """Apply a fault (a ``FaultSpec`` as a dict) to the requests it matches; return its id."""
+        return self.faults.add(FaultSpec.from_dict(spec))
+
+    @export
+    def clear_fault(self, fault_id: str) -> int:
+        """Stop applying a fault and release the responses it holds; return how often it hit."""
+        return self.faults.clear(str(fault_id))
+
+    @export
+    def fault_hits(self, fault_id: str) -> int:
+        """How many requests a fault applied to so far."""
+        return self.faults.hits(str(fault_id))
+
+    @export
+    def list_faults(self) -> list[dict[str, Any]]:
+        """The faults applying now, oldest first."""
+        return self.faults.list()
+
 
 class RecordingHttpServerClient(HttpServerClient):
-    """Client of :class:`RecordingHttpServer`: an ``HttpServerClient`` that can read the request log."""
+    """Client of :class:`RecordingHttpServer`: an ``HttpServerClient`` that reads its request log and
+    injects network faults."""
 
     def get_requests(self, start: int = 0) -> tuple[int, list[HttpRequest]]:
         total, entries = self.call("get_requests", start)
         return int(total), [HttpRequest.from_dict(entry) for entry in entries]
+
+    def inject_fault(self, spec: dict[str, Any]) -> str:
+        return str(self.call("inject_fault", spec))
+
+    def clear_fault(self, fault_id: str) -> int:
+        return int(self.call("clear_fault", fault_id))
+
+    def fault_hits(self, fault_id: str) -> int:
+        return int(self.call("fault_hits", fault_id))
+
+    def list_faults(self) -> list[dict[str, Any]]:
+        return list(self.call("list_faults"))
 
     def get_in_flight(self) -> list[Progress]:
         return [

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from . import locks
 from .beneath import EscapesRoot, open_beneath
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connections, Exporter, ExporterError
+from .faults import FaultSpec, FaultsUnavailable
 from .handle import WILDCARDS, HttpServerHandle, format_url
 from .names import url_path
 from .requestlog import HttpRequest, Progress, RequestLogUnavailable
@@ -207,6 +208,26 @@ class ExporterServer(HttpServerHandle):
         with self.exporter.answering():
             return int(self._http.get_requests(1 << 62)[0])
 
+    def _inject_fault(self, spec: FaultSpec) -> str:
+        if self._http.labels.get(CLIENT_LABEL) != RECORDING_CLIENT:
+            raise FaultsUnavailable(
+                f"the HttpServer driver at {self.driver!r} of exporter {self.exporter.name!r} cannot "
+                "inject network faults; put pytest_jumpstarter_http.driver.RecordingHttpServer in the "
+                "exporter config instead of jumpstarter_driver_http.driver.HttpServer to use inject()."
+            )
+        with self.exporter.answering():
+            return str(self._http.inject_fault(spec.as_dict()))
+
+    def _clear_fault(self, fault_id: str) -> int:
+        if self.exporter.gone is not None:  # its faults went with it
+            return 0
+        with self.exporter.answering():
+            return int(self._http.clear_fault(fault_id))
+
+    def _fault_hits(self, fault_id: str) -> int:
+        with self.exporter.answering():
+            return int(self._http.fault_hits(fault_id))
+
     #: Each look at the request log is a call to the exporter.
     _poll_interval = 0.25
 
@@ -251,7 +272,9 @@ class ExporterServer(HttpServerHandle):
         self._wrote_folder = self._wrote_folder or target.startswith(self.folder + "/")
 
     def stop(self) -> None:
-        """Remove this handle's own folder from the exporter (unless ``--http-keep``); the server runs on."""
+        """End this handle's faults and remove its own folder from the exporter (unless ``--http-keep``);
+        the server runs on."""
+        self.clear_faults()
         # An exporter that is gone holds nothing to remove, and its tests were told already.
         if self._exporters.settings.keep or self.exporter.gone is not None or not self._wrote_folder:
             return

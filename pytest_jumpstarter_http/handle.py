@@ -9,11 +9,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 from .names import check_name, url_path
 from .requestlog import HttpRequest, Progress, RequestLogUnavailable, describe, status_matches
+
+if TYPE_CHECKING:
+    from .faults import Fault, FaultSpec
 
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
 
@@ -205,6 +208,81 @@ class HttpServerHandle(ABC):
         import asyncio
 
         return await asyncio.to_thread(self.wait_for_request, path, timeout=timeout, status=status)
+
+    def inject(
+        self,
+        path: str,
+        *,
+        delay: float = 0.0,
+        rate: float | None = None,
+        cut_after: int | None = None,
+        stall_after: int | None = None,
+        status: int | None = None,
+        times: int | None = None,
+    ) -> Fault:
+        """Make the server misbehave on ``path`` (relative to ``url``; a glob such as ``images/*.raw``).
+
+        - ``delay``: seconds before the response starts.
+        - ``rate``: bytes per second of the body.
+        - ``cut_after``: close the connection after this many body bytes of each response.
+        - ``stall_after``: after this many body bytes send nothing more, until the client gives
+          up or the fault ends (the connection is then closed).
+        - ``status``: answer this status (400-599) and no file; a 503 says ``Retry-After: 1``.
+        - ``times``: apply to the first ``times`` matching requests only (default: all).
+
+        Ranges, ETags, HEAD and 304 work as without the fault; ``cut_after`` and ``stall_after``
+        count the bytes of each response. The first fault injected wins when several match. The
+        fault ends with the test (or with ``Fault.clear()``); the request log shows which requests
+        it hit. Bad arguments raise ``ValueError``.
+        """
+        from .faults import Fault, FaultSpec
+
+        spec = FaultSpec.make(
+            path,
+            prefixes=self._request_paths(),
+            delay=delay,
+            rate=rate,
+            cut_after=cut_after,
+            stall_after=stall_after,
+            status=status,
+            times=times,
+        )
+        fault = Fault(self, self._inject_fault(spec), spec)
+        self._faults().append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        """End every fault this handle injected; the fixtures call it as each test ends."""
+        faults = self._faults()
+        first: BaseException | None = None
+        while faults:
+            try:
+                faults.pop(0).clear()
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def _faults(self) -> list[Fault]:
+        """The faults this handle injected and did not clear yet."""
+        faults: list[Fault] | None = self.__dict__.get("_injected")
+        if faults is None:
+            faults = self.__dict__["_injected"] = []
+        return faults
+
+    def _inject_fault(self, spec: FaultSpec) -> str:
+        """Apply ``spec`` on the server; return its id there."""
+        from .faults import FaultsUnavailable
+
+        raise FaultsUnavailable(f"{type(self).__name__} cannot inject network faults.")
+
+    def _clear_fault(self, fault_id: str) -> int:
+        """End the fault ``fault_id`` on the server; return how often it hit."""
+        raise NotImplementedError
+
+    def _fault_hits(self, fault_id: str) -> int:
+        """How often the fault ``fault_id`` hit so far."""
+        raise NotImplementedError
 
     @abstractmethod
     def stop(self) -> None:

@@ -20,6 +20,7 @@ from .settings import PortRange
 
 if TYPE_CHECKING:
     from .driver import RecordingHttpServer
+    from .faults import FaultSpec
 
 #: Seconds a stopping server waits for downloads still in flight before it cuts them.
 SHUTDOWN_GRACE = 2.0
@@ -202,6 +203,16 @@ class LoopbackServer(HttpServerHandle):
     def _request_count(self) -> int:
         return self._started.request_log.total
 
+    # The registry takes its own lock: the server's loop thread matches while this thread adds.
+    def _inject_fault(self, spec: FaultSpec) -> str:
+        return self._started.faults.add(spec)
+
+    def _clear_fault(self, fault_id: str) -> int:
+        return self._started.faults.clear(fault_id)
+
+    def _fault_hits(self, fault_id: str) -> int:
+        return self._started.faults.hits(fault_id)
+
     def stop(self) -> None:
         """Stop the server; what ``stage()`` copied stays for the owner of its folder to remove."""
         if self._stopped or self._driver is None:
@@ -210,6 +221,7 @@ class LoopbackServer(HttpServerHandle):
         self._stopped = True
         driver = self._driver
         try:
+            self.clear_faults()  # the driver's stop() releases any other stalled response
             if driver.runner is not None:
                 eventloop.call(driver.stop, timeout=self._timeout)
         finally:

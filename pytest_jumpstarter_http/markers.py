@@ -20,6 +20,9 @@ MARKERS = (
     "http_loopback: serve this test's files from a local loopback server, even inside jmp shell",
     "http_exporter(selector=None, driver=None): serve this test's files from the HttpServer driver "
     "of a Jumpstarter exporter (the jmp shell one, or one leased by selector); driver picks it by path",
+    "http_fault(path, *, delay=0.0, rate=None, cut_after=None, stall_after=None, status=None, times=None): "
+    "inject a network fault into this test's http_server for the files matching path, as "
+    "http_server.inject() does; repeatable",
 )
 
 
@@ -37,7 +40,28 @@ def http_loopback() -> dict[str, Any]:
     return {}
 
 
-_SIGNATURES = {f.__name__: f for f in (http_server, http_exporter, http_loopback)}
+def http_fault(
+    path: str,
+    *,
+    delay: float = 0.0,
+    rate: float | None = None,
+    cut_after: int | None = None,
+    stall_after: int | None = None,
+    status: int | None = None,
+    times: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "path": path,
+        "delay": delay,
+        "rate": rate,
+        "cut_after": cut_after,
+        "stall_after": stall_after,
+        "status": status,
+        "times": times,
+    }
+
+
+_SIGNATURES = {f.__name__: f for f in (http_server, http_exporter, http_loopback, http_fault)}
 _OPTIONS = {option.field: option for option in OPTIONS}
 
 
@@ -61,6 +85,11 @@ def _marker_args(node: pytest.Item, marker: pytest.Mark) -> dict[str, Any]:
     except TypeError as exc:
         problem = str(exc)
     pytest.fail(f"@pytest.mark.{marker.name}: {problem}.", pytrace=False)
+
+
+def fault_markers(node: pytest.Item) -> list[dict[str, Any]]:
+    """The arguments of every ``http_fault`` marker of ``node``, the farthest (module's) first."""
+    return [_marker_args(node, marker) for marker in reversed(list(node.iter_markers("http_fault")))]
 
 
 def _parsed(node: pytest.Item, marker: pytest.Mark, field: str) -> Any:

@@ -145,9 +145,12 @@ def http_server(
     port; inside ``jmp shell`` or with ``--http-selector`` it is the exporter's server next to the
     device. Fresh per test, or one per process with ``--http-scope=session`` or
     ``@pytest.mark.http_server(scope="session")``. Use ``.url``, ``.url_for(name)``,
-    ``.stage(path)``, ``.requests``, ``.assert_requested(path)`` and ``.client``.
+    ``.stage(path)``, ``.requests``, ``.assert_requested(path)``, ``.inject(path, ...)`` and
+    ``.client``. The faults a test injects (or marks with ``http_fault``) end with the test.
     """
-    with _http_runtime.server(_http_choice, served_dir) as server:
+    from .faults import marked_faults
+
+    with _http_runtime.server(_http_choice, served_dir) as server, marked_faults(request.node, server):
         yield _watch(request, server)
 
 

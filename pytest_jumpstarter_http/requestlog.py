@@ -29,6 +29,8 @@ class HttpRequest:
     duration: float
     #: False when the body was cut short: the client went away, or the server stopped.
     complete: bool = True
+    #: The fault ``http_server.inject()`` applied to it (``cut_after=1024, times=1``), if any.
+    fault: str | None = None
 
     def line(self) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time % 1 * 1000):03d}"
@@ -37,6 +39,7 @@ class HttpRequest:
             f"{stamp} {self.client} {self.method} {self.path}{range_} -> {self.status}, "
             f"{self.bytes_sent} bytes in {self.duration * 1000:.1f} ms"
             + ("" if self.complete else " (cut short)")
+            + (f" [fault: {self.fault}]" if self.fault else "")
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -55,6 +58,7 @@ class HttpRequest:
             bytes_sent=int(data["bytes_sent"]),
             duration=float(data["duration"]),
             complete=bool(data.get("complete", True)),
+            fault=None if data.get("fault") is None else str(data["fault"]),
         )
 
 
@@ -129,6 +133,8 @@ def access_logger_class(log: RequestLog) -> type:
 
 
 def record(request: Any, response: Any, duration: float) -> HttpRequest:
+    from .faults import fault_of
+
     progress = getattr(response, "progress", None)  # serving.ServedFile's, once prepared
     return HttpRequest(
         time=time.time() - duration,
@@ -142,6 +148,7 @@ def record(request: Any, response: Any, duration: float) -> HttpRequest:
         bytes_sent=progress.sent if progress else response.content_length or 0,
         duration=duration,
         complete=progress.complete if progress else True,
+        fault=fault_of(request),
     )
 
 

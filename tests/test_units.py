@@ -28,7 +28,7 @@ from pytest_jumpstarter_http.uploads import Digests
 
 def test_dir_of_the_package_lists_its_exports_without_importing_them():
     # A fresh interpreter: this one imported aiohttp and jumpstarter long ago.
-    exports = ["HttpServerFactory", "HttpServerHandle", "LoopbackServer"]
+    exports = ["Fault", "HttpRequest", "HttpServerFactory", "HttpServerHandle", "LoopbackServer"]
     code = (
         "import sys, pytest_jumpstarter_http as p; names = dir(p); "
         f"print(sorted(n for n in {exports} if n in names)); "
