@@ -186,7 +186,7 @@ def named(section: Section | None, suffix: str) -> dict[str, float]:
 def bars(ax: Any, section: Section | None, suffix: str, title: str, *, log: bool = False) -> None:
     values = named(section, suffix)
     ax.bar_label(ax.barh(list(values), list(values.values()), color="tab:blue"), fmt="%.3g", fontsize=8)
-    if log:
+    if log and values:  # a log scale of nothing fails (a run with --only)
         ax.set_xscale("log")
     ax.invert_yaxis()
     ax.set_title(title, fontsize=10)

@@ -21,6 +21,7 @@ from largefile import large_file
 from report import chart, machine, markdown, table, write_json
 from staging import staging
 from suites import per_test_cost, startup_tax, xdist_scaling
+from uploads import uploads
 
 SECTIONS: dict[str, Callable[[Config, Path], Section]] = {
     "per_test": per_test_cost,
@@ -28,6 +29,7 @@ SECTIONS: dict[str, Callable[[Config, Path], Section]] = {
     "large_file": large_file,
     "staging": staging,
     "xdist": xdist_scaling,
+    "uploads": uploads,
 }
 DEFAULT_OUT = BENCH_DIR.parent / "docs" / "benchmarks"
 

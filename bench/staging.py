@@ -31,7 +31,11 @@ export:
       root_dir: {root}
       host: 127.0.0.1
       port: 0
+      # Files stay when the shell exits, so that a second shell on this config finds them (uploads.py).
+      remove_created_on_close: false
 """
+#: The file the staging suite is written to; its test_put_file is the yardstick of uploads.py too.
+STAGE_TESTS = "test_stage.py"
 # Runs inside jmp shell; each test adds its timings (seconds) to the JSON file BENCH_STAGE_OUT.
 STAGE_SUITE = """\
 import json
@@ -53,13 +57,19 @@ def timed(call, *args):
     return time.perf_counter() - start
 
 
-def test_put_file():
+def put_file():
     from jumpstarter.utils.env import env
 
     with env() as client:
-        http = client.http
-        first = timed(http.put_file, "direct.bin", str(SOURCE))
-        record(put_file_s=first, put_file_again_s=timed(http.put_file, "direct.bin", str(SOURCE)))
+        return timed(client.http.put_file, "direct.bin", str(SOURCE))
+
+
+def test_put_file():
+    record(put_file_s=put_file())
+
+
+def test_put_file_again_unchanged():
+    record(put_file_again_s=put_file())
 
 
 def test_stage(http_server):
@@ -81,7 +91,7 @@ def staging(config: Config, workdir: Path) -> Section:
         section.skipped = f"{JMP} is missing (pip install jumpstarter-cli)"
         return section
     folder = workdir / "staging"
-    (folder / "exported").mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     try:
         seconds = run_in_shell(folder, config, with_stage=(missing := exporter_mode_missing()) is None)
     finally:
@@ -94,29 +104,40 @@ def staging(config: Config, workdir: Path) -> Section:
 
 def run_in_shell(folder: Path, config: Config, *, with_stage: bool) -> dict[str, float]:
     """Run the staging suite once inside ``jmp shell`` against an exporter started from a temp config."""
-    (folder / "exporter.yaml").write_text(EXPORTER_CONFIG.format(root=folder / "exported"))
+    exporter = write_exporter_config(folder)
+    source, out = write_stage_suite(folder, config)
+    plugin = ["--http-backend", "exporter"] if with_stage else ["-p", "no:jumpstarter_http", "-k", "put_file"]
+    env = child_env(BENCH_STAGE_FILE=str(source), BENCH_STAGE_OUT=str(out))
+    run_checked(in_shell(exporter, *pytest_argv(*plugin)), cwd=folder, env=env)
+    return {key: float(value) for key, value in json.loads(out.read_text()).items()}
+
+
+def write_exporter_config(folder: Path) -> Path:
+    """An exporter config in ``folder`` whose HttpServer serves ``folder/exported``; its path."""
+    (folder / "exported").mkdir(parents=True, exist_ok=True)
+    path = folder / "exporter.yaml"
+    path.write_text(EXPORTER_CONFIG.format(root=folder / "exported"))
+    return path
+
+
+def write_stage_suite(folder: Path, config: Config) -> tuple[Path, Path]:
+    """The staging suite and its source file in ``folder``: the source's path, and the timings file's."""
     (folder / "pytest.ini").write_text("[pytest]\n")
-    (folder / "test_stage.py").write_text(STAGE_SUITE)
+    (folder / STAGE_TESTS).write_text(STAGE_SUITE)
     source, out = folder / "source.bin", folder / "timings.json"
     write_large_file(source, config.stage_size)
     out.write_text("")
-    plugin = ["--http-backend", "exporter"] if with_stage else ["-p", "no:jumpstarter_http", "-k", "put_file"]
-    argv = [
-        str(JMP),
-        "shell",
-        "--exporter-config",
-        str(folder / "exporter.yaml"),
-        "--",
-        PYTHON,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        *plugin,
-    ]
-    run_checked(argv, cwd=folder, env=child_env(BENCH_STAGE_FILE=str(source), BENCH_STAGE_OUT=str(out)))
-    return {key: float(value) for key, value in json.loads(out.read_text()).items()}
+    return source, out
+
+
+def in_shell(exporter: Path, *command: str) -> list[str]:
+    """The argv that runs ``command`` inside ``jmp shell`` on a local exporter started from ``exporter``."""
+    return [str(JMP), "shell", "--exporter-config", str(exporter), "--", *command]
+
+
+def pytest_argv(*args: str) -> list[str]:
+    """A quiet pytest run of this interpreter that leaves no cache behind."""
+    return [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
 
 
 def report(section: Section, config: Config, seconds: dict[str, float]) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = {"per_test", "startup", "large_file", "staging", "xdist"}
+SECTIONS = {"per_test", "startup", "large_file", "staging", "xdist", "uploads"}
 #: Sections that may be skipped, and the tool whose absence skips them.
-NEEDS = {"large_file": "curl", "staging": "jmp"}
+NEEDS = {"large_file": "curl", "staging": "jmp", "uploads": "jmp"}
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,11 @@ def test_large_file_throughput_is_measured_when_curl_is_there(results: dict[str,
     figures = results["sections"]["large_file"]["figures"]
     assert figures["jumpstarter-http: single MiB/s"]["value"] > 0
     assert figures["jumpstarter-http: peak RSS MiB"]["value"] > 0
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "jmp").exists(), reason="jmp is not installed")
+def test_uploads_relay_sees_at_least_each_file_it_carried(results: dict[str, Any]) -> None:
+    # A relay that counted nothing would report every upload as free: the one put_file proves it counts.
+    figures = results["sections"]["uploads"]["figures"]
+    assert figures["put_file wire bytes / file size"]["value"] >= 1.0
+    assert figures["wire bytes / file size"]["value"] >= 1.0
