@@ -58,6 +58,7 @@ class ExporterBackend:
         exporter = self.connections.get(selector, client)
         with exporter.answering():
             path, http = exporter.http(driver)
+            _start_unless_running(http, self.settings.timeout)
             store = self._store(exporter, path, http)
             folder = f"{self._run}/{root.name}-{uuid.uuid4().hex[:8]}"
             mirror = None
@@ -77,7 +78,6 @@ class ExporterBackend:
         # id is never reused by another.
         key = id(http)
         if key not in self._used:
-            _start_unless_running(http, self.settings.timeout)
             labels = ",".join(f"{k}={v}" for k, v in sorted(exporter.labels.items())) or "none"
             line = f"exporter {exporter.name!r} (labels {labels}): HttpServer {path!r} at {http.get_url()}"
             if line not in self.bound:
@@ -153,6 +153,7 @@ class ExporterServer(HttpServerHandle):
                 "is no address a device can use; give the address the device reaches with --http-url-host."
             )
         self._url_host = url_host or self.host
+        self._last_port = 0
         #: Whether anything was put in ``folder``: a handle that put nothing there removes nothing.
         self._wrote_folder = False
 
@@ -161,6 +162,7 @@ class ExporterServer(HttpServerHandle):
         """The port the exporter's server listens on now."""
         with self.exporter.answering():
             port = int(self._http.get_port())
+        self._last_port = port or self._last_port
         if port == 0:
             raise ExporterError(
                 f"the HttpServer at {self.driver!r} of exporter {self.exporter.name!r} is not running: "
@@ -171,6 +173,10 @@ class ExporterServer(HttpServerHandle):
     @property
     def url(self) -> str:
         return format_url(self._url_host, self.port) + url_path(self.served)
+
+    @property
+    def label(self) -> str:
+        return format_url(self._url_host, self._last_port) + url_path(self.served)
 
     @property
     def client(self) -> Any:

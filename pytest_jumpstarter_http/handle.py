@@ -74,6 +74,11 @@ class HttpServerHandle(ABC):
         """
 
     @property
+    def label(self) -> str:
+        """The URL the server had last, to name it in reports: unlike ``url``, never asks the server."""
+        return self.url
+
+    @property
     @abstractmethod
     def client(self) -> Any:
         """The Jumpstarter ``HttpServerClient`` that drives this server."""

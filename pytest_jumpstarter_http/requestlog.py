@@ -190,13 +190,13 @@ def add_to_report(report: Any, servers: list[Any], fail_on: tuple[str, ...]) -> 
         try:
             entries = server.requests
         except RequestLogUnavailable as exc:
-            lines.append(f"{server.url}: request log unavailable: {exc}")
+            lines.append(f"{server.label}: request log unavailable: {exc}")
             continue
-        lines.append(f"{server.url}:\n{describe(entries)}")
+        lines.append(f"{server.label}:\n{describe(entries)}")
         bad = [entry for entry in entries if status_matches(entry.status, fail_on)]
         if bad and report.passed:
             report.outcome = "failed"
-            report.longrepr = f"--http-fail-on {','.join(fail_on)}: {server.url} answered " + "; ".join(
+            report.longrepr = f"--http-fail-on {','.join(fail_on)}: {server.label} answered " + "; ".join(
                 entry.line() for entry in bad
             )
     report.sections.append(("Captured HTTP requests", "\n".join(lines)))

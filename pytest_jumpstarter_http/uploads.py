@@ -32,6 +32,8 @@ TOP = "pytest-jumpstarter-http"
 OBJECTS = f"{TOP}/objects"
 #: Uploads this large get a progress line in the terminal.
 PROGRESS_BYTES = 64 << 20
+#: A file changed less than this long before it was hashed may change again unseen by its ctime.
+_RACY_NS = 100_000_000
 #: Tells this machine's partial uploads from another's, which this machine's locks know nothing of.
 _HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
@@ -41,6 +43,8 @@ class Digests:
 
     A version is known by device, inode, size, mtime and ctime: every write changes the ctime,
     which, unlike the mtime (``cp -p``, ``tar -x``, reproducible builds), cannot be set back.
+    The kernel stamps it from a clock that moves in ticks of a few milliseconds, so a file
+    changed that recently is hashed again next time rather than remembered (git's "racy" files).
     """
 
     def __init__(self) -> None:
@@ -49,14 +53,16 @@ class Digests:
     def of(self, fd: int) -> str:
         stat = os.fstat(fd)
         key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-        if key not in self._known:
-            sha = hashlib.sha256()
-            offset = 0
-            while chunk := os.pread(fd, 1 << 20, offset):
-                sha.update(chunk)
-                offset += len(chunk)
+        if key in self._known:
+            return self._known[key]
+        sha = hashlib.sha256()
+        offset = 0
+        while chunk := os.pread(fd, 1 << 20, offset):
+            sha.update(chunk)
+            offset += len(chunk)
+        if time.time_ns() - stat.st_ctime_ns > _RACY_NS:
             self._known[key] = sha.hexdigest()
-        return self._known[key]
+        return sha.hexdigest()
 
 
 class Store:

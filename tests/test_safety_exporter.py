@@ -27,17 +27,13 @@ from pathlib import Path
 
 import pytest
 from jumpstarter_helpers import (
-    JUnit,
     StandaloneExporter,
-    clean_env,
     http_driver,
     jmp_shell,
-    python_pytest,
-    run,
-    run_pytest,
     write_driver_port,
     write_exporter_config,
 )
+from subprocess_runs import JUnit, clean_env, python_pytest, run, run_pytest
 
 TOP = "pytest-jumpstarter-http"
 
@@ -275,16 +271,11 @@ def test_an_exporter_run_writes_nothing_through_a_link_planted_in_tmpdir(safety_
     assert (safety_run.victim / "precious.txt").read_text() == "the victim's"
 
 
-@pytest.mark.xfail(
-    reason="requestlog.add_to_report reads server.url, which raises ExporterError for a stopped "
-    "exporter server: an INTERNALERROR ends the run",
-    strict=True,
-)
-def test_a_test_that_leaves_the_exporters_server_stopped_does_not_crash_the_run(
-    safety_run: SafetyRun,
-) -> None:
+def test_a_server_left_stopped_by_a_test_is_started_again_for_the_next(safety_run: SafetyRun) -> None:
+    # Its report names the server by its last URL (reading the live one would fail), and the
+    # next test's handle finds it stopped, so it starts it: nobody's download can be in flight.
     assert "INTERNALERROR" not in safety_run.stopped, safety_run.stopped
-    assert "2 passed" in safety_run.stopped or "error" in safety_run.stopped, safety_run.stopped
+    assert "2 passed" in safety_run.stopped, safety_run.stopped
 
 
 # --- jmp run exporters, shared by several processes ---------------------------------------------

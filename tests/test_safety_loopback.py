@@ -21,15 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jumpstarter_helpers import JUnit, clean_env, python_pytest, run, run_pytest
+from subprocess_runs import JUnit, clean_env, python_pytest, run, run_pytest
 
-import pytest_jumpstarter_http
 from pytest_jumpstarter_http import HttpServerHandle
-
-#: The safe serving of staged files beside a user's root is another helper's module, not merged yet.
-_SERVING = Path(pytest_jumpstarter_http.__file__).with_name("serving.py")
-STUB_SERVING = _SERVING.exists() and _SERVING.read_text().startswith('"""STUB')
-needs_serving = pytest.mark.xfail(STUB_SERVING, reason="needs safe serving merge", strict=True)
 
 
 def fetch(url: str) -> bytes:
@@ -169,7 +163,6 @@ def test_a_link_under_basetemp_to_a_user_folder_is_not_taken_for_a_root_of_the_p
     _stage_through_a_link(pytester, monkeypatch, download=False)
 
 
-@needs_serving
 def test_a_file_staged_for_a_root_behind_a_link_under_basetemp_is_served(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -262,7 +255,6 @@ def test_stage_for_a_user_root_works_with_a_fixed_port(fixed_port_run: FixedPort
     assert {port for port, _, _ in fixed_port_run.records.values()} <= set(fixed_port_run.ports)
 
 
-@needs_serving
 def test_files_staged_with_a_fixed_port_are_served_by_the_workers_own_server(
     fixed_port_run: FixedPortRun,
 ) -> None:
