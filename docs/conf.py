@@ -42,7 +42,7 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True, "special-members": "__call__"}
 
-FIXTURES = ("served_dir", "http_server", "http_url", "http_server_factory")
+FIXTURES = ("served_dir", "http_server", "http_url", "http_server_factory", "http_exporter_client")
 DEFAULT = re.compile(r"\s*\(default: (?P<default>[^)]*(?:\([^)]*\))?[^)]*)\)\s*$")
 
 

@@ -214,8 +214,9 @@ def _ip_version(text: str) -> int:
         return 0
 
 
-#: A DNS name or an IPv4 address: dot-separated labels of letters, digits, ``-`` and ``_``.
-_HOST_NAME = re.compile(
+#: A DNS name or an IPv4 address: dot-separated labels of letters, digits, ``-`` and ``_``. A
+#: string, not a compiled pattern: ``re`` compiles it on first use, not in every pytest start-up.
+_HOST_NAME = (
     r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
     r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
 )
@@ -229,7 +230,7 @@ def _url_host(value: str, source: Source) -> str | None:
     inner = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if _is_ipv6(inner):
         return inner  # the URL brackets it
-    if _HOST_NAME.fullmatch(host) and not (re.fullmatch(r"[0-9.]+", host) and not _is_ipv4(host)):
+    if re.fullmatch(_HOST_NAME, host) and not (re.fullmatch(r"[0-9.]+", host) and not _is_ipv4(host)):
         return host
     if "://" in host:
         from urllib.parse import urlsplit
@@ -237,7 +238,7 @@ def _url_host(value: str, source: Source) -> str | None:
         bare = urlsplit(host).hostname or "the host"
         raise source.error(value, f"give the host alone, without a scheme, like {bare}")
     name, colon, port = host.rpartition(":")
-    if colon and port.isdigit() and (_HOST_NAME.fullmatch(name) or _is_ipv6(name.strip("[]"))):
+    if colon and port.isdigit() and (re.fullmatch(_HOST_NAME, name) or _is_ipv6(name.strip("[]"))):
         raise source.error(value, f"give the host alone, like {name}; a URL's port is its server's own")
     raise source.error(
         value, "give a host name, an IPv4 address or an IPv6 address, like 10.0.0.5 or build.lab"

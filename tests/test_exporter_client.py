@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from fake_controller import FakeController
@@ -51,14 +52,16 @@ def test_a_jumpstarter_test_class_is_served_by_the_exporter_its_client_holds(tmp
     )
 
 
+# docs/fixtures.md shows this conftest, between the markers.
 OWN_LEASE_CONFTEST = """
+# -- a suite's own board --
 import pytest
 from jumpstarter.config.client import ClientConfigV1Alpha1
 
 
 @pytest.fixture(scope="session")
 def board():
-    config = ClientConfigV1Alpha1.load("fake")
+    config = ClientConfigV1Alpha1.load("lab")
     with config.lease(selector="board=rpi4") as lease, lease.connect() as client:
         yield client
 
@@ -66,6 +69,7 @@ def board():
 @pytest.fixture
 def http_exporter_client(board):
     return board
+# -- end --
 """
 
 OWN_LEASE_TESTS = """
@@ -89,6 +93,7 @@ def test_a_suite_that_leases_its_own_board_makes_exactly_one_lease(
     fake_controller.add_exporter(
         "rpi4-01", {"board": "rpi4"}, device_factory=http_device(tmp_path / "rpi4-01")
     )
+    shutil.copy(client_config_home / "clients" / "fake.yaml", client_config_home / "clients" / "lab.yaml")
     (tmp_path / "conftest.py").write_text(OWN_LEASE_CONFTEST)
     (tmp_path / "test_own.py").write_text(OWN_LEASE_TESTS)
     # --http-selector too: without the test's own client the plugin would lease a second board.
