@@ -66,6 +66,7 @@ class LoopbackServer(HttpServerHandle):
         #: The port it last listened on: a stopped server's URL still names it, in its report.
         self._port = 0
         self._stopped = False
+        self._url, self._url_port = "", -1
         self._client: Any = None
         self._client_stack = ExitStack()
 
@@ -126,7 +127,10 @@ class LoopbackServer(HttpServerHandle):
 
     @property
     def url(self) -> str:
-        return format_url(self._url_base_host, self.port)
+        port = self.port
+        if port != self._url_port:  # formatted once per port: tests read it often
+            self._url, self._url_port = format_url(self._url_base_host, port), port
+        return self._url
 
     @property
     def staging(self) -> Path | None:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 _JUMPSTARTER_TEST = "jumpstarter_testing.pytest.JumpstarterTest"
 
 SETTINGS = pytest.StashKey[settings.Settings]()
+#: Whether the terminal shows passing tests' report sections (-rP, -rA).
+SHOW_PASSED = pytest.StashKey[bool]()
 #: The servers a test used, for its report.
 SERVERS = pytest.StashKey[list["HttpServerHandle"]]()
 #: The session's runtime, once a fixture has made it, for the run's summary.
@@ -36,6 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for line in markers.MARKERS:
         config.addinivalue_line("markers", line)
     config.stash[SETTINGS] = settings.resolve(config)
+    config.stash[SHOW_PASSED] = any(char in (config.option.reportchars or "") for char in "PA")
     eventloop.acquire()
 
 
@@ -49,10 +52,12 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
     servers = item.stash.get(SERVERS, [])
-    if call.when == "call" and servers:
+    fail_on = item.config.stash[SETTINGS].fail_on
+    # A passing test's section shows only with -rP or -rA: reading the log for it is wasted time.
+    if call.when == "call" and servers and (not report.passed or fail_on or item.config.stash[SHOW_PASSED]):
         from . import requestlog
 
-        requestlog.add_to_report(report, servers, item.config.stash[SETTINGS].fail_on)
+        requestlog.add_to_report(report, servers, fail_on)
     return report
 
 
