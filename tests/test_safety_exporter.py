@@ -18,8 +18,10 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -429,3 +431,55 @@ def test_an_upload_killed_half_way_leaves_no_partial_file_after_the_next_run(
     assert _partials(www)
     run_pytest(tmp_path, "test_after.py", env=exporter.env(), name="after").assert_passed("test_after")
     assert _partials(www) == []
+
+
+# --- two users of one machine -------------------------------------------------------------------
+
+TWO_USERS = """
+import os, urllib.request
+
+
+def test_stage(http_server, tmp_path):
+    image = tmp_path / "image.raw"
+    image.write_bytes(os.environ["WHO"].encode())
+    with urllib.request.urlopen(http_server.stage(image), timeout=30) as response:
+        assert response.read() == os.environ["WHO"].encode()
+"""
+
+
+def test_two_users_of_one_machine_each_use_the_same_exporter(
+    standalone_exporter: Callable[[Path], StandaloneExporter], tmp_path: Path
+) -> None:
+    # Issue 11, item 8: after root's run, the state folder it left in the shared $TMPDIR (0755,
+    # root's) made every other user's exporter tests error with a PermissionError.
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("acting as a second user takes root and setpriv")
+    exporter = standalone_exporter(
+        write_exporter_config(tmp_path / "shared.yaml", {"http": http_driver(tmp_path / "www")})
+    )
+    # Folders outside root's private temp folder, which the second user could not enter: one
+    # shared temp folder, world-writable and sticky like /tmp, and a home for each user.
+    shared = Path(tempfile.mkdtemp())
+    try:
+        tmp = shared / "tmp"
+        tmp.mkdir(mode=0o1777)
+        tmp.chmod(0o1777)
+        shared.chmod(0o755)
+        for who, uid, prefix in (("root", 0, []), ("nobody", 65534, NOBODY)):
+            home = shared / who
+            home.mkdir()
+            (home / "test_two_users.py").write_text(TWO_USERS)
+            os.chown(home, uid, uid)
+            done = run(
+                [*prefix, *python_pytest("-p", "no:cacheprovider", junit=home / "report.xml")],
+                cwd=home,
+                env=exporter.env(TMPDIR=str(tmp), HOME=str(home), WHO=who, PYTHONDONTWRITEBYTECODE="1"),
+                timeout=120,
+            )
+            JUnit(home / "report.xml", done.stdout).assert_passed("test_stage")
+    finally:
+        shutil.rmtree(shared)
+
+
+#: Runs a command as the user nobody (uid and gid 65534), with no supplementary groups.
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
