@@ -77,22 +77,14 @@ class FaultSpec:
     times: int | None = None
 
     @classmethod
-    def make(
-        cls,
-        path: str,
-        *,
-        prefixes: tuple[str, ...] = ("",),
-        delay: float = 0.0,
-        rate: float | None = None,
-        cut_after: int | None = None,
-        stall_after: int | None = None,
-        status: int | None = None,
-        times: int | None = None,
-    ) -> FaultSpec:
-        """Check the arguments of ``inject()``; a bad one is a ``ValueError`` naming it.
+    def make(cls, path: str, options: dict[str, Any], prefixes: tuple[str, ...] = ("",)) -> FaultSpec:
+        """Check the arguments of ``inject()`` (``options``: all but ``path``); a bad one is a ``ValueError``.
 
         ``prefixes`` are the percent-encoded URL paths the handle's files are served under.
         """
+        given = cls((), path, **options)  # Python checks the keywords: they are the fields
+        delay, rate, cut_after, stall_after = given.delay, given.rate, given.cut_after, given.stall_after
+        status, times = given.status, given.times
         if not isinstance(path, str) or not path.strip("/"):
             raise ValueError(f"inject(): path={path!r} is empty; give a path relative to the server's URL.")
         path = check_name(path.lstrip("/"), where="inject() path")

@@ -240,18 +240,10 @@ class HttpServerHandle(ABC):
         fault ends with the test (or with ``Fault.clear()``); the request log shows which requests
         it hit. Bad arguments raise ``ValueError``.
         """
+        options = {name: value for name, value in locals().items() if name not in ("self", "path")}
         from .faults import Fault, FaultSpec
 
-        spec = FaultSpec.make(
-            path,
-            prefixes=self._request_paths(),
-            delay=delay,
-            rate=rate,
-            cut_after=cut_after,
-            stall_after=stall_after,
-            status=status,
-            times=times,
-        )
+        spec = FaultSpec.make(path, options, self._request_paths())
         fault = Fault(self, self._inject_fault(spec), spec)
         self._faults().append(fault)
         return fault

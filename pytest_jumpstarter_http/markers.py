@@ -40,25 +40,17 @@ def http_loopback() -> dict[str, Any]:
     return {}
 
 
-def http_fault(
-    path: str,
-    *,
-    delay: float = 0.0,
-    rate: float | None = None,
-    cut_after: int | None = None,
-    stall_after: int | None = None,
-    status: int | None = None,
-    times: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "path": path,
-        "delay": delay,
-        "rate": rate,
-        "cut_after": cut_after,
-        "stall_after": stall_after,
-        "status": status,
-        "times": times,
-    }
+def http_fault(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    # The arguments of ``http_server.inject()``, checked by its own signature.
+    import inspect
+
+    from .handle import HttpServerHandle
+
+    try:
+        bound = inspect.signature(HttpServerHandle.inject).bind(None, *args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"http_fault() {exc}") from None
+    return {name: value for name, value in bound.arguments.items() if name != "self"}
 
 
 _SIGNATURES = {f.__name__: f for f in (http_server, http_exporter, http_loopback, http_fault)}

@@ -397,12 +397,12 @@ def resolve(config: pytest.Config) -> Settings:
             sources[option.field] = source
     settings = Settings(**values, jumpstarter_host=os.environ.get(JUMPSTARTER_HOST) or None)
     if not hasattr(config, "workerinput"):  # the controller checked and warned
-        _check_port(settings, config, sources.get("port"))
+        _check_address(settings, config, sources.get("port"))
         _warn_of_space_form(config)
     return settings
 
 
-def _check_port(settings: Settings, config: pytest.Config, source: Source | None) -> None:
+def _check_address(settings: Settings, config: pytest.Config, source: Source | None) -> None:
     """Refuse a port or address that cannot work before any test runs."""
     port = settings.port
     if port is not None and source is not None:
