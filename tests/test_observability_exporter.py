@@ -40,6 +40,28 @@ def test_a_large_upload_reports_its_progress(http_server, tmp_path):
     image = tmp_path / "sdcard.img"
     image.write_bytes(b"\\0" * (64 << 20))
     assert fetch(http_server.stage(image)) == image.read_bytes()
+
+def test_waits_for_the_devices_slow_download(http_server, served_dir):
+    import threading, time
+
+    (served_dir / "big.raw").write_bytes(bytes(64 << 20))
+    url = http_server.url_for("big.raw")
+
+    def slow_device():
+        with urllib.request.urlopen(url, timeout=30) as response:
+            while response.read(4 << 20):
+                time.sleep(0.25)  # a slow link: about 16 MiB/s
+
+    threading.Thread(target=slow_device).start()
+    request = http_server.wait_for_request("big.raw", timeout=60)
+    assert (request.bytes_sent, request.complete) == (64 << 20, True)
+
+def test_waiting_needs_the_recording_driver(http_server):
+    import pytest
+    from pytest_jumpstarter_http.requestlog import RequestLogUnavailable
+
+    with pytest.raises(RequestLogUnavailable, match="put pytest_jumpstarter_http.driver.RecordingHttpServer"):
+        http_server.wait_for_request("image.raw", timeout=600)
 """
 
 
@@ -68,8 +90,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
     jmp_shell(
         config,
-        into("recording", "--http-driver", "rec"),
-        into("stock", "--http-driver", "stock", "-k", "failing_flash"),
+        into("recording", "--http-driver", "rec", "-k", "not needs_the_recording"),
+        into("stock", "--http-driver", "stock", "-k", "failing_flash or needs_the_recording"),
         into("quiet", "--http-driver", "rec", "-q", "-k", "large_upload"),
         cwd=where,
         timeout=180,
@@ -115,3 +137,14 @@ def test_the_run_summary_names_the_exporter_and_its_server(runs: Runs) -> None:
         r"jumpstarter-http: exporter 'jmp shell at .+' \(labels none\): HttpServer 'rec' at http://127\.0\.0\.1:\d+",
         runs.recording,
     )
+
+
+def test_a_test_waits_for_the_device_on_an_exporter_with_a_progress_line(runs: Runs) -> None:
+    assert "PASSED test_suite.py::test_waits_for_the_devices_slow_download" in runs.recording
+    assert re.search(
+        r"jumpstarter-http: 127\.0\.0\.1 is downloading /\S+/big\.raw: .* of 64\.0 MiB", runs.recording
+    )
+
+
+def test_waiting_with_the_stock_driver_fails_at_once_saying_what_to_configure(runs: Runs) -> None:
+    assert "PASSED test_suite.py::test_waiting_needs_the_recording_driver" in runs.stock
