@@ -3,6 +3,8 @@
 import jumpstarter_driver_http.driver  # noqa: F401
 import pytest
 
+from pytest_jumpstarter_http import beneath
+
 
 @pytest.fixture
 def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
@@ -10,6 +12,16 @@ def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:asyncio -p no:aiohttp -p no:cacheprovider")
     monkeypatch.delenv("JUMPSTARTER_HOST", raising=False)
     return pytester
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def lookup(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with the kernel's lookup beneath a root (where there is one), then with the walk."""
+    if request.param == "openat2" and not beneath.settings.openat2:
+        pytest.skip("no openat2(2) on this system")
+    if request.param == "walk":
+        monkeypatch.setattr(beneath.settings, "openat2", False)
+    return str(request.param)
 
 
 pytest_plugins = ["jumpstarter_helpers"]

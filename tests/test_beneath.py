@@ -16,16 +16,6 @@ from pytest_jumpstarter_http.beneath import EscapesRoot, Root, open_beneath
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX descriptors only")
 
 
-@pytest.fixture(params=["openat2", "walk"])
-def lookup(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each test runs with the kernel's lookup (where there is one) and with the portable walk."""
-    if request.param == "openat2" and not beneath.settings.openat2:
-        pytest.skip("no openat2(2) on this system")
-    if request.param == "walk":
-        monkeypatch.setattr(beneath.settings, "openat2", False)
-    return str(request.param)
-
-
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     """root/ with a file, a folder, links staying inside and links leading out; outside/ beside it."""

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_jumpstarter_http import beneath, eventloop
+from pytest_jumpstarter_http import eventloop
 from pytest_jumpstarter_http.requestlog import RequestLog, install
 from pytest_jumpstarter_http.serving import CHUNK, SHAPER_KEY, beneath_middleware
 
@@ -83,16 +83,6 @@ def fetch(
         return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
     finally:
         connection.close()
-
-
-@pytest.fixture(params=["openat2", "walk"])
-def lookup(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs a test with the kernel's lookup (where there is one), then with the portable walk."""
-    if request.param == "openat2" and not beneath.settings.openat2:
-        pytest.skip("no openat2(2) on this system")
-    if request.param == "walk":
-        monkeypatch.setattr(beneath.settings, "openat2", False)
-    return str(request.param)
 
 
 # -- the race --------------------------------------------------------------------------------
