@@ -192,15 +192,16 @@ def per_test_cost(config: Config, workdir: Path) -> Section:
     for name in SERVERS:
         figures[f"{name}: ms per test"] = Figure(steady[name], "ms")
         figures[f"{name}: ms per test, whole run / tests"] = Figure(amortized[name], "ms")
-    figures["function scope / pytest-httpserver"] = at_most(steady[OURS] / steady[HTTPSERVER], 1.0, "x")
+    # The targets of issue 14: a fresh server per test costs at most 3x, a shared one 1.5x.
+    figures["function scope / pytest-httpserver"] = at_most(steady[OURS] / steady[HTTPSERVER], 3.0, "x")
     figures["function scope / pytest-httpserver, whole run"] = Figure(
         amortized[OURS] / amortized[HTTPSERVER], "x"
     )
-    figures["session scope / pytest-httpserver (both shared)"] = Figure(
-        steady[OURS_SESSION] / steady[HTTPSERVER], "x"
+    figures["session scope / pytest-httpserver (both shared)"] = at_most(
+        steady[OURS_SESSION] / steady[HTTPSERVER], 1.5, "x"
     )
-    figures["session scope, no GET / no server"] = at_most(
-        medians[OURS_SESSION_IDLE]["test_ms"] / base["test_ms"], 1.10, "x"
+    figures["session scope, no GET / no server"] = Figure(
+        medians[OURS_SESSION_IDLE]["test_ms"] / base["test_ms"], "x"
     )
     return section
 
