@@ -221,16 +221,25 @@ def as_unprivileged_user(command: list[str]) -> list[str]:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
 
 
-def test_an_unreadable_root_is_refused():
-    # A world-readable folder of its own: pytester's lives under root's private temp dir.
+def run_as_unprivileged_user(*args: str, ini: str = "") -> subprocess.CompletedProcess[str]:
+    """pytest with ``args`` as nobody (when root), in a folder holding an unreadable ``locked/images``.
+
+    A world-readable folder of its own, owned by the user who runs the check, with HOME and TMPDIR
+    in it: pytester's folder lives under root's private temp dir, which nobody cannot enter.
+    """
     where = Path(tempfile.mkdtemp())
     try:
         where.chmod(0o755)
-        (where / "locked").mkdir(mode=0o000)
+        (where / "locked" / "images").mkdir(parents=True)
+        (where / "locked").chmod(0o000)
+        (where / "tox.ini").write_text(f"[pytest]\n{ini}\n")
         (where / "test_never_runs.py").write_text("def test_it(http_url): raise AssertionError\n")
-        result = subprocess.run(
-            as_unprivileged_user(plain_pytest("--http-root=locked")),
+        if os.geteuid() == 0:
+            os.chown(where, 65534, 65534)
+        return subprocess.run(
+            as_unprivileged_user(plain_pytest(*args)),
             cwd=where,
+            env={**os.environ, "HOME": str(where), "TMPDIR": str(where), "PYTHONDONTWRITEBYTECODE": "1"},
             capture_output=True,
             text=True,
             timeout=120,
@@ -239,6 +248,10 @@ def test_an_unreadable_root_is_refused():
     finally:
         (where / "locked").chmod(0o755)
         shutil.rmtree(where)
+
+
+def test_an_unreadable_root_is_refused():
+    result = run_as_unprivileged_user("--http-root=locked")
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stderr
     assert (
         "ERROR: --http-root (command line): 'locked' is not valid; the directory is not readable"
@@ -292,29 +305,7 @@ def test_a_setting_this_user_cannot_use_is_refused_before_any_test(args, ini, me
     if start <= 90:
         pytest.skip(f"every port from {start} up is unprivileged here")
     values = {"start": start, "below": start - 24, "above": start + 6}
-    # A world-readable folder of its own, owned by the user who runs the check, with HOME and TMPDIR
-    # in it: pytester's folder lives under root's private temp dir, which nobody cannot enter.
-    where = Path(tempfile.mkdtemp())
-    try:
-        where.chmod(0o755)
-        (where / "locked" / "images").mkdir(parents=True)
-        (where / "locked").chmod(0o000)
-        (where / "tox.ini").write_text(f"[pytest]\n{ini}\n")
-        (where / "test_never_runs.py").write_text("def test_it(http_url): raise AssertionError\n")
-        if os.geteuid() == 0:
-            os.chown(where, 65534, 65534)
-        result = subprocess.run(
-            as_unprivileged_user(plain_pytest(*(arg.format(**values) for arg in args))),
-            cwd=where,
-            env={**os.environ, "HOME": str(where), "TMPDIR": str(where), "PYTHONDONTWRITEBYTECODE": "1"},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    finally:
-        (where / "locked").chmod(0o755)
-        shutil.rmtree(where)
+    result = run_as_unprivileged_user(*(arg.format(**values) for arg in args), ini=ini)
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
     pytest.LineMatcher(result.stderr.splitlines()).fnmatch_lines(["ERROR: " + message.format(**values)])
     assert "--http-host" not in result.stderr
