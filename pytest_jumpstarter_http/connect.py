@@ -23,6 +23,8 @@ CLIENT_LABEL = "jumpstarter.dev/client"
 #: The client of this package's drop-in driver, which also keeps a request log.
 RECORDING_CLIENT = "pytest_jumpstarter_http.driver.RecordingHttpServerClient"
 HTTP_CLIENTS = ("jumpstarter_driver_http.client.HttpServerClient", RECORDING_CLIENT)
+#: How messages name an exporter reached through a client the test holds, whose name is unknown.
+ADOPTED = "the test's own client"
 
 
 class ExporterUnavailable(RuntimeError):
@@ -71,6 +73,12 @@ class Exporter:
     address: str = ""
     #: Why the exporter stopped answering, once it has; nothing more is asked of it then.
     gone: str | None = None
+
+    def describe(self) -> str:
+        """How the run's summary names it: ``exporter 'lab-rpi4' (labels board=rpi4)``."""
+        labels = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()) if k != CLIENT_LABEL)
+        name = f"exporter {self.name!r}" if self.name != ADOPTED else ADOPTED
+        return f"{name} (labels {labels or 'none'})"
 
     def http(self, driver: str | None) -> tuple[str, Any]:
         """The HttpServer driver client at dotted path ``driver`` (or the only one), with its path."""
@@ -284,10 +292,13 @@ def open_lease(client_name: str | None, selector: str, timeout: float) -> Export
 
 
 def adopt(client: Any) -> Exporter:
-    """A connection over a Jumpstarter client the test already holds; closing it leaves the client open."""
-    labels = dict(getattr(client, "labels", None) or {})
-    name = os.environ.get("JMP_EXPORTER") or labels.get("jumpstarter.dev/name") or "your exporter client"
-    return Exporter(name=name, labels=labels, client=client, stack=ExitStack(), address="your client")
+    """A connection over a Jumpstarter client the test already holds; closing it leaves the client open.
+
+    A client knows its driver's labels, not its exporter's: the name comes from ``jmp shell``'s
+    environment when there is one.
+    """
+    name = os.environ.get("JMP_EXPORTER") or ADOPTED
+    return Exporter(name=name, labels=_env_labels(), client=client, stack=ExitStack(), address="your client")
 
 
 class Connections:

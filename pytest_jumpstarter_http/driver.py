@@ -16,6 +16,8 @@ plugin imports this module only when it starts a loopback server or builds a cli
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,9 @@ from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
 from .faults import FaultMiddleware, FaultRegistry, FaultSpec
+from .namespaces import Namespaces
 from .requestlog import HttpRequest, Progress, RequestLog, install
-from .serving import beneath_middleware
+from .serving import Numbered, beneath_middleware
 
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
@@ -45,12 +48,18 @@ class RecordingHttpServer(HttpServer):
     roots: list[Path] = field(init=False, default_factory=list)
     #: The network faults tests injected (see :mod:`.faults`).
     faults: FaultRegistry = field(init=False, default_factory=FaultRegistry)
+    #: The runs holding this server, and their handles' URL namespaces (see :mod:`.namespaces`).
+    namespaces: Namespaces = field(init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.roots.append(Path(self.root_dir))
-        files = beneath_middleware(self.roots, log=self.request_log)
-        # Outermost: a delay or a refusal comes before the static route looks at anything.
+        self.namespaces = Namespaces(self.root_dir)
+        self._starting = asyncio.Lock()
+        files = beneath_middleware(self.roots, log=self.request_log, namespaces=self.namespaces)
+        # Outermost: a request is numbered as it starts, before a fault holds it.
+        self.app.middlewares.append(Numbered(self.request_log))
+        # Then a delay or a refusal, before the static route looks at anything.
         self.app.middlewares.append(FaultMiddleware(self.faults))
         self.app.middlewares.append(files)
         self.app.on_cleanup.append(files.on_cleanup)
@@ -76,16 +85,51 @@ class RecordingHttpServer(HttpServer):
         install(self.runner, self.request_log)
 
     @export
+    async def start_unless_running(self) -> int:
+        """Start the server unless it runs; its port. Never restarts it under someone's downloads."""
+        async with self._starting:  # one start for the callers of every connection
+            if self.get_port() == 0:
+                await self.start()
+            return int(self.get_port())
+
+    @export
     async def stop(self) -> None:
         # A stalled response would hold the graceful shutdown for its whole grace period.
         self.faults.clear_all()
         await super().stop()
 
     @export
-    def get_requests(self, start: int) -> tuple[int, list[dict[str, Any]]]:
-        """The number of requests recorded so far, and those from number ``start`` on."""
-        total = self.request_log.total  # numbers cross Jumpstarter's wire as floats
-        return total, [entry.as_dict() for entry in self.request_log.since(int(start))]
+    async def hold(self, folder: str, keep: bool = False) -> AsyncIterator[str]:
+        """Own ``folder`` (below ``pytest-jumpstarter-http/runs/``) for as long as this stream lasts.
+
+        Yields the owner's token once. When the stream ends (the run's connection ended, however),
+        the owner's namespaces and their faults end, and its folder is removed unless ``keep``.
+        """
+        owner = self.namespaces.add_owner(str(folder), keep=bool(keep))
+        try:
+            yield owner.token
+            await asyncio.Event().wait()  # until Jumpstarter cancels the stream
+        finally:
+            self.faults.clear_all(set(self.namespaces.end_owner(owner)))
+
+    @export
+    def open_namespace(self, owner: str, folders: list[str]) -> str:
+        """A new URL namespace of ``owner`` showing its ``folders``, below ``pytest-jumpstarter-http/ns/``."""
+        return self.namespaces.open(str(owner), [str(folder) for folder in folders])
+
+    @export
+    def close_namespace(self, namespace: str) -> None:
+        """End a namespace and the faults injected through it."""
+        self.namespaces.close(str(namespace))
+        self.faults.clear_all({str(namespace)})
+
+    @export
+    def get_requests(self, start: int, prefix: str = "") -> tuple[int, list[dict[str, Any]]]:
+        """How many requests started so far, and those numbered ``start`` or later whose raw path
+        starts with ``prefix``."""
+        started = self.request_log.started  # numbers cross Jumpstarter's wire as floats
+        entries = self.request_log.since(int(start), str(prefix))
+        return started, [entry.as_dict() for entry in entries]
 
     @export
     def get_in_flight(self) -> list[dict[str, Any]]:
@@ -93,9 +137,10 @@ class RecordingHttpServer(HttpServer):
         return [asdict(progress) for progress in self.request_log.in_flight()]
 
     @export
-    def inject_fault(self, spec: dict[str, Any]) -> str:
-        """Apply a fault (a ``FaultSpec`` as a dict) to the requests it matches; return its id."""
-        return self.faults.add(FaultSpec.from_dict(spec))
+    def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        """Apply a fault (a ``FaultSpec`` as a dict) to the requests it matches, until ``namespace``
+        ends if given; return its id."""
+        return self.faults.add(FaultSpec.from_dict(spec), None if namespace is None else str(namespace))
 
     @export
     def clear_fault(self, fault_id: str) -> int:
@@ -117,12 +162,25 @@ class RecordingHttpServerClient(HttpServerClient):
     """Client of :class:`RecordingHttpServer`: an ``HttpServerClient`` that reads its request log and
     injects network faults."""
 
-    def get_requests(self, start: int = 0) -> tuple[int, list[HttpRequest]]:
-        total, entries = self.call("get_requests", start)
-        return int(total), [HttpRequest.from_dict(entry) for entry in entries]
+    def get_requests(self, start: int = 0, prefix: str = "") -> tuple[int, list[HttpRequest]]:
+        started, entries = self.call("get_requests", start, prefix)
+        return int(started), [HttpRequest.from_dict(entry) for entry in entries]
 
-    def inject_fault(self, spec: dict[str, Any]) -> str:
-        return str(self.call("inject_fault", spec))
+    def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        return str(self.call("inject_fault", spec, namespace))
+
+    def start_unless_running(self) -> int:
+        return int(self.call("start_unless_running"))
+
+    def open_namespace(self, owner: str, folders: list[str]) -> str:
+        return str(self.call("open_namespace", owner, folders))
+
+    def close_namespace(self, namespace: str) -> None:
+        self.call("close_namespace", namespace)
+
+    def hold_async(self, folder: str, keep: bool) -> AsyncIterator[str]:
+        """The owner stream of ``hold``, to iterate on the client's portal loop; ends when cancelled."""
+        return self.streamingcall_async("hold", folder, keep)  # type: ignore[no-any-return]
 
     def clear_fault(self, fault_id: str) -> int:
         return int(self.call("clear_fault", fault_id))

@@ -46,6 +46,8 @@ PIECE: Final = 256 << 10
 RETRY_AFTER: Final = "1"
 #: Request-mapping key of the label of the fault a request hit, for the request log.
 FAULT_KEY: Final = RequestKey("pytest_jumpstarter_http.fault", str)
+#: Request-mapping key set when a fault answered the request with its own status.
+INJECTED_KEY: Final = RequestKey("pytest_jumpstarter_http.injected", bool)
 
 
 class FaultsUnavailable(RuntimeError):
@@ -177,8 +179,10 @@ def _plain(value: float) -> str:
 class _Entry:
     """A fault on one server: its spec, its hits, and whether it was cleared."""
 
-    def __init__(self, spec: FaultSpec) -> None:
+    def __init__(self, spec: FaultSpec, namespace: str | None) -> None:
         self.spec = spec
+        #: The namespace it was injected through, which it ends with; None for the whole server.
+        self.namespace = namespace
         self.hits = 0
         #: Set once: waiting responses poll it and end.
         self.cleared = threading.Event()
@@ -192,11 +196,11 @@ class FaultRegistry:
         self._entries: dict[str, _Entry] = {}
         self._ids = itertools.count(1)
 
-    def add(self, spec: FaultSpec) -> str:
-        """Start applying ``spec`` to the requests that match it; return its id."""
+    def add(self, spec: FaultSpec, namespace: str | None = None) -> str:
+        """Start applying ``spec`` to the requests that match it, until ``namespace`` ends; return its id."""
         with self._lock:
             fault_id = f"fault-{next(self._ids)}"
-            self._entries[fault_id] = _Entry(spec)
+            self._entries[fault_id] = _Entry(spec, namespace)
         return fault_id
 
     def clear(self, fault_id: str) -> int:
@@ -208,9 +212,15 @@ class FaultRegistry:
         entry.cleared.set()
         return entry.hits
 
-    def clear_all(self) -> None:
+    def clear_all(self, namespaces: set[str] | None = None) -> None:
+        """Clear every fault, or those injected through one of ``namespaces``."""
         with self._lock:
-            entries, self._entries = list(self._entries.values()), {}
+            ended = [
+                fault_id
+                for fault_id, entry in self._entries.items()
+                if namespaces is None or entry.namespace in namespaces
+            ]
+            entries = [self._entries.pop(fault_id) for fault_id in ended]
         for entry in entries:
             entry.cleared.set()
 
@@ -281,6 +291,7 @@ class FaultMiddleware:
             await _hold(entry, request, spec.delay)
         if spec.status is not None:
             headers = {"Retry-After": RETRY_AFTER} if spec.status == 503 else None
+            request[INJECTED_KEY] = True
             return web.Response(status=spec.status, headers=headers)
         if spec.shapes:
             request[SHAPER_KEY] = Shaper(request, entry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from abc import ABC, abstractmethod
@@ -132,10 +133,17 @@ class HttpServerHandle(ABC):
 
     @property
     def requests(self) -> list[HttpRequest]:
-        """The requests this server answered for the current test, oldest first."""
-        mine = self._request_paths()
+        """The requests this server answered that started during the current test, oldest first.
+
+        Each one's ``name`` is its path relative to ``url``: ``"rootfs.img"`` on every backend.
+        """
+        base = unquote(self._url_path()).rstrip("/") + "/"
         entries = self._requests_since(self._request_mark)
-        return [entry for entry in entries if unquote(entry.path).startswith(mine)]
+        return [
+            dataclasses.replace(entry, name=path.removeprefix(base))
+            for entry in entries
+            if (path := unquote(entry.path.split("?")[0])).startswith(base)
+        ]
 
     def _request_paths(self) -> tuple[str, ...]:
         """URL path prefixes of this handle's requests (a shared server serves others too)."""

@@ -205,7 +205,7 @@ class LoopbackServer(HttpServerHandle):
         return self._started.request_log.in_flight()
 
     def _request_count(self) -> int:
-        return self._started.request_log.total
+        return self._started.request_log.started
 
     # The registry takes its own lock: the server's loop thread matches while this thread adds.
     def _inject_fault(self, spec: FaultSpec) -> str:

@@ -31,6 +31,14 @@ class HttpRequest:
     complete: bool = True
     #: The fault ``http_server.inject()`` applied to it (``cut_after=1024, times=1``), if any.
     fault: str | None = None
+    #: Whether ``status`` was the fault's answer rather than the server's (``--http-fail-on`` skips it).
+    injected: bool = False
+    #: The server's number of the request, in the order requests started: a request belongs to
+    #: the test during which it started, even if it ends in a later one.
+    seq: int = -1
+    #: ``path`` relative to the base URL of the handle that read it (``"rootfs.img"``), decoded;
+    #: empty in an entry no handle has read.
+    name: str = ""
 
     def line(self) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time % 1 * 1000):03d}"
@@ -59,6 +67,8 @@ class HttpRequest:
             duration=float(data["duration"]),
             complete=bool(data.get("complete", True)),
             fault=None if data.get("fault") is None else str(data["fault"]),
+            injected=bool(data.get("injected", False)),
+            seq=int(data.get("seq", -1)),
         )
 
 
@@ -81,16 +91,25 @@ class Progress:
 class RequestLog:
     """Requests in the order they finished; appended from the server's loop, read from tests.
 
-    Entries are numbered from 0 for the server's whole life; past ``limit`` the oldest go.
-    A file download is in ``in_flight()`` from its response's start until its body is sent or cut; its
-    entry follows.
+    Requests are numbered from 0 for the server's whole life in the order they *started*
+    (:meth:`start`), which is what a test's window is counted in; past ``limit`` the oldest
+    entries go. A file download is in ``in_flight()`` from its response's start until its body
+    is sent or cut; its entry follows.
     """
 
     def __init__(self, limit: int | None = None) -> None:
         self._entries: deque[HttpRequest] = deque(maxlen=limit)
-        self.total = 0
+        #: How many requests started so far: the number the next one gets.
+        self.started = 0
         self._lock = threading.Lock()
         self._running: dict[int, Progress] = {}
+
+    def start(self) -> int:
+        """Number a request that starts now."""
+        with self._lock:
+            seq = self.started
+            self.started += 1
+            return seq
 
     def begin(self, progress: Progress) -> None:
         with self._lock:
@@ -108,13 +127,12 @@ class RequestLog:
     def add(self, entry: HttpRequest) -> None:
         with self._lock:
             self._entries.append(entry)
-            self.total += 1
 
-    def since(self, start: int) -> list[HttpRequest]:
-        """The entries numbered ``start`` and later that are still kept."""
+    def since(self, start: int, prefix: str = "") -> list[HttpRequest]:
+        """The kept entries of requests numbered ``start`` or later whose raw path starts with ``prefix``."""
         with self._lock:
-            first = self.total - len(self._entries)
-            return list(self._entries)[max(0, start - first) :]
+            entries = list(self._entries)
+        return [entry for entry in entries if entry.seq >= start and entry.path.startswith(prefix)]
 
 
 def access_logger_class(log: RequestLog) -> type:
@@ -123,7 +141,7 @@ def access_logger_class(log: RequestLog) -> type:
 
     class Recorder(AbstractAccessLogger):
         def log(self, request: Any, response: Any, duration: float) -> None:
-            log.add(record(request, response, duration))
+            log.add(record(request, response, duration, log))
 
         @property
         def enabled(self) -> bool:
@@ -132,9 +150,11 @@ def access_logger_class(log: RequestLog) -> type:
     return Recorder
 
 
-def record(request: Any, response: Any, duration: float) -> HttpRequest:
-    from .faults import fault_of
+def record(request: Any, response: Any, duration: float, log: RequestLog) -> HttpRequest:
+    from .faults import INJECTED_KEY, fault_of
+    from .serving import SEQ_KEY
 
+    seq = request.get(SEQ_KEY)
     progress = getattr(response, "progress", None)  # serving.ServedFile's, once prepared
     return HttpRequest(
         time=time.time() - duration,
@@ -149,6 +169,9 @@ def record(request: Any, response: Any, duration: float) -> HttpRequest:
         duration=duration,
         complete=progress.complete if progress else True,
         fault=fault_of(request),
+        injected=bool(request.get(INJECTED_KEY, False)),
+        # A request aiohttp refused before any middleware ran is numbered as it ends.
+        seq=log.start() if seq is None else seq,
     )
 
 
@@ -193,7 +216,8 @@ def add_to_report(report: Any, servers: list[Any], fail_on: tuple[str, ...]) -> 
             lines.append(f"{server.label}: request log unavailable: {exc}")
             continue
         lines.append(f"{server.label}:\n{describe(entries)}")
-        bad = [entry for entry in entries if status_matches(entry.status, fail_on)]
+        # A status the test injected (a fault's) is not the server failing.
+        bad = [entry for entry in entries if not entry.injected and status_matches(entry.status, fail_on)]
         if bad and report.passed:
             report.outcome = "failed"
             report.longrepr = f"--http-fail-on {','.join(fail_on)}: {server.label} answered " + "; ".join(

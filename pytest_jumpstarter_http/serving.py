@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 from aiohttp.web import FileResponse, RequestKey  # this module is imported where aiohttp runs
 
 from .beneath import PROBE, EscapesRoot, Root, open_beneath
+from .namespaces import Namespaces
 from .requestlog import Progress, RequestLog
 
 if TYPE_CHECKING:
@@ -56,6 +57,21 @@ SHAPER_KEY: Final = RequestKey("pytest_jumpstarter_http.shaper", BodyShaper)
 #: Request-mapping key of the :class:`~pytest_jumpstarter_http.requestlog.Progress` of a file
 #: response's body, set when it starts (also ``ServedFile.progress``).
 PROGRESS_KEY: Final = RequestKey("pytest_jumpstarter_http.progress", Progress)
+#: Request-mapping key of the request's number in its server's log, given as it starts.
+SEQ_KEY: Final = RequestKey("pytest_jumpstarter_http.seq", int)
+
+
+class Numbered:
+    """The outermost middleware: numbers each request as it starts (see ``RequestLog.start``)."""
+
+    __middleware_version__ = 1
+
+    def __init__(self, log: RequestLog) -> None:
+        self.log = log
+
+    async def __call__(self, request: Request, handler: Handler) -> StreamResponse:
+        request[SEQ_KEY] = self.log.start()
+        return await handler(request)
 
 
 class ServedFile(FileResponse):
@@ -193,14 +209,18 @@ class BeneathFiles:
 
     ``roots`` is read at each request, so the caller may append to it (a folder of staged
     files). Each root is opened once, on first use, and closed by :meth:`close` (added to the
-    app's ``on_cleanup`` by :func:`beneath_middleware`'s caller, or called directly).
+    app's ``on_cleanup`` by :func:`beneath_middleware`'s caller, or called directly). A name in
+    a namespace of ``namespaces`` is looked for in the folders of the first root it shows.
     """
 
     __middleware_version__ = 1
 
-    def __init__(self, roots: Sequence[Path], *, log: RequestLog | None = None) -> None:
+    def __init__(
+        self, roots: Sequence[Path], *, log: RequestLog | None = None, namespaces: Namespaces | None = None
+    ) -> None:
         self.roots = roots
         self.log = log
+        self.namespaces = namespaces
         self._held: dict[Path, Root] = {}
         self._lock = threading.Lock()
 
@@ -233,13 +253,20 @@ class BeneathFiles:
             raise web.HTTPForbidden()  # show_index=False
         return ServedFile(fd, name, root=root, chunk_size=resource._chunk_size, log=self.log)
 
+    def _places(self, name: str) -> list[tuple[Path, str]]:
+        """Where the URL name may be: each root, or a namespace's folders in the first root."""
+        shown = self.namespaces.resolve(name) if self.namespaces is not None else None
+        if shown is None:
+            return [(path, name) for path in list(self.roots)]
+        return [(self.roots[0], place) for place in shown]
+
     def _lookup(self, name: str) -> tuple[int, Root]:
-        """The name opened (O_PATH) in the first root that holds it."""
+        """The name opened (O_PATH) in the first place that holds it."""
         absent: OSError | None = None
-        for path in list(self.roots):
+        for path, place in self._places(name):
             try:
                 root = self._root(path)
-                return open_beneath(root, name, PROBE), root
+                return open_beneath(root, place, PROBE), root
             except OSError as exc:
                 if exc.errno not in _ABSENT:
                     raise
@@ -265,13 +292,16 @@ class BeneathFiles:
         self.close()
 
 
-def beneath_middleware(roots: Sequence[Path], *, log: RequestLog | None = None) -> BeneathFiles:
+def beneath_middleware(
+    roots: Sequence[Path], *, log: RequestLog | None = None, namespaces: Namespaces | None = None
+) -> BeneathFiles:
     """A middleware serving the static route's files from ``roots`` without ever leaving them.
 
     Append it to ``app.middlewares`` and its ``on_cleanup`` to ``app.on_cleanup`` before the
-    app starts. With ``log``, downloads under way show in ``log.in_flight()``.
+    app starts. With ``log``, downloads under way show in ``log.in_flight()``; with
+    ``namespaces``, their URLs serve their folders.
     """
-    return BeneathFiles(roots, log=log)
+    return BeneathFiles(roots, log=log, namespaces=namespaces)
 
 
 def _close_all(fds: list[int]) -> None:

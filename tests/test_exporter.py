@@ -65,7 +65,7 @@ IN_SHELL = (
     + """
 def test_flash(http_url, http_server):
     record("ports", http_server.port)
-    assert http_url.startswith(f"http://127.0.0.1:{http_server.port}/pytest-jumpstarter-http/roots/")
+    assert http_url.startswith(f"http://127.0.0.1:{http_server.port}/pytest-jumpstarter-http/runs/")
     assert hashlib.sha256(fetch(http_url + "/image.raw")).hexdigest() == os.environ["IMAGE_SHA"]
 
 
@@ -113,8 +113,9 @@ def test_running(http_server):
     assert http_server.port == int((WORK / "http.start.port").read_text())
 
 
-def test_mirror_kept():
-    assert list((EXPORTER_ROOT / "pytest-jumpstarter-http" / "roots").glob("*/image.raw"))
+def test_only_objects_kept():
+    # The first run's mirror of --http-root went with it; its content stays as an object.
+    assert sorted(path.name for path in (EXPORTER_ROOT / "pytest-jumpstarter-http").iterdir()) == ["objects"]
 
 
 def test_keep(http_server, tmp_path):
@@ -186,10 +187,12 @@ def test_http_url_inside_jmp_shell_serves_the_exact_bytes_of_http_root(shell_run
     shell_run.fresh.assert_passed("test_flash", "test_exporter")
 
 
-def test_the_http_root_mirror_is_kept_on_the_exporter_after_the_run(shell_run: ShellRun) -> None:
-    shell_run.prestarted.assert_passed("test_mirror_kept")
-    mirrors = list((shell_run.www / TOP / "roots").glob("*/image.raw"))
-    assert len(mirrors) == 1, shell_run.output
+def test_a_run_leaves_only_the_content_it_sent_on_the_exporter(shell_run: ShellRun) -> None:
+    # A mirror of --http-root shared by runs would be shared by hosts that only look alike (issue 17).
+    shell_run.prestarted.assert_passed("test_only_objects_kept")
+    # Only the --http-keep run's own folder stays.
+    (kept,) = (shell_run.www / TOP / "runs").iterdir()
+    assert [path.name for path in kept.rglob("*") if path.is_file()] == ["kept.bin"], shell_run.output
 
 
 def test_staging_an_unchanged_64_mib_file_again_uploads_nothing(shell_run: ShellRun) -> None:
@@ -401,11 +404,11 @@ def test_a_rerun_does_not_send_the_http_root_image_again_to_an_exporter_that_kee
     (tmp_path / "test_kept.py").write_text(KEPT_EXPORTER)
     env = exporter.env(IMAGE_SHA=hashlib.sha256(image).hexdigest())
     run_pytest(tmp_path, "--http-root", str(images), env=env, name="first").assert_passed("test_flash")
-    (mirror,) = (www / TOP / "roots").glob("*/image.raw")
-    first = mirror.stat()
+    (sent,) = (www / TOP / "objects").iterdir()
+    first = sent.stat()
     run_pytest(tmp_path, "--http-root", str(images), env=env, name="second").assert_passed("test_flash")
-    second = mirror.stat()
-    # An upload writes a new file and renames it over the old one: a new inode.
+    second = sent.stat()
+    # An upload writes a new object and renames it over the old one: a new inode.
     assert (second.st_ino, second.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
 
 

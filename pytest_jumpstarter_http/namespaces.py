@@ -1,0 +1,162 @@
+"""Who owns what on a shared server: owners (one per connected run) and their URL namespaces.
+
+An exporter's ``RecordingHttpServer`` is shared by every run, xdist worker and host that reaches
+it. Each of them *holds* it through a stream of its own (``RecordingHttpServer.hold``) and is an
+:class:`Owner` for as long as that stream lasts: Jumpstarter ends the stream when the run's
+connection ends, however it ends (a clean exit, SIGKILL, a lost lease), and everything the owner
+set on the server goes with it: its namespaces, their faults, and its folder below the root.
+
+A namespace is one handle's own URL prefix, ``/pytest-jumpstarter-http/ns/<token>/``, that shows
+some folders of the root, the first folder holding a name winning. Two handles serving the same
+content still have two prefixes, so each one's request log and faults are its own.
+
+This module runs in the server and never imports pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from .beneath import EscapesRoot, open_beneath
+from .names import check_name
+
+log = logging.getLogger("pytest_jumpstarter_http.namespaces")
+
+#: Everything the plugin puts on an exporter lives below this folder of its served root.
+TOP: Final = "pytest-jumpstarter-http"
+#: Owners' folders: one per connected run and worker, removed when its owner ends.
+RUNS: Final = f"{TOP}/runs"
+#: The URL path below the root where namespaces are served.
+NS: Final = f"{TOP}/ns"
+
+
+class NamespaceError(ValueError):
+    """A request to open or own something the server cannot give (a bad folder, an unknown owner)."""
+
+
+@dataclass
+class Owner:
+    """One connected run: its folder below the root, and whether to keep that folder when it ends."""
+
+    token: str
+    folder: str
+    keep: bool
+    namespaces: set[str] = field(default_factory=set)
+
+
+class Namespaces:
+    """The owners of one server and their namespaces; changed from any thread, read on the server's loop."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self._root = Path(root)
+        self._lock = threading.Lock()
+        self._owners: dict[str, Owner] = {}
+        #: Namespace token -> (owner token, the folders it shows, first holder wins).
+        self._shown: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+    def add_owner(self, folder: str, *, keep: bool) -> Owner:
+        """A new owner of ``folder`` (below ``pytest-jumpstarter-http/runs/``)."""
+        folder = _owned_folder(folder)
+        owner = Owner(secrets.token_hex(16), folder, keep)
+        with self._lock:
+            self._owners[owner.token] = owner
+        return owner
+
+    def end_owner(self, owner: Owner) -> list[str]:
+        """Forget ``owner`` and its namespaces and remove its folder (unless kept); return the namespaces."""
+        with self._lock:
+            self._owners.pop(owner.token, None)
+            ended = sorted(owner.namespaces)
+            for token in ended:
+                self._shown.pop(token, None)
+        if not owner.keep:
+            _remove_beneath(self._root, owner.folder)
+        return ended
+
+    def open(self, owner_token: str, folders: list[str]) -> str:
+        """A new namespace of the owner ``owner_token`` that shows ``folders`` (its own); its token."""
+        with self._lock:
+            owner = self._owners.get(owner_token)
+            if owner is None:
+                raise NamespaceError(f"no owner {owner_token!r} holds this server; it ended or never was")
+            shown = tuple(_inside(owner.folder, folder) for folder in folders)
+            token = secrets.token_hex(16)
+            self._shown[token] = (owner.token, shown)
+            owner.namespaces.add(token)
+        return token
+
+    def close(self, token: str) -> bool:
+        """End the namespace ``token``; False if there was none."""
+        with self._lock:
+            entry = self._shown.pop(token, None)
+            if entry is None:
+                return False
+            owner = self._owners.get(entry[0])
+            if owner is not None:
+                owner.namespaces.discard(token)
+        return True
+
+    def resolve(self, name: str) -> list[str] | None:
+        """Where below the root the URL name ``name`` may be: None for a name outside any namespace,
+        an empty list for one that no namespace shows (an ended one, or ``..``)."""
+        if not name.startswith(NS + "/"):
+            return None
+        token, _, rest = name[len(NS) + 1 :].partition("/")
+        parts = [part for part in rest.split("/") if part not in ("", ".")]
+        with self._lock:
+            entry = self._shown.get(token)
+        if entry is None or not parts or ".." in parts:
+            return []
+        rest = "/".join(parts)
+        return [f"{folder}/{rest}" for folder in entry[1]]
+
+
+def _owned_folder(folder: str) -> str:
+    folder = check_name(str(folder), where="owner folder")
+    if not folder.startswith(RUNS + "/") or folder.count("/") != RUNS.count("/") + 1:
+        raise NamespaceError(f"owner folder {folder!r} is not a folder of {RUNS!r}; give {RUNS}/NAME")
+    return folder
+
+
+def _inside(owned: str, folder: str) -> str:
+    folder = check_name(str(folder), where="namespace folder")
+    if folder != owned and not folder.startswith(owned + "/"):
+        raise NamespaceError(f"namespace folder {folder!r} is not inside its owner's folder {owned!r}")
+    return folder
+
+
+def _remove_beneath(root: Path, folder: str) -> None:
+    """Remove ``folder`` below ``root`` and, once empty, its parent; never following a link out of it."""
+    parent, _, name = folder.rpartition("/")
+    try:
+        fd = open_beneath(root, parent, os.O_RDONLY | os.O_DIRECTORY)
+    except (EscapesRoot, OSError) as exc:
+        if getattr(exc, "errno", None) != errno.ENOENT:
+            log.warning("cannot remove %s below %s: %s", folder, root, exc)
+        return
+    try:
+        # With dir_fd, rmtree works from descriptors and never follows a link it meets.
+        shutil.rmtree(name, dir_fd=fd, ignore_errors=True)
+    finally:
+        os.close(fd)
+    # The runs folder itself goes once the last owner's folder is gone.
+    with contextlib.suppress(OSError):
+        _rmdir_if_empty(root, parent)
+
+
+def _rmdir_if_empty(root: Path, folder: str) -> None:
+    parent, _, name = folder.rpartition("/")
+    fd = open_beneath(root, parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
