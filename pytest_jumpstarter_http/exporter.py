@@ -12,21 +12,20 @@ import hashlib
 import logging
 import os
 import socket
-import stat
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from . import locks
-from .beneath import EscapesRoot, open_beneath
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connections, Exporter, ExporterError
 from .faults import FaultSpec, FaultsUnavailable
 from .handle import WILDCARDS, HttpServerHandle, format_url
-from .names import url_path
+from .names import HttpPublishError, HttpPublishWarning, url_path
 from .requestlog import HttpRequest, Progress, RequestLogUnavailable
 from .settings import Settings
-from .uploads import TOP, Digests, Store
+from .uploads import TOP, Digests, Store, open_to_send
 
 log = logging.getLogger("pytest_jumpstarter_http.exporter")
 
@@ -247,22 +246,38 @@ class ExporterServer(HttpServerHandle):
         """Send what is new or changed in ``root`` (or only ``name``) to this server's folder.
 
         What the loopback server would not serve is not sent either: links leading out of
-        ``root``, and anything that is not a regular file.
+        ``root``, and anything that is not a regular file. An entry of ``root`` that cannot be
+        sent (a FIFO, a socket, a file this user cannot read, a name the exporter cannot hold)
+        is left out, with one ``HttpPublishWarning`` naming all of them; ``name`` alone raises.
         """
         if name is None:
             names = sorted(path.relative_to(self.root).as_posix() for path in self.root.rglob("*"))
         else:
             names = [name]
+        left_out = []
         for each in names:
             try:
-                fd = open_beneath(self.root, each)
-            except (EscapesRoot, FileNotFoundError, NotADirectoryError):
+                fd = open_to_send(self.root, each)
+            except HttpPublishError as exc:
+                if name is not None:
+                    raise HttpPublishError(
+                        f"{str(self.root / each)!r} cannot be sent to exporter {self.exporter.name!r}: "
+                        f"{exc}; serve a regular file this user can read."
+                    ) from None
+                left_out.append(f"{each!r} ({exc})")
                 continue
-            try:
-                if stat.S_ISREG(os.fstat(fd).st_mode):
+            if fd is not None:
+                try:
                     self._put(fd, each, f"{self.served}/{each}")
-            finally:
-                os.close(fd)
+                finally:
+                    os.close(fd)
+        if left_out:
+            warnings.warn(
+                f"{len(left_out)} entries of {str(self.root)!r} were not sent to exporter "
+                f"{self.exporter.name!r} and answer 404 there: {'; '.join(left_out)}.",
+                HttpPublishWarning,
+                stacklevel=2,
+            )
 
     def _stage(self, source: Path, name: str) -> str:
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)

@@ -1,4 +1,4 @@
-"""Names of served files: validated once, then percent-encoded into URLs."""
+"""Names of served files: validated once, then percent-encoded into URLs; what to say of a file not served."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ _VALID = "use a relative path of plain parts separated by '/', like 'images/disk
 
 class HttpPublishWarning(UserWarning):
     """Some entries of ``--http-root`` could not be sent to an exporter; the rest are served."""
+
+
+class HttpPublishError(Exception):
+    """A file cannot be sent to an exporter: not a regular file, unreadable, or a name it cannot hold."""
 
 
 def _parts(name: str) -> list[str]:
@@ -43,7 +47,8 @@ _RULES: tuple[tuple[Callable[[str], bool], str], ...] = (
 )
 
 
-def _problem(name: object) -> str | None:
+def name_problem(name: object) -> str | None:
+    """What makes ``name`` invalid (``"it is empty"``), or None for a valid name."""
     if not isinstance(name, str) or not name:
         return "it is empty"
     try:
@@ -61,7 +66,7 @@ def check_name(name: str, *, where: str = "name") -> str:
     either backend's storage would store under another name or not at all, so that a name that
     works on loopback works on an exporter.
     """
-    problem = _problem(name)
+    problem = name_problem(name)
     if problem:
         raise ValueError(f"{where} {name!r} is not a valid served file name: {problem}; {_VALID}.")
     return name

@@ -30,13 +30,17 @@ import hashlib
 import logging
 import os
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from . import locks
+from .beneath import PROBE, EscapesRoot, open_beneath
+from .names import HttpPublishError, name_problem
 
 log = logging.getLogger("pytest_jumpstarter_http.uploads")
 
@@ -229,6 +233,46 @@ class Store:
                 with lock:
                     self._storage.delete(path)
                 log.info("removed %s, left by an upload that was killed", path)
+
+
+#: What a file that is not a regular one is, for messages.
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def open_to_send(root: Path, name: str) -> int | None:
+    """Open the regular file ``name`` below ``root`` for reading; return its descriptor.
+
+    None for what is not there to send: nothing, a folder, a link leading out of ``root`` (the
+    loopback server serves none of them either). ``HttpPublishError`` (its message: why) for what
+    is there but cannot be sent: a FIFO or a socket, a file this user cannot read, a name the
+    exporter cannot hold.
+    """
+    if problem := name_problem(name):
+        raise HttpPublishError(problem)
+    try:
+        # Looked at first without opening it: opening a FIFO for reading waits for a writer.
+        probe = open_beneath(root, name, PROBE)
+    except (EscapesRoot, FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise HttpPublishError(exc.strerror or str(exc)) from None
+    try:
+        mode = os.fstat(probe).st_mode
+        if stat.S_ISDIR(mode):
+            return None
+        if not stat.S_ISREG(mode):
+            raise HttpPublishError(f"it is {_KINDS.get(stat.S_IFMT(mode), 'no regular file')}")
+        # The very file probed: /proc reopens its inode, whatever happened to its name since.
+        return os.open(f"/proc/self/fd/{probe}", os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        raise HttpPublishError("this user may not read it") from None
+    finally:
+        os.close(probe)
 
 
 @contextmanager
