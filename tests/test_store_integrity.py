@@ -67,7 +67,8 @@ def test_a_file_rewritten_while_it_is_sent_is_refused_and_published_nowhere(http
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if parts.is_dir() and any(path.stat().st_size for path in parts.iterdir()):
-                os.pwrite(os.open(tmp_path / "image.raw", os.O_WRONLY), b"B" * (8 << 20), BIG - (8 << 20))
+                with (tmp_path / "image.raw").open("r+b") as rewritten:
+                    os.pwrite(rewritten.fileno(), b"B" * (8 << 20), BIG - (8 << 20))
                 return
             time.sleep(0.0005)
 
