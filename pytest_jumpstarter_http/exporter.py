@@ -273,8 +273,8 @@ class ExporterServer(HttpServerHandle):
                     os.close(fd)
         if left_out:
             warnings.warn(
-                f"{len(left_out)} entries of {str(self.root)!r} were not sent to exporter "
-                f"{self.exporter.name!r} and answer 404 there: {'; '.join(left_out)}.",
+                f"not sent from {str(self.root)!r} to exporter {self.exporter.name!r}, so answering "
+                f"404 there: {'; '.join(left_out)}.",
                 HttpPublishWarning,
                 stacklevel=2,
             )
