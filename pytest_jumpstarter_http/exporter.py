@@ -17,23 +17,22 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import stat
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from . import locks
-from .beneath import EscapesRoot, open_beneath
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connections, Exporter, ExporterError
 from .faults import FaultSpec, FaultsUnavailable
 from .handle import WILDCARDS, HttpServerHandle, format_url
-from .names import check_name, url_path
+from .names import HttpPublishError, HttpPublishWarning, check_name, url_path
 from .namespaces import NS, RUNS
 from .requestlog import HttpRequest, Progress, RequestLogUnavailable
 from .settings import Settings
-from .uploads import Digests, Store
+from .uploads import Digests, Store, open_to_send
 
 log = logging.getLogger("pytest_jumpstarter_http.exporter")
 
@@ -85,7 +84,14 @@ class ExporterBackend:
                 log.info("%s: %s", self._worker, line)
             folder = f"{RUNS}/{self._run_id}-{self._worker}-{uuid.uuid4().hex[:8]}"
             holding = Holding(http, folder, self.settings.keep, self.settings.timeout) if recording else None
-            store = Store(http, exporter.name, self._digests, self.settings.timeout, self._progress)
+            store = Store(
+                http,
+                exporter.name,
+                self._digests,
+                self.settings.timeout,
+                self._progress,
+                parts=f"{folder}/.parts",
+            )
             self._used[key] = Used(exporter, http, store, folder, holding)
         return self._used[key]
 
@@ -324,22 +330,38 @@ class ExporterServer(HttpServerHandle):
         """Send what is new or changed in ``root`` (or only ``name``) to this server's folder.
 
         What the loopback server would not serve is not sent either: links leading out of
-        ``root``, and anything that is not a regular file.
+        ``root``, and anything that is not a regular file. An entry of ``root`` that cannot be
+        sent (a FIFO, a socket, a file this user cannot read, a name the exporter cannot hold)
+        is left out, with one ``HttpPublishWarning`` naming all of them; ``name`` alone raises.
         """
         if name is None:
             names = sorted(path.relative_to(self.root).as_posix() for path in self.root.rglob("*"))
         else:
             names = [name]
+        left_out = []
         for each in names:
             try:
-                fd = open_beneath(self.root, each)
-            except (EscapesRoot, FileNotFoundError, NotADirectoryError):
+                fd = open_to_send(self.root, each)
+            except HttpPublishError as exc:
+                if name is not None:
+                    raise HttpPublishError(
+                        f"{str(self.root / each)!r} cannot be sent to exporter {self.exporter.name!r}: "
+                        f"{exc}; serve a regular file this user can read."
+                    ) from None
+                left_out.append(f"{each!r} ({exc})")
                 continue
-            try:
-                if stat.S_ISREG(os.fstat(fd).st_mode):
+            if fd is not None:
+                try:
                     self._put(fd, each, f"{self.served}/{each}")
-            finally:
-                os.close(fd)
+                finally:
+                    os.close(fd)
+        if left_out:
+            warnings.warn(
+                f"not sent from {str(self.root)!r} to exporter {self.exporter.name!r}, so answering "
+                f"404 there: {'; '.join(left_out)}.",
+                HttpPublishWarning,
+                stacklevel=2,
+            )
 
     def _stage(self, source: Path, name: str) -> str:
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)

@@ -168,8 +168,9 @@ class LoopbackServer(HttpServerHandle):
                 "stage under another name."
             )
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Copy beside the target and rename: a download in flight keeps the file it opened.
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+        # Copy beside the target and rename: a download in flight keeps the file it opened. A short
+        # name, so that any name the target may have (up to 255 bytes) leaves room for the copy's.
+        partial = target.with_name(f".{uuid.uuid4().hex[:8]}.part")
         try:
             shutil.copyfile(source, partial)
             os.replace(partial, target)

@@ -4,11 +4,24 @@ The exporter keeps every content the plugin sent under ``objects/<sha256>`` of i
 Putting a file at a served name is then a copy made by the exporter (``storage.copy``): across
 tests, xdist workers and runs, a content is sent once per exporter for as long as it keeps it.
 
-Every write goes to a ``.part`` name and is renamed into place: a reader never sees half a file,
-and two uploads of one name never interleave (Jumpstarter's storage would mix their bytes).
+Every write and every copy goes to a short partial name outside the served names and is
+renamed into place: a reader never sees half a file, a killed copy leaves nothing at a served
+name, two uploads of one name never interleave (Jumpstarter's storage would mix their bytes),
+and a name as long as the storage allows (255 bytes a part) leaves room for the partial's.
+Partials go to the ``parts`` folder a Store is given, which belongs to its process alone and is
+removed by its owner; without one, to ``objects/`` as ``.part-<token>-<host>``, which the next
+process of this machine removes if the upload that made it was killed (its lock is free).
+
+Nothing on the exporter is trusted unchecked. What was sent is hashed on the exporter
+(``storage.hash``) before the rename that publishes it as ``objects/<sha256>``: a local file
+that changed while it was sent is refused, not stored under a hash it does not have. An object
+is verified when a process first uses it, and every copy of it is verified before the rename
+that serves it: a copy of an object changed since (poisoned, or rotten) is thrown away, the
+object is sent again from the local file, and copied again.
+
 Processes of this machine that want the same content take turns (``locks.held``): the second
-finds the object there and sends nothing. An upload killed half-way leaves a ``.part`` behind;
-the next process that finds one made on this machine, whose lock is free, removes it.
+finds the object there and sends nothing. A lock is only that optimisation: one held by a
+stranger is gone without after ``timeout``, at the cost of a second upload.
 """
 
 from __future__ import annotations
@@ -17,13 +30,17 @@ import hashlib
 import logging
 import os
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from . import locks
+from .beneath import PROBE, EscapesRoot, open_beneath
+from .names import HttpPublishError, name_problem
 
 log = logging.getLogger("pytest_jumpstarter_http.uploads")
 
@@ -65,6 +82,10 @@ class Digests:
         return sha.hexdigest()
 
 
+class SourceChanged(RuntimeError):
+    """A local file changed while it was sent, or an exporter object changed while it was copied."""
+
+
 class Store:
     """What one process has put on one exporter's HttpServer storage, and how it puts more."""
 
@@ -75,8 +96,13 @@ class Store:
         digests: Digests,
         timeout: float,
         progress: Callable[[str], None] | None,
+        *,
+        parts: str | None = None,
     ) -> None:
+        """``parts``: an exporter folder of this process alone for partial writes and copies
+        (removed by its owner); None puts them in ``objects/``, swept by the next process."""
         self._storage = http.storage
+        self._parts = parts
         self._lock_prefix = f"{http.uuid}:"
         self._exporter = exporter
         self._digests = digests
@@ -95,7 +121,7 @@ class Store:
             self._placed[target] = digest
             return
         self._ensure_object(fd, digest, label)
-        self._replace(f"{OBJECTS}/{digest}", target)
+        self._replace(fd, digest, label, target)
         self._placed[target] = digest
 
     def _holds(self, path: str, digest: str) -> bool:
@@ -111,24 +137,74 @@ class Store:
         if digest in self._objects:
             return
         obj = f"{OBJECTS}/{digest}"
-        with locks.held(self._lock_prefix + digest, self._timeout * 10):
+        with locks.held(self._lock_prefix + digest, self._timeout, purpose=f"upload of {label}"):
             if self._holds(obj, digest):
                 self._objects.add(digest)
                 return
             if self._storage.exists(obj):
                 log.warning("object %s on %s did not hold its content; sending it again", obj, self._exporter)
-            partial = f"{OBJECTS}/.part-{digest}-{_HOST_TAG}-{uuid.uuid4().hex[:8]}"
-            with self._progress_lines(label, os.fstat(fd).st_size):
-                self._storage.write_from_path(partial, f"/proc/self/fd/{fd}")
-            self._storage.rename(partial, obj)
+            self._send(fd, digest, label, obj)
         self._objects.add(digest)
         log.info("sent %s to %s as %s", label, self._exporter, obj)
 
-    def _replace(self, source: str, target: str) -> None:
-        """Copy ``source`` to ``target`` on the exporter, replacing it whole."""
-        partial = f"{target}.part-{_HOST_TAG}-{uuid.uuid4().hex[:8]}"
-        self._storage.copy(source, partial)
+    def _send(self, fd: int, digest: str, label: str, obj: str) -> None:
+        with self._partial() as partial:
+            with self._progress_lines(label, os.fstat(fd).st_size):
+                self._storage.write_from_path(partial, f"/proc/self/fd/{fd}")
+            if not self._publish(partial, digest, obj):
+                raise SourceChanged(
+                    f"{label!r} changed while it was sent to exporter {self._exporter!r}: what arrived is "
+                    f"not the content hashed before (sha256 {digest}); stage it again once it is stable."
+                )
+
+    def _replace(self, fd: int, digest: str, label: str, target: str) -> None:
+        """Copy the object ``digest`` to ``target`` on the exporter, replacing it whole; if the
+        copy is not that content, send the object again from ``fd`` and copy once more."""
+        obj = f"{OBJECTS}/{digest}"
+        if self._copy(obj, digest, target):
+            return
+        log.warning("object %s on %s changed since it was checked; sending it again", obj, self._exporter)
+        self._objects.discard(digest)
+        self._ensure_object(fd, digest, label)  # checks the object again, and replaces it
+        if not self._copy(obj, digest, target):
+            raise SourceChanged(
+                f"object {obj} on exporter {self._exporter!r} changed again while it was copied to "
+                f"{target}: something on the exporter rewrites it; find what, then stage {label!r} again."
+            )
+
+    def _copy(self, source: str, digest: str, target: str) -> bool:
+        with self._partial() as partial:
+            self._storage.copy(source, partial)
+            return self._publish(partial, digest, target)
+
+    def _publish(self, partial: str, digest: str, target: str) -> bool:
+        """Rename ``partial`` to ``target`` if it holds ``digest`` (whether it did); else remove it."""
+        if self._storage.hash(partial, "sha256") != digest:
+            self._storage.delete(partial)
+            return False
         self._storage.rename(partial, target)
+        return True
+
+    @contextmanager
+    def _partial(self) -> Iterator[str]:
+        """A fresh exporter name to write to and rename from; removed if the block fails."""
+        token = uuid.uuid4().hex[:12]
+        lock = None
+        if self._parts is not None:
+            partial = f"{self._parts}/{token}"
+        else:
+            # _sweep_partials spares a partial whose lock is held: its writer is alive.
+            lock = locks.try_hold(self._lock_prefix + token)
+            partial = f"{OBJECTS}/.part-{token}-{_HOST_TAG}"
+        try:
+            yield partial
+        except BaseException:
+            with suppress(Exception):  # the exporter may be gone: the failure that matters is above
+                self._storage.delete(partial)
+            raise
+        finally:
+            if lock is not None:
+                lock.close()
 
     @contextmanager
     def _progress_lines(self, label: str, size: int) -> Iterator[None]:
@@ -157,6 +233,46 @@ class Store:
                 with lock:
                     self._storage.delete(path)
                 log.info("removed %s, left by an upload that was killed", path)
+
+
+#: What a file that is not a regular one is, for messages.
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def open_to_send(root: Path, name: str) -> int | None:
+    """Open the regular file ``name`` below ``root`` for reading; return its descriptor.
+
+    None for what is not there to send: nothing, a folder, a link leading out of ``root`` (the
+    loopback server serves none of them either). ``HttpPublishError`` (its message: why) for what
+    is there but cannot be sent: a FIFO or a socket, a file this user cannot read, a name the
+    exporter cannot hold.
+    """
+    if problem := name_problem(name):
+        raise HttpPublishError(problem)
+    try:
+        # Looked at first without opening it: opening a FIFO for reading waits for a writer.
+        probe = open_beneath(root, name, PROBE)
+    except (EscapesRoot, FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise HttpPublishError(exc.strerror or str(exc)) from None
+    try:
+        mode = os.fstat(probe).st_mode
+        if stat.S_ISDIR(mode):
+            return None
+        if not stat.S_ISREG(mode):
+            raise HttpPublishError(f"it is {_KINDS.get(stat.S_IFMT(mode), 'no regular file')}")
+        # The very file probed: /proc reopens its inode, whatever happened to its name since.
+        return os.open(f"/proc/self/fd/{probe}", os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        raise HttpPublishError("this user may not read it") from None
+    finally:
+        os.close(probe)
 
 
 @contextmanager

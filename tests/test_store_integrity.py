@@ -1,0 +1,160 @@
+"""Issue 17: the exporter object store publishes only verified content, and never a partial at a served name.
+
+``Store`` is driven against a real HttpServer driver's client: the loopback backend's own
+(``LoopbackServer.client``, a Jumpstarter session in this process), whose storage is a folder
+here, so that a test can change an object or the source under the store's feet as a stranger
+on the exporter would, and see every name the store ever writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_jumpstarter_http import LoopbackServer, locks
+from pytest_jumpstarter_http.uploads import OBJECTS, Digests, SourceChanged, Store
+
+PARTS = "pytest-jumpstarter-http/runs/run/gw0/.parts"
+BIG = 64 << 20
+
+
+@pytest.fixture
+def exporter_root(tmp_path: Path) -> Path:
+    root = tmp_path / "exporter"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def http(exporter_root: Path) -> Iterator[object]:
+    """A real HttpServer driver client whose storage is ``exporter_root``."""
+    with LoopbackServer(exporter_root).start() as server:
+        yield server.client
+
+
+def store(http: object, *, parts: str | None = PARTS, timeout: float = 30) -> Store:
+    return Store(http, "test exporter", Digests(), timeout, None, parts=parts)
+
+
+def source(tmp_path: Path, data: bytes, name: str = "image.raw") -> int:
+    path = tmp_path / name
+    path.write_bytes(data)
+    os.utime(path, ns=(0, 0))
+    return os.open(path, os.O_RDONLY)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if not path.is_dir())
+
+
+def test_a_file_rewritten_while_it_is_sent_is_refused_and_published_nowhere(http, exporter_root, tmp_path):
+    original = b"A" * BIG
+    fd = source(tmp_path, original)
+    parts = exporter_root / PARTS
+
+    def rewrite_once_sending_began() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if parts.is_dir() and any(path.stat().st_size for path in parts.iterdir()):
+                with (tmp_path / "image.raw").open("r+b") as rewritten:
+                    os.pwrite(rewritten.fileno(), b"B" * (8 << 20), BIG - (8 << 20))
+                return
+            time.sleep(0.0005)
+
+    rewriter = threading.Thread(target=rewrite_once_sending_began)
+    rewriter.start()
+    try:
+        with pytest.raises(SourceChanged) as info:
+            store(http).put(fd, "image.raw", "served/image.raw")
+    finally:
+        rewriter.join()
+        os.close(fd)
+    assert str(info.value) == (
+        "'image.raw' changed while it was sent to exporter 'test exporter': what arrived is not the "
+        f"content hashed before (sha256 {sha(original)}); stage it again once it is stable."
+    )
+    assert files(exporter_root) == []
+
+
+def test_an_object_changed_after_its_first_use_is_sent_again_before_a_copy_is_served(
+    http, exporter_root, tmp_path
+):
+    fd = source(tmp_path, b"the real image")
+    uploads = store(http)
+    uploads.put(fd, "image.raw", "first/image.raw")
+    obj = exporter_root / OBJECTS / sha(b"the real image")
+    obj.write_bytes(b"EVILEVIL")  # a stranger on the exporter
+    uploads.put(fd, "image.raw", "second/image.raw")
+    os.close(fd)
+    assert (exporter_root / "second/image.raw").read_bytes() == b"the real image"
+    assert obj.read_bytes() == b"the real image"
+    assert not (exporter_root / PARTS).exists() or files(exporter_root / PARTS) == []
+
+
+@pytest.mark.parametrize("parts", [PARTS, None], ids=["parts folder", "objects folder"])
+def test_a_served_name_of_255_bytes_is_put(http, exporter_root, tmp_path, parts):
+    fd = source(tmp_path, b"long")
+    name = "x" * 251 + ".img"
+    store(http, parts=parts).put(fd, "image.raw", f"served/{name}")
+    os.close(fd)
+    assert (exporter_root / "served" / name).read_bytes() == b"long"
+    assert os.listdir(exporter_root / "served") == [name]
+
+
+def test_a_partial_copy_never_appears_at_a_served_name(http, exporter_root, tmp_path):
+    fd = source(tmp_path, b"C" * BIG)
+    uploads = store(http)
+    uploads.put(fd, "image.raw", "first/image.raw")
+    served = exporter_root / "second"
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if served.is_dir():
+                seen.update(os.listdir(served))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        uploads.put(fd, "image.raw", "second/image.raw")
+    finally:
+        done.set()
+        watcher.join()
+        os.close(fd)
+    assert seen <= {"image.raw"}
+    assert os.listdir(served) == ["image.raw"]
+
+
+def test_a_squatted_content_lock_delays_an_upload_by_its_timeout_only(http, tmp_path):
+    data = b"squatted " + os.urandom(16)
+    fd = source(tmp_path, data)
+    squatter = locks.try_hold(f"{http.uuid}:{sha(data)}")  # type: ignore[attr-defined]
+    assert squatter is not None
+    began = time.monotonic()
+    try:
+        store(http, timeout=0.5).put(fd, "image.raw", "served/image.raw")
+    finally:
+        squatter.close()
+        os.close(fd)
+    assert time.monotonic() - began < 4
+
+
+def test_a_killed_upload_s_partial_in_objects_is_removed_by_the_next_store(http, exporter_root):
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    objects = exporter_root / OBJECTS
+    objects.mkdir(parents=True)
+    (objects / f".part-0123456789ab-{host}").write_bytes(b"half")
+    store(http, parts=None)
+    assert os.listdir(objects) == []
