@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from jumpstarter_helpers import JMP, StandaloneExporter, http_driver, write_exporter_config
-from subprocess_runs import JUnit, clean_env, python_pytest, run, run_pytest
+from subprocess_runs import clean_env, python_pytest, run_pytest
 
 RECORDING = "pytest_jumpstarter_http.driver.RecordingHttpServer"
 TOP = "pytest-jumpstarter-http"
@@ -76,7 +75,9 @@ def recording_exporter(folder: Path, start: Callable[[Path], StandaloneExporter]
         pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
     root_dir = folder / "exporter-root"
     root_dir.mkdir(parents=True)
-    config = write_exporter_config(folder / "exporter.yaml", {"http": {**http_driver(root_dir), "type": RECORDING}})
+    config = write_exporter_config(
+        folder / "exporter.yaml", {"http": {**http_driver(root_dir), "type": RECORDING}}
+    )
     return Backend("exporter", start(config), root_dir)
 
 
@@ -160,7 +161,9 @@ def test_xdist_workers_sharing_an_exporter_and_a_root_each_see_only_their_own_re
     exporter: Backend, tmp_path: Path, scope: str
 ) -> None:
     work = suite(tmp_path / "work", "test_workers.py", WORKERS)
-    root = user_root(tmp_path / "images", **{"image.raw": os.urandom(256 << 10), "rootfs.img": b"rootfs" * 1000})
+    root = user_root(
+        tmp_path / "images", **{"image.raw": os.urandom(256 << 10), "rootfs.img": b"rootfs" * 1000}
+    )
     sync = tmp_path / "sync"
     sync.mkdir()
     junit = run_pytest(
@@ -174,4 +177,222 @@ def test_xdist_workers_sharing_an_exporter_and_a_root_each_see_only_their_own_re
     junit.assert_passed(
         "test_each_worker_lists_only_its_own_download",
         "test_a_worker_never_waits_on_the_other_workers_download",
+    )
+
+
+# --- 2. a staged name on an exporter with a user root --------------------------------------------
+
+STAGED = """
+def stage_fresh(http_server, tmp_path):
+    data = os.urandom(64 << 10)
+    source = tmp_path / "fresh.img"
+    source.write_bytes(data)
+    return http_server.stage(source, "builds/fresh.img"), data
+
+
+def test_a_staged_name_has_the_url_url_for_gives_it(http_server, tmp_path):
+    staged, data = stage_fresh(http_server, tmp_path)
+    assert get(staged) == (200, data)
+    named = http_server.url_for("builds/fresh.img")
+    assert named == staged
+    assert get(named) == (200, data)
+
+
+def test_the_download_of_a_staged_name_is_found_by_that_name(http_server, tmp_path):
+    staged, data = stage_fresh(http_server, tmp_path)
+    assert get(staged) == (200, data)
+    assert http_server.wait_for_request("builds/fresh.img", timeout=10).status == 200
+    assert http_server.assert_requested("builds/fresh.img", status=200).bytes_sent == len(data)
+"""
+
+
+def test_a_name_staged_beside_a_user_root_is_one_name_with_one_url(backend: Backend, tmp_path: Path) -> None:
+    work = suite(tmp_path / "work", "test_staged.py", STAGED)
+    root = user_root(tmp_path / "images", **{"image.raw": b"image"})
+    junit = run_pytest(work, f"--http-root={root}", env=backend.env(), timeout=120)
+    junit.assert_passed(
+        "test_a_staged_name_has_the_url_url_for_gives_it",
+        "test_the_download_of_a_staged_name_is_found_by_that_name",
+    )
+
+
+# --- 3. a run SIGKILLed while its fault is on ---------------------------------------------------
+
+KILLED = """
+def test_injects_a_fault_and_is_killed_while_it_is_on(http_server, http_url):
+    http_server.inject("image.raw", **json.loads(os.environ["FAULT"]))
+    Path(os.environ["INJECTED"]).touch()
+    time.sleep(120)
+"""
+
+NEXT = """
+def test_downloads_the_whole_image_at_once(http_url):
+    # A stalled download would time out here, after 10 s without a byte.
+    status, body = get(http_url + "/image.raw", timeout=10)
+    assert (status, sha(body)) == (200, os.environ["IMAGE_SHA"])
+"""
+
+
+def run_until_killed(work: Path, args: list[str], env: dict[str, str], signal_file: Path) -> None:
+    """Run pytest in a process group of its own; SIGKILL the group once ``signal_file`` exists."""
+    command = python_pytest(*args, junit=work / "killed.xml")
+    with subprocess.Popen(
+        command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    ) as process:
+        deadline = time.monotonic() + 60
+        while not signal_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                os.killpg(process.pid, signal.SIGKILL)
+                output = process.communicate(timeout=30)[0].decode()
+                raise AssertionError(f"the run never signalled its fault was on:\n{output}")
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("fault", ['{"status": 503}', '{"stall_after": 1024}'], ids=["status", "stall"])
+def test_a_fault_of_a_run_killed_while_it_was_on_never_reaches_the_next_run(
+    exporter: Backend, tmp_path: Path, fault: str
+) -> None:
+    work = suite(tmp_path / "work", "test_killed.py", KILLED)
+    suite(work, "test_next.py", NEXT)
+    image = os.urandom(1 << 20)
+    root = user_root(tmp_path / "images", **{"image.raw": image})
+    injected = tmp_path / "injected"
+    env = exporter.env(FAULT=fault, INJECTED=str(injected), IMAGE_SHA=hashlib.sha256(image).hexdigest())
+    run_until_killed(work, ["test_killed.py", f"--http-root={root}"], env, injected)
+    started = time.monotonic()
+    junit = run_pytest(work, "test_next.py", f"--http-root={root}", env=env, name="next", timeout=120)
+    junit.assert_passed("test_downloads_the_whole_image_at_once")
+    assert junit["test_downloads_the_whole_image_at_once"].seconds < 10
+    assert time.monotonic() - started < 60
+
+
+# --- 4. a request belongs to the test during which it started -----------------------------------
+
+HELD = """
+def test_1_leaves_a_request_held_by_its_delay_fault(http_server, http_url):
+    fault = http_server.inject("missing.raw", delay=30)
+    threading.Thread(target=get, args=(http_url + "/missing.raw", 60), daemon=True).start()
+    deadline = time.monotonic() + 10
+    while fault.hits == 0:
+        assert time.monotonic() < deadline, "the request never reached the server"
+        time.sleep(0.05)
+
+
+def test_2_is_not_blamed_for_the_request_of_test_1(http_server):
+    # The fault ended with test 1: its held request is answered 404 now, during this test.
+    time.sleep(1)
+"""
+
+
+def test_a_request_held_past_its_test_is_not_blamed_on_the_next_one(backend: Backend, tmp_path: Path) -> None:
+    work = suite(tmp_path / "work", "test_held.py", HELD)
+    junit = run_pytest(work, "--http-scope=session", "--http-fail-on=404", env=backend.env(), timeout=120)
+    junit.assert_passed(
+        "test_1_leaves_a_request_held_by_its_delay_fault", "test_2_is_not_blamed_for_the_request_of_test_1"
+    )
+
+
+# --- 5. --http-fail-on and the test's own faults ------------------------------------------------
+
+RETRIES = """
+@pytest.mark.http_fault("a.raw", status=503, times=2)
+def test_retries_through_its_own_503s(http_server, served_dir):
+    (served_dir / "a.raw").write_bytes(b"a" * 1000)
+    url = http_server.url_for("a.raw")
+    statuses = []
+    for _ in range(5):
+        status, body = get(url)
+        statuses.append(status)
+        if status == 200:
+            break
+    assert (statuses, body) == ([503, 503, 200], b"a" * 1000)
+"""
+
+
+@pytest.mark.parametrize("how", ["ini", "option"])
+def test_a_status_the_test_injected_is_not_the_server_failing(
+    backend: Backend, tmp_path: Path, how: str
+) -> None:
+    work = suite(tmp_path / "work", "test_retries.py", RETRIES)
+    args = []
+    if how == "ini":
+        (work / "pytest.ini").write_text("[pytest]\nhttp_fail_on = 5xx\n")
+    else:
+        args = ["--http-fail-on=5xx"]
+    junit = run_pytest(work, *args, env=backend.env(), timeout=120)
+    junit.assert_passed("test_retries_through_its_own_503s")
+
+
+# --- 6. nothing of a run stays on the exporter but its objects ---------------------------------
+
+LEFT = """
+ROOT = os.environ.get("ROOT")
+
+
+@pytest.mark.parametrize("n", range(2))
+def test_serves_and_stages(http_server, http_url, served_dir, tmp_path, n):
+    source = tmp_path / "staged.bin"
+    source.write_bytes(os.urandom(4096))
+    assert get(http_server.stage(source, f"deep/er/staged-{n}.bin")) == (200, source.read_bytes())
+    if ROOT:
+        assert get(http_url + "/sub/image.raw") == (200, (Path(ROOT) / "sub" / "image.raw").read_bytes())
+    else:
+        (served_dir / "sub").mkdir()
+        (served_dir / "sub" / f"made-{n}.txt").write_text("made")
+        assert get(http_server.url_for(f"sub/made-{n}.txt")) == (200, b"made")
+"""
+
+
+def leftovers(root_dir: Path) -> list[str]:
+    """What is below the exporter's root, but the plugin's objects and the folders holding them."""
+    kept = {TOP, f"{TOP}/objects"}
+    return sorted(
+        name
+        for name in (path.relative_to(root_dir).as_posix() for path in root_dir.rglob("*"))
+        if name not in kept and not name.startswith(f"{TOP}/objects/")
+    )
+
+
+@pytest.mark.parametrize("with_root", [False, True], ids=["temporary-root", "http-root"])
+@pytest.mark.parametrize("scope", ["function", "session"])
+def test_a_run_leaves_nothing_on_the_exporter_but_objects(
+    exporter: Backend, tmp_path: Path, scope: str, with_root: bool
+) -> None:
+    assert exporter.root_dir is not None
+    work = suite(tmp_path / "work", "test_left.py", LEFT)
+    args = [f"--http-scope={scope}"]
+    env = exporter.env()
+    if with_root:
+        root = tmp_path / "images"
+        user_root(root / "sub", **{"image.raw": os.urandom(8192)})
+        args.append(f"--http-root={root}")
+        env["ROOT"] = str(root)
+    junit = run_pytest(work, *args, env=env, timeout=120)
+    junit.assert_passed("test_serves_and_stages[0]", "test_serves_and_stages[1]")
+    assert any(exporter.root_dir.glob(f"{TOP}/objects/*")), "the run sent nothing to the exporter"
+    # The exporter may clean up after the run's connection ended: give it a few seconds.
+    deadline = time.monotonic() + 10
+    while leftovers(exporter.root_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leftovers(exporter.root_dir) == []
+
+
+# --- 7. HttpRequest.name ------------------------------------------------------------------------
+
+NAMED = """
+def test_a_request_is_named_relative_to_the_url(http_server, served_dir):
+    (served_dir / "rootfs.img").write_bytes(b"rootfs" * 100)
+    assert get(http_server.url_for("rootfs.img"))[0] == 200
+    http_server.wait_for_request("rootfs.img", timeout=10)
+    assert http_server.requests[-1].name == "rootfs.img"
+"""
+
+
+def test_a_request_is_named_by_its_path_relative_to_the_handles_url(backend: Backend, tmp_path: Path) -> None:
+    work = suite(tmp_path / "work", "test_named.py", NAMED)
+    run_pytest(work, env=backend.env(), timeout=120).assert_passed(
+        "test_a_request_is_named_relative_to_the_url"
     )
