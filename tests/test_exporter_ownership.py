@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from jumpstarter_helpers import JMP, StandaloneExporter, http_driver, write_exporter_config
-from subprocess_runs import clean_env, python_pytest, run_pytest
+from subprocess_runs import JUnit, clean_env, python_pytest, run_pytest
 
 RECORDING = "pytest_jumpstarter_http.driver.RecordingHttpServer"
 TOP = "pytest-jumpstarter-http"
@@ -340,7 +342,7 @@ def test_serves_and_stages(http_server, http_url, served_dir, tmp_path, n):
     if ROOT:
         assert get(http_url + "/sub/image.raw") == (200, (Path(ROOT) / "sub" / "image.raw").read_bytes())
     else:
-        (served_dir / "sub").mkdir()
+        (served_dir / "sub").mkdir(exist_ok=True)
         (served_dir / "sub" / f"made-{n}.txt").write_text("made")
         assert get(http_server.url_for(f"sub/made-{n}.txt")) == (200, b"made")
 """
@@ -377,7 +379,8 @@ def test_a_run_leaves_nothing_on_the_exporter_but_objects(
     deadline = time.monotonic() + 10
     while leftovers(exporter.root_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert leftovers(exporter.root_dir) == []
+    left = leftovers(exporter.root_dir)
+    assert not left, f"the run left on the exporter: {left}"
 
 
 # --- 7. HttpRequest.name ------------------------------------------------------------------------
@@ -396,3 +399,66 @@ def test_a_request_is_named_by_its_path_relative_to_the_handles_url(backend: Bac
     run_pytest(work, env=backend.env(), timeout=120).assert_passed(
         "test_a_request_is_named_relative_to_the_url"
     )
+
+
+# --- 8. two hosts with one host name and one --http-root path -----------------------------------
+
+TWO_HOSTS = """
+import socket
+
+ME = os.environ["ME"]
+SYNC = Path(os.environ["SYNC"])
+
+
+def test_each_host_flashes_its_own_image(http_url):
+    assert socket.gethostname() == "labhost"
+    # Both handles exist now, each having published its root to the exporter.
+    (SYNC / ME).touch()
+    deadline = time.monotonic() + 60
+    while not all((SYNC / name).exists() for name in ("A", "B")):
+        assert time.monotonic() < deadline, f"{ME}: the other host never started"
+        time.sleep(0.02)
+    status, body = get(http_url + "/image.raw")
+    mine = (Path(os.environ["ROOT"]) / "image.raw").read_bytes()
+    assert (status, body[:8], sha(body)) == (200, mine[:8], sha(mine))
+"""
+
+
+def as_other_host(root: Path, content: Path, command: list[str]) -> list[str]:
+    """``command`` in new UTS and mount namespaces, on host ``labhost``, with ``content`` at ``root``."""
+    script = f"hostname labhost && mount --bind {shlex.quote(str(content))} {shlex.quote(str(root))} && exec "
+    return ["unshare", "--uts", "--mount", "--", "sh", "-c", script + shlex.join(command)]
+
+
+def test_two_hosts_with_one_host_name_and_one_root_path_each_get_their_own_image(
+    exporter: Backend, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("acting as a second host takes root and unshare (util-linux)")
+    work = suite(tmp_path / "work", "test_two_hosts.py", TWO_HOSTS)
+    root = tmp_path / "images"  # the one path both hosts give as --http-root
+    root.mkdir()
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    processes: dict[str, subprocess.Popen[str]] = {}
+    for me in ("A", "B"):
+        content = user_root(tmp_path / f"host-{me}", **{"image.raw": me.encode() * 8 + os.urandom(4096)})
+        tmpdir = tmp_path / f"tmp-{me}"
+        tmpdir.mkdir()
+        command = python_pytest("test_two_hosts.py", f"--http-root={root}", junit=work / f"{me}.xml")
+        processes[me] = subprocess.Popen(
+            as_other_host(root, content, command),
+            cwd=work,
+            env=exporter.env(ME=me, SYNC=str(sync), ROOT=str(root), TMPDIR=str(tmpdir)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        outputs = {me: process.communicate(timeout=120)[0] for me, process in processes.items()}
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait(10)
+    for me, output in outputs.items():
+        JUnit(work / f"{me}.xml", output).assert_passed("test_each_host_flashes_its_own_image")
