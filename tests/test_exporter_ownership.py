@@ -222,7 +222,10 @@ def test_a_name_staged_beside_a_user_root_is_one_name_with_one_url(backend: Back
 
 KILLED = """
 def test_injects_a_fault_and_is_killed_while_it_is_on(http_server, http_url):
-    http_server.inject("image.raw", **json.loads(os.environ["FAULT"]))
+    fault = json.loads(os.environ["FAULT"])
+    http_server.inject("image.raw", **fault)
+    if "status" in fault:
+        assert get(http_url + "/image.raw")[0] == fault["status"]
     Path(os.environ["INJECTED"]).touch()
     time.sleep(120)
 """
