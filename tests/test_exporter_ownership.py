@@ -7,6 +7,13 @@ backends must share, the same inner suite runs on loopback too.
 
 The rule they check, from the issue: a test's result depends only on what that test's own device
 did, and nothing a run leaves behind changes the next run.
+
+Each fails on the code before the fix (commit 0daba2b), where an exporter's handles of one
+``--http-root`` shared one mirror, ``roots/<hash of host name and path>``, and with it one URL
+prefix of the request log and of faults; where ``stage()`` wrote beside that mirror; where faults
+lived on the server until a test cleared them; and where a request was logged, and blamed, when
+its response ended. The loopback run of ``test_a_name_staged_beside_a_user_root...`` passes there:
+it is the behaviour the exporter must match.
 """
 
 from __future__ import annotations
@@ -270,7 +277,7 @@ def test_a_fault_of_a_run_killed_while_it_was_on_never_reaches_the_next_run(
     started = time.monotonic()
     junit = run_pytest(work, "test_next.py", f"--http-root={root}", env=env, name="next", timeout=120)
     junit.assert_passed("test_downloads_the_whole_image_at_once")
-    assert junit["test_downloads_the_whole_image_at_once"].seconds < 10
+    assert junit["test_downloads_the_whole_image_at_once"].seconds < 30
     assert time.monotonic() - started < 60
 
 
