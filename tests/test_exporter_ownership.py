@@ -92,6 +92,7 @@ def recording_exporter(folder: Path, start: Callable[[Path], StandaloneExporter]
 
 @pytest.fixture
 def exporter(tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter]) -> Backend:
+    """A fresh ``jmp run`` exporter with a RecordingHttpServer for this test, killed at its end."""
     return recording_exporter(tmp_path, standalone_exporter)
 
 
@@ -99,6 +100,7 @@ def exporter(tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExp
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter]
 ) -> Backend:
+    """Runs a test on loopback, then on a fresh ``jmp run`` exporter with a RecordingHttpServer."""
     if request.param == "loopback":
         return Backend("loopback")
     return recording_exporter(tmp_path, standalone_exporter)
