@@ -1,0 +1,476 @@
+"""Issue 17 on real exporters: on a shared exporter, every piece of state has one owner.
+
+Each test runs pytest in a subprocess (its own process, environment, xdist workers, or a process
+group to SIGKILL) against a ``jmp run`` exporter with a ``RecordingHttpServer``, reached over TCP
+like a lab's, and judges the inner run by its JUnit XML report. Where the behaviour is one both
+backends must share, the same inner suite runs on loopback too.
+
+The rule they check, from the issue: a test's result depends only on what that test's own device
+did, and nothing a run leaves behind changes the next run.
+
+Each fails on the code before the fix (commit 0daba2b), where an exporter's handles of one
+``--http-root`` shared one mirror, ``roots/<hash of host name and path>``, and with it one URL
+prefix of the request log and of faults; where ``stage()`` wrote beside that mirror; where faults
+lived on the server until a test cleared them; and where a request was logged, and blamed, when
+its response ended. The loopback run of ``test_a_name_staged_beside_a_user_root...`` passes there:
+it is the behaviour the exporter must match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from jumpstarter_helpers import JMP, StandaloneExporter, http_driver, write_exporter_config
+from subprocess_runs import JUnit, clean_env, python_pytest, run_pytest
+
+RECORDING = "pytest_jumpstarter_http.driver.RecordingHttpServer"
+TOP = "pytest-jumpstarter-http"
+XDIST = ["-p", "xdist", "-n", "2", "--dist=each"]
+
+#: What every inner suite starts with: the device is urllib, bounded in time.
+DEVICE = """
+import hashlib, json, os, threading, time, urllib.error, urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def get(url, timeout=10):
+    \"\"\"The status and body the device gets for ``url``.\"\"\"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def downloads(http_server, name):
+    return [r for r in http_server.requests if r.path.split("?")[0].endswith("/" + name)]
+"""
+
+
+@dataclass
+class Backend:
+    """Where an inner run's servers are: loopback, or a ``jmp run`` exporter with a RecordingHttpServer."""
+
+    name: str
+    exporter: StandaloneExporter | None = None
+    #: The exporter's served root on disk.
+    root_dir: Path | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        if self.exporter is None:
+            return clean_env(**extra)
+        return self.exporter.env(**extra)
+
+
+def recording_exporter(folder: Path, start: Callable[[Path], StandaloneExporter]) -> Backend:
+    """A ``jmp run`` exporter serving ``folder/exporter-root`` with a RecordingHttpServer, as a lab's."""
+    if not Path(JMP).exists():
+        pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
+    root_dir = folder / "exporter-root"
+    root_dir.mkdir(parents=True)
+    config = write_exporter_config(
+        folder / "exporter.yaml", {"http": {**http_driver(root_dir), "type": RECORDING}}
+    )
+    return Backend("exporter", start(config), root_dir)
+
+
+@pytest.fixture
+def exporter(tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter]) -> Backend:
+    """A fresh ``jmp run`` exporter with a RecordingHttpServer for this test, killed at its end."""
+    return recording_exporter(tmp_path, standalone_exporter)
+
+
+@pytest.fixture(params=["loopback", "exporter"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter]
+) -> Backend:
+    """Runs a test on loopback, then on a fresh ``jmp run`` exporter with a RecordingHttpServer."""
+    if request.param == "loopback":
+        return Backend("loopback")
+    return recording_exporter(tmp_path, standalone_exporter)
+
+
+def suite(folder: Path, name: str, source: str) -> Path:
+    """Write the inner test module ``name`` (the device's helpers first) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(DEVICE + source)
+    return folder
+
+
+def user_root(folder: Path, **files: bytes) -> Path:
+    """A ``--http-root`` directory holding ``files``."""
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+# --- 1. xdist workers sharing an exporter and an --http-root ------------------------------------
+
+WORKERS = """
+ME = os.environ["PYTEST_XDIST_WORKER"]
+SYNC = Path(os.environ["SYNC"])
+ROOT = Path(os.environ["ROOT"])
+
+
+def arrive(step):
+    \"\"\"Wait, at most 60 s, until both workers reached ``step``.\"\"\"
+    (SYNC / f"{step}-{ME}").touch()
+    deadline = time.monotonic() + 60
+    while not all((SYNC / f"{step}-gw{n}").exists() for n in (0, 1)):
+        assert time.monotonic() < deadline, f"{ME}: the other worker never reached {step}"
+        time.sleep(0.02)
+
+
+def test_each_worker_lists_only_its_own_download(http_server, http_url):
+    arrive("started")
+    assert get(http_url + "/image.raw") == (200, (ROOT / "image.raw").read_bytes())
+    http_server.wait_for_request("image.raw", timeout=10)
+    # Both downloads are in the exporter's log now: each worker logged its own before arriving.
+    arrive("downloaded")
+    mine = downloads(http_server, "image.raw")
+    assert len(mine) == 1, f"{ME} lists {len(mine)} downloads of image.raw:\\n" + "\\n".join(
+        r.line() for r in mine
+    )
+
+
+def test_a_worker_never_waits_on_the_other_workers_download(http_server, http_url):
+    arrive("waiting")
+    if ME == "gw1":
+        assert get(http_url + "/rootfs.img")[0] == 200
+        http_server.wait_for_request("rootfs.img", timeout=10)
+        (SYNC / "rootfs-fetched").touch()
+        return
+    deadline = time.monotonic() + 60
+    while not (SYNC / "rootfs-fetched").exists():
+        assert time.monotonic() < deadline, "gw1 never downloaded rootfs.img"
+        time.sleep(0.02)
+    with pytest.raises(AssertionError):
+        found = http_server.wait_for_request("rootfs.img", timeout=2)
+        print(f"gw0 waited for rootfs.img and got gw1's download: {found.line()}")
+"""
+
+
+@pytest.mark.parametrize("scope", ["function", "session"])
+def test_xdist_workers_sharing_an_exporter_and_a_root_each_see_only_their_own_requests(
+    exporter: Backend, tmp_path: Path, scope: str
+) -> None:
+    work = suite(tmp_path / "work", "test_workers.py", WORKERS)
+    root = user_root(
+        tmp_path / "images", **{"image.raw": os.urandom(256 << 10), "rootfs.img": b"rootfs" * 1000}
+    )
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    junit = run_pytest(
+        work,
+        *XDIST,
+        f"--http-root={root}",
+        f"--http-scope={scope}",
+        env=exporter.env(SYNC=str(sync), ROOT=str(root)),
+        timeout=180,
+    )
+    junit.assert_passed(
+        "test_each_worker_lists_only_its_own_download",
+        "test_a_worker_never_waits_on_the_other_workers_download",
+    )
+
+
+# --- 2. a staged name on an exporter with a user root --------------------------------------------
+
+STAGED = """
+def stage_fresh(http_server, tmp_path):
+    data = os.urandom(64 << 10)
+    source = tmp_path / "fresh.img"
+    source.write_bytes(data)
+    return http_server.stage(source, "builds/fresh.img"), data
+
+
+def test_a_staged_name_has_the_url_url_for_gives_it(http_server, tmp_path):
+    staged, data = stage_fresh(http_server, tmp_path)
+    assert get(staged) == (200, data)
+    named = http_server.url_for("builds/fresh.img")
+    assert named == staged
+    assert get(named) == (200, data)
+
+
+def test_the_download_of_a_staged_name_is_found_by_that_name(http_server, tmp_path):
+    staged, data = stage_fresh(http_server, tmp_path)
+    assert get(staged) == (200, data)
+    assert http_server.wait_for_request("builds/fresh.img", timeout=10).status == 200
+    assert http_server.assert_requested("builds/fresh.img", status=200).bytes_sent == len(data)
+"""
+
+
+def test_a_name_staged_beside_a_user_root_is_one_name_with_one_url(backend: Backend, tmp_path: Path) -> None:
+    work = suite(tmp_path / "work", "test_staged.py", STAGED)
+    root = user_root(tmp_path / "images", **{"image.raw": b"image"})
+    junit = run_pytest(work, f"--http-root={root}", env=backend.env(), timeout=120)
+    junit.assert_passed(
+        "test_a_staged_name_has_the_url_url_for_gives_it",
+        "test_the_download_of_a_staged_name_is_found_by_that_name",
+    )
+
+
+# --- 3. a run SIGKILLed while its fault is on ---------------------------------------------------
+
+KILLED = """
+def test_injects_a_fault_and_is_killed_while_it_is_on(http_server, http_url):
+    fault = json.loads(os.environ["FAULT"])
+    http_server.inject("image.raw", **fault)
+    if "status" in fault:
+        assert get(http_url + "/image.raw")[0] == fault["status"]
+    Path(os.environ["INJECTED"]).touch()
+    time.sleep(120)
+"""
+
+NEXT = """
+def test_downloads_the_whole_image_at_once(http_url):
+    # A stalled download would time out here, after 10 s without a byte.
+    status, body = get(http_url + "/image.raw", timeout=10)
+    assert (status, sha(body)) == (200, os.environ["IMAGE_SHA"])
+"""
+
+
+def run_until_killed(work: Path, args: list[str], env: dict[str, str], signal_file: Path) -> None:
+    """Run pytest in a process group of its own; SIGKILL the group once ``signal_file`` exists."""
+    command = python_pytest(*args, junit=work / "killed.xml")
+    with subprocess.Popen(
+        command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    ) as process:
+        deadline = time.monotonic() + 60
+        while not signal_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                os.killpg(process.pid, signal.SIGKILL)
+                output = process.communicate(timeout=30)[0].decode()
+                raise AssertionError(f"the run never signalled its fault was on:\n{output}")
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("fault", ['{"status": 503}', '{"stall_after": 1024}'], ids=["status", "stall"])
+def test_a_fault_of_a_run_killed_while_it_was_on_never_reaches_the_next_run(
+    exporter: Backend, tmp_path: Path, fault: str
+) -> None:
+    work = suite(tmp_path / "work", "test_killed.py", KILLED)
+    suite(work, "test_next.py", NEXT)
+    image = os.urandom(1 << 20)
+    root = user_root(tmp_path / "images", **{"image.raw": image})
+    injected = tmp_path / "injected"
+    env = exporter.env(FAULT=fault, INJECTED=str(injected), IMAGE_SHA=hashlib.sha256(image).hexdigest())
+    run_until_killed(work, ["test_killed.py", f"--http-root={root}"], env, injected)
+    started = time.monotonic()
+    junit = run_pytest(work, "test_next.py", f"--http-root={root}", env=env, name="next", timeout=120)
+    junit.assert_passed("test_downloads_the_whole_image_at_once")
+    assert junit["test_downloads_the_whole_image_at_once"].seconds < 30
+    assert time.monotonic() - started < 60
+
+
+# --- 4. a request belongs to the test during which it started -----------------------------------
+
+HELD = """
+def test_1_leaves_a_request_held_by_its_delay_fault(http_server, http_url):
+    fault = http_server.inject("missing.raw", delay=30)
+    threading.Thread(target=get, args=(http_url + "/missing.raw", 60), daemon=True).start()
+    deadline = time.monotonic() + 10
+    while fault.hits == 0:
+        assert time.monotonic() < deadline, "the request never reached the server"
+        time.sleep(0.05)
+
+
+def test_2_is_not_blamed_for_the_request_of_test_1(http_server):
+    # The fault ended with test 1: its held request is answered 404 now, during this test.
+    time.sleep(1)
+"""
+
+
+def test_a_request_held_past_its_test_is_not_blamed_on_the_next_one(backend: Backend, tmp_path: Path) -> None:
+    work = suite(tmp_path / "work", "test_held.py", HELD)
+    junit = run_pytest(work, "--http-scope=session", "--http-fail-on=404", env=backend.env(), timeout=120)
+    junit.assert_passed(
+        "test_1_leaves_a_request_held_by_its_delay_fault", "test_2_is_not_blamed_for_the_request_of_test_1"
+    )
+
+
+# --- 5. --http-fail-on and the test's own faults ------------------------------------------------
+
+RETRIES = """
+@pytest.mark.http_fault("a.raw", status=503, times=2)
+def test_retries_through_its_own_503s(http_server, served_dir):
+    (served_dir / "a.raw").write_bytes(b"a" * 1000)
+    url = http_server.url_for("a.raw")
+    statuses = []
+    for _ in range(5):
+        status, body = get(url)
+        statuses.append(status)
+        if status == 200:
+            break
+    assert (statuses, body) == ([503, 503, 200], b"a" * 1000)
+"""
+
+
+@pytest.mark.parametrize("how", ["ini", "option"])
+def test_a_status_the_test_injected_is_not_the_server_failing(
+    backend: Backend, tmp_path: Path, how: str
+) -> None:
+    work = suite(tmp_path / "work", "test_retries.py", RETRIES)
+    args = []
+    if how == "ini":
+        (work / "pytest.ini").write_text("[pytest]\nhttp_fail_on = 5xx\n")
+    else:
+        args = ["--http-fail-on=5xx"]
+    junit = run_pytest(work, *args, env=backend.env(), timeout=120)
+    junit.assert_passed("test_retries_through_its_own_503s")
+
+
+# --- 6. nothing of a run stays on the exporter but its objects ---------------------------------
+
+LEFT = """
+ROOT = os.environ.get("ROOT")
+
+
+@pytest.mark.parametrize("n", range(2))
+def test_serves_and_stages(http_server, http_url, served_dir, tmp_path, n):
+    source = tmp_path / "staged.bin"
+    source.write_bytes(os.urandom(4096))
+    assert get(http_server.stage(source, f"deep/er/staged-{n}.bin")) == (200, source.read_bytes())
+    if ROOT:
+        assert get(http_url + "/sub/image.raw") == (200, (Path(ROOT) / "sub" / "image.raw").read_bytes())
+    else:
+        (served_dir / "sub").mkdir(exist_ok=True)
+        (served_dir / "sub" / f"made-{n}.txt").write_text("made")
+        assert get(http_server.url_for(f"sub/made-{n}.txt")) == (200, b"made")
+"""
+
+
+def leftovers(root_dir: Path) -> list[str]:
+    """What is below the exporter's root, but the plugin's objects and the folders holding them."""
+    kept = {TOP, f"{TOP}/objects"}
+    return sorted(
+        name
+        for name in (path.relative_to(root_dir).as_posix() for path in root_dir.rglob("*"))
+        if name not in kept and not name.startswith(f"{TOP}/objects/")
+    )
+
+
+@pytest.mark.parametrize("with_root", [False, True], ids=["temporary-root", "http-root"])
+@pytest.mark.parametrize("scope", ["function", "session"])
+def test_a_run_leaves_nothing_on_the_exporter_but_objects(
+    exporter: Backend, tmp_path: Path, scope: str, with_root: bool
+) -> None:
+    assert exporter.root_dir is not None
+    work = suite(tmp_path / "work", "test_left.py", LEFT)
+    args = [f"--http-scope={scope}"]
+    env = exporter.env()
+    if with_root:
+        root = tmp_path / "images"
+        user_root(root / "sub", **{"image.raw": os.urandom(8192)})
+        args.append(f"--http-root={root}")
+        env["ROOT"] = str(root)
+    junit = run_pytest(work, *args, env=env, timeout=120)
+    junit.assert_passed("test_serves_and_stages[0]", "test_serves_and_stages[1]")
+    assert any(exporter.root_dir.glob(f"{TOP}/objects/*")), "the run sent nothing to the exporter"
+    # The exporter may clean up after the run's connection ended: give it a few seconds.
+    deadline = time.monotonic() + 10
+    while leftovers(exporter.root_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = leftovers(exporter.root_dir)
+    assert not left, f"the run left on the exporter: {left}"
+
+
+# --- 7. HttpRequest.name ------------------------------------------------------------------------
+
+NAMED = """
+def test_a_request_is_named_relative_to_the_url(http_server, served_dir):
+    (served_dir / "rootfs.img").write_bytes(b"rootfs" * 100)
+    assert get(http_server.url_for("rootfs.img"))[0] == 200
+    http_server.wait_for_request("rootfs.img", timeout=10)
+    assert http_server.requests[-1].name == "rootfs.img"
+"""
+
+
+def test_a_request_is_named_by_its_path_relative_to_the_handles_url(backend: Backend, tmp_path: Path) -> None:
+    work = suite(tmp_path / "work", "test_named.py", NAMED)
+    run_pytest(work, env=backend.env(), timeout=120).assert_passed(
+        "test_a_request_is_named_relative_to_the_url"
+    )
+
+
+# --- 8. two hosts with one host name and one --http-root path -----------------------------------
+
+TWO_HOSTS = """
+import socket
+
+ME = os.environ["ME"]
+SYNC = Path(os.environ["SYNC"])
+
+
+def test_each_host_flashes_its_own_image(http_url):
+    assert socket.gethostname() == "labhost"
+    # Both handles exist now, each having published its root to the exporter.
+    (SYNC / ME).touch()
+    deadline = time.monotonic() + 60
+    while not all((SYNC / name).exists() for name in ("A", "B")):
+        assert time.monotonic() < deadline, f"{ME}: the other host never started"
+        time.sleep(0.02)
+    status, body = get(http_url + "/image.raw")
+    mine = (Path(os.environ["ROOT"]) / "image.raw").read_bytes()
+    assert (status, body[:8], sha(body)) == (200, mine[:8], sha(mine))
+"""
+
+
+def as_other_host(root: Path, content: Path, command: list[str]) -> list[str]:
+    """``command`` in new UTS and mount namespaces, on host ``labhost``, with ``content`` at ``root``."""
+    script = f"hostname labhost && mount --bind {shlex.quote(str(content))} {shlex.quote(str(root))} && exec "
+    return ["unshare", "--uts", "--mount", "--", "sh", "-c", script + shlex.join(command)]
+
+
+def test_two_hosts_with_one_host_name_and_one_root_path_each_get_their_own_image(
+    exporter: Backend, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("acting as a second host takes root and unshare (util-linux)")
+    work = suite(tmp_path / "work", "test_two_hosts.py", TWO_HOSTS)
+    root = tmp_path / "images"  # the one path both hosts give as --http-root
+    root.mkdir()
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    processes: dict[str, subprocess.Popen[str]] = {}
+    for me in ("A", "B"):
+        content = user_root(tmp_path / f"host-{me}", **{"image.raw": me.encode() * 8 + os.urandom(4096)})
+        tmpdir = tmp_path / f"tmp-{me}"
+        tmpdir.mkdir()
+        command = python_pytest("test_two_hosts.py", f"--http-root={root}", junit=work / f"{me}.xml")
+        processes[me] = subprocess.Popen(
+            as_other_host(root, content, command),
+            cwd=work,
+            env=exporter.env(ME=me, SYNC=str(sync), ROOT=str(root), TMPDIR=str(tmpdir)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        outputs = {me: process.communicate(timeout=120)[0] for me, process in processes.items()}
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait(10)
+    for me, output in outputs.items():
+        JUnit(work / f"{me}.xml", output).assert_passed("test_each_host_flashes_its_own_image")
