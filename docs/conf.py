@@ -1,7 +1,7 @@
 """Sphinx configuration of the pytest-jumpstarter-http documentation.
 
 The options, fixtures and markers tables are generated from the package itself
-(``settings.OPTIONS``, the fixtures in ``plugin.py``, ``markers.MARKERS``), so they cannot drift
+(``options.OPTIONS``, the fixtures in ``plugin.py``, ``markers.MARKERS``), so they cannot drift
 from the code. Build with ``sphinx-build -W -b html docs docs/_build/html``.
 """
 
@@ -20,7 +20,7 @@ from sphinx.util.docutils import SphinxDirective
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_jumpstarter_http import markers, plugin, settings
+from pytest_jumpstarter_http import markers, options, plugin
 
 project = "pytest-jumpstarter-http"
 author = "pytest-jumpstarter-http developers"
@@ -53,7 +53,7 @@ def _cell(text: str) -> str:
 def option_rows() -> list[tuple[str, str, str, str]]:
     """(command line, ini key, default, help) for every option, in the order pytest lists them."""
     rows = []
-    for option in settings.OPTIONS:
+    for option in options.OPTIONS:
         match = DEFAULT.search(option.help)
         default = match["default"] if match else ""
         text = option.help[: match.start()] if match else option.help

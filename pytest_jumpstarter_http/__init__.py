@@ -8,14 +8,14 @@ if TYPE_CHECKING:
     from .faults import Fault
     from .handle import HttpServerHandle
     from .loopback import LoopbackServer
-    from .requestlog import HttpRequest
+    from .records import HttpRequest
     from .runtime import HttpServerFactory
 
 __all__ = ["Fault", "HttpRequest", "HttpServerFactory", "HttpServerHandle", "LoopbackServer"]
 
 _HOMES = {
     "Fault": "faults",
-    "HttpRequest": "requestlog",
+    "HttpRequest": "records",
     "HttpServerHandle": "handle",
     "LoopbackServer": "loopback",
     "HttpServerFactory": "runtime",

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from . import eventloop
-from .settings import JUMPSTARTER_HOST
+from .options import JUMPSTARTER_HOST
 
 JMP_LEASE = "JMP_LEASE"
 JMP_EXPORTER_LABELS = "JMP_EXPORTER_LABELS"
 CLIENT_LABEL = "jumpstarter.dev/client"
 #: The client of this package's drop-in driver, which also keeps a request log.
-RECORDING_CLIENT = "pytest_jumpstarter_http.driver.RecordingHttpServerClient"
+RECORDING_CLIENT = "pytest_jumpstarter_http.client.RecordingHttpServerClient"
 HTTP_CLIENTS = ("jumpstarter_driver_http.client.HttpServerClient", RECORDING_CLIENT)
 #: How messages name an exporter reached through a client the test holds, whose name is unknown.
 ADOPTED = "the test's own client"

@@ -28,10 +28,18 @@ from . import locks
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connections, Exporter, ExporterError
 from .faults import FaultSpec, FaultsUnavailable
 from .handle import WILDCARDS, HttpServerHandle, format_url
-from .names import HttpPublishError, HttpPublishWarning, check_name, url_path
-from .namespaces import NS, RUNS
-from .requestlog import HttpRequest, Progress, RequestLogUnavailable
-from .settings import Settings
+from .options import Settings
+from .records import (
+    NS,
+    RUNS,
+    HttpPublishError,
+    HttpPublishWarning,
+    HttpRequest,
+    Progress,
+    RequestLogUnavailable,
+    check_name,
+    url_path,
+)
 from .uploads import Digests, Store, open_to_send
 
 log = logging.getLogger("pytest_jumpstarter_http.exporter")

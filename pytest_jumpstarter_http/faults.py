@@ -26,9 +26,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import unquote
 
-from aiohttp.web import RequestKey
-
-from .names import check_name
+from .records import check_name
 
 if TYPE_CHECKING:
     import pytest
@@ -44,10 +42,6 @@ POLL: Final = 0.05
 PIECE: Final = 256 << 10
 #: What a 503 fault tells the client to wait before it tries again, in seconds.
 RETRY_AFTER: Final = "1"
-#: Request-mapping key of the label of the fault a request hit, for the request log.
-FAULT_KEY: Final = RequestKey("pytest_jumpstarter_http.fault", str)
-#: Request-mapping key set when a fault answered the request with its own status.
-INJECTED_KEY: Final = RequestKey("pytest_jumpstarter_http.injected", bool)
 
 
 class FaultsUnavailable(RuntimeError):
@@ -251,12 +245,6 @@ class FaultRegistry:
         return None
 
 
-def fault_of(request: Any) -> str | None:
-    """The label of the fault that hit an aiohttp ``request``, if any."""
-    value = request.get(FAULT_KEY)
-    return None if value is None else str(value)
-
-
 async def _hold(entry: _Entry, request: Any, seconds: float) -> None:
     """Wait ``seconds`` (forever for ``inf``), less if the fault is cleared or the client leaves."""
     loop = asyncio.get_running_loop()
@@ -283,7 +271,7 @@ class FaultMiddleware:
             return await handler(request)
         from aiohttp import web
 
-        from .serving import SHAPER_KEY
+        from .serving import FAULT_KEY, INJECTED_KEY, SHAPER_KEY
 
         spec = entry.spec
         request[FAULT_KEY] = spec.label()

@@ -13,8 +13,16 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import unquote, urlsplit
 
-from .names import check_name, url_path
-from .requestlog import HttpRequest, Progress, RequestLogUnavailable, describe, status_matches
+from .records import (
+    PROGRESS_BYTES,
+    HttpRequest,
+    Progress,
+    RequestLogUnavailable,
+    check_name,
+    describe,
+    status_matches,
+    url_path,
+)
 
 if TYPE_CHECKING:
     from .faults import Fault, FaultSpec
@@ -303,10 +311,6 @@ class HttpServerHandle(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend} {self.url} root={self.root}>"
-
-
-#: Downloads this large get a progress line while a test waits for them.
-PROGRESS_BYTES = 64 << 20
 
 
 class _Shown:

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from . import eventloop
 from .handle import HttpServerHandle, concrete_host, format_url
-from .names import url_path
-from .requestlog import HttpRequest, Progress
-from .settings import PortRange
+from .options import PortRange
+from .records import HttpRequest, Progress, url_path
 
 if TYPE_CHECKING:
     from .driver import RecordingHttpServer

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import pytest
 
-from .settings import OPTIONS, Scope, Settings, Source
+from .options import OPTIONS, Scope, Settings, Source
 
 #: Starts the reason of a test skipped for want of an exporter; the run's summary counts them.
 NO_EXPORTER = "http_exporter: "

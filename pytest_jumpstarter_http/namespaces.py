@@ -24,19 +24,11 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
 from .beneath import EscapesRoot, open_beneath
-from .names import check_name
+from .records import NS, RUNS, check_name
 
 log = logging.getLogger("pytest_jumpstarter_http.namespaces")
-
-#: Everything the plugin puts on an exporter lives below this folder of its served root.
-TOP: Final = "pytest-jumpstarter-http"
-#: Owners' folders: one per connected run and worker, removed when its owner ends.
-RUNS: Final = f"{TOP}/runs"
-#: The URL path below the root where namespaces are served.
-NS: Final = f"{TOP}/ns"
 
 
 class NamespaceError(ValueError):

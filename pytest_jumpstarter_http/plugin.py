@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import eventloop, markers, settings
+from . import eventloop, markers, options, preflight
 
 if TYPE_CHECKING:
     from .handle import HttpServerHandle
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 #: The base class of jumpstarter-testing, whose class-scoped ``client`` fixture holds the board.
 _JUMPSTARTER_TEST = "jumpstarter_testing.pytest.JumpstarterTest"
 
-SETTINGS = pytest.StashKey[settings.Settings]()
+SETTINGS = pytest.StashKey[options.Settings]()
 #: Whether the terminal shows passing tests' report sections (-rP, -rA).
 SHOW_PASSED = pytest.StashKey[bool]()
 #: The servers a test used, for its report.
@@ -31,13 +31,14 @@ RUNTIME = pytest.StashKey["Runtime"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    settings.add_options(parser)
+    options.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for line in markers.MARKERS:
         config.addinivalue_line("markers", line)
-    config.stash[SETTINGS] = settings.resolve(config)
+    config.stash[SETTINGS] = settings = options.resolve(config)
+    preflight.check(settings, config)
     config.stash[SHOW_PASSED] = any(char in (config.option.reportchars or "") for char in "PA")
     eventloop.acquire()
 
@@ -55,9 +56,7 @@ def pytest_runtest_makereport(
     fail_on = item.config.stash[SETTINGS].fail_on
     # A passing test's section shows only with -rP or -rA: reading the log for it is wasted time.
     if call.when == "call" and servers and (not report.passed or fail_on or item.config.stash[SHOW_PASSED]):
-        from . import requestlog
-
-        requestlog.add_to_report(report, servers, fail_on)
+        _add_to_report(report, servers, fail_on)
     return report
 
 
@@ -206,3 +205,27 @@ def _watch(request: pytest.FixtureRequest, server: HttpServerHandle) -> HttpServ
     server.progress = request.config.stash[RUNTIME].progress
     request.node.stash.setdefault(SERVERS, []).append(server)
     return server
+
+
+def _add_to_report(
+    report: pytest.TestReport, servers: list[HttpServerHandle], fail_on: tuple[str, ...]
+) -> None:
+    """Add each server's requests to a test's report; fail it on a status of ``--http-fail-on``."""
+    from .records import RequestLogUnavailable, describe, status_matches
+
+    lines = []
+    for server in servers:
+        try:
+            entries = server.requests
+        except RequestLogUnavailable as exc:
+            lines.append(f"{server.label}: request log unavailable: {exc}")
+            continue
+        lines.append(f"{server.label}:\n{describe(entries)}")
+        # A status the test injected (a fault's) is not the server failing.
+        bad = [entry for entry in entries if not entry.injected and status_matches(entry.status, fail_on)]
+        if bad and report.passed:
+            report.outcome = "failed"
+            report.longrepr = f"--http-fail-on {','.join(fail_on)}: {server.label} answered " + "; ".join(
+                entry.line() for entry in bad
+            )
+    report.sections.append(("Captured HTTP requests", "\n".join(lines)))

@@ -15,8 +15,8 @@ import pytest
 from .handle import HttpServerHandle
 from .loopback import LoopbackServer
 from .markers import NO_EXPORTER, Choice
+from .options import Settings
 from .roots import Roots
-from .settings import Settings
 
 if TYPE_CHECKING:
     from .exporter import ExporterBackend

@@ -19,7 +19,9 @@ import os
 import stat
 import sys
 import threading
+import time
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -29,7 +31,7 @@ from aiohttp.web import FileResponse, RequestKey  # this module is imported wher
 
 from .beneath import PROBE, EscapesRoot, Root, open_beneath
 from .namespaces import Namespaces
-from .requestlog import Progress, RequestLog
+from .records import HttpRequest, Progress
 
 if TYPE_CHECKING:
     from aiohttp.abc import AbstractStreamWriter
@@ -46,6 +48,53 @@ _FD_DIR: Final = "/proc/self/fd" if sys.platform == "linux" else "/dev/fd"
 _ABSENT: Final = (errno.ENOENT, errno.ENOTDIR)
 
 
+class RequestLog:
+    """Requests in the order they finished; appended from the server's loop, read from tests.
+
+    Requests are numbered from 0 for the server's whole life in the order they *started*
+    (:meth:`start`), which is what a test's window is counted in; past ``limit`` the oldest
+    entries go. A file download is in ``in_flight()`` from its response's start until its body
+    is sent or cut; its entry follows.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self._entries: deque[HttpRequest] = deque(maxlen=limit)
+        #: How many requests started so far: the number the next one gets.
+        self.started = 0
+        self._lock = threading.Lock()
+        self._running: dict[int, Progress] = {}
+
+    def start(self) -> int:
+        """Number a request that starts now."""
+        with self._lock:
+            seq = self.started
+            self.started += 1
+            return seq
+
+    def begin(self, progress: Progress) -> None:
+        with self._lock:
+            self._running[id(progress)] = progress
+
+    def end(self, progress: Progress) -> None:
+        with self._lock:
+            self._running.pop(id(progress), None)
+
+    def in_flight(self) -> list[Progress]:
+        """The downloads under way now, oldest first (live objects: read, do not keep)."""
+        with self._lock:
+            return list(self._running.values())
+
+    def add(self, entry: HttpRequest) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    def since(self, start: int, prefix: str = "") -> list[HttpRequest]:
+        """The kept entries of requests numbered ``start`` or later whose raw path starts with ``prefix``."""
+        with self._lock:
+            entries = list(self._entries)
+        return [entry for entry in entries if entry.seq >= start and entry.path.startswith(prefix)]
+
+
 class BodyShaper(Protocol):
     """Sends a response body its own way (slowly, cut, ...); returns the body bytes it sent."""
 
@@ -59,6 +108,16 @@ SHAPER_KEY: Final = RequestKey("pytest_jumpstarter_http.shaper", BodyShaper)
 PROGRESS_KEY: Final = RequestKey("pytest_jumpstarter_http.progress", Progress)
 #: Request-mapping key of the request's number in its server's log, given as it starts.
 SEQ_KEY: Final = RequestKey("pytest_jumpstarter_http.seq", int)
+#: Request-mapping key of the label of the fault a request hit, for the request log.
+FAULT_KEY: Final = RequestKey("pytest_jumpstarter_http.fault", str)
+#: Request-mapping key set when a fault answered the request with its own status.
+INJECTED_KEY: Final = RequestKey("pytest_jumpstarter_http.injected", bool)
+
+
+def fault_of(request: Any) -> str | None:
+    """The label of the fault that hit an aiohttp ``request``, if any."""
+    value = request.get(FAULT_KEY)
+    return None if value is None else str(value)
 
 
 class Numbered:
@@ -327,3 +386,50 @@ def _log_access(request: Any, response: Any, duration: float) -> None:
     logger = getattr(protocol, "access_logger", None)
     if logger is not None and logger.enabled:
         logger.log(request, response, duration)
+
+
+def access_logger_class(log: RequestLog) -> type:
+    """An aiohttp access logger that records into ``log``: it sees each response once it is sent."""
+    from aiohttp.abc import AbstractAccessLogger
+
+    class Recorder(AbstractAccessLogger):
+        def log(self, request: Any, response: Any, duration: float) -> None:
+            log.add(record(request, response, duration, log))
+
+        @property
+        def enabled(self) -> bool:
+            return True
+
+    return Recorder
+
+
+def record(request: Any, response: Any, duration: float, log: RequestLog) -> HttpRequest:
+    seq = request.get(SEQ_KEY)
+    progress = getattr(response, "progress", None)  # serving.ServedFile's, once prepared
+    return HttpRequest(
+        time=time.time() - duration,
+        client=str(request.remote),
+        method=request.method,
+        path=request.raw_path,
+        range=request.headers.get("Range"),
+        status=response.status,
+        # With sendfile the writer never sees the file's bytes, so its counters hold only the
+        # headers: a served file counts what it sent; for any other, the length it declared.
+        bytes_sent=progress.sent if progress else response.content_length or 0,
+        duration=duration,
+        complete=progress.complete if progress else True,
+        fault=fault_of(request),
+        injected=bool(request.get(INJECTED_KEY, False)),
+        # A request aiohttp refused before any middleware ran is numbered as it ends.
+        seq=log.start() if seq is None else seq,
+    )
+
+
+def install(runner: Any, log: RequestLog) -> None:
+    """Record every request a started aiohttp ``AppRunner`` answers from now on.
+
+    The driver builds its AppRunner inside ``start()`` with aiohttp's default access log; each
+    new connection's handler takes its access logger from the server's keyword arguments, and no
+    connection is accepted before the coroutine that started the server yields.
+    """
+    runner.server._kwargs["access_log_class"] = access_logger_class(log)

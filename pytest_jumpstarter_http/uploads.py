@@ -40,15 +40,10 @@ from typing import Any
 
 from . import locks
 from .beneath import PROBE, EscapesRoot, open_beneath
-from .names import HttpPublishError, name_problem
+from .records import OBJECTS, PROGRESS_BYTES, HttpPublishError, name_problem
 
 log = logging.getLogger("pytest_jumpstarter_http.uploads")
 
-#: Everything the plugin puts on an exporter lives below this folder of its served root.
-TOP = "pytest-jumpstarter-http"
-OBJECTS = f"{TOP}/objects"
-#: Uploads this large get a progress line in the terminal.
-PROGRESS_BYTES = 64 << 20
 #: A file changed less than this long before it was hashed may change again unseen by its ctime.
 _RACY_NS = 100_000_000
 #: Tells this machine's partial uploads from another's, which this machine's locks know nothing of.

@@ -20,7 +20,7 @@ import pytest
 from jumpstarter_helpers import JMP, jmp_shell
 from subprocess_runs import JUnit, clean_env, python_pytest, run
 
-from pytest_jumpstarter_http import markers, settings
+from pytest_jumpstarter_http import markers, options
 
 TOP = Path(__file__).resolve().parent.parent
 DOCS = TOP / "docs"
@@ -155,7 +155,7 @@ def code_lines(page: Path) -> list[str]:
 
 def test_the_docs_join_every_value_option_to_its_value_with_an_equals_sign():
     # A separate value is a path to pytest while it looks for its ini file (docs/options.md).
-    flags = "|".join(re.escape(option.flag) for option in settings.OPTIONS if option.metavar)
+    flags = "|".join(re.escape(option.flag) for option in options.OPTIONS if option.metavar)
     spaced = re.compile(rf"(?:{flags}) +[^\s`|(-]")
     for page in (TOP / "README.md", TOP / "bench" / "README.md", *pages()):
         found = [line for line in code_lines(page) if spaced.search(line)]
@@ -219,7 +219,7 @@ def test_the_readme_lists_every_fixture_option_and_marker():
     README = readme()
     for name in FIXTURES:
         assert f"`{name}`" in README
-    for option in settings.OPTIONS:
+    for option in options.OPTIONS:
         default = re.search(r"\(default: (.*)\)$", option.help)
         assert default, f"{option.flag}: its help does not end with (default: ...)"
         row = rf"\| `{option.flag}[^`]*` \| `{option.ini}` \| {re.escape(default[1])} \|"
@@ -245,10 +245,10 @@ def test_the_docs_build_without_warnings(tmp_path):
     command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
     done = run([*command, "-d", str(tmp_path / "doctrees"), str(DOCS), str(html)], timeout=300)
     assert done.returncode == 0, done.stdout
-    options = (html / "options.html").read_text()
-    for option in settings.OPTIONS:
-        assert option.ini in options
-        assert option.flag in options
+    page = (html / "options.html").read_text()
+    for option in options.OPTIONS:
+        assert option.ini in page
+        assert option.flag in page
     fixtures = (html / "fixtures.html").read_text()
     for name in (*FIXTURES, "HttpServerFactory", "LoopbackServer"):
         assert name in fixtures

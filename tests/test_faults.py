@@ -16,7 +16,7 @@ import pytest
 from subprocess_runs import JUnit, clean_env, run_pytest
 
 from pytest_jumpstarter_http.faults import FaultSpec
-from pytest_jumpstarter_http.requestlog import HttpRequest
+from pytest_jumpstarter_http.records import HttpRequest
 
 SUITE = """
 import hashlib, os, subprocess, time

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_jumpstarter_http import LoopbackServer
-from pytest_jumpstarter_http.names import check_name, url_path
+from pytest_jumpstarter_http.records import check_name, url_path
 
 LATIN1 = os.fsdecode("caf\xe9.img".encode("latin-1"))
 

@@ -58,7 +58,7 @@ def test_waits_for_the_devices_slow_download(http_server, served_dir):
 
 def test_waiting_needs_the_recording_driver(http_server):
     import pytest
-    from pytest_jumpstarter_http.requestlog import RequestLogUnavailable
+    from pytest_jumpstarter_http.records import RequestLogUnavailable
 
     with pytest.raises(RequestLogUnavailable, match="put pytest_jumpstarter_http.driver.RecordingHttpServer"):
         http_server.wait_for_request("image.raw", timeout=600)

@@ -27,7 +27,7 @@ import urllib.error, urllib.request
 
 import pytest
 
-from pytest_jumpstarter_http.names import HttpPublishError
+from pytest_jumpstarter_http.records import HttpPublishError
 
 
 def status_and_body(url):

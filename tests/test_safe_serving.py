@@ -19,8 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pytest
 
 from pytest_jumpstarter_http import eventloop
-from pytest_jumpstarter_http.requestlog import RequestLog, install
-from pytest_jumpstarter_http.serving import CHUNK, SHAPER_KEY, beneath_middleware
+from pytest_jumpstarter_http.serving import CHUNK, SHAPER_KEY, RequestLog, beneath_middleware, install
 
 if TYPE_CHECKING:
     from aiohttp.abc import AbstractStreamWriter

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_jumpstarter_http.settings import (
+from pytest_jumpstarter_http.options import (
     PortRange,
     Source,
     _flag,

@@ -1,4 +1,4 @@
-"""Every option of the plugin, its ini twin, and the one place that resolves them.
+"""Every option of the plugin, its ini twin, its parser, and the one place that resolves them.
 
 Precedence, highest first: the command line, the ini file, the default. The result is a
 frozen :class:`Settings` kept in ``config.stash`` for the whole run.
@@ -10,7 +10,7 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -230,19 +230,26 @@ def _url_host(value: str, source: Source) -> str | None:
     inner = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if _is_ipv6(inner):
         return inner  # the URL brackets it
-    if re.fullmatch(_HOST_NAME, host) and not (re.fullmatch(r"[0-9.]+", host) and not _is_ipv4(host)):
+    if _is_host_name(host):
         return host
+    raise source.error(value, _url_host_fix(host))
+
+
+def _is_host_name(host: str) -> bool:
+    """A DNS name, or an IPv4 address: digits and dots alone must make an address (``10.0.0`` does not)."""
+    return bool(re.fullmatch(_HOST_NAME, host)) and (_is_ipv4(host) or not re.fullmatch(r"[0-9.]+", host))
+
+
+def _url_host_fix(host: str) -> str:
+    """How to turn ``host``, which is no host, into one."""
     if "://" in host:
         from urllib.parse import urlsplit
 
-        bare = urlsplit(host).hostname or "the host"
-        raise source.error(value, f"give the host alone, without a scheme, like {bare}")
+        return f"give the host alone, without a scheme, like {urlsplit(host).hostname or 'the host'}"
     name, colon, port = host.rpartition(":")
     if colon and port.isdigit() and (re.fullmatch(_HOST_NAME, name) or _is_ipv6(name.strip("[]"))):
-        raise source.error(value, f"give the host alone, like {name}; a URL's port is its server's own")
-    raise source.error(
-        value, "give a host name, an IPv4 address or an IPv6 address, like 10.0.0.5 or build.lab"
-    )
+        return f"give the host alone, like {name}; a URL's port is its server's own"
+    return "give a host name, an IPv4 address or an IPv6 address, like 10.0.0.5 or build.lab"
 
 
 def parse_selector(value: str, source: Source) -> str | None:
@@ -276,7 +283,7 @@ def _timeout(value: str, source: Source) -> float:
 
 
 def _statuses(value: str, source: Source) -> tuple[str, ...]:
-    from .requestlog import parse_statuses
+    from .records import parse_statuses
 
     try:
         return parse_statuses(value)
@@ -307,6 +314,11 @@ class _Option:
     @property
     def ini(self) -> str:
         return "http_" + self.field
+
+    @property
+    def takes_value(self) -> bool:
+        """Whether the option is given a value (``--http-root=DIR``), not just named (``--http-keep``)."""
+        return self.parse is not _flag
 
 
 OPTIONS: tuple[_Option, ...] = (
@@ -363,10 +375,13 @@ OPTIONS: tuple[_Option, ...] = (
 )
 
 
+BY_FIELD = {option.field: option for option in OPTIONS}
+
+
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("jumpstarter-http", "HTTP server fixtures (pytest-jumpstarter-http)")
     for option in OPTIONS:
-        if option.parse is _flag:
+        if not option.takes_value:
             group.addoption(option.flag, action="store_const", const="true", default=None, help=option.help)
         else:
             group.addoption(option.flag, metavar=option.metavar, default=None, help=option.help)
@@ -374,150 +389,22 @@ def add_options(parser: pytest.Parser) -> None:
         parser.addini(option.ini, option.help, default="")
 
 
+def raw_value(config: pytest.Config, field: str) -> tuple[str, Source]:
+    """The raw value of the option ``field`` and where it came from: the command line beats the ini file."""
+    option = BY_FIELD[field]
+    raw = config.getoption(option.flag)
+    if raw is not None:
+        return str(raw), Source(f"{option.flag} (command line)", config.invocation_params.dir)
+    ini_base = config.inipath.parent if config.inipath else config.rootpath
+    return str(config.getini(option.ini)), Source(f"ini key {option.ini}", ini_base)
+
+
 def resolve(config: pytest.Config) -> Settings:
     """Read every option once: the command line beats the ini file, which beats the default."""
     values: dict[str, Any] = {}
-    sources: dict[str, Source] = {}
-    ini_base = config.inipath.parent if config.inipath else config.rootpath
     for option in OPTIONS:
-        raw = config.getoption(option.flag)
-        from_cli = raw is not None
-        if not from_cli:
-            raw = config.getini(option.ini)
-        source = (
-            Source(f"{option.flag} (command line)", config.invocation_params.dir)
-            if from_cli
-            else Source(f"ini key {option.ini}", ini_base)
-        )
-        if raw in ("", None):
-            continue
-        parsed = option.parse(str(raw), source)
+        raw, source = raw_value(config, option.field)
+        parsed = option.parse(raw, source) if raw else None
         if parsed is not None:
             values[option.field] = parsed
-            sources[option.field] = source
-    settings = Settings(**values, jumpstarter_host=os.environ.get(JUMPSTARTER_HOST) or None)
-    if not hasattr(config, "workerinput"):  # the controller checked and warned
-        _check_address(settings, config, sources.get("port"))
-        _warn_of_space_form(config)
-    return settings
-
-
-def _check_address(settings: Settings, config: pytest.Config, source: Source | None) -> None:
-    """Refuse a port or address that cannot work before any test runs."""
-    port = settings.port
-    if port is not None and source is not None:
-        _check_privileged(port, source)
-    if port is None or not port.fixed:
-        if settings.host != Settings.host:  # the default always binds; the check costs start-up time
-            _try_bind(settings.host, 0)
-        return
-    workers = getattr(config.option, "numprocesses", None)
-    if workers not in (None, 0, 1):
-        raise pytest.UsageError(
-            f"--http-port: the fixed port {port} cannot be shared by {workers} xdist workers; "
-            "give a range A-B with at least one port per worker, or 0 for any free port."
-        )
-    _try_bind(settings.host, port.first)
-
-
-def _check_privileged(port: PortRange, source: Source) -> None:
-    """Refuse ports below the first one this process may bind without privilege."""
-    start = unprivileged_port_start()
-    if port.first >= start:
-        return
-    need = f"ports below {start} need root or CAP_NET_BIND_SERVICE here"
-    if port.last < start:
-        raise source.error(str(port), f"{need}; give a port from {start} to 65535, or 0 for any free port")
-    # A server takes the range's ports in an order of its own: the low ones would fail some tests.
-    raise source.error(str(port), f"{need}; give {PortRange(start, port.last)}")
-
-
-def unprivileged_port_start() -> int:
-    """The lowest port this process may bind: 0 with the privilege to bind any, else the system's start.
-
-    Linux: ``net.ipv4.ip_unprivileged_port_start`` (1024 when the kernel predates it) and the
-    CAP_NET_BIND_SERVICE capability. Elsewhere 0: macOS and Windows have no privileged ports, and
-    the fixed port's trial bind catches the rest.
-    """
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return 0
-    effective = re.search(r"^CapEff:\s*([0-9a-f]+)$", status, re.MULTILINE)
-    cap_net_bind_service = 10
-    if effective and int(effective.group(1), 16) >> cap_net_bind_service & 1:
-        return 0
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
-    except (OSError, ValueError):
-        return 1024
-
-
-def _try_bind(host: str, port: int) -> None:
-    """Refuse an address this machine cannot bind, or a fixed port already taken, before any test."""
-    import socket
-
-    valid = "give an address of this machine, like 127.0.0.1"
-    try:
-        family, _, _, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except socket.gaierror as exc:
-        raise pytest.UsageError(f"--http-host: {host!r} is not valid ({exc.strerror}); {valid}.") from None
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise pytest.UsageError(
-                    f"--http-port: port {port} on {host} is already in use; "
-                    "free it, or give a range A-B or 0 for any free port."
-                ) from None
-            if exc.errno == errno.EACCES and port:
-                # A privileged port, never the address: the address is checked on port 0 first.
-                raise pytest.UsageError(
-                    f"--http-port: this user may not bind port {port} ({exc.strerror}); "
-                    "give a port this user may bind, like 8080, or 0 for any free port."
-                ) from None
-            problem = f"this machine cannot bind it ({exc.strerror})"
-            raise pytest.UsageError(f"--http-host: {host!r} is not valid; {problem}; {valid}.") from None
-
-
-def _warn_of_space_form(config: pytest.Config) -> None:
-    """Warn of ``--http-root DIR``: pytest chose the rootdir and ini file taking DIR for a test path.
-
-    pytest finds its rootdir and ini file before it knows a plugin's options, so the value of
-    ``--http-x VALUE`` counts as a test path then when it names an existing file or folder: the
-    rootdir moves, and the project's ini file may be ignored. ``--http-x=VALUE`` is safe.
-    """
-    for flag, value in _space_form(config):
-        config.issue_config_time_warning(
-            pytest.PytestConfigWarning(
-                f"{flag} {value} was given as two arguments, so pytest took {value!r} for a test path "
-                f"when it chose the rootdir ({config.rootpath}) and the ini file "
-                f"({config.inipath or 'none'}); write {flag}={value} instead."
-            ),
-            stacklevel=2,
-        )
-
-
-def _space_form(config: pytest.Config) -> Iterator[tuple[str, str]]:
-    """The ``--http-*`` options given as ``FLAG VALUE`` where VALUE names an existing path."""
-    import itertools
-    import shlex
-
-    flags = {option.flag for option in OPTIONS if option.parse is not _flag}
-    # PYTEST_ADDOPTS is read before the rootdir is chosen; the ini file's addopts after.
-    args = [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args]
-    for flag, value in itertools.pairwise(args):
-        if flag in flags and not value.startswith("-") and _exists(config.invocation_params.dir, value):
-            yield flag, value
-
-
-def _exists(base: Path, arg: str) -> bool:
-    """Whether pytest would take ``arg`` for a test path (its ``get_dirs_from_args``)."""
-    try:
-        return (base / arg.split("::", maxsplit=1)[0]).exists()
-    except (OSError, ValueError):
-        return False
+    return Settings(**values, jumpstarter_host=os.environ.get(JUMPSTARTER_HOST) or None)

@@ -1,0 +1,58 @@
+"""The test process's client of :class:`~pytest_jumpstarter_http.driver.RecordingHttpServer`.
+
+Jumpstarter builds it from the driver's ``client()`` path wherever a test talks to the driver:
+over gRPC on an exporter. Reading a request log does not import the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from jumpstarter_driver_http.client import HttpServerClient
+
+from .records import HttpRequest, Progress
+
+
+class RecordingHttpServerClient(HttpServerClient):
+    """Client of :class:`RecordingHttpServer`: an ``HttpServerClient`` that reads its request log and
+    injects network faults."""
+
+    def get_requests(self, start: int = 0, prefix: str = "") -> tuple[int, list[HttpRequest]]:
+        started, entries = self.call("get_requests", start, prefix)
+        return int(started), [HttpRequest.from_dict(entry) for entry in entries]
+
+    def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        return str(self.call("inject_fault", spec, namespace))
+
+    def start_unless_running(self) -> int:
+        return int(self.call("start_unless_running"))
+
+    def open_namespace(self, owner: str, folders: list[str]) -> str:
+        return str(self.call("open_namespace", owner, folders))
+
+    def close_namespace(self, namespace: str) -> None:
+        self.call("close_namespace", namespace)
+
+    def hold_async(self, folder: str, keep: bool) -> AsyncIterator[str]:
+        """The owner stream of ``hold``, to iterate on the client's portal loop; ends when cancelled."""
+        return self.streamingcall_async("hold", folder, keep)  # type: ignore[no-any-return]
+
+    def clear_fault(self, fault_id: str) -> int:
+        return int(self.call("clear_fault", fault_id))
+
+    def fault_hits(self, fault_id: str) -> int:
+        return int(self.call("fault_hits", fault_id))
+
+    def list_faults(self) -> list[dict[str, Any]]:
+        return list(self.call("list_faults"))
+
+    def get_in_flight(self) -> list[Progress]:
+        return [
+            Progress(**{**entry, "sent": int(entry["sent"]), "total": _int_or_none(entry["total"])})
+            for entry in self.call("get_in_flight")
+        ]
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)  # numbers cross Jumpstarter's wire as floats
