@@ -216,7 +216,7 @@ class HttpServerHandle(ABC):
 
     def inject(
         self,
-        path: str,
+        path: str | os.PathLike[str],
         *,
         delay: float = 0.0,
         rate: float | None = None,
@@ -227,13 +227,20 @@ class HttpServerHandle(ABC):
     ) -> Fault:
         """Make the server misbehave on ``path`` (relative to ``url``; a glob such as ``images/*.raw``).
 
-        - ``delay``: seconds before the response starts.
-        - ``rate``: bytes per second of the body.
-        - ``cut_after``: close the connection after this many body bytes of each response.
+        Every spelling of the path the server serves as that file (``sub//a.raw``, ``sub/./a.raw``,
+        ``sub/a.raw/``) gets the fault.
+
+        - ``delay``: seconds before the response starts (0 to 86400).
+        - ``rate``: bytes per second of the body (1 to 2**53 - 1).
+        - ``cut_after``: close the connection after this many body bytes of each response (0 to
+          2**53 - 1).
         - ``stall_after``: after this many body bytes send nothing more, until the client gives
-          up or the fault ends (the connection is then closed).
+          up or the fault ends (the connection is then closed); 0 to 2**53 - 1.
         - ``status``: answer this status (400-599) and no file; a 503 says ``Retry-After: 1``.
-        - ``times``: apply to the first ``times`` matching requests only (default: all).
+        - ``times``: apply to the first ``times`` matching requests only (1 to 2**53 - 1;
+          default: all).
+
+        The bounds are what Jumpstarter's wire carries exactly, where numbers travel as doubles.
 
         Ranges, ETags, HEAD and 304 work as without the fault; ``cut_after`` and ``stall_after``
         count the bytes of each response. The first fault injected wins when several match. The
