@@ -18,6 +18,7 @@ import glob
 import itertools
 import math
 import os
+import posixpath
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -176,7 +177,13 @@ class FaultSpec:
         return self.rate is not None or self.cut_after is not None or self.stall_after is not None
 
     def matches(self, path: str) -> bool:
-        return any(fnmatchcase(path, pattern) for pattern in self.patterns)
+        """Whether it applies to a request for the decoded URL ``path``, however it is spelled.
+
+        aiohttp's static route serves ``/sub//a.raw``, ``/sub/./a.raw``, ``/sub/x/../a.raw`` and
+        ``/sub/a.raw/`` as ``/sub/a.raw``, so a fault matches the path they all resolve to (issue 17).
+        """
+        resolved = "/" + posixpath.normpath(path).lstrip("/")  # normpath keeps a leading "//"
+        return any(fnmatchcase(resolved, pattern) for pattern in self.patterns)
 
     def label(self) -> str:
         """``cut_after=1024, times=1``: what the request log shows for a request it hit."""

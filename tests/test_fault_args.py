@@ -138,6 +138,44 @@ def test_a_path_of_another_type_is_named(http_server: HttpServerHandle) -> None:
     )
 
 
+#: Spellings of ``/sub/a.raw`` that aiohttp's static route serves as that very file.
+SPELLINGS = [
+    "/sub/a.raw",
+    "/sub//a.raw",
+    "/sub/./a.raw",
+    "/./sub/a.raw",
+    "/sub/../sub/a.raw",
+    "/sub/%2e/a.raw",
+    "/sub/%2E%2E/sub/a.raw",
+    "/sub///a.raw",
+    "/sub/a.raw/",
+]
+
+
+def test_every_spelling_the_server_serves_gets_the_fault(
+    http_server: HttpServerHandle, served_dir: Path
+) -> None:
+    (served_dir / "sub").mkdir()
+    (served_dir / "sub" / "a.raw").write_text("ok")
+    (served_dir / "sub" / "b.raw").write_text("ok")
+    http_server.url_for("sub/a.raw")
+    http_server.url_for("sub/b.raw")
+    fault = http_server.inject("sub/a.raw", status=503)
+    assert {spelling: status_of(http_server, spelling) for spelling in SPELLINGS} == dict.fromkeys(
+        SPELLINGS, 503
+    )
+    assert fault.hits == len(SPELLINGS)
+    # Normalising never widens the fault to a neighbour.
+    assert status_of(http_server, "/sub/../sub/b.raw") == 200
+    assert status_of(http_server, "/sub/.//b.raw") == 200
+
+
+def test_a_spelling_matches_below_the_handles_prefix_only() -> None:
+    spec = FaultSpec.make("images/*.raw", {}, ("/runs/gw0/t",))
+    assert spec.matches("/runs//gw0/./t/images/x/../a.raw/")
+    assert not spec.matches("/runs/gw0/t/../u/images/a.raw")
+
+
 def test_a_huge_marker_value_fails_its_test_in_one_line(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
