@@ -88,7 +88,8 @@ _RANGES: Final = {
 def _shown(value: object) -> str:
     """``repr(value)``, cut when it would drown the message, as ``settings`` shows option values."""
     if isinstance(value, int) and value.bit_length() > 333:  # repr refuses past 4300 digits
-        return f"<a whole number of {math.floor(math.log10(abs(value))) + 1} digits>"
+        power = math.floor(math.log10(abs(value)))  # a float's log: one too high just below 10**n
+        return f"<a whole number of {power + (abs(value) >= 10**power)} digits>"
     text = repr(value)
     if len(text) <= 100:
         return text

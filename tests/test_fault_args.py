@@ -77,6 +77,10 @@ def status_of(http_server: HttpServerHandle, path: str) -> int:
             f"number of requests from 1 to {MAX_WHOLE}.",
         ),
         (
+            {"cut_after": 10**400 - 1},
+            "inject(): cut_after=<a whole number of 400 digits> is out of range",
+        ),
+        (
             {"times": 10**5000},
             "inject(): times=<a whole number of 5001 digits> is out of range; give a whole "
             f"number of requests from 1 to {MAX_WHOLE}.",
