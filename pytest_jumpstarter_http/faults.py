@@ -18,10 +18,11 @@ import glob
 import itertools
 import math
 import os
+import posixpath
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import unquote
@@ -48,13 +49,92 @@ class FaultsUnavailable(RuntimeError):
     """The server cannot inject faults (an exporter with the stock HttpServer driver)."""
 
 
-def _number(name: str, value: Any, *, integer: bool = False) -> float:
-    kind = "a whole number" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise ValueError(f"inject(): {name}={value!r} is not {kind}; give {kind} of 0 or more.")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"inject(): {name}={value!r} is negative or not finite; give {kind} of 0 or more.")
-    return value
+#: The largest whole number Jumpstarter's wire carries exactly: its numbers travel as doubles.
+MAX_WHOLE: Final = 2**53 - 1
+#: The longest ``delay``, in seconds: a day, far past any device's own timeout.
+MAX_DELAY: Final = 86400
+
+
+@dataclass(frozen=True)
+class _Range:
+    """What one numeric argument of ``inject()`` may be."""
+
+    #: What it counts, as the error message asks for it: "a whole number of bytes".
+    kind: str
+    low: int
+    high: int
+    whole: bool = True
+    #: None is valid: the argument was not asked for.
+    optional: bool = True
+
+
+#: The numeric arguments of ``inject()``. Each is bounded so that it crosses the wire exactly and
+#: the server can compute with it: past the bounds a delay overflows the event loop's clock, and
+#: a rate or count overflows a float on the server (issue 17).
+_RANGES: Final = {
+    "delay": _Range("a number of seconds", 0, MAX_DELAY, whole=False, optional=False),
+    "rate": _Range("a number of bytes per second", 1, MAX_WHOLE, whole=False),
+    "cut_after": _Range("a whole number of bytes", 0, MAX_WHOLE),
+    "stall_after": _Range("a whole number of bytes", 0, MAX_WHOLE),
+    "status": _Range("an HTTP error status", 400, 599),
+    "times": _Range("a whole number of requests", 1, MAX_WHOLE),
+}
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut when it would drown the message, as ``settings`` shows option values."""
+    if isinstance(value, int) and value.bit_length() > 333:  # repr refuses past 4300 digits
+        power = math.floor(math.log10(abs(value)))  # a float's log: one too high just below 10**n
+        return f"<a whole number of {power + (abs(value) >= 10**power)} digits>"
+    text = repr(value)
+    if len(text) <= 100:
+        return text
+    return f"{text[:48]}…{text[-48:]} ({len(text)} characters)"
+
+
+def _number(name: str, value: Any) -> None:
+    """Check the numeric argument ``name`` of ``inject()`` against its range; a ``ValueError`` if out."""
+    rule = _RANGES[name]
+    if value is None and rule.optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int if rule.whole else (int, float)):
+        problem = "not a whole number" if rule.whole else "not a number"
+    elif not rule.low <= value <= rule.high:  # Python compares int and float exactly; nan is never in
+        problem = "out of range"
+    else:
+        return
+    raise ValueError(
+        f"inject(): {name}={_shown(value)} is {problem}; give {rule.kind} from {rule.low} to {rule.high}."
+    )
+
+
+def _fault_path(path: Any) -> str:
+    """``inject()``'s ``path`` as a checked name relative to the server's URL (a glob may match several)."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str):
+        raise ValueError(
+            f"inject(): path={_shown(path)} is a {type(path).__name__}, not a path; give a str or "
+            "os.PathLike path relative to the server's URL."
+        )
+    if not path.strip("/"):
+        raise ValueError(f"inject(): path={path!r} is empty; give a path relative to the server's URL.")
+    return check_name(path.lstrip("/"), where="inject() path")
+
+
+def _check_together(spec: FaultSpec) -> None:
+    """Refuse arguments that each are valid but contradict one another."""
+    if spec.cut_after is not None and spec.stall_after is not None:
+        raise ValueError(
+            f"inject(): cut_after={spec.cut_after!r} and stall_after={spec.stall_after!r} were both given; "
+            "a response is either cut or stalled, so give one of them."
+        )
+    shaped = [name for name in ("rate", "cut_after", "stall_after") if getattr(spec, name) is not None]
+    if spec.status is not None and shaped:
+        raise ValueError(
+            f"inject(): status={spec.status} answers with no file, so {shaped[0]} has nothing to "
+            f"act on; give status or {shaped[0]}, not both."
+        )
 
 
 @dataclass(frozen=True)
@@ -73,50 +153,20 @@ class FaultSpec:
     times: int | None = None
 
     @classmethod
-    def make(cls, path: str, options: dict[str, Any], prefixes: tuple[str, ...] = ("",)) -> FaultSpec:
+    def make(
+        cls, path: str | os.PathLike[str], options: dict[str, Any], prefixes: tuple[str, ...] = ("",)
+    ) -> FaultSpec:
         """Check the arguments of ``inject()`` (``options``: all but ``path``); a bad one is a ``ValueError``.
 
         ``prefixes`` are the percent-encoded URL paths the handle's files are served under.
         """
-        given = cls((), path, **options)  # Python checks the keywords: they are the fields
-        delay, rate, cut_after, stall_after = given.delay, given.rate, given.cut_after, given.stall_after
-        status, times = given.status, given.times
-        if not isinstance(path, str) or not path.strip("/"):
-            raise ValueError(f"inject(): path={path!r} is empty; give a path relative to the server's URL.")
-        path = check_name(path.lstrip("/"), where="inject() path")
-        delay = _number("delay", delay)
-        if rate is not None and (
-            isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf
-        ):
-            raise ValueError(f"inject(): rate={rate!r} is not a speed; give bytes per second above 0.")
-        for name, value in (("cut_after", cut_after), ("stall_after", stall_after)):
-            if value is not None:
-                _number(name, value, integer=True)
-        if cut_after is not None and stall_after is not None:
-            raise ValueError(
-                f"inject(): cut_after={cut_after!r} and stall_after={stall_after!r} were both given; "
-                "a response is either cut or stalled, so give one of them."
-            )
-        if status is not None:
-            if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
-                raise ValueError(
-                    f"inject(): status={status!r} is not an error status; give an HTTP status "
-                    "from 400 to 599."
-                )
-            body = {"rate": rate, "cut_after": cut_after, "stall_after": stall_after}
-            shaped = next((name for name, value in body.items() if value is not None), None)
-            if shaped:
-                raise ValueError(
-                    f"inject(): status={status} answers with no file, so {shaped} has nothing to "
-                    f"act on; give status or {shaped}, not both."
-                )
-        if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
-            raise ValueError(
-                f"inject(): times={times!r} is not a count of requests; give a whole number of 1 or "
-                "more, or None for every request."
-            )
-        patterns = tuple(glob.escape(unquote(prefix).rstrip("/")) + "/" + path for prefix in prefixes)
-        return cls(patterns, path, float(delay), rate, cut_after, stall_after, status, times)
+        # Python checks the keywords (they are the fields), then each value is checked once, here.
+        given = cls((), _fault_path(path), **options)
+        for name in _RANGES:
+            _number(name, getattr(given, name))
+        _check_together(given)
+        patterns = tuple(glob.escape(unquote(prefix).rstrip("/")) + "/" + given.path for prefix in prefixes)
+        return replace(given, patterns=patterns, delay=float(given.delay))
 
     @property
     def shapes(self) -> bool:
@@ -124,7 +174,13 @@ class FaultSpec:
         return self.rate is not None or self.cut_after is not None or self.stall_after is not None
 
     def matches(self, path: str) -> bool:
-        return any(fnmatchcase(path, pattern) for pattern in self.patterns)
+        """Whether it applies to a request for the decoded URL ``path``, however it is spelled.
+
+        aiohttp's static route serves ``/sub//a.raw``, ``/sub/./a.raw``, ``/sub/x/../a.raw`` and
+        ``/sub/a.raw/`` as ``/sub/a.raw``, so a fault matches the path they all resolve to (issue 17).
+        """
+        resolved = "/" + posixpath.normpath(path).lstrip("/")  # normpath keeps a leading "//"
+        return any(fnmatchcase(resolved, pattern) for pattern in self.patterns)
 
     def label(self) -> str:
         """``cut_after=1024, times=1``: what the request log shows for a request it hit."""

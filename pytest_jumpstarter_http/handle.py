@@ -161,32 +161,30 @@ class HttpServerHandle(ABC):
         """The path part of ``url``."""
         return urlsplit(self.url).path
 
-    def _matching(self, wanted: str, status: int | str | None) -> tuple[list[HttpRequest], list[HttpRequest]]:
-        """This test's requests for the URL path ``wanted`` answered ``status``, and all of this test's."""
+    def _matching(self, wanted: _Wanted) -> tuple[list[HttpRequest], list[HttpRequest]]:
+        """This test's requests that ``wanted`` matches, and all of this test's."""
         entries = self.requests
-        codes = [str(status).lower()] if status is not None else None
-        hits = [
-            entry
-            for entry in entries
-            if unquote(entry.path.split("?")[0]) == wanted
-            and (codes is None or status_matches(entry.status, codes))
-        ]
-        return hits, entries
+        return [entry for entry in entries if wanted.matches(entry)], entries
 
-    def _wanted(self, path: str, status: int | str | None) -> tuple[str, str]:
-        """The URL path of ``path`` relative to ``url``, and how a message names the request."""
-        wanted = self._url_path() + "/" + path.lstrip("/")
-        return wanted, wanted + (f" answered {status}" if status is not None else "")
+    def _wanted(
+        self, where: str, path: str, status: int | str | None, timeout: float | None = None
+    ) -> _Wanted:
+        """What the method ``where`` asks for; a bad ``status`` or ``timeout`` is a ``ValueError``."""
+        __tracebackhide__ = True
+        return _Wanted(where, self._url_path() + "/" + path.lstrip("/"), status, timeout)
 
     def assert_requested(self, path: str, *, status: int | str | None = None) -> HttpRequest:
         """Assert the device requested ``path`` (relative to ``url``), answered with ``status`` if given.
 
-        Returns the last matching request; the assertion message lists everything requested instead.
+        ``status`` is a status (``404``), a class (``"5xx"``) or a comma list of them (``"4xx,5xx"``),
+        as in ``--http-fail-on``. Returns the last matching request; the assertion message lists
+        everything requested instead.
         """
-        wanted, named = self._wanted(path, status)
-        hits, entries = self._matching(wanted, status)
+        __tracebackhide__ = True
+        wanted = self._wanted("assert_requested()", path, status)
+        hits, entries = self._matching(wanted)
         if not hits:
-            raise AssertionError(f"no request for {named}; the server answered:\n{describe(entries)}")
+            raise wanted.missing(entries)
         return hits[-1]
 
     #: Seconds between two looks at the request log while waiting.
@@ -200,23 +198,29 @@ class HttpServerHandle(ABC):
         """Wait until the device has requested ``path`` (relative to ``url``) and its response has ended.
 
         Returns that request (its ``complete`` tells a whole download from an abandoned one). After
-        ``timeout`` seconds it fails the test, listing what the device requested instead. While a
-        download of 64 MiB or more is under way, a progress line shows in the terminal (not under -q).
+        ``timeout`` seconds (finite, 0 or more) it fails the test, listing what the device requested
+        instead. ``status`` is as in :meth:`assert_requested`. While a download of 64 MiB or more is
+        under way, a progress line shows in the terminal (not under -q).
         """
-        wanted, named = self._wanted(path, status)
-        deadline = time.monotonic() + timeout
-        shown = _Shown()
+        __tracebackhide__ = True
+        wanted = self._wanted("wait_for_request()", path, status, timeout)
         while True:
-            hits, entries = self._matching(wanted, status)
-            if hits:
-                return hits[-1]
-            if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"no request for {named} within {timeout:g} s; the server answered:\n{describe(entries)}"
-                )
-            if self.progress is not None:
-                shown.report(self.progress, [p for p in self._in_flight() if unquote(p.path) == wanted])
+            hit, entries = self._poll(wanted)
+            if hit is not None:
+                return hit
+            wanted.fail_if_late(entries)
             time.sleep(self._poll_interval)
+
+    def _poll(self, wanted: _Wanted) -> tuple[HttpRequest | None, list[HttpRequest]]:
+        """One look at the log: the last request ``wanted`` matches (None yet), and all of this test's.
+
+        While none matches, it reports the progress of a large download of ``wanted``'s path.
+        """
+        hits, entries = self._matching(wanted)
+        if not hits and self.progress is not None:
+            downloads = [p for p in self._in_flight() if unquote(p.path) == wanted.path]
+            wanted.shown.report(self.progress, downloads)
+        return (hits[-1] if hits else None), entries
 
     def _in_flight(self) -> list[Progress]:
         """The server's downloads under way now (none, where it cannot tell)."""
@@ -225,14 +229,26 @@ class HttpServerHandle(ABC):
     async def wait_for_request_async(
         self, path: str, *, timeout: float = 60.0, status: int | str | None = None
     ) -> HttpRequest:
-        """:meth:`wait_for_request` for ``async def`` tests: waits without blocking their event loop."""
+        """:meth:`wait_for_request` for ``async def`` tests: waits without blocking their event loop.
+
+        Cancelling it (``asyncio.wait_for``, Ctrl-C) ends it at once.
+        """
+        __tracebackhide__ = True
         import asyncio
 
-        return await asyncio.to_thread(self.wait_for_request, path, timeout=timeout, status=status)
+        wanted = self._wanted("wait_for_request_async()", path, status, timeout)
+        while True:
+            # Each look is one short read in a thread (an exporter's log is a network call) and the
+            # wait between looks is the loop's: a cancelled wait leaves nothing polling behind it.
+            hit, entries = await asyncio.to_thread(self._poll, wanted)
+            if hit is not None:
+                return hit
+            wanted.fail_if_late(entries)
+            await asyncio.sleep(self._poll_interval)
 
     def inject(
         self,
-        path: str,
+        path: str | os.PathLike[str],
         *,
         delay: float = 0.0,
         rate: float | None = None,
@@ -243,13 +259,20 @@ class HttpServerHandle(ABC):
     ) -> Fault:
         """Make the server misbehave on ``path`` (relative to ``url``; a glob such as ``images/*.raw``).
 
-        - ``delay``: seconds before the response starts.
-        - ``rate``: bytes per second of the body.
-        - ``cut_after``: close the connection after this many body bytes of each response.
+        Every spelling of the path the server serves as that file (``sub//a.raw``, ``sub/./a.raw``,
+        ``sub/a.raw/``) gets the fault.
+
+        - ``delay``: seconds before the response starts (0 to 86400).
+        - ``rate``: bytes per second of the body (1 to 2**53 - 1).
+        - ``cut_after``: close the connection after this many body bytes of each response (0 to
+          2**53 - 1).
         - ``stall_after``: after this many body bytes send nothing more, until the client gives
-          up or the fault ends (the connection is then closed).
+          up or the fault ends (the connection is then closed); 0 to 2**53 - 1.
         - ``status``: answer this status (400-599) and no file; a 503 says ``Retry-After: 1``.
-        - ``times``: apply to the first ``times`` matching requests only (default: all).
+        - ``times``: apply to the first ``times`` matching requests only (1 to 2**53 - 1;
+          default: all).
+
+        The bounds are what Jumpstarter's wire carries exactly, where numbers travel as doubles.
 
         Ranges, ETags, HEAD and 304 work as without the fault; ``cut_after`` and ``stall_after``
         count the bytes of each response. The first fault injected wins when several match. The
@@ -334,3 +357,78 @@ class _Shown:
             f"{total:.1f} MiB ({100 * mib / total:.0f} %)"
             + (f", {rate / (1 << 20):.0f} MiB/s" if rate else "")
         )
+
+
+class _Wanted:
+    """The request a test asks about, its arguments checked: the URL path, the statuses, the deadline."""
+
+    def __init__(self, where: str, path: str, status: int | str | None, timeout: float | None) -> None:
+        __tracebackhide__ = True
+        #: The decoded URL path.
+        self.path = path
+        self.codes = None if status is None else _statuses(where, status)
+        #: How a failure names the request.
+        self.named = path + (f" answered {status}" if status is not None else "")
+        #: None for a look at the log now, not a wait.
+        self.timeout = None if timeout is None else _seconds(where, timeout)
+        self.deadline = time.monotonic() + (self.timeout or 0.0)
+        self.shown = _Shown()
+
+    def matches(self, entry: HttpRequest) -> bool:
+        if unquote(entry.path.split("?")[0]) != self.path:
+            return False
+        return self.codes is None or status_matches(entry.status, self.codes)
+
+    def missing(self, entries: list[HttpRequest]) -> AssertionError:
+        """The failure of a test whose device never made the request, listing what it made instead."""
+        within = "" if self.timeout is None else f" within {self.timeout:g} s"
+        return AssertionError(
+            f"no request for {self.named}{within}; the server answered:\n{describe(entries)}"
+        )
+
+    def fail_if_late(self, entries: list[HttpRequest]) -> None:
+        """Fail the test once the deadline has passed; ``entries`` are this test's requests."""
+        __tracebackhide__ = True
+        if time.monotonic() >= self.deadline:
+            raise self.missing(entries)
+
+
+def _statuses(where: str, status: object) -> tuple[str, ...]:
+    """``status`` as ``--http-fail-on`` reads it: ``404``, ``"5xx"``, ``"4xx,5xx"``."""
+    __tracebackhide__ = True
+    from .requestlog import parse_statuses
+
+    # A bool is an int to Python, and str() spells a huge int only slowly or not at all.
+    whole = type(status) is int and 100 <= status <= 599
+    if whole or isinstance(status, str):
+        with contextlib.suppress(ValueError):
+            return parse_statuses(str(status))
+    raise _refused(
+        where,
+        "status",
+        status,
+        "not a status; give one such as 404 or 5xx, or a comma list of them such as '4xx,5xx'",
+    )
+
+
+def _seconds(where: str, timeout: object) -> float:
+    """``timeout`` as a finite number of seconds, 0 or more (``nan`` or ``inf`` would wait for ever)."""
+    __tracebackhide__ = True
+    import sys
+
+    if (
+        isinstance(timeout, (int, float))
+        and not isinstance(timeout, bool)
+        and 0 <= timeout <= sys.float_info.max
+    ):
+        return float(timeout)
+    raise _refused(
+        where, "timeout", timeout, "not a time to wait; give a finite number of seconds, 0 or more"
+    )
+
+
+def _refused(where: str, name: str, value: object, problem: str) -> ValueError:
+    """The one-sentence error of a bad argument ``name`` of the method ``where``."""
+    from .faults import _shown
+
+    return ValueError(f"{where}: {name}={_shown(value)} is {problem}.")

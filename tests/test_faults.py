@@ -188,14 +188,14 @@ def test_leak_3_the_next_test_gets_its_files(http_server, served_dir):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"delay": -1}, "inject(): delay=-1 is negative"),
-        ({"rate": 0}, "inject(): rate=0 is not a speed; give bytes per second above 0."),
-        ({"cut_after": -5}, "inject(): cut_after=-5 is negative"),
+        ({"delay": -1}, "inject(): delay=-1 is out of range; give a number of seconds from 0 to 86400."),
+        ({"rate": 0}, "inject(): rate=0 is out of range; give a number of bytes per second from 1 to"),
+        ({"cut_after": -5}, "inject(): cut_after=-5 is out of range"),
         ({"cut_after": 1.5}, "inject(): cut_after=1.5 is not a whole number"),
         ({"cut_after": 1, "stall_after": 2}, "cut_after=1 and stall_after=2 were both given"),
-        ({"status": 200}, "inject(): status=200 is not an error status; give an HTTP status from 400"),
+        ({"status": 200}, "inject(): status=200 is out of range; give an HTTP error status from 400 to 599."),
         ({"status": 503, "rate": 10}, "status=503 answers with no file, so rate has nothing"),
-        ({"times": 0}, "inject(): times=0 is not a count of requests"),
+        ({"times": 0}, "inject(): times=0 is out of range; give a whole number of requests from 1 to"),
     ],
 )
 def test_bad_arguments_are_a_value_error(http_server, kwargs, message):
@@ -331,8 +331,8 @@ def test_a_bad_marker_argument_fails_the_test_naming_the_marker(pytester: pytest
     result.assert_outcomes(errors=3)
     result.stdout.fnmatch_lines(
         [
-            "@pytest.mark.http_fault: inject(): cut_after=-1 is negative or not finite; give a whole "
-            "number of 0 or more.",
+            "@pytest.mark.http_fault: inject(): cut_after=-1 is out of range; give a whole number of "
+            "bytes from 0 to 9007199254740991.",
             "@pytest.mark.http_fault: http_fault() got an unexpected keyword argument 'cut'.",
             "@pytest.mark.http_fault: http_fault() missing a required argument: 'path'.",
         ]
