@@ -18,7 +18,6 @@ import glob
 import itertools
 import math
 import os
-import posixpath
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import unquote
 
-from .records import check_name
+from .records import check_name, normalized
 
 if TYPE_CHECKING:
     import pytest
@@ -179,7 +178,7 @@ class FaultSpec:
         aiohttp's static route serves ``/sub//a.raw``, ``/sub/./a.raw``, ``/sub/x/../a.raw`` and
         ``/sub/a.raw/`` as ``/sub/a.raw``, so a fault matches the path they all resolve to (issue 17).
         """
-        resolved = "/" + posixpath.normpath(path).lstrip("/")  # normpath keeps a leading "//"
+        resolved = "/" + normalized(path)
         return any(fnmatchcase(resolved, pattern) for pattern in self.patterns)
 
     def label(self) -> str:

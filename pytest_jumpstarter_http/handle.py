@@ -20,6 +20,7 @@ from .records import (
     RequestLogUnavailable,
     check_name,
     describe,
+    normalized,
     status_matches,
     url_path,
 )
@@ -148,7 +149,7 @@ class HttpServerHandle(ABC):
         base = unquote(self._url_path()).rstrip("/") + "/"
         entries = self._requests_since(self._request_mark)
         return [
-            dataclasses.replace(entry, name=path.removeprefix(base))
+            dataclasses.replace(entry, name=normalized(path.removeprefix(base)))
             for entry in entries
             if (path := unquote(entry.path.split("?")[0])).startswith(base)
         ]
@@ -171,7 +172,7 @@ class HttpServerHandle(ABC):
     ) -> _Wanted:
         """What the method ``where`` asks for; a bad ``status`` or ``timeout`` is a ``ValueError``."""
         __tracebackhide__ = True
-        return _Wanted(where, self._url_path() + "/" + path.lstrip("/"), status, timeout)
+        return _Wanted(where, self._url_path(), path, status, timeout)
 
     def assert_requested(self, path: str, *, status: int | str | None = None) -> HttpRequest:
         """Assert the device requested ``path`` (relative to ``url``), answered with ``status`` if given.
@@ -362,20 +363,24 @@ class _Shown:
 class _Wanted:
     """The request a test asks about, its arguments checked: the URL path, the statuses, the deadline."""
 
-    def __init__(self, where: str, path: str, status: int | str | None, timeout: float | None) -> None:
+    def __init__(
+        self, where: str, base: str, path: str, status: int | str | None, timeout: float | None
+    ) -> None:
         __tracebackhide__ = True
-        #: The decoded URL path.
-        self.path = path
+        #: The name asked for, relative to the handle's URL, as ``HttpRequest.name`` spells it.
+        self.name = normalized(path)
         self.codes = None if status is None else _statuses(where, status)
+        #: Its decoded URL path.
+        self.path = f"{base}/{self.name}"
         #: How a failure names the request.
-        self.named = path + (f" answered {status}" if status is not None else "")
+        self.named = self.path + (f" answered {status}" if status is not None else "")
         #: None for a look at the log now, not a wait.
         self.timeout = None if timeout is None else _seconds(where, timeout)
         self.deadline = time.monotonic() + (self.timeout or 0.0)
         self.shown = _Shown()
 
     def matches(self, entry: HttpRequest) -> bool:
-        if unquote(entry.path.split("?")[0]) != self.path:
+        if entry.name != self.name:
             return False
         return self.codes is None or status_matches(entry.status, self.codes)
 
@@ -396,7 +401,7 @@ class _Wanted:
 def _statuses(where: str, status: object) -> tuple[str, ...]:
     """``status`` as ``--http-fail-on`` reads it: ``404``, ``"5xx"``, ``"4xx,5xx"``."""
     __tracebackhide__ = True
-    from .requestlog import parse_statuses
+    from .records import parse_statuses
 
     # A bool is an int to Python, and str() spells a huge int only slowly or not at all.
     whole = type(status) is int and 100 <= status <= 599

@@ -8,6 +8,7 @@ neither.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -190,6 +191,15 @@ def check_name(name: str, *, where: str = "name") -> str:
     if problem:
         raise ValueError(f"{where} {name!r} is not a valid served file name: {problem}; {_VALID}.")
     return name
+
+
+def normalized(path: str) -> str:
+    """A decoded URL path as the server resolves it, without its leading slash: ``//a/./b/`` is ``a/b``.
+
+    aiohttp's static route serves every spelling of a name (repeated slashes, ``.``, ``..``, a
+    trailing slash) as the same file, so what matches a name must accept them all.
+    """
+    return posixpath.normpath("/" + path).lstrip("/")
 
 
 def url_path(name: str) -> str:
