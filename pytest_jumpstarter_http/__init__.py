@@ -5,16 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .faults import Fault
     from .handle import HttpServerHandle
     from .loopback import LoopbackServer
-    from .records import HttpRequest
+    from .records import Fault, HttpRequest
     from .runtime import HttpServerFactory
 
 __all__ = ["Fault", "HttpRequest", "HttpServerFactory", "HttpServerHandle", "LoopbackServer"]
 
 _HOMES = {
-    "Fault": "faults",
+    "Fault": "records",
     "HttpRequest": "records",
     "HttpServerHandle": "handle",
     "LoopbackServer": "loopback",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import eventloop
-from .options import JUMPSTARTER_HOST
+from .records import JUMPSTARTER_HOST
 
 JMP_LEASE = "JMP_LEASE"
 JMP_EXPORTER_LABELS = "JMP_EXPORTER_LABELS"
@@ -61,8 +61,8 @@ def _env_labels() -> dict[str, str]:
 
 
 @dataclass
-class Exporter:
-    """An exporter as this process is connected to it: its root Jumpstarter client, and how to let go."""
+class Connection:
+    """This process's connection to an exporter: its root Jumpstarter client, and how to let go."""
 
     name: str
     labels: dict[str, str]
@@ -216,7 +216,7 @@ async def _probe(host: str, timeout: float) -> None:
             ) from None
 
 
-def open_shell(host: str, timeout: float) -> Exporter:
+def open_shell(host: str, timeout: float) -> Connection:
     """Connect to the exporter of the surrounding ``jmp shell`` (``JUMPSTARTER_HOST``)."""
     from jumpstarter.utils.env import env_async
 
@@ -229,7 +229,7 @@ def open_shell(host: str, timeout: float) -> Exporter:
         stack.close()
         raise ExporterError(f"{JUMPSTARTER_HOST}={host!r}: cannot open a Jumpstarter session: {exc}") from exc
     name = os.environ.get("JMP_EXPORTER") or f"jmp shell at {host}"
-    return Exporter(name=name, labels=_env_labels(), client=client, stack=stack, address=host)
+    return Connection(name=name, labels=_env_labels(), client=client, stack=stack, address=host)
 
 
 def _current_client() -> str:
@@ -243,7 +243,7 @@ def _current_client() -> str:
     return current.alias if current is not None else "default"
 
 
-def open_lease(client_name: str | None, selector: str, timeout: float) -> Exporter:
+def open_lease(client_name: str | None, selector: str, timeout: float) -> Connection:
     """Lease an exporter matching ``selector`` through a client config; released on close."""
     from jumpstarter.config.client import ClientConfigV1Alpha1
 
@@ -282,7 +282,7 @@ def open_lease(client_name: str | None, selector: str, timeout: float) -> Export
         ) from exc
     labels = dict(getattr(lease, "exporter_labels", None) or {})
     name = lease.exporter_name or "leased exporter"
-    connection = Exporter(name=name, labels=labels, client=client, stack=stack, address=f"lease:{name}")
+    connection = Connection(name=name, labels=labels, client=client, stack=stack, address=f"lease:{name}")
     if reused and labels and not labels_match(selector, labels):
         connection.close()
         raise ExporterUnavailable(
@@ -291,14 +291,16 @@ def open_lease(client_name: str | None, selector: str, timeout: float) -> Export
     return connection
 
 
-def adopt(client: Any) -> Exporter:
+def adopt(client: Any) -> Connection:
     """A connection over a Jumpstarter client the test already holds; closing it leaves the client open.
 
     A client knows its driver's labels, not its exporter's: the name comes from ``jmp shell``'s
     environment when there is one.
     """
     name = os.environ.get("JMP_EXPORTER") or ADOPTED
-    return Exporter(name=name, labels=_env_labels(), client=client, stack=ExitStack(), address="your client")
+    return Connection(
+        name=name, labels=_env_labels(), client=client, stack=ExitStack(), address="your client"
+    )
 
 
 class Connections:
@@ -308,11 +310,11 @@ class Connections:
         self._client_name = client_name
         self._host = jumpstarter_host
         self._timeout = timeout
-        self._open: dict[str | None, Exporter] = {}
+        self._open: dict[str | None, Connection] = {}
         #: Why a connection could not be made: tried once, not again by every test.
         self._failures: dict[str | None, ExporterUnavailable | ExporterError] = {}
 
-    def get(self, selector: str | None, client: Any = None) -> Exporter:
+    def get(self, selector: str | None, client: Any = None) -> Connection:
         """The connection for ``selector``, or over ``client`` when the test gives its own."""
         if client is not None:  # the test's, for as long as the test keeps it: never kept here
             return adopt(client)
@@ -338,7 +340,7 @@ class Connections:
             )
         return connection
 
-    def _connect(self, selector: str | None) -> Exporter:
+    def _connect(self, selector: str | None) -> Connection:
         if self._host:
             return open_shell(self._host, self._timeout)
         if selector:
@@ -347,9 +349,6 @@ class Connections:
             "no Jumpstarter exporter: run pytest inside `jmp shell`, or give --http-selector=LABELS "
             "(or @pytest.mark.http_exporter(selector=...)) to lease one."
         )
-
-    def __iter__(self) -> Iterator[Exporter]:
-        return iter(list(self._open.values()))
 
     def close(self) -> None:
         connections, self._open = list(self._open.values()), {}

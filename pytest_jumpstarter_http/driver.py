@@ -26,9 +26,10 @@ from jumpstarter.driver import export
 from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
-from .faults import FaultMiddleware, FaultRegistry, FaultSpec
 from .namespaces import Namespaces
+from .records import FaultSpec
 from .serving import Numbered, RequestLog, beneath_middleware, install
+from .shaping import FaultMiddleware, FaultRegistry
 
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000

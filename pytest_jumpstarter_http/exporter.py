@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import locks
-from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connections, Exporter, ExporterError
-from .faults import FaultSpec, FaultsUnavailable
+from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connection, Connections, ExporterError
 from .handle import WILDCARDS, HttpServerHandle, format_url
-from .options import Settings
 from .records import (
     NS,
     RUNS,
@@ -36,7 +34,6 @@ from .records import (
     HttpPublishWarning,
     HttpRequest,
     Progress,
-    RequestLogUnavailable,
     check_name,
     url_path,
 )
@@ -49,10 +46,21 @@ class ExporterBackend:
     """This process's side of the exporter backend: its connections, and what it holds on each server."""
 
     def __init__(
-        self, settings: Settings, run_id: str, worker: str, progress: Callable[[str], None] | None = None
+        self,
+        *,
+        client_config: str | None,
+        jumpstarter_host: str | None,
+        timeout: float,
+        keep: bool,
+        url_host: str | None,
+        run_id: str,
+        worker: str,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
-        self.settings = settings
-        self.connections = Connections(settings.client, settings.jumpstarter_host, settings.timeout)
+        self.connections = Connections(client_config, jumpstarter_host, timeout)
+        self._timeout = timeout
+        self._keep = keep
+        self._url_host = url_host
         self._run_id = run_id
         self._worker = worker
         self._progress = progress
@@ -60,47 +68,70 @@ class ExporterBackend:
         #: Every HttpServer this process used, by client object.
         self._used: dict[int, Used] = {}
         #: What this process bound to, one line per HttpServer driver, for the run's summary.
-        self.bound: list[str] = []
+        self._bound: list[str] = []
 
     def server(
-        self, selector: str | None, driver: str | None, root: Path, *, owned: bool, client: Any = None
+        self,
+        root: Path,
+        *,
+        owned: bool,
+        selector: str | None = None,
+        driver: str | None = None,
+        exporter_client: Any = None,
     ) -> ExporterServer:
         """A handle on the exporter's server for ``root``: a folder of the plugin's own (``owned``)
         or a user's directory, mirrored once per process into this process's folder on the exporter.
+
+        The exporter is the one of ``exporter_client`` (a client the test holds), else the
+        ``jmp shell`` one, else one leased by ``selector``; ``driver`` is its HttpServer's path.
         """
-        exporter = self.connections.get(selector, client)
-        with exporter.answering():
-            path, http = exporter.http(driver)
-            used = self._use(exporter, path, http)
+        connection = self.connections.get(selector, exporter_client)
+        with connection.answering():
+            path, http = connection.http(driver)
+            used = self._use(connection, path, http)
             mirror = None if owned else used.mirror(root)
-            server = ExporterServer(self, used, driver=path, root=root, mirror=mirror)
+            server = ExporterServer(
+                used,
+                driver=path,
+                root=root,
+                mirror=mirror,
+                keep=self._keep,
+                url_host=self._url_host,
+                progress=self._progress,
+            )
             if not owned:
                 server.publish()
             return server
 
-    def _use(self, exporter: Exporter, path: str, http: Any) -> Used:
+    def summary(self) -> list[str]:
+        """One line per HttpServer this process used: its exporter, and where it listens."""
+        return list(self._bound)
+
+    def _use(self, connection: Connection, path: str, http: Any) -> Used:
         # By client object: a test's own client (http_exporter_client) reaches the same driver
         # through objects of its own, which end with it. The entry keeps ``http`` alive, so its
         # id is never reused by another.
         key = id(http)
         if key not in self._used:
             recording = http.labels.get(CLIENT_LABEL) == RECORDING_CLIENT
-            _start_unless_running(http, recording, self.settings.timeout)
-            line = f"{exporter.describe()}: HttpServer {path!r} at {http.get_url()}"
-            if line not in self.bound:
-                self.bound.append(line)
+            _start_unless_running(http, recording, self._timeout)
+            line = f"{connection.describe()}: HttpServer {path!r} at {http.get_url()}"
+            if line not in self._bound:
+                self._bound.append(line)
                 log.info("%s: %s", self._worker, line)
             folder = f"{RUNS}/{self._run_id}-{self._worker}-{uuid.uuid4().hex[:8]}"
-            holding = Holding(http, folder, self.settings.keep, self.settings.timeout) if recording else None
+            holding = Holding(http, folder, self._keep, self._timeout) if recording else None
             store = Store(
                 http,
-                exporter.name,
+                connection.name,
                 self._digests,
-                self.settings.timeout,
+                self._timeout,
                 self._progress,
-                parts=f"{folder}/.parts",
+                # The server removes a holder's folder, partial files and all, when it ends; the stock
+                # driver cannot, so its partials go where the next run of this machine sweeps them.
+                parts=f"{folder}/.parts" if holding is not None else None,
             )
-            self._used[key] = Used(exporter, http, store, folder, holding)
+            self._used[key] = Used(connection, http, store, folder, holding)
         return self._used[key]
 
     def close(self) -> None:
@@ -108,7 +139,7 @@ class ExporterBackend:
         (unless ``--http-keep``); the stock driver's is removed from here."""
         try:
             for used in self._used.values():
-                used.close(keep=self.settings.keep)
+                used.close(keep=self._keep)
         finally:
             self._used.clear()
             self.connections.close()
@@ -118,7 +149,7 @@ class ExporterBackend:
 class Used:
     """One HttpServer as this process uses it: its connection, client, store and folder there."""
 
-    exporter: Exporter
+    connection: Connection
     http: Any
     store: Store
     #: This process's folder below the exporter's root; everything it puts there is inside.
@@ -138,7 +169,7 @@ class Used:
         if self.holding is not None:
             self.holding.close()
             return
-        if keep or self.exporter.gone is not None:
+        if keep or self.connection.gone is not None:
             return
         # The stock driver cannot see this process end: remove its folder while it can.
         with contextlib.suppress(Exception):
@@ -209,24 +240,44 @@ class ExporterServer(HttpServerHandle):
     backend: Literal["exporter"] = "exporter"
 
     def __init__(
-        self, exporters: ExporterBackend, used: Used, *, driver: str, root: Path, mirror: str | None
+        self,
+        used: Used,
+        *,
+        driver: str,
+        root: Path,
+        mirror: str | None,
+        keep: bool,
+        url_host: str | None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
-        self.exporter = used.exporter
+        connection, http = used.connection, used.http
+        namespace = None
+        folder = f"{used.folder}/h-{uuid.uuid4().hex[:8]}"
+        if used.holding is not None:
+            shown = [folder] if mirror is None else [folder, mirror]
+            namespace = http.open_namespace(used.holding.token, shown)
+        super().__init__(
+            root,
+            http.get_host(),
+            recorder=None if namespace is None else _Answering(http, connection),
+            unrecorded=f"the HttpServer driver at {driver!r} of exporter {connection.name!r}",
+            namespace=namespace,
+            progress=progress,
+        )
+        #: The connection to the exporter whose server this is.
+        self.connection = connection
         #: The dotted path of the HttpServer driver on the exporter.
         self.driver = driver
-        self.root: Path = root
         #: The exporter folder ``stage()`` uploads to, removed at ``stop()`` unless ``--http-keep``.
-        self.folder = f"{used.folder}/h-{uuid.uuid4().hex[:8]}"
+        self.folder = folder
         #: The exporter folder ``publish()`` sends ``root`` to: the mirror of a user's root, else ``folder``.
-        self.served = mirror or self.folder
-        self._keep = exporters.settings.keep
-        self._http = used.http
+        self.served = mirror or folder
+        self._keep = keep
+        self._http = http
         self._store = used.store
-        self.host = self._http.get_host()
-        url_host = exporters.settings.url_host
         if url_host is None and self.host in WILDCARDS:
             raise ExporterError(
-                f"exporter {self.exporter.name!r}: its HttpServer at {driver!r} listens on "
+                f"exporter {connection.name!r}: its HttpServer at {driver!r} listens on "
                 f"{self.host!r}, which is no address a device can use; give the address the device "
                 "reaches with --http-url-host."
             )
@@ -236,23 +287,18 @@ class ExporterServer(HttpServerHandle):
         self._wrote_folder = False
         #: The names ``stage()`` sent, which the stock driver serves from ``folder``.
         self._staged: set[str] = set()
-        #: This handle's namespace on a RecordingHttpServer, else None.
-        self._namespace: str | None = None
-        if used.holding is not None:
-            shown = [self.folder] if mirror is None else [self.folder, mirror]
-            self._namespace = self._http.open_namespace(used.holding.token, shown)
         #: The URL path of ``url``.
-        self._path = url_path(f"{NS}/{self._namespace}" if self._namespace else self.served)
+        self._path = url_path(f"{NS}/{namespace}" if namespace else self.served)
 
     @property
     def port(self) -> int:
         """The port the exporter's server listens on now."""
-        with self.exporter.answering():
+        with self.connection.answering():
             port = int(self._http.get_port())
         self._last_port = port or self._last_port
         if port == 0:
             raise ExporterError(
-                f"the HttpServer at {self.driver!r} of exporter {self.exporter.name!r} is not running: "
+                f"the HttpServer at {self.driver!r} of exporter {self.connection.name!r} is not running: "
                 "someone stopped it during the run; start it again with its client's start()."
             )
         return port
@@ -272,55 +318,7 @@ class ExporterServer(HttpServerHandle):
 
     @property
     def exporter_client(self) -> Any:
-        return self.exporter.client
-
-    def _log_unavailable(self) -> RequestLogUnavailable | None:
-        if self._namespace is not None:
-            return None
-        return RequestLogUnavailable(
-            f"the HttpServer driver at {self.driver!r} of exporter {self.exporter.name!r} keeps no "
-            "request log; put pytest_jumpstarter_http.driver.RecordingHttpServer in the exporter config "
-            "instead of jumpstarter_driver_http.driver.HttpServer to see what the device fetched."
-        )
-
-    def _requests_since(self, start: int) -> list[HttpRequest]:
-        if problem := self._log_unavailable():
-            raise problem
-        with self.exporter.answering():
-            return list(self._http.get_requests(start, self._path + "/")[1])
-
-    def _in_flight(self) -> list[Progress]:
-        if self._log_unavailable():
-            return []
-        with self.exporter.answering():
-            return [p for p in self._http.get_in_flight() if p.path.startswith(self._path + "/")]
-
-    def _request_count(self) -> int:
-        if problem := self._log_unavailable():
-            raise problem
-        with self.exporter.answering():
-            # Counting only: no entry is numbered that high, so none crosses the wire.
-            return int(self._http.get_requests(1 << 62, self._path + "/")[0])
-
-    def _inject_fault(self, spec: FaultSpec) -> str:
-        if self._namespace is None:
-            raise FaultsUnavailable(
-                f"the HttpServer driver at {self.driver!r} of exporter {self.exporter.name!r} cannot "
-                "inject network faults; put pytest_jumpstarter_http.driver.RecordingHttpServer in the "
-                "exporter config instead of jumpstarter_driver_http.driver.HttpServer to use inject()."
-            )
-        with self.exporter.answering():
-            return str(self._http.inject_fault(spec.as_dict(), self._namespace))
-
-    def _clear_fault(self, fault_id: str) -> int:
-        if self.exporter.gone is not None:  # its faults went with it
-            return 0
-        with self.exporter.answering():
-            return int(self._http.clear_fault(fault_id))
-
-    def _fault_hits(self, fault_id: str) -> int:
-        with self.exporter.answering():
-            return int(self._http.fault_hits(fault_id))
+        return self.connection.client
 
     #: Each look at the request log is a call to the exporter.
     _poll_interval = 0.25
@@ -353,7 +351,7 @@ class ExporterServer(HttpServerHandle):
             except HttpPublishError as exc:
                 if name is not None:
                     raise HttpPublishError(
-                        f"{str(self.root / each)!r} cannot be sent to exporter {self.exporter.name!r}: "
+                        f"{str(self.root / each)!r} cannot be sent to exporter {self.connection.name!r}: "
                         f"{exc}; serve a regular file this user can read."
                     ) from None
                 left_out.append(f"{each!r} ({exc})")
@@ -365,7 +363,7 @@ class ExporterServer(HttpServerHandle):
                     os.close(fd)
         if left_out:
             warnings.warn(
-                f"not sent from {str(self.root)!r} to exporter {self.exporter.name!r}, so answering "
+                f"not sent from {str(self.root)!r} to exporter {self.connection.name!r}, so answering "
                 f"404 there: {'; '.join(left_out)}.",
                 HttpPublishWarning,
                 stacklevel=2,
@@ -381,7 +379,7 @@ class ExporterServer(HttpServerHandle):
         return self.url_for(name)
 
     def _put(self, fd: int, label: str, target: str) -> None:
-        with self.exporter.answering():
+        with self.connection.answering():
             self._store.put(fd, label, target)
         self._wrote_folder = self._wrote_folder or target.startswith(self.folder + "/")
 
@@ -393,16 +391,48 @@ class ExporterServer(HttpServerHandle):
         finally:
             self._close_namespace()
         # An exporter that is gone holds nothing to remove, and its tests were told already.
-        if self._keep or self.exporter.gone is not None or not self._wrote_folder:
+        if self._keep or self.connection.gone is not None or not self._wrote_folder:
             return
         try:
-            with self.exporter.answering():
+            with self.connection.answering():
                 self._http.storage.remove_all(self.folder + "/")
         finally:
             self._store.forget(self.folder + "/")
 
     def _close_namespace(self) -> None:
-        if self._namespace is None or self.exporter.gone is not None:
+        if self._namespace is None or self.connection.gone is not None:
             return
-        with self.exporter.answering():
+        with self.connection.answering():
             self._http.close_namespace(self._namespace)
+
+
+class _Answering:
+    """The recorder of an exporter's RecordingHttpServer: its client's calls, each turning
+    "the exporter stopped answering" into one clear error."""
+
+    def __init__(self, http: Any, connection: Connection) -> None:
+        self._http = http
+        self._connection = connection
+
+    def get_requests(self, start: int, prefix: str = "") -> tuple[int, list[HttpRequest]]:
+        with self._connection.answering():
+            started, entries = self._http.get_requests(start, prefix)
+            return int(started), list(entries)
+
+    def get_in_flight(self) -> list[Progress]:
+        with self._connection.answering():
+            return list(self._http.get_in_flight())
+
+    def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        with self._connection.answering():
+            return str(self._http.inject_fault(spec, namespace))
+
+    def clear_fault(self, fault_id: str) -> int:
+        if self._connection.gone is not None:  # its faults went with it
+            return 0
+        with self._connection.answering():
+            return int(self._http.clear_fault(fault_id))
+
+    def fault_hits(self, fault_id: str) -> int:
+        with self._connection.answering():
+            return int(self._http.fault_hits(fault_id))

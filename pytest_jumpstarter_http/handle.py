@@ -1,4 +1,9 @@
-"""The handle every ``http_server`` fixture yields, whatever the backend."""
+"""The handle every ``http_server`` fixture yields, whatever the backend.
+
+A backend gives its handle where it serves (the URL, publishing and staging files) and a
+:class:`~pytest_jumpstarter_http.records.Recorder`: everything else (the request log, waiting
+for a request, faults) is written once, here, against that interface.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any, Literal, Self, cast
+from urllib.parse import unquote
 
 from .records import (
     PROGRESS_BYTES,
@@ -26,9 +31,14 @@ from .records import (
 )
 
 if TYPE_CHECKING:
-    from .faults import Fault, FaultSpec
+    from .records import Fault, Recorder
 
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+#: What a server without a recorder (the stock driver on an exporter) should be instead.
+_RECORDING = (
+    "put pytest_jumpstarter_http.driver.RecordingHttpServer in the exporter config instead of "
+    "jumpstarter_driver_http.driver.HttpServer"
+)
 
 
 def concrete_host(host: str) -> str:
@@ -65,10 +75,33 @@ class HttpServerHandle(ABC):
     """
 
     backend: Literal["loopback", "exporter"]
-    #: The bound address (an exporter's server reports its own).
-    host: str
-    #: The local directory served (on an exporter: the local directory published to it).
-    root: Path
+
+    def __init__(
+        self,
+        root: Path,
+        host: str,
+        *,
+        recorder: Recorder | None,
+        unrecorded: str = "",
+        namespace: str | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        #: The local directory served (on an exporter: the local directory published to it).
+        self.root = root
+        #: The bound address (an exporter's server reports its own).
+        self.host = host
+        #: Where its request log and faults are kept; None for a server that keeps none.
+        self._recorder = recorder
+        #: What has no recorder (``the HttpServer driver at 'http' of exporter 'lab'``), for messages.
+        self._unrecorded = unrecorded
+        #: The URL namespace of this handle on a shared server, which its faults end with.
+        self._namespace = namespace
+        #: Where ``wait_for_request`` reports a large download under way (None: silent).
+        self.progress = progress
+        #: Where this test's part of the request log starts: a number of requests started.
+        self._request_mark = 0
+        #: The faults injected and not cleared yet.
+        self._faults: list[Fault] = []
 
     @property
     @abstractmethod
@@ -124,21 +157,28 @@ class HttpServerHandle(ABC):
     def publish(self, name: str | None = None) -> None:
         """Make what is new or changed in ``root`` (or just ``name``) available to the device."""
 
-    #: Where this test's part of the request log starts (see ``mark_requests``).
-    _request_mark = 0
+    @abstractmethod
+    def _url_path(self) -> str:
+        """The path part of ``url``: where this handle's requests are, on a server others may share."""
 
-    def _requests_since(self, start: int) -> list[HttpRequest]:
-        """The server's recorded requests from number ``start`` on; ``RequestLogUnavailable`` if none."""
-        raise RequestLogUnavailable(f"{type(self).__name__} keeps no request log.")
+    def clear(self) -> None:
+        """End this test's faults and start a new request window: the fixtures call it between tests."""
+        try:
+            self.clear_faults()
+        finally:
+            with contextlib.suppress(RequestLogUnavailable):
+                # Counting only: no request is numbered that high, so none is read.
+                self._request_mark = self._recorded().get_requests(1 << 62, self._prefix())[0]
 
-    def _request_count(self) -> int:
-        """How many requests the server has recorded in its life."""
-        raise RequestLogUnavailable(f"{type(self).__name__} keeps no request log.")
+    def _recorded(self) -> Recorder:
+        if self._recorder is None:
+            raise RequestLogUnavailable(
+                f"{self._unrecorded} keeps no request log; {_RECORDING} to see what the device fetched."
+            )
+        return self._recorder
 
-    def mark_requests(self) -> None:
-        """Start a new window for ``requests``: the fixtures call it as each test starts."""
-        with contextlib.suppress(RequestLogUnavailable):
-            self._request_mark = self._request_count()
+    def _prefix(self) -> str:
+        return self._url_path() + "/"
 
     @property
     def requests(self) -> list[HttpRequest]:
@@ -146,21 +186,13 @@ class HttpServerHandle(ABC):
 
         Each one's ``name`` is its path relative to ``url``: ``"rootfs.img"`` on every backend.
         """
-        base = unquote(self._url_path()).rstrip("/") + "/"
-        entries = self._requests_since(self._request_mark)
+        base = unquote(self._prefix())
+        entries = self._recorded().get_requests(self._request_mark, self._prefix())[1]
         return [
             dataclasses.replace(entry, name=normalized(path.removeprefix(base)))
             for entry in entries
             if (path := unquote(entry.path.split("?")[0])).startswith(base)
         ]
-
-    def _request_paths(self) -> tuple[str, ...]:
-        """URL path prefixes of this handle's requests (a shared server serves others too)."""
-        return (self._url_path(),)
-
-    def _url_path(self) -> str:
-        """The path part of ``url``."""
-        return urlsplit(self.url).path
 
     def _matching(self, wanted: _Wanted) -> tuple[list[HttpRequest], list[HttpRequest]]:
         """This test's requests that ``wanted`` matches, and all of this test's."""
@@ -188,10 +220,8 @@ class HttpServerHandle(ABC):
             raise wanted.missing(entries)
         return hits[-1]
 
-    #: Seconds between two looks at the request log while waiting.
+    #: Seconds between two looks at the request log while waiting (an exporter's is a remote call).
     _poll_interval = 0.02
-    #: Where ``wait_for_request`` reports a large download under way (the fixtures set it; None: silent).
-    progress: Callable[[str], None] | None = None
 
     def wait_for_request(
         self, path: str, *, timeout: float = 60.0, status: int | str | None = None
@@ -218,14 +248,10 @@ class HttpServerHandle(ABC):
         While none matches, it reports the progress of a large download of ``wanted``'s path.
         """
         hits, entries = self._matching(wanted)
-        if not hits and self.progress is not None:
-            downloads = [p for p in self._in_flight() if unquote(p.path) == wanted.path]
+        if not hits and self.progress is not None and self._recorder is not None:
+            downloads = [p for p in self._recorder.get_in_flight() if unquote(p.path) == wanted.path]
             wanted.shown.report(self.progress, downloads)
         return (hits[-1] if hits else None), entries
-
-    def _in_flight(self) -> list[Progress]:
-        """The server's downloads under way now (none, where it cannot tell)."""
-        return []
 
     async def wait_for_request_async(
         self, path: str, *, timeout: float = 60.0, status: int | str | None = None
@@ -280,46 +306,29 @@ class HttpServerHandle(ABC):
         fault ends with the test (or with ``Fault.clear()``); the request log shows which requests
         it hit. Bad arguments raise ``ValueError``.
         """
-        options = {name: value for name, value in locals().items() if name not in ("self", "path")}
-        from .faults import Fault, FaultSpec
+        from .records import Fault, FaultSpec, FaultsUnavailable
 
-        spec = FaultSpec.make(path, options, self._request_paths())
-        fault = Fault(self, self._inject_fault(spec), spec)
-        self._faults().append(fault)
+        # FaultSpec takes an os.PathLike too, and refuses any other type in one sentence.
+        spec = FaultSpec(cast(str, path), delay, rate, cut_after, stall_after, status, times)
+        spec = spec.under((self._url_path(),))
+        if self._recorder is None:
+            raise FaultsUnavailable(
+                f"{self._unrecorded} cannot inject network faults; {_RECORDING} to use inject()."
+            )
+        fault = Fault(self._recorder, self._recorder.inject_fault(spec.as_dict(), self._namespace), spec)
+        self._faults.append(fault)
         return fault
 
     def clear_faults(self) -> None:
         """End every fault this handle injected; the fixtures call it as each test ends."""
-        faults = self._faults()
         first: BaseException | None = None
-        while faults:
+        while self._faults:
             try:
-                faults.pop(0).clear()
+                self._faults.pop(0).clear()
             except Exception as exc:
                 first = first or exc
         if first is not None:
             raise first
-
-    def _faults(self) -> list[Fault]:
-        """The faults this handle injected and did not clear yet."""
-        faults: list[Fault] | None = self.__dict__.get("_injected")
-        if faults is None:
-            faults = self.__dict__["_injected"] = []
-        return faults
-
-    def _inject_fault(self, spec: FaultSpec) -> str:
-        """Apply ``spec`` on the server; return its id there."""
-        from .faults import FaultsUnavailable
-
-        raise FaultsUnavailable(f"{type(self).__name__} cannot inject network faults.")
-
-    def _clear_fault(self, fault_id: str) -> int:
-        """End the fault ``fault_id`` on the server; return how often it hit."""
-        raise NotImplementedError
-
-    def _fault_hits(self, fault_id: str) -> int:
-        """How often the fault ``fault_id`` hit so far."""
-        raise NotImplementedError
 
     @abstractmethod
     def stop(self) -> None:
@@ -334,7 +343,7 @@ class HttpServerHandle(ABC):
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.backend} {self.url} root={self.root}>"
+        return f"<{type(self).__name__} {self.backend} {self.label} root={self.root}>"
 
 
 class _Shown:
@@ -434,6 +443,6 @@ def _seconds(where: str, timeout: object) -> float:
 
 def _refused(where: str, name: str, value: object, problem: str) -> ValueError:
     """The one-sentence error of a bad argument ``name`` of the method ``where``."""
-    from .faults import _shown
+    from .records import shown
 
-    return ValueError(f"{where}: {name}={_shown(value)} is {problem}.")
+    return ValueError(f"{where}: {name}={shown(value)} is {problem}.")

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from . import eventloop
 from .handle import HttpServerHandle, concrete_host, format_url
-from .options import PortRange
-from .records import HttpRequest, Progress, url_path
+from .records import FaultSpec, HttpRequest, PortRange, Progress, url_path
 
 if TYPE_CHECKING:
     from .driver import RecordingHttpServer
-    from .faults import FaultSpec
+    from .roots import Roots
 
 #: Seconds a stopping server waits for downloads still in flight before it cuts them.
 SHUTDOWN_GRACE = 2.0
@@ -53,49 +52,52 @@ class LoopbackServer(HttpServerHandle):
         url_host: str | None = None,
         timeout: float = 30.0,
         staging: Path | Callable[[], Path] | None = None,
+        release: Callable[[Path], object] | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
-        self.root: Path = Path(root)
-        self.host = host
-        self._ports = port
-        self._url_host = url_host
-        self._timeout = timeout
-        self._staging = staging
-        self._staged: set[Path] = set()
-        self._driver: RecordingHttpServer | None = None
-        #: The port it last listened on: a stopped server's URL still names it, in its report.
-        self._port = 0
-        self._stopped = False
-        self._url, self._url_port = "", -1
-        self._client: Any = None
-        self._client_stack = ExitStack()
-
-    def start(self) -> Self:
-        """Start the driver's server on a free port of the configured range."""
         from .driver import RecordingHttpServer
 
         # The driver's defaults bind the LAN address on port 8080 and serve /var/www; never use them.
         # mypy takes the grpc servicer methods the Driver base leaves to the exporter as abstract.
-        driver = RecordingHttpServer(  # type: ignore[abstract]
-            root_dir=str(self.root),
-            host=self.host,
+        self._driver = RecordingHttpServer(  # type: ignore[abstract]
+            root_dir=str(root),
+            host=host,
             port=0,
             remove_created_on_close=False,
             # Its INFO lines ("HTTP server started at ...") would fill every test's captured log.
             log_level="WARNING",
             shutdown_grace=SHUTDOWN_GRACE,
         )
-        if isinstance(self._staging, Path) and self._staging != self.root:
-            driver.roots.append(self._staging)
+        super().__init__(Path(root), host, recorder=_InProcess(self._driver), progress=progress)
+        self._ports = port
+        self._url_base_host = url_host or concrete_host(host)
+        self._timeout = timeout
+        self._staging = staging
+        #: Called with a staging folder this server made (not one it was given) once it stops.
+        self._release = release
+        self._staged: set[Path] = set()
+        self._made_staging: Path | None = None
+        if isinstance(staging, Path) and staging != self.root:
+            self._driver.roots.append(staging)
+        self._started = False
+        self._stopped = False
+        #: The port it last listened on: a stopped server's URL still names it, in its report.
+        self._port = 0
+        self._url, self._url_port = "", -1
+        self._client: Any = None
+        self._client_stack = ExitStack()
+
+    def start(self) -> Self:
+        """Start the driver's server on a free port of the configured range."""
         # Each running server holds the loop thread: used without pytest, the last stop() ends
         # the thread, whose portal would otherwise hang the interpreter's exit.
         eventloop.acquire()
         try:
-            self._bind(driver)
+            self._bind(self._driver)
         except BaseException:
             eventloop.release()
             raise
-        self._driver = driver
-        self._url_base_host = self._url_host or concrete_host(self.host)
+        self._started = True
         return self
 
     def _bind(self, driver: RecordingHttpServer) -> None:
@@ -113,16 +115,19 @@ class LoopbackServer(HttpServerHandle):
         )
 
     @property
-    def _started(self) -> RecordingHttpServer:
-        if self._driver is None:
+    def port(self) -> int:
+        if not self._started:
             raise RuntimeError(f"{type(self).__name__} on {str(self.root)!r} was never started; start() it.")
-        return self._driver
+        if not self._stopped:
+            self._port = int(self._driver.get_port()) or self._port
+        return self._port
 
     @property
-    def port(self) -> int:
-        if not self._stopped:
-            self._port = int(self._started.get_port()) or self._port
-        return self._port
+    def label(self) -> str:
+        return format_url(self._url_base_host, self._port)
+
+    def _url_path(self) -> str:
+        return ""
 
     @property
     def url(self) -> str:
@@ -130,11 +135,6 @@ class LoopbackServer(HttpServerHandle):
         if port != self._url_port:  # formatted once per port: tests read it often
             self._url, self._url_port = format_url(self._url_base_host, port), port
         return self._url
-
-    @property
-    def staging(self) -> Path | None:
-        """The folder ``stage()`` copies into, once there is one."""
-        return self._staging if isinstance(self._staging, Path) else None
 
     @property
     def client(self) -> Any:
@@ -145,7 +145,7 @@ class LoopbackServer(HttpServerHandle):
             portal = eventloop.portal()
             stack = self._client_stack
             self._client = stack.enter_context(
-                portal.wrap_async_context_manager(serve_async(self._started, portal, stack))
+                portal.wrap_async_context_manager(serve_async(self._driver, portal, stack))
             )
         return self._client
 
@@ -187,53 +187,60 @@ class LoopbackServer(HttpServerHandle):
             )
         if not isinstance(staging, Path):
             self._staging = staging = staging()
-            self._started.roots.append(staging)
+            self._made_staging = staging
+            self._driver.roots.append(staging)
         return staging
 
     def publish(self, name: str | None = None) -> None:
         """Nothing to do: the server reads ``root`` directly."""
 
-    def _requests_since(self, start: int) -> list[HttpRequest]:
-        # A client can read a response before the server's task logs it; while a connection is
-        # open, let the loop catch up (a closed one has logged everything it answered).
-        runner = self._started.runner
-        if runner is not None and runner.server is not None and runner.server.connections:
-            eventloop.call(_settle)
-        return self._started.request_log.since(start)
-
-    def _in_flight(self) -> list[Progress]:
-        return self._started.request_log.in_flight()
-
-    def _request_count(self) -> int:
-        return self._started.request_log.started
-
-    # The registry takes its own lock: the server's loop thread matches while this thread adds.
-    def _inject_fault(self, spec: FaultSpec) -> str:
-        return self._started.faults.add(spec)
-
-    def _clear_fault(self, fault_id: str) -> int:
-        return self._started.faults.clear(fault_id)
-
-    def _fault_hits(self, fault_id: str) -> int:
-        return self._started.faults.hits(fault_id)
-
     def stop(self) -> None:
-        """Stop the server; what ``stage()`` copied stays for the owner of its folder to remove."""
-        if self._stopped or self._driver is None:
+        """Stop the server; a staging folder it made goes to ``release``, one it was given stays."""
+        if self._stopped or not self._started:
             return
-        self.port  # noqa: B018 (remembered for the URL in the report)
+        self._port = int(self._driver.get_port()) or self._port  # its URL in the report names it
         self._stopped = True
-        driver = self._driver
         try:
             self.clear_faults()  # the driver's stop() releases any other stalled response
-            if driver.runner is not None:
-                eventloop.call(driver.stop, timeout=self._timeout)
+            if self._driver.runner is not None:
+                eventloop.call(self._driver.stop, timeout=self._timeout)
         finally:
             try:
                 self._client_stack.close()
             finally:
                 self._client = None
                 eventloop.release()
+                if self._made_staging is not None and self._release is not None:
+                    self._release(self._made_staging)
+
+
+class _InProcess:
+    """The recorder of a server in this process: its driver's log and faults, read directly."""
+
+    def __init__(self, driver: RecordingHttpServer) -> None:
+        self._driver = driver
+
+    def get_requests(self, start: int, prefix: str = "") -> tuple[int, list[HttpRequest]]:
+        log = self._driver.request_log
+        # A client can read a response before the server's task logs it; while a connection is
+        # open, let the loop catch up (a closed one has logged everything it answered).
+        runner = self._driver.runner
+        if runner is not None and runner.server is not None and runner.server.connections:
+            eventloop.call(_settle)
+        return log.started, log.since(start, prefix)
+
+    def get_in_flight(self) -> list[Progress]:
+        return self._driver.request_log.in_flight()
+
+    # The registry takes its own lock: the server's loop thread matches while this thread adds.
+    def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        return self._driver.faults.add(FaultSpec.from_dict(spec), namespace)
+
+    def clear_fault(self, fault_id: str) -> int:
+        return self._driver.faults.clear(fault_id)
+
+    def fault_hits(self, fault_id: str) -> int:
+        return self._driver.faults.hits(fault_id)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -259,3 +266,45 @@ def _candidates(ports: PortRange | None) -> list[int]:
     span = list(range(ports.first, ports.last + 1))
     offset = os.getpid() % len(span)
     return span[offset:] + span[:offset]
+
+
+class LoopbackBackend:
+    """Loopback servers for the fixtures: a new one per request, on the run's address and ports."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: PortRange | None,
+        url_host: str | None,
+        timeout: float,
+        roots: Roots,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._url_host = url_host
+        self._timeout = timeout
+        self._roots = roots
+        self._progress = progress
+
+    def server(self, root: Path, *, owned: bool, **where: Any) -> LoopbackServer:
+        """A started server on ``root``; ``where`` (an exporter's selector, driver, client) is not for it."""
+        roots = self._roots
+        return LoopbackServer(
+            root,
+            host=self._host,
+            port=self._port,
+            url_host=self._url_host,
+            timeout=self._timeout,
+            # A user's root is never written: what a test stages there goes to a folder of ours.
+            staging=root if owned else lambda: roots.make("staged"),
+            release=roots.remove,
+            progress=self._progress,
+        ).start()
+
+    def summary(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        """Nothing to let go of: each server stopped with its scope."""

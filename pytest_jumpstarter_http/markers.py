@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
 from .options import OPTIONS, Scope, Settings, Source
+from .records import FaultSpec
+
+if TYPE_CHECKING:
+    from .handle import HttpServerHandle
 
 #: Starts the reason of a test skipped for want of an exporter; the run's summary counts them.
 NO_EXPORTER = "http_exporter: "
@@ -40,17 +44,14 @@ def http_loopback() -> dict[str, Any]:
     return {}
 
 
-def http_fault(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    # The arguments of ``http_server.inject()``, checked by its own signature.
-    import inspect
-
-    from .handle import HttpServerHandle
-
+def http_fault(*args: Any, **kwargs: Any) -> FaultSpec:
+    # ``http_server.inject()``'s arguments, checked by the one check of them: making a FaultSpec.
+    if "patterns" in kwargs:  # the spec's own field, which no marker gives
+        raise TypeError("http_fault() got an unexpected keyword argument 'patterns'")
     try:
-        bound = inspect.signature(HttpServerHandle.inject).bind(None, *args, **kwargs)
+        return FaultSpec(*args, **kwargs)
     except TypeError as exc:
-        raise TypeError(f"http_fault() {exc}") from None
-    return {name: value for name, value in bound.arguments.items() if name != "self"}
+        raise TypeError(str(exc).replace("FaultSpec.__init__()", "http_fault()")) from None
 
 
 _SIGNATURES = {f.__name__: f for f in (http_server, http_exporter, http_loopback, http_fault)}
@@ -68,25 +69,33 @@ class Choice:
     #: The run asked for an exporter: not reaching one fails the test instead of skipping it.
     required: bool = False
     #: The Jumpstarter client the test holds (``http_exporter_client``), whose exporter serves.
-    client: Any = field(default=None, compare=False, repr=False)
+    exporter_client: Any = field(default=None, compare=False, repr=False)
 
 
-def _marker_args(node: pytest.Item, marker: pytest.Mark) -> dict[str, Any]:
+def _marker_args(marker: pytest.Mark) -> Any:
     try:
         return _SIGNATURES[marker.name](*marker.args, **marker.kwargs)
-    except TypeError as exc:
-        problem = str(exc)
+    except (TypeError, ValueError) as exc:
+        problem = str(exc).rstrip(".")
     pytest.fail(f"@pytest.mark.{marker.name}: {problem}.", pytrace=False)
 
 
-def fault_markers(node: pytest.Item) -> list[dict[str, Any]]:
-    """The arguments of every ``http_fault`` marker of ``node``, the farthest (module's) first."""
-    return [_marker_args(node, marker) for marker in reversed(list(node.iter_markers("http_fault")))]
+def inject_marked_faults(node: pytest.Item, server: HttpServerHandle) -> None:
+    """Inject every ``http_fault`` marker of ``node`` into ``server``, the farthest (module's) first;
+    they end with the test, as the faults it injects itself."""
+    from .records import FaultsUnavailable
+
+    for marker in reversed(list(node.iter_markers("http_fault"))):
+        spec: FaultSpec = _marker_args(marker)
+        try:
+            server.inject(**spec.arguments())
+        except FaultsUnavailable as exc:
+            pytest.fail(f"@pytest.mark.http_fault: {exc}", pytrace=False)
 
 
 def _parsed(node: pytest.Item, marker: pytest.Mark, field: str) -> Any:
     """The marker's argument ``field``, checked as its option's value is; None if not given."""
-    value = _marker_args(node, marker)[field]
+    value = _marker_args(marker)[field]
     if value is None:
         return None
     source = Source(f"@pytest.mark.{marker.name}({field}=...)", node.path.parent)
@@ -108,27 +117,37 @@ def chosen_root(node: pytest.Item, settings: Settings) -> Path | None:
     return root or settings.root
 
 
-def choose(node: pytest.Item, settings: Settings, client: Any = None) -> Choice:
-    """Resolve the scope and backend of ``node`` from its markers, the settings and its own client."""
-    scope: Scope = _server_marker(node, "scope") or settings.scope
+def choose(node: pytest.Item, settings: Settings, exporter_client: Any = None) -> Choice:
+    """Resolve the scope and backend of ``node`` from its markers, the settings and the client it holds."""
     # The closest of the two backend markers wins: a test's own over its class's or module's.
     marker = next((m for m in node.iter_markers() if m.name in ("http_exporter", "http_loopback")), None)
-    if client is not None and (marker is None or marker.name == "http_exporter"):
+    if exporter_client is not None and (marker is None or marker.name == "http_exporter"):
         # The test holds the board: serve next to it, never through a connection of our own, and
         # per test, since the client may end with the test's class.
         driver = _parsed(node, marker, "driver") if marker else None
-        return Choice("function", "exporter", None, driver or settings.driver, True, client)
+        return Choice(
+            scope="function",
+            backend="exporter",
+            driver=driver or settings.driver,
+            required=True,
+            exporter_client=exporter_client,
+        )
+    scope: Scope = _server_marker(node, "scope") or settings.scope
     if marker is None:
         return Choice(
-            scope, settings.run_backend, settings.selector, settings.driver, settings.wants_exporter
+            scope=scope,
+            backend=settings.run_backend,
+            selector=settings.selector,
+            driver=settings.driver,
+            required=settings.wants_exporter,
         )
     if marker.name == "http_loopback":
-        _marker_args(node, marker)
-        return Choice(scope, "loopback")
+        _marker_args(marker)
+        return Choice(scope=scope, backend="loopback")
     return Choice(
-        scope,
-        "exporter",
-        _parsed(node, marker, "selector") or settings.selector,
-        _parsed(node, marker, "driver") or settings.driver,
-        settings.wants_exporter,
+        scope=scope,
+        backend="exporter",
+        selector=_parsed(node, marker, "selector") or settings.selector,
+        driver=_parsed(node, marker, "driver") or settings.driver,
+        required=settings.wants_exporter,
     )

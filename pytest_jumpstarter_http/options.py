@@ -17,27 +17,12 @@ from typing import Any, Literal
 
 import pytest
 
+from .records import JUMPSTARTER_HOST, PortRange
+
 Scope = Literal["function", "session"]
 Backend = Literal["auto", "loopback", "exporter"]
 SCOPES: tuple[Scope, ...] = ("function", "session")
-#: Set by ``jmp shell`` (and by hand, for a ``jmp run`` exporter): the exporter to serve from.
-JUMPSTARTER_HOST = "JUMPSTARTER_HOST"
 BACKENDS: tuple[Backend, ...] = ("auto", "loopback", "exporter")
-
-
-@dataclass(frozen=True)
-class PortRange:
-    """The ports a server may bind: ``first == last`` for a fixed port."""
-
-    first: int
-    last: int
-
-    def __str__(self) -> str:
-        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
-
-    @property
-    def fixed(self) -> bool:
-        return self.first == self.last
 
 
 @dataclass(frozen=True)

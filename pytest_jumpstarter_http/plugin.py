@@ -25,9 +25,9 @@ SETTINGS = pytest.StashKey[options.Settings]()
 #: Whether the terminal shows passing tests' report sections (-rP, -rA).
 SHOW_PASSED = pytest.StashKey[bool]()
 #: The servers a test used, for its report.
-SERVERS = pytest.StashKey[list["HttpServerHandle"]]()
-#: The session's runtime, once a fixture has made it, for the run's summary.
-RUNTIME = pytest.StashKey["Runtime"]()
+SERVERS: pytest.StashKey[list[HttpServerHandle]] = pytest.StashKey()
+#: What the run keeps: its roots, backends and session servers.
+RUNTIME: pytest.StashKey[Runtime] = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,6 +40,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = settings = options.resolve(config)
     preflight.check(settings, config)
     config.stash[SHOW_PASSED] = any(char in (config.option.reportchars or "") for char in "PA")
+    from .runtime import Runtime
+
+    # xdist gives its workers the run's id; a run of its own makes one up.
+    run_id = getattr(config, "workerinput", {}).get("testrunuid") or uuid.uuid4().hex
+    config.stash[RUNTIME] = Runtime(settings, lambda: _basetemp(config), run_id[:12], _terminal_lines(config))
     eventloop.acquire()
 
 
@@ -61,8 +66,7 @@ def pytest_runtest_makereport(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    runtime = config.stash.get(RUNTIME, None)
-    for line in runtime.summary() if runtime else []:
+    for line in config.stash[RUNTIME].summary():
         terminalreporter.write_line(line)
     # Counted from the reports, which xdist brings back from its workers.
     reasons: dict[str, int] = {}
@@ -79,24 +83,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if SETTINGS in config.stash:
+    if RUNTIME not in config.stash:
+        return
+    try:
+        config.stash[RUNTIME].close()
+    finally:
         eventloop.release()
-
-
-@pytest.fixture(scope="session")
-def _http_runtime(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Runtime]:
-    config = request.config
-    # xdist gives its workers the run's id; a run of its own makes one up.
-    run_id = getattr(config, "workerinput", {}).get("testrunuid") or uuid.uuid4().hex
-    from .runtime import Runtime
-
-    basetemp = tmp_path_factory.getbasetemp() / "http"
-    runtime = Runtime(config.stash[SETTINGS], basetemp, run_id[:12], progress=_terminal_lines(config))
-    config.stash[RUNTIME] = runtime
-    yield runtime
-    runtime.close()
 
 
 @pytest.fixture
@@ -123,9 +115,7 @@ def _http_choice(request: pytest.FixtureRequest, http_exporter_client: Any) -> m
 
 
 @pytest.fixture
-def served_dir(
-    request: pytest.FixtureRequest, _http_choice: markers.Choice, _http_runtime: Runtime
-) -> Iterator[Path]:
+def served_dir(request: pytest.FixtureRequest, _http_choice: markers.Choice) -> Iterator[Path]:
     """The local directory ``http_server`` serves, as a ``pathlib.Path``.
 
     A fresh empty temporary directory per test (per session with ``--http-scope=session``),
@@ -135,13 +125,13 @@ def served_dir(
     Override it in a conftest.py to serve a directory of your own.
     """
     root = markers.chosen_root(request.node, request.config.stash[SETTINGS])
-    with _http_runtime.served_dir(_http_choice, root, request.node.name) as path:
+    with request.config.stash[RUNTIME].served_dir(_http_choice, root, request.node.name) as path:
         yield path
 
 
 @pytest.fixture
 def http_server(
-    request: pytest.FixtureRequest, _http_choice: markers.Choice, served_dir: Path, _http_runtime: Runtime
+    request: pytest.FixtureRequest, _http_choice: markers.Choice, served_dir: Path
 ) -> Iterator[HttpServerHandle]:
     """A running HTTP server that serves ``served_dir``, as an ``HttpServerHandle``.
 
@@ -152,9 +142,8 @@ def http_server(
     ``.stage(path)``, ``.requests``, ``.assert_requested(path)``, ``.inject(path, ...)`` and
     ``.client``. The faults a test injects (or marks with ``http_fault``) end with the test.
     """
-    from .faults import marked_faults
-
-    with _http_runtime.server(_http_choice, served_dir) as server, marked_faults(request.node, server):
+    with request.config.stash[RUNTIME].server(_http_choice, served_dir) as server:
+        markers.inject_marked_faults(request.node, server)
         yield _watch(request, server)
 
 
@@ -170,9 +159,7 @@ def http_url(http_server: HttpServerHandle) -> str:
 
 
 @pytest.fixture
-def http_server_factory(
-    request: pytest.FixtureRequest, _http_runtime: Runtime
-) -> Iterator[HttpServerFactory]:
+def http_server_factory(request: pytest.FixtureRequest) -> Iterator[HttpServerFactory]:
     """Start more servers in one test: ``http_server_factory(root=None, backend="loopback")``.
 
     Each call returns a new ``HttpServerHandle`` on its own root (a fresh temporary directory
@@ -180,18 +167,30 @@ def http_server_factory(
     """
     from .runtime import HttpServerFactory
 
-    with HttpServerFactory(_http_runtime, lambda server: _watch(request, server)) as factory:
+    runtime = request.config.stash[RUNTIME]
+    with HttpServerFactory(runtime, lambda server: _watch(request, server)) as factory:
         yield factory
+
+
+def _basetemp(config: pytest.Config) -> Path:
+    """The plugin's folder below pytest's basetemp, asked when the first root is made."""
+    # pytest attaches its TempPathFactory to the config in pytest_configure for plugins like this
+    # one, which need it outside a fixture; tests/test_private_apis.py fails loudly if it moves.
+    factory: pytest.TempPathFactory = config._tmp_path_factory  # type: ignore[attr-defined]
+    return factory.getbasetemp() / "http"
 
 
 def _terminal_lines(config: pytest.Config) -> Callable[[str], None] | None:
     """Write a line to the terminal, past output capture; None under -q."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None or config.get_verbosity() < 0:
+    if config.get_verbosity() < 0:
         return None
 
     def write(line: str) -> None:
+        # Looked up when used: the terminal and capture plugins register after this one configures.
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None or capture is None:
+            return
         with capture.global_and_fixture_disabled():
             reporter.ensure_newline()
             reporter.write_line(line)
@@ -201,8 +200,6 @@ def _terminal_lines(config: pytest.Config) -> Callable[[str], None] | None:
 
 def _watch(request: pytest.FixtureRequest, server: HttpServerHandle) -> HttpServerHandle:
     """Show the requests ``server`` answers during this test in the test's report."""
-    server.mark_requests()
-    server.progress = request.config.stash[RUNTIME].progress
     request.node.stash.setdefault(SERVERS, []).append(server)
     return server
 

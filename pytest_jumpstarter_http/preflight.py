@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from .options import OPTIONS, PortRange, Settings, Source, raw_value
+from .options import OPTIONS, Settings, Source, raw_value
+from .records import PortRange
 
 
 def check(settings: Settings, config: pytest.Config) -> None:

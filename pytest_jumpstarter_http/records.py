@@ -1,20 +1,25 @@
 """Records: the plain data the test process and the server exchange, and the one check of each.
 
 What a request was (:class:`HttpRequest`, :class:`Progress`), which statuses a test means
-(``"404,5xx"``), and which file names are served (checked once, then percent-encoded). Nothing
-here imports pytest or aiohttp: the server and the test process both build on it, and it on
-neither.
+(``"404,5xx"``), which file names are served (checked once, then percent-encoded), and what a
+fault does (:class:`FaultSpec`, checked once as it is made, and :class:`Fault`, the test's view
+of one). :class:`Recorder` is what a handle asks of its server. Nothing here imports pytest or
+aiohttp: the server and the test process both build on it, and it on neither.
 """
 
 from __future__ import annotations
 
+import glob
+import math
+import os
 import posixpath
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
-from typing import Any, Final
-from urllib.parse import quote
+from dataclasses import asdict, dataclass, field, replace
+from fnmatch import fnmatchcase
+from typing import Any, Final, Protocol
+from urllib.parse import quote, unquote
 
 #: Everything the plugin puts on an exporter lives below this folder of its served root.
 TOP: Final = "pytest-jumpstarter-http"
@@ -24,8 +29,25 @@ RUNS: Final = f"{TOP}/runs"
 NS: Final = f"{TOP}/ns"
 #: Content sent to an exporter, by sha256.
 OBJECTS: Final = f"{TOP}/objects"
+#: Set by ``jmp shell`` (and by hand, for a ``jmp run`` exporter): the exporter to serve from.
+JUMPSTARTER_HOST: Final = "JUMPSTARTER_HOST"
 #: Transfers this large (an upload, a download a test waits for) get progress lines.
 PROGRESS_BYTES: Final = 64 << 20
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """The ports a server may bind: ``first == last`` for a fixed port."""
+
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+    @property
+    def fixed(self) -> bool:
+        return self.first == self.last
 
 
 class RequestLogUnavailable(RuntimeError):
@@ -205,3 +227,263 @@ def normalized(path: str) -> str:
 def url_path(name: str) -> str:
     """The percent-encoded URL path of a checked name, with a leading slash."""
     return "/" + quote(check_name(name), safe="/")
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+class FaultsUnavailable(RuntimeError):
+    """The server cannot inject faults (an exporter with the stock HttpServer driver)."""
+
+
+#: The largest whole number Jumpstarter's wire carries exactly: its numbers travel as doubles.
+MAX_WHOLE: Final = 2**53 - 1
+#: The longest ``delay``, in seconds: a day, far past any device's own timeout.
+MAX_DELAY: Final = 86400
+
+
+@dataclass(frozen=True)
+class _Range:
+    """What one numeric argument of ``inject()`` may be."""
+
+    #: What it counts, as the error message asks for it: "a whole number of bytes".
+    kind: str
+    low: int
+    high: int
+    whole: bool = True
+    #: None is valid: the argument was not asked for.
+    optional: bool = True
+
+
+#: The numeric arguments of ``inject()``. Each is bounded so that it crosses the wire exactly and
+#: the server can compute with it: past the bounds a delay overflows the event loop's clock, and
+#: a rate or count overflows a float on the server (issue 17).
+_RANGES: Final = {
+    "delay": _Range("a number of seconds", 0, MAX_DELAY, whole=False, optional=False),
+    "rate": _Range("a number of bytes per second", 1, MAX_WHOLE, whole=False),
+    "cut_after": _Range("a whole number of bytes", 0, MAX_WHOLE),
+    "stall_after": _Range("a whole number of bytes", 0, MAX_WHOLE),
+    "status": _Range("an HTTP error status", 400, 599),
+    "times": _Range("a whole number of requests", 1, MAX_WHOLE),
+}
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, cut when it would drown the message: a 5000-character path, ``10**400``."""
+    if isinstance(value, int) and value.bit_length() > 333:  # repr refuses past 4300 digits
+        power = math.floor(math.log10(abs(value)))  # a float's log: one too high just below 10**n
+        return f"<a whole number of {power + (abs(value) >= 10**power)} digits>"
+    text = repr(value)
+    if len(text) <= 100:
+        return text
+    return f"{text[:48]}…{text[-48:]} ({len(text)} characters)"
+
+
+def _number(name: str, value: Any) -> None:
+    """Check the numeric argument ``name`` of ``inject()`` against its range; a ``ValueError`` if out."""
+    rule = _RANGES[name]
+    if value is None and rule.optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int if rule.whole else (int, float)):
+        problem = "not a whole number" if rule.whole else "not a number"
+    elif not rule.low <= value <= rule.high:  # Python compares int and float exactly; nan is never in
+        problem = "out of range"
+    else:
+        return
+    raise ValueError(
+        f"inject(): {name}={shown(value)} is {problem}; give {rule.kind} from {rule.low} to {rule.high}."
+    )
+
+
+def _fault_path(path: Any) -> str:
+    """``inject()``'s ``path`` as a checked name relative to the server's URL (a glob may match several)."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str):
+        raise ValueError(
+            f"inject(): path={shown(path)} is a {type(path).__name__}, not a path; give a str or "
+            "os.PathLike path relative to the server's URL."
+        )
+    if not path.strip("/"):
+        raise ValueError(f"inject(): path={path!r} is empty; give a path relative to the server's URL.")
+    return check_name(path.lstrip("/"), where="inject() path")
+
+
+def _check_together(spec: FaultSpec) -> None:
+    """Refuse arguments that each are valid but contradict one another."""
+    if spec.cut_after is not None and spec.stall_after is not None:
+        raise ValueError(
+            f"inject(): cut_after={spec.cut_after!r} and stall_after={spec.stall_after!r} were both given; "
+            "a response is either cut or stalled, so give one of them."
+        )
+    shaped = [name for name in ("rate", "cut_after", "stall_after") if getattr(spec, name) is not None]
+    if spec.status is not None and shaped:
+        raise ValueError(
+            f"inject(): status={spec.status} answers with no file, so {shaped[0]} has nothing to "
+            f"act on; give status or {shaped[0]}, not both."
+        )
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """One fault, checked as it is made: what it matches and what it does.
+
+    Its fields are ``inject()``'s arguments, so making one is the one check of them, for
+    ``http_server.inject()``, the ``http_fault`` marker and the server that receives it alike: an
+    unknown keyword is Python's ``TypeError``, a bad value a ``ValueError`` of one sentence.
+    ``patterns`` place it below a handle's URL (:meth:`under`).
+    """
+
+    #: The path (or glob) as the test gave it, relative to the handle's URL (an ``os.PathLike``
+    #: is taken as its ``str``).
+    path: str
+    delay: float = 0.0
+    rate: float | None = None
+    cut_after: int | None = None
+    stall_after: int | None = None
+    status: int | None = None
+    times: int | None = None
+    #: ``fnmatch`` patterns of the decoded URL path, one per URL prefix of the handle.
+    patterns: tuple[str, ...] = field(default=(), kw_only=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", _fault_path(self.path))
+        for name in _RANGES:
+            _number(name, getattr(self, name))
+        _check_together(self)
+        object.__setattr__(self, "delay", float(self.delay))
+
+    def arguments(self) -> dict[str, Any]:
+        """Its fields as ``inject()``'s arguments."""
+        return {name: getattr(self, name) for name in ("path", *_RANGES)}
+
+    def under(self, prefixes: tuple[str, ...]) -> FaultSpec:
+        """This fault below the percent-encoded URL paths ``prefixes`` a handle's files are served under."""
+        escaped = (glob.escape(unquote(prefix).rstrip("/")) for prefix in prefixes)
+        return replace(self, patterns=tuple(f"{prefix}/{self.path}" for prefix in escaped))
+
+    @property
+    def shapes(self) -> bool:
+        """Whether it changes how a file's body is sent."""
+        return self.rate is not None or self.cut_after is not None or self.stall_after is not None
+
+    def matches(self, path: str) -> bool:
+        """Whether it applies to a request for the decoded URL ``path``, however it is spelled.
+
+        aiohttp's static route serves ``/sub//a.raw``, ``/sub/./a.raw``, ``/sub/x/../a.raw`` and
+        ``/sub/a.raw/`` as ``/sub/a.raw``, so a fault matches the path they all resolve to (issue 17).
+        """
+        resolved = "/" + normalized(path)
+        return any(fnmatchcase(resolved, pattern) for pattern in self.patterns)
+
+    def label(self) -> str:
+        """``cut_after=1024, times=1``: what the request log shows for a request it hit."""
+        effects = {
+            "delay": self.delay or None,
+            "rate": self.rate,
+            "cut_after": self.cut_after,
+            "stall_after": self.stall_after,
+            "status": self.status,
+            "times": self.times,
+        }
+        shown = [f"{name}={_plain(value)}" for name, value in effects.items() if value is not None]
+        return ", ".join(shown) or "no effect"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["patterns"] = list(self.patterns)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FaultSpec:
+        """Rebuild a spec sent over Jumpstarter's wire, where numbers arrive as floats; checked again."""
+
+        def whole(key: str) -> int | None:
+            value = data.get(key)
+            return None if value is None else int(value)
+
+        rate = data.get("rate")
+        return cls(
+            str(data["path"]),
+            patterns=tuple(str(pattern) for pattern in data["patterns"]),
+            delay=float(data.get("delay") or 0.0),
+            rate=None if rate is None else float(rate),
+            cut_after=whole("cut_after"),
+            stall_after=whole("stall_after"),
+            status=whole("status"),
+            times=whole("times"),
+        )
+
+
+def _plain(value: float) -> str:
+    """``3`` for 3.0, ``0.5`` for 0.5: numbers as a user would write them."""
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+class Recorder(Protocol):
+    """What a handle asks of its server beyond serving: its request log and its faults.
+
+    ``RecordingHttpServerClient`` answers over Jumpstarter's wire on an exporter; on loopback an
+    object of the handle's own answers from the driver in this process. Numbers and specs cross
+    as the wire carries them.
+    """
+
+    def get_requests(self, start: int, prefix: str = "") -> tuple[int, list[HttpRequest]]:
+        """How many requests started so far, and those numbered ``start`` or later below ``prefix``."""
+        ...
+
+    def get_in_flight(self) -> list[Progress]:
+        """The downloads under way now."""
+        ...
+
+    def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        """Apply a fault (``FaultSpec.as_dict()``) until it or ``namespace`` is cleared; its id."""
+        ...
+
+    def clear_fault(self, fault_id: str) -> int:
+        """End a fault; how often it hit (0 if it is gone)."""
+        ...
+
+    def fault_hits(self, fault_id: str) -> int:
+        """How often a fault hit so far."""
+        ...
+
+
+class Fault:
+    """A fault injected by ``http_server.inject()``: how often it hit, and how to end it early.
+
+    It ends by itself with the test that injected it.
+    """
+
+    def __init__(self, recorder: Recorder, fault_id: str, spec: FaultSpec) -> None:
+        self._recorder = recorder
+        #: The server's id of the fault.
+        self.id = fault_id
+        self.spec = spec
+        self._final_hits: int | None = None
+
+    @property
+    def path(self) -> str:
+        """The path (or glob) it matches, relative to the server's URL."""
+        return self.spec.path
+
+    @property
+    def active(self) -> bool:
+        """Whether it still applies (not cleared)."""
+        return self._final_hits is None
+
+    @property
+    def hits(self) -> int:
+        """How many requests it applied to so far (on an exporter, read from the exporter)."""
+        if self._final_hits is not None:
+            return self._final_hits
+        return self._recorder.fault_hits(self.id)
+
+    def clear(self) -> None:
+        """Stop applying it; stalled and delayed responses it holds end now (a stalled one is cut)."""
+        if self._final_hits is None:
+            self._final_hits = self._recorder.clear_fault(self.id)
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "cleared"
+        return f"<Fault {self.path!r} {self.spec.label()} {state}>"

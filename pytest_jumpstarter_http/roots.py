@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,7 +26,8 @@ from pathlib import Path
 class Roots:
     """Makes the plugin's own folders below ``basetemp`` and remembers that they are its own."""
 
-    def __init__(self, basetemp: Path, *, keep: bool) -> None:
+    def __init__(self, basetemp: Callable[[], Path], *, keep: bool) -> None:
+        #: Where its folders go, asked on first use: pytest decides its basetemp late.
         self._basetemp = basetemp
         self._keep = keep
         self._own: set[Path] = set()
@@ -34,11 +35,12 @@ class Roots:
     def make(self, label: str) -> Path:
         """A new empty folder of the plugin's own, named after ``label``."""
         prefix = re.sub(r"[^\w.-]+", "_", label)[:40] + "-"
+        basetemp = self._basetemp()
         try:
-            root = Path(tempfile.mkdtemp(prefix=prefix, dir=self._basetemp))
+            root = Path(tempfile.mkdtemp(prefix=prefix, dir=basetemp))
         except FileNotFoundError:  # the first root of the session
-            self._basetemp.mkdir(parents=True, exist_ok=True)
-            root = Path(tempfile.mkdtemp(prefix=prefix, dir=self._basetemp))
+            basetemp.mkdir(parents=True, exist_ok=True)
+            root = Path(tempfile.mkdtemp(prefix=prefix, dir=basetemp))
         self._own.add(root)
         return root
 

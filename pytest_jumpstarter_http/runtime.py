@@ -1,4 +1,9 @@
-"""What one pytest process keeps for its session: its roots, its session servers, its exporters."""
+"""What one pytest process keeps for its run: its roots, its backends, its session servers.
+
+Built once in ``pytest_configure``. The backends (loopback, exporter) sit behind one interface,
+:class:`Backend`, and are made on first use, so a run that never serves imports neither
+jumpstarter nor aiohttp.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,16 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 import pytest
 
-from .handle import HttpServerHandle
-from .loopback import LoopbackServer
 from .markers import NO_EXPORTER, Choice
 from .options import Settings
 from .roots import Roots
 
 if TYPE_CHECKING:
-    from .exporter import ExporterBackend
+    from .handle import HttpServerHandle
 
 log = logging.getLogger("pytest_jumpstarter_http")
 
@@ -29,19 +32,51 @@ def worker_id() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
+class Backend(Protocol):
+    """Where servers run: in this process (loopback), or on an exporter next to the board."""
+
+    def server(
+        self,
+        root: Path,
+        *,
+        owned: bool,
+        selector: str | None = None,
+        driver: str | None = None,
+        exporter_client: Any = None,
+    ) -> HttpServerHandle:
+        """A running server on ``root`` (``owned``: a folder of the plugin's own, which it may write)."""
+        ...
+
+    def summary(self) -> list[str]:
+        """Lines for the run's summary."""
+        ...
+
+    def close(self) -> None:
+        """Let go of everything it holds, at the end of the run."""
+        ...
+
+
 class Runtime:
     """Starts servers for the fixtures, and stops the session's ones at the end."""
 
     def __init__(
-        self, settings: Settings, basetemp: Path, run_id: str, progress: Callable[[str], None] | None = None
+        self,
+        settings: Settings,
+        basetemp: Callable[[], Path],
+        run_id: str,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.progress = progress
         self.roots = Roots(basetemp, keep=settings.keep)
-        self.run_id = run_id
+        self._run_id = run_id
+        self._progress = progress
+        self._makers: dict[str, Callable[[], Backend]] = {
+            "loopback": self._loopback,
+            "exporter": self._exporter,
+        }
+        self._backends: dict[str, Backend] = {}
         self._session_roots: dict[Choice, Path] = {}
         self._session_servers: dict[Choice, HttpServerHandle] = {}
-        self._exporters: ExporterBackend | None = None
 
     @contextmanager
     def served_dir(self, choice: Choice, root: Path | None, label: str) -> Iterator[Path]:
@@ -58,9 +93,14 @@ class Runtime:
 
     @contextmanager
     def server(self, choice: Choice, root: Path) -> Iterator[HttpServerHandle]:
-        """A server on ``root``: the session's one for ``choice``, or a new one for the block."""
+        """A server on ``root`` for one test: the session's one for ``choice`` (cleared after the
+        test), or a new one (stopped after it)."""
         if choice.scope == "session":
-            yield self._session_server(choice, root)
+            server = self._session_server(choice, root)
+            try:
+                yield server
+            finally:
+                server.clear()
             return
         server = self.start(choice, root)
         try:
@@ -85,28 +125,19 @@ class Runtime:
         return server
 
     def start(self, choice: Choice, root: Path) -> HttpServerHandle:
-        """A new server on ``root`` for ``choice``; the caller stops it with :meth:`stop_all`."""
-        if choice.backend == "exporter":
-            return self._exporter_server(choice, root)
-        settings = self.settings
-        server = LoopbackServer(
-            root,
-            host=settings.host,
-            port=settings.port,
-            url_host=settings.url_host,
-            timeout=settings.timeout,
-            # A user's root is never written: what a test stages there goes to a folder of ours.
-            staging=root if self.roots.owns(root) else lambda: self.roots.make("staged"),
-        ).start()
-        log.debug("%s: loopback server %s serving %s", worker_id(), server.url, root)
-        return server
+        """A new server on ``root`` for ``choice``; the caller stops it with :meth:`stop_all`.
 
-    def _exporter_server(self, choice: Choice, root: Path) -> HttpServerHandle:
+        An exporter that cannot be reached skips the test, or fails it when the run asked for one.
+        """
         from .connect import ExporterError, ExporterUnavailable
 
         try:
-            return self.backend().server(
-                choice.selector, choice.driver, root, owned=self.roots.owns(root), client=choice.client
+            return self._backend(choice.backend).server(
+                root,
+                owned=self.roots.owns(root),
+                selector=choice.selector,
+                driver=choice.driver,
+                exporter_client=choice.exporter_client,
             )
         except ExporterUnavailable as exc:
             if not choice.required:
@@ -116,41 +147,67 @@ class Runtime:
             problem = str(exc)
         pytest.fail(problem, pytrace=False)
 
-    def backend(self) -> ExporterBackend:
-        if self._exporters is None:
-            from .exporter import ExporterBackend
+    def _backend(self, name: str) -> Backend:
+        if name not in self._backends:
+            self._backends[name] = self._makers[name]()
+        return self._backends[name]
 
-            self._exporters = ExporterBackend(self.settings, self.run_id, worker_id(), progress=self.progress)
-        return self._exporters
+    def _loopback(self) -> Backend:
+        from .loopback import LoopbackBackend
+
+        settings = self.settings
+        return LoopbackBackend(
+            host=settings.host,
+            port=settings.port,
+            url_host=settings.url_host,
+            timeout=settings.timeout,
+            roots=self.roots,
+            progress=self._progress,
+        )
+
+    def _exporter(self) -> Backend:
+        from .exporter import ExporterBackend
+
+        settings = self.settings
+        return ExporterBackend(
+            client_config=settings.client,
+            jumpstarter_host=settings.jumpstarter_host,
+            timeout=settings.timeout,
+            keep=settings.keep,
+            url_host=settings.url_host,
+            run_id=self._run_id,
+            worker=worker_id(),
+            progress=self._progress,
+        )
 
     def stop_all(self, servers: Iterable[HttpServerHandle]) -> None:
-        """Stop every server, and remove its staging folder, even when one fails; raise the first failure."""
+        """Stop every server, even when one fails; raise the first failure."""
         first: BaseException | None = None
         for server in servers:
             try:
                 server.stop()
             except BaseException as exc:
                 first = first or exc
-            finally:
-                if isinstance(server, LoopbackServer) and server.staging not in (None, server.root):
-                    self.roots.remove(server.staging)
         if first is not None:
             raise first
 
     def summary(self) -> list[str]:
-        """What the run's summary says of the exporters this process used."""
-        return [f"jumpstarter-http: {line}" for line in self._exporters.bound] if self._exporters else []
+        """What the run's summary says of the servers this process used."""
+        return [
+            f"jumpstarter-http: {line}" for backend in self._backends.values() for line in backend.summary()
+        ]
 
     def close(self) -> None:
-        """Stop the session's servers, newest first, then remove the session's roots."""
+        """Stop the session's servers, newest first, remove the session's roots, let go of the backends."""
         try:
             self.stop_all(reversed(self._session_servers.values()))
         finally:
             self._session_servers.clear()
             for root in self._session_roots.values():
                 self.roots.remove(root)
-            if self._exporters is not None:
-                self._exporters.close()
+            self._session_roots.clear()
+            for backend in self._backends.values():
+                backend.close()
 
 
 class HttpServerFactory:
@@ -182,7 +239,13 @@ class HttpServerFactory:
             if not path.is_dir():
                 raise NotADirectoryError(f"http_server_factory: root {str(root)!r} is not a directory.")
         settings = runtime.settings
-        choice = Choice("function", backend, selector or settings.selector, driver or settings.driver, True)
+        choice = Choice(
+            scope="function",
+            backend=backend,
+            selector=selector or settings.selector,
+            driver=driver or settings.driver,
+            required=True,
+        )
         server = runtime.start(choice, path)
         self._servers.append(server)
         self._on_start(server)

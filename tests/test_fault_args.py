@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from pytest_jumpstarter_http import HttpServerHandle
-from pytest_jumpstarter_http.faults import FaultSpec
+from pytest_jumpstarter_http.records import FaultSpec
 
 MAX_WHOLE = 2**53 - 1
 
@@ -106,12 +106,10 @@ def test_a_number_out_of_range_is_one_sentence_naming_it_and_its_range(
 
 
 def test_the_largest_numbers_cross_the_wire_exactly() -> None:
-    spec = FaultSpec.make(
-        "a.bin", {"delay": 86400, "cut_after": MAX_WHOLE, "times": MAX_WHOLE}, ("/runs/gw0",)
-    )
+    spec = FaultSpec("a.bin", delay=86400, cut_after=MAX_WHOLE, times=MAX_WHOLE).under(("/runs/gw0",))
     wire = {key: float(value) if isinstance(value, int) else value for key, value in spec.as_dict().items()}
     assert FaultSpec.from_dict(wire) == spec
-    assert FaultSpec.make("b.bin", {"rate": MAX_WHOLE}).rate == MAX_WHOLE
+    assert FaultSpec("b.bin", rate=MAX_WHOLE).rate == MAX_WHOLE
 
 
 def test_a_huge_times_never_turns_downloads_into_500s(
@@ -175,7 +173,7 @@ def test_every_spelling_the_server_serves_gets_the_fault(
 
 
 def test_a_spelling_matches_below_the_handles_prefix_only() -> None:
-    spec = FaultSpec.make("images/*.raw", {}, ("/runs/gw0/t",))
+    spec = FaultSpec("images/*.raw").under(("/runs/gw0/t",))
     assert spec.matches("/runs//gw0/./t/images/x/../a.raw/")
     assert not spec.matches("/runs/gw0/t/../u/images/a.raw")
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from subprocess_runs import JUnit, clean_env, run_pytest
 
-from pytest_jumpstarter_http.faults import FaultSpec
-from pytest_jumpstarter_http.records import HttpRequest
+from pytest_jumpstarter_http.records import FaultSpec, HttpRequest
 
 SUITE = """
 import hashlib, os, subprocess, time
@@ -334,7 +333,7 @@ def test_a_bad_marker_argument_fails_the_test_naming_the_marker(pytester: pytest
             "@pytest.mark.http_fault: inject(): cut_after=-1 is out of range; give a whole number of "
             "bytes from 0 to 9007199254740991.",
             "@pytest.mark.http_fault: http_fault() got an unexpected keyword argument 'cut'.",
-            "@pytest.mark.http_fault: http_fault() missing a required argument: 'path'.",
+            "@pytest.mark.http_fault: http_fault() missing 1 required positional argument: 'path'.",
         ]
     )
     assert "During handling" not in result.stdout.str()
@@ -347,7 +346,7 @@ def test_the_marker_is_registered_with_its_signature(pytester: pytest.Pytester) 
 
 
 def test_a_fault_matches_below_the_handles_url_prefix_only() -> None:
-    spec = FaultSpec.make("images/*.raw", {}, ("/runs/gw0/test%5Bx%5D0",))
+    spec = FaultSpec("images/*.raw").under(("/runs/gw0/test%5Bx%5D0",))
     assert spec.matches("/runs/gw0/test[x]0/images/a.raw")
     assert not spec.matches("/runs/gw1/test[x]0/images/a.raw")
     assert not spec.matches("/runs/gw0/test[x]0/a.raw")
@@ -355,7 +354,7 @@ def test_a_fault_matches_below_the_handles_url_prefix_only() -> None:
 
 
 def test_a_fault_crosses_the_wire_unchanged() -> None:
-    spec = FaultSpec.make("a.bin", {"delay": 1.5, "cut_after": 10, "times": 2})
+    spec = FaultSpec("a.bin", delay=1.5, cut_after=10, times=2)
     wire = {key: float(value) if isinstance(value, int) else value for key, value in spec.as_dict().items()}
     assert FaultSpec.from_dict(wire) == spec
 

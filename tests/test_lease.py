@@ -22,7 +22,7 @@ import pytest
 def test_matched(http_server, served_dir):
     (served_dir / "hello.txt").write_text("through the lease")
     assert http_server.backend == "exporter"
-    print("EXPORTER", http_server.exporter.name)
+    print("EXPORTER", http_server.connection.name)
     with urllib.request.urlopen(http_server.url_for("hello.txt"), timeout=30) as response:
         assert response.read() == b"through the lease"
 

@@ -48,7 +48,7 @@ def test_the_rest_of_the_root_is_served(http_url):
 def test_a_fifo_asked_for_by_name_is_a_clear_error(http_server):
     with pytest.raises(HttpPublishError) as info:
         http_server.url_for("fifo")
-    assert str(info.value).endswith("/fifo' cannot be sent to exporter " + repr(http_server.exporter.name)
+    assert str(info.value).endswith("/fifo' cannot be sent to exporter " + repr(http_server.connection.name)
         + ": it is a FIFO; serve a regular file this user can read.")
 """
 

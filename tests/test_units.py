@@ -18,8 +18,8 @@ from pytest_jumpstarter_http.connect import labels_match
 from pytest_jumpstarter_http.handle import format_url
 from pytest_jumpstarter_http.loopback import _candidates
 from pytest_jumpstarter_http.markers import Choice, choose
-from pytest_jumpstarter_http.options import PortRange, Settings
-from pytest_jumpstarter_http.records import check_name, url_path
+from pytest_jumpstarter_http.options import Settings
+from pytest_jumpstarter_http.records import PortRange, check_name, url_path
 from pytest_jumpstarter_http.roots import Roots
 from pytest_jumpstarter_http.uploads import Digests
 
@@ -212,7 +212,7 @@ def test_the_candidates_cover_the_whole_range_once_in_turn_from_an_offset():
 def test_processes_start_at_different_ports_of_a_range():
     code = (
         "from pytest_jumpstarter_http.loopback import _candidates; "
-        "from pytest_jumpstarter_http.options import PortRange; "
+        "from pytest_jumpstarter_http.records import PortRange; "
         "print(_candidates(PortRange(8000, 8999))[0])"
     )
     firsts = {
@@ -293,7 +293,7 @@ def test_a_url_brackets_an_ipv6_address_and_only_that(host, url):
 
 @pytest.fixture
 def roots(tmp_path: Path) -> Roots:
-    return Roots(tmp_path / "basetemp" / "http", keep=False)
+    return Roots(lambda: tmp_path / "basetemp" / "http", keep=False)
 
 
 def test_a_made_root_is_a_new_empty_folder_below_basetemp_that_the_plugin_owns(roots, tmp_path):
@@ -343,7 +343,7 @@ def test_a_made_root_is_removed_with_its_contents_and_then_no_longer_owned(roots
 
 
 def test_http_keep_keeps_a_made_root_and_what_is_in_it(tmp_path):
-    roots = Roots(tmp_path / "basetemp", keep=True)
+    roots = Roots(lambda: tmp_path / "basetemp", keep=True)
     root = roots.make("x")
     (root / "disk.raw").write_bytes(b"disk")
     roots.remove(root)

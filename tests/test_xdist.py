@@ -288,7 +288,7 @@ from pathlib import Path
 
 def test_{n}(http_server):
     record = Path(os.environ["RECORD"])
-    (record / "{n}").write_text(http_server.exporter.name)
+    (record / "{n}").write_text(http_server.connection.name)
     deadline = time.monotonic() + 20
     while len(list(record.iterdir())) < 2:
         assert time.monotonic() < deadline, "the other worker never leased"
