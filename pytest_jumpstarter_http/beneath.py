@@ -172,45 +172,68 @@ def _openat2(root_fd: int, relpath: str, flags: int) -> int | None:
 
 def _walk(root_fd: int, real: str | None, relpath: str, flags: int) -> int:
     """The portable lookup: one component at a time, every link read and checked by us."""
-    todo = list(reversed(_parts(relpath)))  # a stack: the next component last
-    folders: list[int] = []  # descriptors below the root, deepest last
-    links = 0
+    walk = _Walk(root_fd, real, relpath)
     try:
-        while todo:
-            name = todo.pop()
+        while walk.todo:
+            name = walk.todo.pop()
             if name == "..":
-                if not folders:
-                    raise EscapesRoot(errno.EXDEV, "leads outside the root through ..", relpath)
-                os.close(folders.pop())
+                walk.up()
                 continue
-            here = folders[-1] if folders else root_fd
-            last = not todo
-            fd = _open_one(name, here, flags if last else PROBE, relpath, keep_link=last)
-            if fd is not None:
-                if last:
-                    return fd
-                folders.append(fd)
-                continue
-            try:
-                target = os.readlink(name, dir_fd=here)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                todo.append(name)  # no longer a link: look at it again
-                continue
-            links += 1
-            if links > _MAX_LINKS:
-                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), relpath)
-            if target.startswith("/"):
-                target = _inside(target, real, relpath)
-                while folders:
-                    os.close(folders.pop())
-            todo.extend(reversed(_parts(target)))
+            last = not walk.todo
+            fd = _open_one(name, walk.here, flags if last else PROBE, relpath, keep_link=last)
+            if fd is None:
+                walk.follow(name)
+            elif last:
+                return fd
+            else:
+                walk.folders.append(fd)
         # The name was the root itself, or ended in "..": reopen the folder we stand in.
-        return os.open(".", flags, dir_fd=folders[-1] if folders else root_fd)
+        return os.open(".", flags, dir_fd=walk.here)
     finally:
-        for fd in folders:
-            os.close(fd)
+        walk.close()
+
+
+class _Walk:
+    """Where one portable lookup stands: the components still to open (a stack, the next one
+    last), the folders it holds open below the root (deepest last), and the links it followed."""
+
+    def __init__(self, root_fd: int, real: str | None, relpath: str) -> None:
+        self.root_fd, self.real, self.relpath = root_fd, real, relpath
+        self.todo = list(reversed(_parts(relpath)))
+        self.folders: list[int] = []
+        self.links = 0
+
+    @property
+    def here(self) -> int:
+        """The folder the next component is looked up in."""
+        return self.folders[-1] if self.folders else self.root_fd
+
+    def up(self) -> None:
+        """Go up for a ``..``: never above the root."""
+        if not self.folders:
+            raise EscapesRoot(errno.EXDEV, "leads outside the root through ..", self.relpath)
+        os.close(self.folders.pop())
+
+    def follow(self, name: str) -> None:
+        """Put the target of the link ``name`` in place of it; an absolute one starts from the root."""
+        try:
+            target = os.readlink(name, dir_fd=self.here)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self.todo.append(name)  # no longer a link: look at it again
+            return
+        self.links += 1
+        if self.links > _MAX_LINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), self.relpath)
+        if target.startswith("/"):
+            target = _inside(target, self.real, self.relpath)
+            self.close()
+        self.todo.extend(reversed(_parts(target)))
+
+    def close(self) -> None:
+        while self.folders:
+            os.close(self.folders.pop())
 
 
 def _open_one(name: str, here: int, flags: int, relpath: str, *, keep_link: bool) -> int | None:

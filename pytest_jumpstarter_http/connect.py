@@ -93,7 +93,14 @@ class Connection:
                 return path, _usable(path, child)
             # A ``ref:`` shows one driver under two paths: the first one is its home.
             found.setdefault(str(child.uuid), (path, child))
-        paths = ", ".join(path for path, _ in found.values())
+        path, http = self._the_one(driver, list(found.values()), everything)
+        return path, _usable(path, http)
+
+    def _the_one(
+        self, driver: str | None, found: list[tuple[str, Any]], everything: list[str]
+    ) -> tuple[str, Any]:
+        """The one HttpServer of ``found`` when no ``driver`` path was given (or it names none)."""
+        paths = ", ".join(path for path, _ in found)
         if driver is not None:
             raise ExporterError(
                 f"exporter {self.name!r} has no HttpServer driver at {driver!r} (--http-driver or the "
@@ -109,8 +116,7 @@ class Connection:
                 f"exporter {self.name!r} has several HttpServer drivers ({paths}); "
                 "choose one with --http-driver=PATH or @pytest.mark.http_exporter(driver=PATH)."
             )
-        path, http = next(iter(found.values()))
-        return path, _usable(path, http)
+        return found[0]
 
     @contextmanager
     def answering(self) -> Iterator[None]:
@@ -245,16 +251,8 @@ def _current_client() -> str:
 
 def open_lease(client_name: str | None, selector: str, timeout: float) -> Connection:
     """Lease an exporter matching ``selector`` through a client config; released on close."""
-    from jumpstarter.config.client import ClientConfigV1Alpha1
-
     alias = client_name or _current_client()
-    try:
-        config = ClientConfigV1Alpha1.load(alias)
-    except FileNotFoundError as exc:
-        raise ExporterUnavailable(
-            f"no Jumpstarter client config {alias!r} (--http-client) to lease an exporter matching "
-            f"{selector!r}: {exc} Create one with `jmp config client create`, or run inside `jmp shell`."
-        ) from None
+    config = _client_config(alias, selector)
     # An inherited JMP_LEASE is reused, never released (the lease belongs to whoever made it);
     # asking again by selector would make the client create a second lease it then never releases.
     reused = os.environ.get(JMP_LEASE) or None
@@ -289,6 +287,19 @@ def open_lease(client_name: str | None, selector: str, timeout: float) -> Connec
             f"{JMP_LEASE}={reused!r} holds exporter {name!r} whose labels do not match {selector!r}."
         )
     return connection
+
+
+def _client_config(alias: str, selector: str) -> Any:
+    """The client config ``alias``, or why there is none to lease with."""
+    from jumpstarter.config.client import ClientConfigV1Alpha1
+
+    try:
+        return ClientConfigV1Alpha1.load(alias)
+    except FileNotFoundError as exc:
+        raise ExporterUnavailable(
+            f"no Jumpstarter client config {alias!r} (--http-client) to lease an exporter matching "
+            f"{selector!r}: {exc} Create one with `jmp config client create`, or run inside `jmp shell`."
+        ) from None
 
 
 def adopt(client: Any) -> Connection:

@@ -150,8 +150,3 @@ class RecordingHttpServer(HttpServer):
     def fault_hits(self, fault_id: str) -> int:
         """How many requests a fault applied to so far."""
         return self.faults.hits(str(fault_id))
-
-    @export
-    def list_faults(self) -> list[dict[str, Any]]:
-        """The faults applying now, oldest first."""
-        return self.faults.list()

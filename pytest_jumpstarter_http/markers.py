@@ -119,19 +119,9 @@ def chosen_root(node: pytest.Item, settings: Settings) -> Path | None:
 
 def choose(node: pytest.Item, settings: Settings, exporter_client: Any = None) -> Choice:
     """Resolve the scope and backend of ``node`` from its markers, the settings and the client it holds."""
-    # The closest of the two backend markers wins: a test's own over its class's or module's.
-    marker = next((m for m in node.iter_markers() if m.name in ("http_exporter", "http_loopback")), None)
+    marker = _backend_marker(node)
     if exporter_client is not None and (marker is None or marker.name == "http_exporter"):
-        # The test holds the board: serve next to it, never through a connection of our own, and
-        # per test, since the client may end with the test's class.
-        driver = _parsed(node, marker, "driver") if marker else None
-        return Choice(
-            scope="function",
-            backend="exporter",
-            driver=driver or settings.driver,
-            required=True,
-            exporter_client=exporter_client,
-        )
+        return _next_to_the_board(node, marker, settings, exporter_client)
     scope: Scope = _server_marker(node, "scope") or settings.scope
     if marker is None:
         return Choice(
@@ -150,4 +140,24 @@ def choose(node: pytest.Item, settings: Settings, exporter_client: Any = None) -
         selector=_parsed(node, marker, "selector") or settings.selector,
         driver=_parsed(node, marker, "driver") or settings.driver,
         required=settings.wants_exporter,
+    )
+
+
+def _backend_marker(node: pytest.Item) -> pytest.Mark | None:
+    """The closest of the two backend markers: a test's own wins over its class's or module's."""
+    return next((m for m in node.iter_markers() if m.name in ("http_exporter", "http_loopback")), None)
+
+
+def _next_to_the_board(
+    node: pytest.Item, marker: pytest.Mark | None, settings: Settings, exporter_client: Any
+) -> Choice:
+    """The test holds the board: serve next to it, never through a connection of our own, and
+    per test, since the client may end with the test's class."""
+    driver = _parsed(node, marker, "driver") if marker else None
+    return Choice(
+        scope="function",
+        backend="exporter",
+        driver=driver or settings.driver,
+        required=True,
+        exporter_client=exporter_client,
     )

@@ -216,8 +216,14 @@ class ServedFile(FileResponse):
         if shaper is not None:
             progress.sent = await shaper.send(writer, fobj, offset, count)
             return writer
-        if NOSENDFILE or self.compression:
+        if NOSENDFILE or self.compression or not await self._send_chunks(request, fobj, offset, count):
             return await self._copy(request, writer, fobj, offset, count)
+        await StreamResponse.write_eof(self)
+        return writer
+
+    async def _send_chunks(self, request: Any, fobj: IO[Any], offset: int, count: int) -> bool:
+        """``sendfile`` the body in chunks, counting them; False where the loop cannot and nothing went."""
+        progress = request[PROGRESS_KEY]
         loop = asyncio.get_running_loop()
         transport = request.transport
         while progress.sent < count:
@@ -229,11 +235,9 @@ class ServedFile(FileResponse):
             except NotImplementedError:
                 if progress.sent:
                     raise
-                return await self._copy(request, writer, fobj, offset, count)
+                return False
             except BaseException as exc:
-                # asyncio leaves the file's offset after what went out, even when a send fails.
-                with suppress(OSError, ValueError):
-                    progress.sent += max(0, os.lseek(fobj.fileno(), 0, os.SEEK_CUR) - at)
+                _count_partial_send(progress, fobj, at)
                 if isinstance(exc, RuntimeError) and transport.is_closing():
                     # asyncio's "Transport is closing": the client went away between two chunks.
                     raise ConnectionResetError("Connection lost") from None
@@ -241,8 +245,7 @@ class ServedFile(FileResponse):
             progress.sent += sent
             if not sent:  # the file shrank under us
                 break
-        await StreamResponse.write_eof(self)
-        return writer
+        return True
 
     async def _copy(
         self, request: Any, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int
@@ -361,6 +364,12 @@ def beneath_middleware(
     ``namespaces``, their URLs serve their folders.
     """
     return BeneathFiles(roots, log=log, namespaces=namespaces)
+
+
+def _count_partial_send(progress: Progress, fobj: IO[Any], at: int) -> None:
+    """Count what a failed ``sendfile`` sent: asyncio leaves the file's offset after it."""
+    with suppress(OSError, ValueError):
+        progress.sent += max(0, os.lseek(fobj.fileno(), 0, os.SEEK_CUR) - at)
 
 
 def _close_all(fds: list[int]) -> None:

@@ -91,14 +91,6 @@ class FaultRegistry:
                 raise KeyError(f"no fault {fault_id!r} on this server; it was cleared or never injected")
             return entry.hits
 
-    def list(self) -> list[dict[str, Any]]:
-        """The faults applying now, oldest first: their id, hits and spec."""
-        with self._lock:
-            return [
-                {"id": fault_id, "hits": entry.hits, **entry.spec.as_dict()}
-                for fault_id, entry in self._entries.items()
-            ]
-
     def match(self, path: str) -> _Entry | None:
         """The oldest fault applying to a request for the decoded ``path``, counted as hit."""
         with self._lock:
@@ -160,23 +152,7 @@ class Shaper:
         spec = self._entry.spec
         progress = self._request[PROGRESS_KEY]
         end = min([count, *(n for n in (spec.cut_after, spec.stall_after) if n is not None)])
-        piece = PIECE if spec.rate is None else max(1024, min(PIECE, int(spec.rate / 20)))
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        fd = fobj.fileno()
-        while progress.sent < end:
-            data = await loop.run_in_executor(
-                None, os.pread, fd, min(piece, end - progress.sent), offset + progress.sent
-            )
-            if not data:  # the file shrank under us
-                break
-            await writer.write(data)
-            progress.sent += len(data)
-            if spec.rate is not None:
-                await writer.drain()
-                ahead = started + progress.sent / spec.rate - loop.time()
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+        await self._copy(writer, fobj.fileno(), offset, end)
         if progress.sent >= count:
             return int(progress.sent)
         await writer.drain()
@@ -187,3 +163,21 @@ class Shaper:
         if transport is not None:
             transport.close()
         raise ConnectionResetError(f"fault: the body was cut after {progress.sent} of {count} bytes")
+
+    async def _copy(self, writer: AbstractStreamWriter, fd: int, offset: int, end: int) -> None:
+        """Send the body up to ``end``, at ``rate`` if the fault has one; stop early if the file shrank."""
+        rate = self._entry.spec.rate
+        progress = self._request[PROGRESS_KEY]
+        piece = PIECE if rate is None else max(1024, min(PIECE, int(rate / 20)))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while progress.sent < end:
+            size = min(piece, end - progress.sent)
+            data = await loop.run_in_executor(None, os.pread, fd, size, offset + progress.sent)
+            if not data:  # the file shrank under us
+                return
+            await writer.write(data)
+            progress.sent += len(data)
+            if rate is not None:
+                await writer.drain()
+                await asyncio.sleep(max(0.0, started + progress.sent / rate - loop.time()))
