@@ -191,6 +191,51 @@ def test_every_error_message_of_the_plugin_is_in_troubleshooting():
     assert not missing, f"add these messages (cause and fix) to docs/troubleshooting.md:\n{missing}"
 
 
+def load_generator():
+    """docs/generate.py, which writes the parts of the pages made from the code."""
+    spec = importlib.util.spec_from_file_location("docs_generate", DOCS / "generate.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generated_parts_of_the_pages_are_what_the_code_makes_now():
+    # The pages are read unbuilt on a forge too, so a generated table is written into them
+    # (issue 17); a changed option, fixture or marker must be written there as well.
+    generate = load_generator()
+    stale = [page.name for page in generate.stale()]
+    assert not stale, f"run python docs/generate.py: the generated parts of {stale} are stale"
+
+
+def test_every_generated_kind_is_in_a_page_and_the_tables_name_every_option_fixture_and_marker():
+    generate = load_generator()
+    text = "".join(page.read_text() for page in pages())
+    written = {match["kind"] for match in generate.PART.finditer(text)}
+    assert written == set(generate.KINDS)
+    assert "{http-" not in text, "a Sphinx-only directive shows nothing on a forge: use a generated part"
+    options = (DOCS / "options.md").read_text()
+    for option in settings.OPTIONS:
+        assert f"| `{option.flag}" in options
+        assert f"`{option.ini}`" in options
+    fixtures = (DOCS / "fixtures.md").read_text()
+    for name in FIXTURES:
+        assert f"<!-- generated: http-fixture-doc {name} -->" in fixtures
+    for line in markers.MARKERS:
+        assert f"`@pytest.mark.{line.partition(': ')[0]}`" in (DOCS / "markers.md").read_text()
+
+
+def test_a_stale_generated_part_is_found_and_rewritten(tmp_path):
+    generate = load_generator()
+    page = "Intro.\n\n<!-- generated: http-options-table -->\n| old |\n<!-- end generated -->\n\nAfter.\n"
+    current = generate.render(page)
+    assert current != page
+    assert current.startswith("Intro.\n\n<!-- generated: http-options-table -->\n\n| Command line |")
+    assert current.endswith("\n\n<!-- end generated -->\n\nAfter.\n")
+    assert generate.render(current) == current
+
+
 # --- README, changelog, license -------------------------------------------------------------
 
 
