@@ -236,6 +236,33 @@ def test_a_stale_generated_part_is_found_and_rewritten(tmp_path):
     assert generate.render(current) == current
 
 
+def test_the_auto_backend_rule_reads_as_the_help_says_in_options_and_backends():
+    (backend,) = [option for option in settings.OPTIONS if option.ini == "http_backend"]
+    rule = re.search(r"auto picks exporter when (.*) \(default", backend.help)
+    assert rule, backend.help
+    for name in ("options.md", "backends.md"):
+        text = " ".join((DOCS / name).read_text().replace("`", "").split())
+        assert f"picks the exporter when {rule[1]}" in text, f"{name}: write the rule as --help does"
+
+
+def test_the_header_lines_the_docs_show_are_those_the_plugin_prints():
+    images = Path("/home/me/suite/images")
+    shell = "/tmp/jumpstarter-1234/socket"
+    printed = {
+        settings.Settings().header(),
+        settings.Settings(scope="session", root=images).header(),
+        settings.Settings(scope="session", root=images, jumpstarter_host=shell).header(),
+    }
+    shown = {
+        line
+        for page in (*pages(), TOP / "README.md")
+        for line in page.read_text().splitlines()
+        if line.startswith("jumpstarter-http: backend=")
+    }
+    assert shown
+    assert shown <= printed, f"the plugin prints none of {sorted(shown - printed)}"
+
+
 # --- README, changelog, license -------------------------------------------------------------
 
 
