@@ -236,6 +236,14 @@ def test_a_stale_generated_part_is_found_and_rewritten(tmp_path):
     assert generate.render(current) == current
 
 
+def test_every_test_the_reliability_page_names_is_in_the_suite():
+    # A row is a promise only while the test it names runs; a renamed test must rename its row.
+    cited = set(re.findall(r"`(test_\w+)(?:`|\[)", (DOCS / "reliability.md").read_text()))
+    suite = "".join(path.read_text() for path in (TOP / "tests").glob("*.py"))
+    assert cited
+    assert not sorted(name for name in cited if f"def {name}(" not in suite)
+
+
 def test_the_auto_backend_rule_reads_as_the_help_says_in_options_and_backends():
     (backend,) = [option for option in settings.OPTIONS if option.ini == "http_backend"]
     rule = re.search(r"auto picks exporter when (.*) \(default", backend.help)
