@@ -27,6 +27,8 @@ DOCS = TOP / "docs"
 DOC_EXAMPLES = DOCS / "examples"
 PACKAGE = TOP / "pytest_jumpstarter_http"
 FIXTURES = ("served_dir", "http_server", "http_url", "http_server_factory", "http_exporter_client")
+#: The doc example of a JumpstarterTest class kept runnable on loopback (docs/recipes.md).
+BOARD_CLASS = "board_class.test_board_class.TestBoard"
 #: A user's install, then the developers' (.ci/run runs what the README says).
 README_COMMANDS = (
     "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/pytest examples",
@@ -67,6 +69,9 @@ def test_the_doc_examples_pass_on_loopback_and_leave_their_folder_as_it_was(tmp_
     result = run_doc_examples("-rs", junit=tmp_path / "report.xml").outcomes()
     assert files_of(DOC_EXAMPLES) == before
     assert result.pop("test_markers::test_only_on_a_board") == "skipped"
+    # The JumpstarterTest recipe: its board test skips, the rest of its class runs on loopback.
+    assert result.pop(f"{BOARD_CLASS}::test_the_board_serves_its_image") == "skipped"
+    assert result[f"{BOARD_CLASS}::test_the_boot_script_is_served"] == "passed"
     assert result
     assert set(result.values()) == {"passed"}
     assert "override.test_override::test_serves_this_folders_images" in result
@@ -77,7 +82,7 @@ def test_the_lab_network_recipe_serves_on_every_interface_under_xdist(tmp_path):
     # lab.ini binds 0.0.0.0 on a port range; the URL host is overridden to one this machine answers on.
     args = ("-c", "lab.ini", "-o", "http_url_host=127.0.0.1", "-n", "2", ".")
     result = run_doc_examples(*args, junit=tmp_path / "report.xml").outcomes()
-    assert list(result.values()).count("passed") == len(result) - 1
+    assert list(result.values()).count("passed") == len(result) - 2  # the two board-only tests
 
 
 def test_the_hardware_ini_errors_every_exporter_test_without_its_lab_client_config(tmp_path):
@@ -87,6 +92,7 @@ def test_the_hardware_ini_errors_every_exporter_test_without_its_lab_client_conf
         "-c", "hardware.ini", ".", junit=tmp_path / "report.xml", allowed=("passed", "error")
     )
     assert report["test_flash_board::test_the_board_flashes_a_fresh_build"].outcome == "error"
+    assert report[f"{BOARD_CLASS}::test_the_board_serves_its_image"].outcome == "error"
     assert report["test_factory::test_two_servers_with_different_images"].outcome == "passed"
     errors = [case.message for case in report.cases.values() if case.outcome == "error"]
     assert errors
@@ -104,6 +110,7 @@ def test_the_jmp_shell_recipe_runs_the_doc_examples_on_the_documented_exporter(t
     exporter.write_text(config.replace("/home/lab/jumpstarter-http", str(tmp_path / "www")))
     result = run_doc_examples(junit=tmp_path / "report.xml", shell=exporter).outcomes()
     assert result["test_markers::test_only_on_a_board"] == "passed", result
+    assert result[f"{BOARD_CLASS}::test_the_board_serves_its_image"] == "passed", result
     assert set(result.values()) == {"passed"}
     assert (tmp_path / "www" / "pytest-jumpstarter-http").is_dir()
 
