@@ -9,6 +9,7 @@ aiohttp: the server and the test process both build on it, and it on neither.
 
 from __future__ import annotations
 
+import copy
 import glob
 import math
 import os
@@ -16,7 +17,7 @@ import posixpath
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Final, Protocol
 from urllib.parse import quote, unquote
@@ -343,8 +344,8 @@ class FaultSpec:
     stall_after: int | None = None
     status: int | None = None
     times: int | None = None
-    #: ``fnmatch`` patterns of the decoded URL path, one per URL prefix of the handle.
-    patterns: tuple[str, ...] = field(default=(), kw_only=True)
+    #: ``fnmatch`` patterns of the decoded URL path, one per URL prefix of the handle (:meth:`under`).
+    patterns: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", _fault_path(self.path))
@@ -360,7 +361,12 @@ class FaultSpec:
     def under(self, prefixes: tuple[str, ...]) -> FaultSpec:
         """This fault below the percent-encoded URL paths ``prefixes`` a handle's files are served under."""
         escaped = (glob.escape(unquote(prefix).rstrip("/")) for prefix in prefixes)
-        return replace(self, patterns=tuple(f"{prefix}/{self.path}" for prefix in escaped))
+        return self._matching(tuple(f"{prefix}/{self.path}" for prefix in escaped))
+
+    def _matching(self, patterns: tuple[str, ...]) -> FaultSpec:
+        placed = copy.copy(self)
+        object.__setattr__(placed, "patterns", patterns)
+        return placed
 
     @property
     def shapes(self) -> bool:
@@ -403,9 +409,8 @@ class FaultSpec:
             return None if value is None else int(value)
 
         rate = data.get("rate")
-        return cls(
+        spec = cls(
             str(data["path"]),
-            patterns=tuple(str(pattern) for pattern in data["patterns"]),
             delay=float(data.get("delay") or 0.0),
             rate=None if rate is None else float(rate),
             cut_after=whole("cut_after"),
@@ -413,6 +418,7 @@ class FaultSpec:
             status=whole("status"),
             times=whole("times"),
         )
+        return spec._matching(tuple(str(pattern) for pattern in data["patterns"]))
 
 
 def _plain(value: float) -> str:

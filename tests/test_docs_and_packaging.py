@@ -27,6 +27,8 @@ DOCS = TOP / "docs"
 DOC_EXAMPLES = DOCS / "examples"
 PACKAGE = TOP / "pytest_jumpstarter_http"
 FIXTURES = ("served_dir", "http_server", "http_url", "http_server_factory", "http_exporter_client")
+#: The doc example of a JumpstarterTest class kept runnable on loopback (docs/recipes.md).
+BOARD_CLASS = "board_class.test_board_class.TestBoard"
 #: A user's install, then the developers' (.ci/run runs what the README says).
 README_COMMANDS = (
     "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/pytest examples",
@@ -67,6 +69,9 @@ def test_the_doc_examples_pass_on_loopback_and_leave_their_folder_as_it_was(tmp_
     result = run_doc_examples("-rs", junit=tmp_path / "report.xml").outcomes()
     assert files_of(DOC_EXAMPLES) == before
     assert result.pop("test_markers::test_only_on_a_board") == "skipped"
+    # The JumpstarterTest recipe: its board test skips, the rest of its class runs on loopback.
+    assert result.pop(f"{BOARD_CLASS}::test_the_board_serves_its_image") == "skipped"
+    assert result[f"{BOARD_CLASS}::test_the_boot_script_is_served"] == "passed"
     assert result
     assert set(result.values()) == {"passed"}
     assert "override.test_override::test_serves_this_folders_images" in result
@@ -77,7 +82,7 @@ def test_the_lab_network_recipe_serves_on_every_interface_under_xdist(tmp_path):
     # lab.ini binds 0.0.0.0 on a port range; the URL host is overridden to one this machine answers on.
     args = ("-c", "lab.ini", "-o", "http_url_host=127.0.0.1", "-n", "2", ".")
     result = run_doc_examples(*args, junit=tmp_path / "report.xml").outcomes()
-    assert list(result.values()).count("passed") == len(result) - 1
+    assert list(result.values()).count("passed") == len(result) - 2  # the two board-only tests
 
 
 def test_the_hardware_ini_errors_every_exporter_test_without_its_lab_client_config(tmp_path):
@@ -87,6 +92,7 @@ def test_the_hardware_ini_errors_every_exporter_test_without_its_lab_client_conf
         "-c", "hardware.ini", ".", junit=tmp_path / "report.xml", allowed=("passed", "error")
     )
     assert report["test_flash_board::test_the_board_flashes_a_fresh_build"].outcome == "error"
+    assert report[f"{BOARD_CLASS}::test_the_board_serves_its_image"].outcome == "error"
     assert report["test_factory::test_two_servers_with_different_images"].outcome == "passed"
     errors = [case.message for case in report.cases.values() if case.outcome == "error"]
     assert errors
@@ -104,6 +110,7 @@ def test_the_jmp_shell_recipe_runs_the_doc_examples_on_the_documented_exporter(t
     exporter.write_text(config.replace("/home/lab/jumpstarter-http", str(tmp_path / "www")))
     result = run_doc_examples(junit=tmp_path / "report.xml", shell=exporter).outcomes()
     assert result["test_markers::test_only_on_a_board"] == "passed", result
+    assert result[f"{BOARD_CLASS}::test_the_board_serves_its_image"] == "passed", result
     assert set(result.values()) == {"passed"}
     assert (tmp_path / "www" / "pytest-jumpstarter-http").is_dir()
 
@@ -189,6 +196,86 @@ def test_every_error_message_of_the_plugin_is_in_troubleshooting():
     page = (DOCS / "troubleshooting.md").read_text()
     missing = "\n".join(sorted(fragment for fragment in error_fragments() if fragment not in page))
     assert not missing, f"add these messages (cause and fix) to docs/troubleshooting.md:\n{missing}"
+
+
+def load_generator():
+    """docs/generate.py, which writes the parts of the pages made from the code."""
+    spec = importlib.util.spec_from_file_location("docs_generate", DOCS / "generate.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generated_parts_of_the_pages_are_what_the_code_makes_now():
+    # The pages are read unbuilt on a forge too, so a generated table is written into them
+    # (issue 17); a changed option, fixture or marker must be written there as well.
+    generate = load_generator()
+    stale = [page.name for page in generate.stale()]
+    assert not stale, f"run python docs/generate.py: the generated parts of {stale} are stale"
+
+
+def test_every_generated_kind_is_in_a_page_and_the_tables_name_every_option_fixture_and_marker():
+    generate = load_generator()
+    text = "".join(page.read_text() for page in pages())
+    written = {match["kind"] for match in generate.PART.finditer(text)}
+    assert written == set(generate.KINDS)
+    assert "{http-" not in text, "a Sphinx-only directive shows nothing on a forge: use a generated part"
+    page = (DOCS / "options.md").read_text()
+    for option in options.OPTIONS:
+        assert f"| `{option.flag}" in page
+        assert f"`{option.ini}`" in page
+    fixtures = (DOCS / "fixtures.md").read_text()
+    for name in FIXTURES:
+        assert f"<!-- generated: http-fixture-doc {name} -->" in fixtures
+    for line in markers.MARKERS:
+        assert f"`@pytest.mark.{line.partition(': ')[0]}`" in (DOCS / "markers.md").read_text()
+
+
+def test_a_stale_generated_part_is_found_and_rewritten(tmp_path):
+    generate = load_generator()
+    page = "Intro.\n\n<!-- generated: http-options-table -->\n| old |\n<!-- end generated -->\n\nAfter.\n"
+    current = generate.render(page)
+    assert current != page
+    assert current.startswith("Intro.\n\n<!-- generated: http-options-table -->\n\n| Command line |")
+    assert current.endswith("\n\n<!-- end generated -->\n\nAfter.\n")
+    assert generate.render(current) == current
+
+
+def test_every_test_the_reliability_page_names_is_in_the_suite():
+    # A row is a promise only while the test it names runs; a renamed test must rename its row.
+    cited = set(re.findall(r"`(test_\w+)(?:`|\[)", (DOCS / "reliability.md").read_text()))
+    suite = "".join(path.read_text() for path in (TOP / "tests").glob("*.py"))
+    assert cited
+    assert not sorted(name for name in cited if f"def {name}(" not in suite)
+
+
+def test_the_auto_backend_rule_reads_as_the_help_says_in_options_and_backends():
+    (backend,) = [option for option in options.OPTIONS if option.ini == "http_backend"]
+    rule = re.search(r"auto picks exporter when (.*) \(default", backend.help)
+    assert rule, backend.help
+    for name in ("options.md", "backends.md"):
+        text = " ".join((DOCS / name).read_text().replace("`", "").split())
+        assert f"picks the exporter when {rule[1]}" in text, f"{name}: write the rule as --help does"
+
+
+def test_the_header_lines_the_docs_show_are_those_the_plugin_prints():
+    images = Path("/home/me/suite/images")
+    shell = "/tmp/jumpstarter-1234/socket"
+    printed = {
+        options.Settings().header(),
+        options.Settings(scope="session", root=images).header(),
+        options.Settings(scope="session", root=images, jumpstarter_host=shell).header(),
+    }
+    shown = {
+        line
+        for page in (*pages(), TOP / "README.md")
+        for line in page.read_text().splitlines()
+        if line.startswith("jumpstarter-http: backend=")
+    }
+    assert shown
+    assert shown <= printed, f"the plugin prints none of {sorted(shown - printed)}"
 
 
 # --- README, changelog, license -------------------------------------------------------------
