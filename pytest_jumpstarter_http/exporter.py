@@ -33,6 +33,7 @@ from .records import (
     HttpPublishError,
     HttpPublishWarning,
     HttpRequest,
+    Keep,
     Progress,
     check_name,
     url_path,
@@ -51,7 +52,7 @@ class ExporterBackend:
         client_config: str | None,
         jumpstarter_host: str | None,
         timeout: float,
-        keep: bool,
+        keep: Keep,
         url_host: str | None,
         run_id: str,
         worker: str,
@@ -120,7 +121,8 @@ class ExporterBackend:
                 self._bound.append(line)
                 log.info("%s: %s", self._worker, line)
             folder = f"{RUNS}/{self._run_id}-{self._worker}-{uuid.uuid4().hex[:8]}"
-            holding = Holding(http, folder, self._keep, self._timeout) if recording else None
+            # With --http-keep=failed the server keeps the folder: a failed test's part of it stays.
+            holding = Holding(http, folder, self._keep != "none", self._timeout) if recording else None
             store = Store(
                 http,
                 connection.name,
@@ -134,12 +136,14 @@ class ExporterBackend:
             self._used[key] = Used(connection, http, store, folder, holding)
         return self._used[key]
 
-    def close(self) -> None:
+    def close(self, *, failed: bool = False) -> None:
         """Let go of every server: a RecordingHttpServer then removes this process's folder itself
-        (unless ``--http-keep``); the stock driver's is removed from here."""
+        (unless ``--http-keep`` keeps it; ``failed``: a test of the run failed); the stock driver's
+        is removed from here."""
+        keep = self._keep == "all" or (failed and self._keep == "failed")
         try:
             for used in self._used.values():
-                used.close(keep=self._keep)
+                used.close(keep=keep)
         finally:
             self._used.clear()
             self.connections.close()
@@ -166,12 +170,18 @@ class Used:
         return self.mirrors[root]
 
     def close(self, *, keep: bool) -> None:
+        """Let go of the server, and of this process's folder there unless ``keep``."""
+        if self.holding is not None and (keep or not self.holding.keeps):
+            self.holding.close()  # the server removes the folder unless it was told to keep it
+            return
+        if not keep and self.connection.gone is None:
+            self._remove_folder()
         if self.holding is not None:
             self.holding.close()
-            return
-        if keep or self.connection.gone is not None:
-            return
-        # The stock driver cannot see this process end: remove its folder while it can.
+
+    def _remove_folder(self) -> None:
+        # The stock driver cannot see this process end, nor does a RecordingHttpServer told to
+        # keep the folder for failed tests: remove it while it can.
         with contextlib.suppress(Exception):
             self.http.storage.remove_all(self.folder + "/")
         with contextlib.suppress(Exception):
@@ -187,6 +197,8 @@ class Holding:
     """
 
     def __init__(self, http: Any, folder: str, keep: bool, timeout: float) -> None:
+        #: Whether the server keeps the folder when the hold ends.
+        self.keeps = keep
         ready: concurrent.futures.Future[str] = concurrent.futures.Future()
         self._task = http.portal.start_task_soon(_hold, http, folder, keep, ready)
         try:
@@ -246,7 +258,7 @@ class ExporterServer(HttpServerHandle):
         driver: str,
         root: Path,
         mirror: str | None,
-        keep: bool,
+        keep: Keep,
         url_host: str | None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
@@ -383,15 +395,16 @@ class ExporterServer(HttpServerHandle):
             self._store.put(fd, label, target)
         self._wrote_folder = self._wrote_folder or target.startswith(self.folder + "/")
 
-    def stop(self) -> None:
+    def stop(self, *, failed: bool = False) -> None:
         """End this handle's faults and namespace and remove its own folder from the exporter (unless
-        ``--http-keep``); the server runs on."""
+        ``--http-keep`` keeps it); the server runs on."""
         try:
             self.clear_faults()
         finally:
             self._close_namespace()
         # An exporter that is gone holds nothing to remove, and its tests were told already.
-        if self._keep or self.connection.gone is not None or not self._wrote_folder:
+        keep = self._keep == "all" or (failed and self._keep == "failed")
+        if keep or self.connection.gone is not None or not self._wrote_folder:
             return
         try:
             with self.connection.answering():

@@ -331,8 +331,9 @@ class HttpServerHandle(ABC):
             raise first
 
     @abstractmethod
-    def stop(self) -> None:
-        """Stop the server (if this handle started it) and remove what it created."""
+    def stop(self, *, failed: bool = False) -> None:
+        """Stop the server (if this handle started it) and remove what it created, unless
+        ``--http-keep`` keeps it (``failed``: the test that used it failed)."""
 
     def __enter__(self) -> Self:
         return self

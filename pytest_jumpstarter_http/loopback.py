@@ -52,7 +52,7 @@ class LoopbackServer(HttpServerHandle):
         url_host: str | None = None,
         timeout: float = 30.0,
         staging: Path | Callable[[], Path] | None = None,
-        release: Callable[[Path], object] | None = None,
+        release: Callable[[Path, bool], object] | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         from .driver import RecordingHttpServer
@@ -73,7 +73,8 @@ class LoopbackServer(HttpServerHandle):
         self._url_base_host = url_host or concrete_host(host)
         self._timeout = timeout
         self._staging = staging
-        #: Called with a staging folder this server made (not one it was given) once it stops.
+        #: Called with a staging folder this server made (not one it was given) once it stops, and
+        #: whether its test failed.
         self._release = release
         self._staged: set[Path] = set()
         self._made_staging: Path | None = None
@@ -194,7 +195,7 @@ class LoopbackServer(HttpServerHandle):
     def publish(self, name: str | None = None) -> None:
         """Nothing to do: the server reads ``root`` directly."""
 
-    def stop(self) -> None:
+    def stop(self, *, failed: bool = False) -> None:
         """Stop the server; a staging folder it made goes to ``release``, one it was given stays."""
         if self._stopped or not self._started:
             return
@@ -211,7 +212,7 @@ class LoopbackServer(HttpServerHandle):
                 self._client = None
                 eventloop.release()
                 if self._made_staging is not None and self._release is not None:
-                    self._release(self._made_staging)
+                    self._release(self._made_staging, failed)
 
 
 class _InProcess:
@@ -299,12 +300,12 @@ class LoopbackBackend:
             timeout=self._timeout,
             # A user's root is never written: what a test stages there goes to a folder of ours.
             staging=root if owned else lambda: roots.make("staged"),
-            release=roots.remove,
+            release=lambda staging, failed: roots.remove(staging, failed=failed),
             progress=self._progress,
         ).start()
 
     def summary(self) -> list[str]:
         return []
 
-    def close(self) -> None:
+    def close(self, *, failed: bool = False) -> None:
         """Nothing to let go of: each server stopped with its scope."""

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import pytest
 
-from .records import JUMPSTARTER_HOST, PortRange
+from .records import JUMPSTARTER_HOST, Keep, PortRange
 
 Scope = Literal["function", "session"]
 Backend = Literal["auto", "loopback", "exporter"]
@@ -35,7 +35,7 @@ class Settings:
     host: str = "127.0.0.1"
     url_host: str | None = None
     port: PortRange | None = None
-    keep: bool = False
+    keep: Keep = "none"
     client: str | None = None
     selector: str | None = None
     driver: str | None = None
@@ -276,13 +276,22 @@ def _statuses(value: str, source: Source) -> tuple[str, ...]:
         raise source.error(value, "give HTTP statuses or classes separated by commas, like 404,5xx") from None
 
 
-def _flag(value: str, source: Source) -> bool:
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("", "0", "false", "no", "off"):
-        return False
-    raise source.error(value, "use true or false")
+#: What ``--http-keep`` keeps, by the words a value may use.
+_KEEP: dict[str, Keep] = {
+    **dict.fromkeys(("all", "1", "true", "yes", "on"), "all"),
+    "failed": "failed",
+    **dict.fromkeys(("none", "", "0", "false", "no", "off"), "none"),
+}
+
+
+def _keep(value: str, source: Source) -> Keep:
+    """What to keep: ``all``, ``failed`` (a failed test's folders), ``none``; true and false still read."""
+    keep = _KEEP.get(str(value).strip().lower())
+    if keep is None:
+        raise source.error(
+            value, "use all, failed or none (on the command line --http-keep=failed; alone, it keeps all)"
+        )
+    return keep
 
 
 @dataclass(frozen=True)
@@ -291,6 +300,8 @@ class _Option:
     help: str
     parse: Callable[[str, Source], Any]
     metavar: str | None = None
+    #: What the option means given alone (``--http-keep``); None for one that needs a value.
+    bare: str | None = None
 
     @property
     def flag(self) -> str:
@@ -299,11 +310,6 @@ class _Option:
     @property
     def ini(self) -> str:
         return "http_" + self.field
-
-    @property
-    def takes_value(self) -> bool:
-        """Whether the option is given a value (``--http-root=DIR``), not just named (``--http-keep``)."""
-        return self.parse is not _flag
 
 
 OPTIONS: tuple[_Option, ...] = (
@@ -325,7 +331,14 @@ OPTIONS: tuple[_Option, ...] = (
         "HOST",
     ),
     _Option("port", "Port N or range A-B loopback servers bind (default: 0, any free port)", _port, "PORTS"),
-    _Option("keep", "Keep temporary roots and staged uploads after their scope (default: false)", _flag),
+    _Option(
+        "keep",
+        "Keep the plugin's temporary folders and staged files after their scope: all, failed (a "
+        "failed test's only) or none; given alone, all (default: none)",
+        _keep,
+        "WHEN",
+        bare="all",
+    ),
     _Option(
         "client",
         "Jumpstarter client config used to lease an exporter "
@@ -366,8 +379,10 @@ BY_FIELD = {option.field: option for option in OPTIONS}
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("jumpstarter-http", "HTTP server fixtures (pytest-jumpstarter-http)")
     for option in OPTIONS:
-        if not option.takes_value:
-            group.addoption(option.flag, action="store_const", const="true", default=None, help=option.help)
+        if option.bare is not None:
+            group.addoption(
+                option.flag, nargs="?", const=option.bare, metavar=option.metavar, help=option.help
+            )
         else:
             group.addoption(option.flag, metavar=option.metavar, default=None, help=option.help)
         # A string, parsed here, so that a bad value's error can name its ini key.

@@ -26,6 +26,8 @@ SETTINGS = pytest.StashKey[options.Settings]()
 SHOW_PASSED = pytest.StashKey[bool]()
 #: The servers a test used, for its report.
 SERVERS: pytest.StashKey[list[HttpServerHandle]] = pytest.StashKey()
+#: Whether a test failed (in its set-up or call): ``--http-keep=failed`` keeps its folders.
+FAILED = pytest.StashKey[bool]()
 #: What the run keeps: its roots, backends and session servers.
 RUNTIME: pytest.StashKey[Runtime] = pytest.StashKey()
 
@@ -57,6 +59,8 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
+    if report.failed:  # as pytest's tmp_path records it for its retention policy
+        item.stash[FAILED] = True
     servers = item.stash.get(SERVERS, [])
     fail_on = item.config.stash[SETTINGS].fail_on
     # A passing test's section shows only with -rP or -rA: reading the log for it is wasted time.
@@ -82,12 +86,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         )
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    session.config.stash[RUNTIME].close(failed=session.testsfailed > 0)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if RUNTIME not in config.stash:
-        return
-    try:
-        config.stash[RUNTIME].close()
-    finally:
+    if RUNTIME in config.stash:
         eventloop.release()
 
 
@@ -125,7 +129,8 @@ def served_dir(request: pytest.FixtureRequest, _http_choice: markers.Choice) -> 
     Override it in a conftest.py to serve a directory of your own.
     """
     root = markers.chosen_root(request.node, request.config.stash[SETTINGS])
-    with request.config.stash[RUNTIME].served_dir(_http_choice, root, request.node.name) as path:
+    runtime = request.config.stash[RUNTIME]
+    with runtime.served_dir(_http_choice, root, request.node.name, lambda: _failed(request)) as path:
         yield path
 
 
@@ -142,7 +147,7 @@ def http_server(
     ``.stage(path)``, ``.requests``, ``.assert_requested(path)``, ``.inject(path, ...)`` and
     ``.client``. The faults a test injects (or marks with ``http_fault``) end with the test.
     """
-    with request.config.stash[RUNTIME].server(_http_choice, served_dir) as server:
+    with request.config.stash[RUNTIME].server(_http_choice, served_dir, lambda: _failed(request)) as server:
         markers.inject_marked_faults(request.node, server)
         yield _watch(request, server)
 
@@ -167,9 +172,11 @@ def http_server_factory(request: pytest.FixtureRequest) -> Iterator[HttpServerFa
     """
     from .runtime import HttpServerFactory
 
-    runtime = request.config.stash[RUNTIME]
-    with HttpServerFactory(runtime, lambda server: _watch(request, server)) as factory:
+    factory = HttpServerFactory(request.config.stash[RUNTIME], lambda server: _watch(request, server))
+    try:
         yield factory
+    finally:
+        factory.close(failed=_failed(request))
 
 
 def _basetemp(config: pytest.Config) -> Path:
@@ -196,6 +203,11 @@ def _terminal_lines(config: pytest.Config) -> Callable[[str], None] | None:
             reporter.write_line(line)
 
     return write
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test failed so far (its set-up or call): read as its fixtures end."""
+    return bool(request.node.stash.get(FAILED, False))
 
 
 def _watch(request: pytest.FixtureRequest, server: HttpServerHandle) -> HttpServerHandle:

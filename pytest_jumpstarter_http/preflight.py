@@ -129,7 +129,7 @@ def _space_form(config: pytest.Config) -> Iterator[tuple[str, str]]:
     import itertools
     import shlex
 
-    flags = {option.flag for option in OPTIONS if option.takes_value}
+    flags = {option.flag for option in OPTIONS}
     # PYTEST_ADDOPTS is read before the rootdir is chosen; the ini file's addopts after.
     args = [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args]
     for flag, value in itertools.pairwise(args):

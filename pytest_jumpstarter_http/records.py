@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 from urllib.parse import quote, unquote
 
 #: Everything the plugin puts on an exporter lives below this folder of its served root.
@@ -30,6 +30,8 @@ RUNS: Final = f"{TOP}/runs"
 NS: Final = f"{TOP}/ns"
 #: Content sent to an exporter, by sha256.
 OBJECTS: Final = f"{TOP}/objects"
+#: What ``--http-keep`` keeps of the plugin's folders after their scope.
+Keep = Literal["none", "failed", "all"]
 #: Set by ``jmp shell`` (and by hand, for a ``jmp run`` exporter): the exporter to serve from.
 JUMPSTARTER_HOST: Final = "JUMPSTARTER_HOST"
 #: Transfers this large (an upload, a download a test waits for) get progress lines.

@@ -21,12 +21,16 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .records import Keep
 
 
 class Roots:
     """Makes the plugin's own folders below ``basetemp`` and remembers that they are its own."""
 
-    def __init__(self, basetemp: Callable[[], Path], *, keep: bool) -> None:
+    def __init__(self, basetemp: Callable[[], Path], *, keep: Keep) -> None:
         #: Where its folders go, asked on first use: pytest decides its basetemp late.
         self._basetemp = basetemp
         self._keep = keep
@@ -48,12 +52,17 @@ class Roots:
         """Whether the plugin made ``root`` (a user's directory never is, whatever its path)."""
         return root in self._own
 
-    def remove(self, root: Path) -> None:
-        """Remove a folder the plugin made, unless ``--http-keep``; anything else is left alone."""
+    def keeps(self, *, failed: bool) -> bool:
+        """Whether ``--http-keep`` keeps the folders of a scope that ``failed`` (or not)."""
+        return self._keep == "all" or (failed and self._keep == "failed")
+
+    def remove(self, root: Path, *, failed: bool = False) -> None:
+        """Remove a folder the plugin made, unless ``--http-keep`` keeps it (``failed``: its test
+        failed); anything else is left alone."""
         if root not in self._own:
             return
         self._own.discard(root)
-        if self._keep:
+        if self.keeps(failed=failed):
             return
         try:
             root.rmdir()  # most tests' roots are empty by now, and this is the per-test path
@@ -61,10 +70,11 @@ class Roots:
             shutil.rmtree(root, ignore_errors=True)
 
     @contextmanager
-    def temporary(self, label: str) -> Iterator[Path]:
-        """A folder of the plugin's own for the block, removed after it unless ``--http-keep``."""
+    def temporary(self, label: str, failed: Callable[[], bool] = lambda: False) -> Iterator[Path]:
+        """A folder of the plugin's own for the block, removed after it unless ``--http-keep`` keeps it
+        (``failed`` tells, at the end, whether the block's test failed)."""
         root = self.make(label)
         try:
             yield root
         finally:
-            self.remove(root)
+            self.remove(root, failed=failed())

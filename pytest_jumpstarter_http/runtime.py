@@ -51,8 +51,8 @@ class Backend(Protocol):
         """Lines for the run's summary."""
         ...
 
-    def close(self) -> None:
-        """Let go of everything it holds, at the end of the run."""
+    def close(self, *, failed: bool = False) -> None:
+        """Let go of everything it holds, at the end of the run (``failed``: a test of it failed)."""
         ...
 
 
@@ -79,8 +79,13 @@ class Runtime:
         self._session_servers: dict[Choice, HttpServerHandle] = {}
 
     @contextmanager
-    def served_dir(self, choice: Choice, root: Path | None, label: str) -> Iterator[Path]:
-        """The user's ``root`` if given, else a root of the plugin's own for the choice's scope."""
+    def served_dir(
+        self, choice: Choice, root: Path | None, label: str, failed: Callable[[], bool]
+    ) -> Iterator[Path]:
+        """The user's ``root`` if given, else a root of the plugin's own for the choice's scope.
+
+        ``failed`` tells, as the test ends, whether it failed: ``--http-keep=failed`` keeps its root.
+        """
         if root is not None:
             yield root
         elif choice.scope == "session":
@@ -88,13 +93,13 @@ class Runtime:
                 self._session_roots[choice] = self.roots.make("session")
             yield self._session_roots[choice]
         else:
-            with self.roots.temporary(label) as path:
+            with self.roots.temporary(label, failed) as path:
                 yield path
 
     @contextmanager
-    def server(self, choice: Choice, root: Path) -> Iterator[HttpServerHandle]:
+    def server(self, choice: Choice, root: Path, failed: Callable[[], bool]) -> Iterator[HttpServerHandle]:
         """A server on ``root`` for one test: the session's one for ``choice`` (cleared after the
-        test), or a new one (stopped after it)."""
+        test), or a new one (stopped after it, keeping what ``--http-keep`` keeps if it ``failed``)."""
         if choice.scope == "session":
             server = self._session_server(choice, root)
             try:
@@ -106,7 +111,7 @@ class Runtime:
         try:
             yield server
         finally:
-            self.stop_all([server])
+            self.stop_all([server], failed=failed())
 
     def _session_server(self, choice: Choice, root: Path) -> HttpServerHandle:
         """The session's server for ``choice``, started on first use.
@@ -180,12 +185,12 @@ class Runtime:
             progress=self._progress,
         )
 
-    def stop_all(self, servers: Iterable[HttpServerHandle]) -> None:
+    def stop_all(self, servers: Iterable[HttpServerHandle], *, failed: bool = False) -> None:
         """Stop every server, even when one fails; raise the first failure."""
         first: BaseException | None = None
         for server in servers:
             try:
-                server.stop()
+                server.stop(failed=failed)
             except BaseException as exc:
                 first = first or exc
         if first is not None:
@@ -197,17 +202,18 @@ class Runtime:
             f"jumpstarter-http: {line}" for backend in self._backends.values() for line in backend.summary()
         ]
 
-    def close(self) -> None:
-        """Stop the session's servers, newest first, remove the session's roots, let go of the backends."""
+    def close(self, *, failed: bool = False) -> None:
+        """Stop the session's servers, newest first, remove the session's roots, let go of the
+        backends; ``failed``: a test of the run failed, which ``--http-keep=failed`` keeps them for."""
         try:
-            self.stop_all(reversed(self._session_servers.values()))
+            self.stop_all(reversed(self._session_servers.values()), failed=failed)
         finally:
             self._session_servers.clear()
             for root in self._session_roots.values():
-                self.roots.remove(root)
+                self.roots.remove(root, failed=failed)
             self._session_roots.clear()
             for backend in self._backends.values():
-                backend.close()
+                backend.close(failed=failed)
 
 
 class HttpServerFactory:
@@ -251,13 +257,14 @@ class HttpServerFactory:
         self._on_start(server)
         return server
 
-    def close(self) -> None:
+    def close(self, *, failed: bool = False) -> None:
+        """Stop every server it made and remove their temporary roots (``failed``: the test failed)."""
         try:
-            self._runtime.stop_all(reversed(self._servers))
+            self._runtime.stop_all(reversed(self._servers), failed=failed)
         finally:
             self._servers.clear()
             for root in self._roots:
-                self._runtime.roots.remove(root)
+                self._runtime.roots.remove(root, failed=failed)
             self._roots.clear()
 
     def __enter__(self) -> Self:

@@ -179,3 +179,39 @@ def test_keep_leaves_temporary_roots_behind(pytester):
     pytester.runpytest("--http-keep").assert_outcomes(passed=1)
     root = Path((pytester.path / "root.txt").read_text())
     assert (root / "evidence.log").read_text() == "kept"
+
+
+def test_keep_failed_keeps_only_the_folders_of_failed_tests(pytester):
+    # Issue 18: as pytest's tmp_path_retention_policy = failed.
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("outcome", ["passes", "fails"])
+        def test_it(outcome, served_dir, http_server, pytestconfig, tmp_path):
+            (served_dir / "evidence.log").write_text(outcome)
+            staged = tmp_path / "staged.bin"
+            staged.write_text(outcome)
+            http_server.stage(staged)
+            (pytestconfig.rootpath / f"{outcome}.txt").write_text(str(served_dir))
+            assert outcome == "passes"
+
+        @pytest.mark.http_server(root="user")
+        def test_staged_beside_a_user_root(http_server, tmp_path):
+            staged = tmp_path / "staged.bin"
+            staged.write_text("beside")
+            http_server.stage(staged)
+            assert False
+        """
+    )
+    (pytester.path / "user").mkdir()
+    result = pytester.runpytest("--http-keep=failed")
+    result.assert_outcomes(passed=1, failed=2)
+    kept = Path((pytester.path / "fails.txt").read_text())
+    assert (kept / "evidence.log").read_text() == "fails"
+    assert (kept / "staged.bin").read_text() == "fails"
+    assert not Path((pytester.path / "passes.txt").read_text()).exists()
+    # The staging folder of the user's root went with its failed test's server, and was kept.
+    staged = [path.read_text() for path in kept.parent.glob("staged-*/staged.bin")]
+    assert staged == ["beside"]
+    assert not list((pytester.path / "user").iterdir())

@@ -315,7 +315,12 @@ def test_an_ini_value_of_the_wrong_type_names_the_ini_key(pytester):
     pytester.makeini("[pytest]\nhttp_keep = perhaps\n")
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: ini key http_keep: 'perhaps' is not valid; use true or false."])
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: ini key http_keep: 'perhaps' is not valid; use all, failed or none (on the "
+            "command line --http-keep=failed; alone, it keeps all)."
+        ]
+    )
 
 
 def test_a_bad_ini_value_names_the_ini_key(pytester):

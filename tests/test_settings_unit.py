@@ -1,4 +1,4 @@
-"""The pure parse functions of settings.py, called directly: each value, each message."""
+"""The pure parse functions of options.py, called directly: each value, each message."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from pytest_jumpstarter_http.options import (
     PortRange,
     Source,
-    _flag,
     _host,
+    _keep,
     _port,
     _url_host,
     parse_root,
@@ -180,14 +180,23 @@ def test_a_selector_part_jumpstarter_would_skip_is_refused_by_name(source, selec
 
 
 @pytest.mark.parametrize(
-    ("text", "value"), [("yes", True), ("On", True), ("1", True), ("false", False), ("", False)]
+    ("text", "value"),
+    [
+        ("all", "all"),
+        ("yes", "all"),
+        ("On", "all"),
+        ("1", "all"),
+        ("failed", "failed"),
+        ("false", "none"),
+        ("", "none"),
+    ],
 )
-def test_a_flag_reads_the_usual_words(source, text, value):
-    assert _flag(text, source) is value
+def test_keep_reads_all_failed_none_and_the_usual_true_and_false_words(source, text, value):
+    assert _keep(text, source) == value
 
 
-def test_a_flag_that_is_no_boolean_is_refused(source):
-    assert (
-        refused(_flag, "perhaps", source)
-        == "--http-x (command line): 'perhaps' is not valid; use true or false."
+def test_a_keep_value_that_is_no_policy_is_refused_naming_the_equals_form(source):
+    assert refused(_keep, "tests", source) == (
+        "--http-x (command line): 'tests' is not valid; use all, failed or none (on the command "
+        "line --http-keep=failed; alone, it keeps all)."
     )

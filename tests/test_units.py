@@ -293,7 +293,7 @@ def test_a_url_brackets_an_ipv6_address_and_only_that(host, url):
 
 @pytest.fixture
 def roots(tmp_path: Path) -> Roots:
-    return Roots(lambda: tmp_path / "basetemp" / "http", keep=False)
+    return Roots(lambda: tmp_path / "basetemp" / "http", keep="none")
 
 
 def test_a_made_root_is_a_new_empty_folder_below_basetemp_that_the_plugin_owns(roots, tmp_path):
@@ -343,7 +343,7 @@ def test_a_made_root_is_removed_with_its_contents_and_then_no_longer_owned(roots
 
 
 def test_http_keep_keeps_a_made_root_and_what_is_in_it(tmp_path):
-    roots = Roots(lambda: tmp_path / "basetemp", keep=True)
+    roots = Roots(lambda: tmp_path / "basetemp", keep="all")
     root = roots.make("x")
     (root / "disk.raw").write_bytes(b"disk")
     roots.remove(root)
