@@ -25,7 +25,7 @@ class Config:
 
     mode: Literal["full", "quick"]
     tests: int  # tests per generated suite (sections 1 and 5)
-    rounds: int  # rounds of each generated suite
+    rounds: int  # interleaved rounds of each generated suite (sections 1 and 5; --rounds)
     large_rounds: int  # rounds of the large downloads
     startup_rounds: int  # alternating rounds of the start-up tax
     large_size: int  # bytes of the large file (section 3)
@@ -100,22 +100,39 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def interleave(
+    runs: Mapping[str, Callable[[], Mapping[str, float]]], rounds: int
+) -> dict[str, list[dict[str, float]]]:
+    """Each measurement's metrics, round by round, over ``rounds`` rounds with the measurements interleaved.
+
+    Interleaving spreads slow drifts of the machine (thermal, page cache, a noisy neighbour)
+    over every measurement instead of charging them to whichever ran last; keeping the rounds
+    apart lets a ratio be taken within each round, between runs that were neighbours in time.
+    """
+    seen: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            seen[name].append(dict(run()))
+    return seen
+
+
+def medians_of(rounds: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """The median of each metric of each measurement over its rounds."""
+    out: dict[str, dict[str, float]] = {}
+    for name, results in rounds.items():
+        metrics: dict[str, list[float]] = {}
+        for result in results:
+            for metric, value in result.items():
+                metrics.setdefault(metric, []).append(value)
+        out[name] = {metric: median(values) for metric, values in metrics.items()}
+    return out
+
+
 def alternate(
     runs: Mapping[str, Callable[[], Mapping[str, float]]], rounds: int
 ) -> dict[str, dict[str, float]]:
-    """Median of each metric of each measurement over ``rounds`` rounds, the measurements interleaved.
-
-    Interleaving spreads slow drifts of the machine (thermal, page cache, a noisy neighbour)
-    over every measurement instead of charging them to whichever ran last.
-    """
-    seen: dict[str, dict[str, list[float]]] = {name: {} for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            for metric, value in run().items():
-                seen[name].setdefault(metric, []).append(value)
-    return {
-        name: {metric: median(values) for metric, values in metrics.items()} for name, metrics in seen.items()
-    }
+    """Median of each metric of each measurement over ``rounds`` interleaved rounds (see ``interleave``)."""
+    return medians_of(interleave(runs, rounds))
 
 
 def run_checked(

@@ -101,7 +101,7 @@ def table(sections: list[Section]) -> str:
                 f"   {'skipped' if section.skipped else 'FAILED'}: {section.skipped or section.error}"
             )
         for name, value, target, met in rows(section):
-            lines.append(f"   {name:<52} {value:>14}  {target:<8} {met}")
+            lines.append(f"   {name:<66} {value:>14}  {target:<8} {met}")
         lines.extend(f"   note: {note}" for note in section.notes)
     return "\n".join(lines)
 

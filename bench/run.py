@@ -14,6 +14,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from common import BENCH_DIR, FULL, QUICK, Config, Section
@@ -41,7 +42,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only", action="append", choices=sorted(SECTIONS), help="Run only this section (repeatable)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=positive,
+        help="Interleaved rounds of each generated suite (sections 1 and 5; default: 5, 1 with --quick)",
+    )
     return parser.parse_args(argv)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of rounds")
+    return value
 
 
 def run_section(key: str, config: Config, workdir: Path) -> Section:
@@ -60,6 +73,8 @@ def run_section(key: str, config: Config, workdir: Path) -> Section:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     config = QUICK if args.quick else FULL
+    if args.rounds:
+        config = replace(config, rounds=args.rounds)
     out: Path = args.out or (Path(tempfile.mkdtemp(prefix="bench-quick-")) if args.quick else DEFAULT_OUT)
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "bench/run.py", *argv])
