@@ -42,6 +42,8 @@ __all__ = ["SHAPER_KEY", "BeneathFiles", "BodyShaper", "ServedFile", "beneath_mi
 
 #: Bytes per ``sendfile`` call: small enough to count progress and notice a closed connection.
 CHUNK: Final = 4 << 20
+#: A body this small is read on the loop and sent with its headers in one write (a page-cache read).
+SMALL: Final = 64 << 10
 #: How an open descriptor is named for a second open that looks nothing up by name.
 _FD_DIR: Final = "/proc/self/fd" if sys.platform == "linux" else "/dev/fd"
 #: Errors of a name that is not there, or not a file: the next root may hold it.
@@ -189,7 +191,7 @@ class ServedFile(FileResponse):
             self._log.begin(progress)
         started = asyncio.get_running_loop().time()
         try:
-            writer = await super().prepare(request)
+            writer = await self._prepare_here(request)
             progress.complete = progress.sent >= (progress.total or 0)  # HEAD, 304, 416: no body
             return writer
         except BaseException as exc:
@@ -204,6 +206,38 @@ class ServedFile(FileResponse):
                 self._log.end(progress)
             self._release()
 
+    async def _prepare_here(self, request: Any) -> AbstractStreamWriter | None:
+        """``FileResponse.prepare`` with its file work on the loop, not in two executor hops.
+
+        The file is already open beneath its root: what is left (a ``.gz`` sibling looked up
+        with O_PATH, ``fstat``, a reopen of the open file, its close) reads no data and does not
+        block, and the hops cost more than a small file's whole answer (issue 19). The answers
+        are aiohttp's own: its ``_make_response`` and ``_prepare_open_file`` decide them.
+        """
+        from aiohttp import hdrs
+        from aiohttp.web import HTTPForbidden, HTTPNotFound, StreamResponse
+        from aiohttp.web_fileresponse import _FileResponseResult
+
+        accept_encoding = request.headers.get(hdrs.ACCEPT_ENCODING, "").lower()
+        try:
+            result, fobj, st, encoding = self._make_response(request, accept_encoding)
+        except PermissionError:
+            self.set_status(HTTPForbidden.status_code)
+            return await StreamResponse.prepare(self, request)
+        except OSError:
+            self.set_status(HTTPNotFound.status_code)
+            return await StreamResponse.prepare(self, request)
+        if result is _FileResponseResult.NOT_ACCEPTABLE:
+            self.set_status(HTTPForbidden.status_code)
+            return await StreamResponse.prepare(self, request)
+        if result is _FileResponseResult.PRE_CONDITION_FAILED:
+            return await self._precondition_failed(request)
+        if result is _FileResponseResult.NOT_MODIFIED:
+            return await self._not_modified(request, f"{st.st_mtime_ns:x}-{st.st_size:x}", st.st_mtime)
+        assert fobj is not None
+        with fobj:
+            return await self._prepare_open_file(request, fobj, st, encoding)
+
     async def _sendfile(self, request: Any, fobj: IO[Any], offset: int, count: int) -> AbstractStreamWriter:
         from aiohttp.web import StreamResponse
         from aiohttp.web_fileresponse import NOSENDFILE
@@ -215,6 +249,12 @@ class ServedFile(FileResponse):
         shaper = request.get(SHAPER_KEY)
         if shaper is not None:
             progress.sent = await shaper.send(writer, fobj, offset, count)
+            return writer
+        if count <= SMALL:
+            # One write, headers and body together: sendfile after the headers costs a send more.
+            await writer.write(os.pread(fobj.fileno(), count, offset))
+            progress.sent = count
+            await StreamResponse.write_eof(self)
             return writer
         if NOSENDFILE or self.compression or not await self._send_chunks(request, fobj, offset, count):
             return await self._copy(request, writer, fobj, offset, count)

@@ -231,3 +231,51 @@ def test_file_response_sends_a_range_through_sendfile_with_its_offset_and_count(
         f"aiohttp's FileResponse no longer sends a file through _sendfile(request, fobj, offset, count) "
         f"(calls: {calls}): serving.py's override would be bypassed; find how it sends files now."
     )
+
+
+# --- aiohttp FileResponse's steps (serving.py, ServedFile._prepare_here) -------------------------
+
+
+def test_a_file_response_decides_its_answer_in_the_private_steps_served_file_calls_on_the_loop():
+    from aiohttp.web import FileResponse
+    from aiohttp.web_fileresponse import _FileResponseResult
+
+    steps = {
+        "_make_response": ["self", "request", "accept_encoding"],
+        "_prepare_open_file": ["self", "request", "fobj", "st", "file_encoding"],
+        "_precondition_failed": ["self", "request"],
+        "_not_modified": ["self", "request", "etag_value", "last_modified"],
+    }
+    for name, parameters in steps.items():
+        method = getattr(FileResponse, name, None)
+        assert method is not None and list(inspect.signature(method).parameters) == parameters, (
+            f"aiohttp's FileResponse.{name} moved or changed its parameters: ServedFile._prepare_here "
+            "in serving.py calls it to answer without executor hops; follow aiohttp's prepare() again."
+        )
+    assert {result.name for result in _FileResponseResult} >= {
+        "SEND_FILE",
+        "NOT_ACCEPTABLE",
+        "PRE_CONDITION_FAILED",
+        "NOT_MODIFIED",
+    }, "aiohttp's _FileResponseResult changed: ServedFile._prepare_here in serving.py branches on it."
+
+
+# --- pytest's config._tmp_path_factory (plugin.py, _basetemp) ------------------------------------
+
+
+def test_pytest_attaches_its_temp_path_factory_to_the_config_for_plugins(pytester: pytest.Pytester):
+    pytester.makeconftest(
+        """
+        import pytest
+
+        def pytest_sessionstart(session):
+            factory = session.config._tmp_path_factory
+            assert isinstance(factory, pytest.TempPathFactory)
+        """
+    )
+    pytester.makepyfile("def test_it(): pass")
+    result = pytester.runpytest("-p", "no:jumpstarter_http")
+    assert result.ret == 0, (
+        "pytest no longer attaches its TempPathFactory to config._tmp_path_factory: plugin.py's "
+        "_basetemp reads it to put the plugin's folders below pytest's basetemp."
+    )
