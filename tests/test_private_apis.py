@@ -247,8 +247,8 @@ def test_a_file_response_decides_its_answer_in_the_private_steps_served_file_cal
         "_not_modified": ["self", "request", "etag_value", "last_modified"],
     }
     for name, parameters in steps.items():
-        method = getattr(FileResponse, name, None)
-        assert method is not None and list(inspect.signature(method).parameters) == parameters, (
+        method = getattr(FileResponse, name, print)
+        assert list(inspect.signature(method).parameters) == parameters, (
             f"aiohttp's FileResponse.{name} moved or changed its parameters: ServedFile._prepare_here "
             "in serving.py calls it to answer without executor hops; follow aiohttp's prepare() again."
         )
