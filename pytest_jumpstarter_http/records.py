@@ -636,7 +636,9 @@ class ReplySpec:
         _bounded("respond()", "status", self.status, _STATUS_RANGE)
         _bounded("respond()", "times", self.times, _TIMES_RANGE)
         if not isinstance(self.method, str) or not _METHOD.match(self.method.upper()):
-            raise ValueError(f"respond(): method={shown(self.method)} is no HTTP method; give one such as 'GET'.")
+            raise ValueError(
+                f"respond(): method={shown(self.method)} is no HTTP method; give one such as 'GET'."
+            )
         set_(self, "method", self.method.upper())
         payload = _payload(self.body, self.json)
         headers = _headers(self.headers)
@@ -646,7 +648,9 @@ class ReplySpec:
                 "carries to the server; stage() it as a file and respond() without a body."
             )
         if payload and (self.status in _BODILESS or self.status < 200):
-            raise ValueError(f"respond(): status={self.status} carries no body; give no body or another status.")
+            raise ValueError(
+                f"respond(): status={self.status} carries no body; give no body or another status."
+            )
         if self.json is not None and not _has(headers, "content-type"):
             headers["Content-Type"] = "application/json"
         set_(self, "payload", payload)
@@ -681,7 +685,8 @@ class ReplySpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReplySpec:
-        """Rebuild a spec sent over Jumpstarter's wire (numbers as floats, the body in base64); checked again."""
+        """Rebuild a spec sent over Jumpstarter's wire (numbers as floats, the body in base64);
+        checked again."""
         payload = data.get("payload")
         times = data.get("times")
         spec = cls(
@@ -729,13 +734,17 @@ class UploadSpec:
         return spec
 
 
+#: A character no credential may hold: control characters, and each one's separator.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FORBIDDEN = {"user": ":", "token": " ", "password": "\x00"}
+
+
 def _credential(name: str, value: Any) -> None:
     if value is None:
         return
     if not isinstance(value, str):
         raise TypeError(f"require_auth(): {name}={shown(value)} is a {type(value).__name__}, not a str.")
-    bad = ":" if name == "user" else " " if name == "token" else ""
-    if not value or any(c < " " or c == "\x7f" for c in value) or (bad and bad in value):
+    if not value or _CONTROL.search(value) or _FORBIDDEN[name] in value:
         raise ValueError(
             f"require_auth(): {name}={shown(value)} cannot be sent in an Authorization header; "
             "give a non-empty str without control characters (no ':' in a user, no space in a token)."
@@ -757,7 +766,8 @@ class AuthSpec:
             _credential(name, getattr(self, name))
         if (self.user is None) != (self.password is None):
             raise ValueError(
-                "require_auth(): user and password go together for Basic credentials; give both, or token= only."
+                "require_auth(): user and password go together for Basic credentials; give both, or "
+                "token= only."
             )
         if self.user is None and self.token is None:
             raise ValueError(
@@ -850,7 +860,12 @@ class Upload:
     @classmethod
     def from_entry(cls, recorder: Recorder, entry: dict[str, Any]) -> Upload:
         return cls(
-            str(entry["name"]), int(entry["size"]), str(entry["sha256"]), str(entry["method"]), recorder, entry
+            str(entry["name"]),
+            int(entry["size"]),
+            str(entry["sha256"]),
+            str(entry["method"]),
+            recorder,
+            entry,
         )
 
     def read_bytes(self) -> bytes:
