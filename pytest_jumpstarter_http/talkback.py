@@ -185,13 +185,12 @@ class Talkback:
                     return spec
         return None
 
-    def scripted(self, path: str) -> bool:
-        """Whether a reply is scripted for ``path`` (for another method than the one asked)."""
+    def elsewise(self, method: str, path: str) -> bool:
+        """Whether the replies scripted for ``path`` are all for methods other than ``method``."""
         with self._lock:
-            return any(
-                isinstance(e.spec, ReplySpec) and e.spec.answers(e.spec.method, path)
-                for e in self._entries.values()
-            )
+            specs = [e.spec for e in self._entries.values() if isinstance(e.spec, ReplySpec)]
+        methods = {spec.method for spec in specs if spec.answers(spec.method, path)}
+        return bool(methods) and not any(spec.answers(method, path) for spec in specs)
 
     def arriving(self, method: str, path: str) -> _Found | None:
         """The upload folder that takes a ``method`` request for ``path``, if any, counted as hit."""
@@ -376,7 +375,9 @@ class TalkbackMiddleware:
         found = talk.arriving(request.method, path)
         if found is not None:
             return await _store(request, talk, found)
-        if talk.scripted(path):  # as pytest-httpserver: a reply's path asked with another method
+        if talk.elsewise(
+            request.method, path
+        ):  # as pytest-httpserver: a reply's path asked with another method
             from aiohttp import web
 
             request[TALK_KEY] = "reply: no such method"
