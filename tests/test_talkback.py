@@ -111,7 +111,8 @@ def test_hostile_upload_names_stay_in_the_upload_folder(http_server, served_dir,
     before = sorted(served_dir.rglob("*"))
     for name in ("../evil-1", "..%2fevil-2", "%2e%2e/evil-3", "a/../../evil-4", "%2e%2e%2f%2e%2e%2fevil-5"):
         assert code("--path-as-is", "-T", tmp_path / "evil", http_server.url + "/uploads/" + name)[0] == "4"
-    posted = code("-F", "f=@" + str(tmp_path / "evil") + ";filename=../evil-6", http_server.url + "/uploads/x")
+    part = "f=@" + str(tmp_path / "evil") + ";filename=../evil-6"
+    posted = code("-F", part, http_server.url + "/uploads/x")
     assert posted[0] == "4"
     assert http_server.uploads == []
     assert sorted(served_dir.rglob("*")) == before
@@ -165,16 +166,19 @@ def test_a_reply_can_be_cleared_early(http_server, served_dir):
     "call, error, message",
     [
         (lambda s: s.respond("a", body="x", json={}), ValueError, "respond(): body and json were both given"),
-        (lambda s: s.respond("a", status=600), ValueError, "respond(): status=600 is out of range; give an HTTP status from 100 to 599."),
+        (lambda s: s.respond("a", status=600), ValueError,
+         "respond(): status=600 is out of range; give an HTTP status from 100 to 599"),
         (lambda s: s.respond("a", status=99), ValueError, "respond(): status=99 is out of range"),
         (lambda s: s.respond("a", times=0), ValueError, "respond(): times=0 is out of range"),
         (lambda s: s.respond("a", body=3), TypeError, "respond(): body=3 is a int, not bytes or str"),
         (lambda s: s.respond("a", json={1j}), TypeError, "respond(): json={1j} is not a JSON value"),
-        (lambda s: s.respond("a", body=b"x" * (1 << 20 | 1)), ValueError, "more than the 1048576 a reply carries"),
+        (lambda s: s.respond("a", body=b"x" * (1 << 20 | 1)), ValueError,
+         "more than the 1048576 a reply carries"),
         (lambda s: s.respond("a", headers={"Bad Name": "x"}), ValueError, "is no valid header"),
         (lambda s: s.respond("a", method="G T"), ValueError, "respond(): method='G T' is no HTTP method"),
         (lambda s: s.respond("../a"), ValueError, "is not a valid served file name"),
-        (lambda s: s.accept_uploads(max_bytes=-1), ValueError, "accept_uploads(): max_bytes=-1 is out of range"),
+        (lambda s: s.accept_uploads(max_bytes=-1), ValueError,
+         "accept_uploads(): max_bytes=-1 is out of range"),
         (lambda s: s.accept_uploads(""), ValueError, "accept_uploads(): prefix='' is empty"),
         (lambda s: s.require_auth(), ValueError, "require_auth(): no credentials were given"),
         (lambda s: s.require_auth("u"), ValueError, "require_auth(): user and password go together"),
@@ -257,7 +261,7 @@ def check_device_run(report: JUnit, where: Path) -> None:
     """What the device sees: the same on both backends; no hostile name wrote anything anywhere."""
     assert set(report.outcomes().values()) == {"passed"}, report.output
     assert len(report.cases) == CASES, report.output
-    assert not [path for path in where.rglob("evil-*")], "an upload left its folder"
+    assert not list(where.rglob("evil-*")), "an upload left its folder"
 
 
 @dataclass
@@ -305,7 +309,8 @@ def test_a_reply_crosses_the_wire_and_answers_every_spelling_of_its_path() -> No
         2,
         "/ns/t[x]/boot/x.efi",
     )
-    assert back.answers("GET", "/ns/t[x]//boot/./x.efi") and back.answers("HEAD", "/ns/t[x]/boot/x.efi")
+    assert back.answers("GET", "/ns/t[x]//boot/./x.efi")
+    assert back.answers("HEAD", "/ns/t[x]/boot/x.efi")
     assert not back.answers("POST", "/ns/t[x]/boot/x.efi")
     assert not back.answers("GET", "/ns/other/boot/x.efi")
 
@@ -316,8 +321,11 @@ def test_an_upload_folder_and_credentials_cross_the_wire() -> None:
     assert (upload.name_of("/ns/a/logs/x/y"), upload.name_of("/ns/b/logs/x")) == ("x/y", None)
     auth = AuthSpec("u", "p", token="t").under("/ns/a")
     assert AuthSpec.from_dict(auth.as_dict()) == auth
-    assert auth.accepts("Basic dTpw") and auth.accepts("Bearer t") and not auth.accepts("Basic dTpx")
-    assert auth.covers("/ns/a/x") and not auth.covers("/ns/b/x")
+    assert auth.accepts("Basic dTpw")
+    assert auth.accepts("Bearer t")
+    assert not auth.accepts("Basic dTpx")
+    assert auth.covers("/ns/a/x")
+    assert not auth.covers("/ns/b/x")
 
 
 def test_the_request_log_shows_what_the_talkback_did() -> None:
