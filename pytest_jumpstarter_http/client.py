@@ -15,8 +15,8 @@ from .records import HttpRequest, Progress
 
 
 class RecordingHttpServerClient(HttpServerClient):
-    """Client of :class:`RecordingHttpServer`: an ``HttpServerClient`` that reads its request log and
-    injects network faults."""
+    """Client of :class:`RecordingHttpServer`: an ``HttpServerClient`` that reads its request log,
+    injects network faults and scripts replies, uploads and credentials."""
 
     def get_requests(self, start: int = 0, prefix: str = "") -> tuple[int, list[HttpRequest]]:
         started, entries = self.call("get_requests", start, prefix)
@@ -46,6 +46,27 @@ class RecordingHttpServerClient(HttpServerClient):
 
     def list_faults(self) -> list[dict[str, Any]]:
         return list(self.call("list_faults"))
+
+    def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        return str(self.call("add_reply", spec, namespace))
+
+    def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        return str(self.call("require_auth", spec, namespace))
+
+    def accept_uploads(self, spec: dict[str, Any], namespace: str) -> str:
+        return str(self.call("accept_uploads", spec, namespace))
+
+    def clear_talk(self, talk_id: str) -> int:
+        return int(self.call("clear_talk", talk_id))
+
+    def talk_hits(self, talk_id: str) -> int:
+        return int(self.call("talk_hits", talk_id))
+
+    def get_uploads(self, talk_id: str) -> list[dict[str, Any]]:
+        return [
+            {**entry, "size": int(entry["size"])}  # numbers cross Jumpstarter's wire as floats
+            for entry in self.call("get_uploads", talk_id)
+        ]
 
     def get_in_flight(self) -> list[Progress]:
         return [

@@ -27,9 +27,10 @@ from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
 from .namespaces import Namespaces
-from .records import FaultSpec
+from .records import AuthSpec, FaultSpec, ReplySpec, UploadSpec
 from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
+from .talkback import Talkback, TalkbackMiddleware
 
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
@@ -47,6 +48,8 @@ class RecordingHttpServer(HttpServer):
     roots: list[Path] = field(init=False, default_factory=list)
     #: The network faults tests injected (see :mod:`.faults`).
     faults: FaultRegistry = field(init=False, default_factory=FaultRegistry)
+    #: The scripted replies, upload folders and credentials tests asked for (see :mod:`.talkback`).
+    talkback: Talkback = field(init=False, default_factory=Talkback)
     #: The runs holding this server, and their handles' URL namespaces (see :mod:`.namespaces`).
     namespaces: Namespaces = field(init=False)
 
@@ -60,6 +63,8 @@ class RecordingHttpServer(HttpServer):
         self.app.middlewares.append(Numbered(self.request_log))
         # Then a delay or a refusal, before the static route looks at anything.
         self.app.middlewares.append(FaultMiddleware(self.faults))
+        # Then what a test scripted: credentials, replies, uploads; the rest goes on to the files.
+        self.app.middlewares.append(TalkbackMiddleware(self.talkback))
         self.app.middlewares.append(files)
         self.app.on_cleanup.append(files.on_cleanup)
 
@@ -95,6 +100,7 @@ class RecordingHttpServer(HttpServer):
     async def stop(self) -> None:
         # A stalled response would hold the graceful shutdown for its whole grace period.
         self.faults.clear_all()
+        self.talkback.clear_all()
         await super().stop()
 
     @export
@@ -109,7 +115,9 @@ class RecordingHttpServer(HttpServer):
             yield owner.token
             await asyncio.Event().wait()  # until Jumpstarter cancels the stream
         finally:
-            self.faults.clear_all(set(self.namespaces.end_owner(owner)))
+            ended = set(self.namespaces.end_owner(owner))
+            self.faults.clear_all(ended)
+            self.talkback.clear_all(ended)
 
     @export
     def open_namespace(self, owner: str, folders: list[str]) -> str:
@@ -121,6 +129,7 @@ class RecordingHttpServer(HttpServer):
         """End a namespace and the faults injected through it."""
         self.namespaces.close(str(namespace))
         self.faults.clear_all({str(namespace)})
+        self.talkback.clear_all({str(namespace)})
 
     @export
     def get_requests(self, start: int, prefix: str = "") -> tuple[int, list[dict[str, Any]]]:
@@ -150,3 +159,38 @@ class RecordingHttpServer(HttpServer):
     def fault_hits(self, fault_id: str) -> int:
         """How many requests a fault applied to so far."""
         return self.faults.hits(str(fault_id))
+
+    @export
+    def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        """Answer with a reply (a ``ReplySpec`` as a dict) until it or ``namespace`` ends; its id."""
+        return self.talkback.add(ReplySpec.from_dict(spec), None if namespace is None else str(namespace))
+
+    @export
+    def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        """Refuse requests below the spec's path without its credentials (an ``AuthSpec`` as a
+        dict); its id."""
+        return self.talkback.add(AuthSpec.from_dict(spec), None if namespace is None else str(namespace))
+
+    @export
+    def accept_uploads(self, spec: dict[str, Any], namespace: str) -> str:
+        """Store uploads below the spec's prefix (an ``UploadSpec`` as a dict) in a folder of the
+        namespace's owner, until it or ``namespace`` ends; its id."""
+        folder = self.namespaces.folder_of(str(namespace))
+        upload = UploadSpec.from_dict(spec)
+        return self.talkback.accept(upload, str(namespace), Path(self.root_dir), f"{folder}/uploads")
+
+    @export
+    def clear_talk(self, talk_id: str) -> int:
+        """End a reply, an upload folder or a credential; how often it answered."""
+        return self.talkback.clear(str(talk_id))
+
+    @export
+    def talk_hits(self, talk_id: str) -> int:
+        """How many requests a reply (or upload folder) answered so far."""
+        return self.talkback.hits(str(talk_id))
+
+    @export
+    def get_uploads(self, talk_id: str) -> list[dict[str, Any]]:
+        """The uploads an upload folder stored, in arrival order; ``stored`` is each one's path
+        below the root, for the driver's storage to read."""
+        return self.talkback.uploads(str(talk_id))

@@ -449,3 +449,34 @@ class _Answering:
     def fault_hits(self, fault_id: str) -> int:
         with self._connection.answering():
             return int(self._http.fault_hits(fault_id))
+
+    def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        with self._connection.answering():
+            return str(self._http.add_reply(spec, namespace))
+
+    def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        with self._connection.answering():
+            return str(self._http.require_auth(spec, namespace))
+
+    def accept_uploads(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        with self._connection.answering():
+            return str(self._http.accept_uploads(spec, namespace))
+
+    def clear_talk(self, talk_id: str) -> int:
+        if self._connection.gone is not None:  # its replies went with it
+            return 0
+        with self._connection.answering():
+            return int(self._http.clear_talk(talk_id))
+
+    def talk_hits(self, talk_id: str) -> int:
+        with self._connection.answering():
+            return int(self._http.talk_hits(talk_id))
+
+    def get_uploads(self, talk_id: str) -> list[dict[str, Any]]:
+        with self._connection.answering():
+            return list(self._http.get_uploads(talk_id))
+
+    def read_upload(self, entry: dict[str, Any]) -> bytes:
+        """Read through the driver's storage: an upload may be larger than one call carries."""
+        with self._connection.answering():
+            return bytes(self._http.storage.read_bytes(str(entry["stored"])))

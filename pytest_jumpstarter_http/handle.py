@@ -31,7 +31,9 @@ from .records import (
 )
 
 if TYPE_CHECKING:
-    from .records import Fault, Recorder
+    from collections.abc import Mapping
+
+    from .records import Fault, Recorder, Reply, Upload
 
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
 #: What a server without a recorder (the stock driver on an exporter) should be instead.
@@ -102,6 +104,11 @@ class HttpServerHandle(ABC):
         self._request_mark = 0
         #: The faults injected and not cleared yet.
         self._faults: list[Fault] = []
+        #: The replies scripted and not cleared yet.
+        self._replies: list[Reply] = []
+        #: The server's ids of this test's upload folders and credentials, oldest first.
+        self._upload_folders: list[str] = []
+        self._credentials: list[str] = []
 
     @property
     @abstractmethod
@@ -162,9 +169,11 @@ class HttpServerHandle(ABC):
         """The path part of ``url``: where this handle's requests are, on a server others may share."""
 
     def clear(self) -> None:
-        """End this test's faults and start a new request window: the fixtures call it between tests."""
+        """End this test's faults, replies, uploads and credentials, and start a new request window:
+        the fixtures call it between tests."""
         try:
             self.clear_faults()
+            self.clear_talk()
         finally:
             with contextlib.suppress(RequestLogUnavailable):
                 # Counting only: no request is numbered that high, so none is read.
@@ -330,6 +339,108 @@ class HttpServerHandle(ABC):
         if first is not None:
             raise first
 
+    def _talking(self, where: str) -> Recorder:
+        """The recorder, for a method that scripts what the server answers."""
+        from .records import TalkbackUnavailable
+
+        if self._recorder is None:
+            raise TalkbackUnavailable(
+                f"{self._unrecorded} cannot script replies, uploads or credentials; {_RECORDING} "
+                f"to use {where}."
+            )
+        return self._recorder
+
+    def respond(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        status: int = 200,
+        body: bytes | str | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        method: str = "GET",
+        times: int | None = None,
+    ) -> Reply:
+        """Answer ``method`` requests for ``path`` (relative to ``url``) with a reply of the test's own.
+
+        - ``body`` (bytes or str) or ``json`` (any JSON value, sent as ``application/json``): what it
+          answers, up to 1 MiB (stage a larger one as a file). With neither, a 2xx reply to ``GET``
+          serves the file at ``path`` as usual (ranges, ETags and all) with ``headers`` added, such
+          as ``{"Content-Type": "application/efi"}``; any other answers an empty body.
+        - ``status``: 100 to 599; a redirect is ``status=302, headers={"Location": url}``.
+        - ``method`` is matched exactly (upper case); a ``GET`` reply also answers ``HEAD``, bodiless.
+        - ``times``: answer that many requests, then the next reply for the same path and method
+          answers, and after the last one the file (or 404); default: every request.
+
+        The reply ends with the test (or with ``Reply.clear()``); the request log marks the
+        requests it answered ``[reply]``. Bad arguments raise ``ValueError`` or ``TypeError``.
+        """
+        from .records import Reply, ReplySpec
+
+        # ReplySpec takes an os.PathLike too, and refuses any other type in one sentence.
+        spec = ReplySpec(cast(str, path), status, body, json, headers, method, times).under(self._url_path())
+        recorder = self._talking("respond()")
+        reply = Reply(recorder, recorder.add_reply(spec.as_dict(), self._namespace), spec)
+        self._replies.append(reply)
+        return reply
+
+    def clear_replies(self) -> None:
+        """End every reply this handle scripted: the files are served as before."""
+        _clear_each(self._replies, lambda reply: reply.clear())
+
+    def accept_uploads(self, prefix: str = "uploads/", *, max_bytes: int = 64 << 20) -> None:
+        """From now on, store the body of each PUT or POST below ``prefix`` (relative to ``url``); answer 201.
+
+        A ``multipart/form-data`` POST stores each part that has a file name as ``<name>/<file
+        name>``: ``curl -F log=@boot.log URL/uploads/run1`` stores ``run1/boot.log``. A body over
+        ``max_bytes`` gets 413 and nothing is kept, nor is a body cut short. Uploads go to a folder
+        of the plugin's own (below pytest's basetemp, or the run's folder on an exporter), never
+        into the served root; a name that would lead out of it (``..``, a link) gets 400. They
+        are in :attr:`uploads` until the test ends.
+        """
+        from .records import UploadSpec
+
+        spec = UploadSpec(prefix, max_bytes).under(self._url_path())
+        recorder = self._talking("accept_uploads()")
+        self._upload_folders.append(recorder.accept_uploads(spec.as_dict(), self._namespace))
+
+    @property
+    def uploads(self) -> list[Upload]:
+        """What the device uploaded during this test, in arrival order (see :meth:`accept_uploads`)."""
+        from .records import Upload
+
+        recorder = self._recorder
+        if recorder is None:
+            return []
+        return [
+            Upload.from_entry(recorder, entry)
+            for talk_id in self._upload_folders
+            for entry in recorder.get_uploads(talk_id)
+        ]
+
+    def require_auth(
+        self, user: str | None = None, password: str | None = None, *, token: str | None = None
+    ) -> None:
+        """From now on, every request to this server (below ``url``) needs HTTP Basic credentials
+        ``user`` and ``password``, or ``Authorization: Bearer <token>``; others get 401 with
+        ``WWW-Authenticate``. It ends with the test."""
+        from .records import AuthSpec
+
+        spec = AuthSpec(user, password, token).under(self._url_path())
+        recorder = self._talking("require_auth()")
+        self._credentials.append(recorder.require_auth(spec.as_dict(), self._namespace))
+
+    def clear_talk(self) -> None:
+        """End every reply, upload folder and credential of this handle; the fixtures call it as
+        each test ends."""
+        recorder = self._recorder
+        try:
+            self.clear_replies()
+        finally:
+            ids, self._upload_folders, self._credentials = self._upload_folders + self._credentials, [], []
+            if recorder is not None:
+                _clear_each(ids, recorder.clear_talk)
+
     @abstractmethod
     def stop(self, *, failed: bool = False) -> None:
         """Stop the server (if this handle started it) and remove what it created, unless
@@ -345,6 +456,18 @@ class HttpServerHandle(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend} {self.label} root={self.root}>"
+
+
+def _clear_each(items: list[Any], clear: Callable[[Any], object]) -> None:
+    """Clear every item (emptying ``items``), then raise the first failure."""
+    first: BaseException | None = None
+    while items:
+        try:
+            clear(items.pop(0))
+        except Exception as exc:
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 class _Shown:

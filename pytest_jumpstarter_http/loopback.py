@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from . import eventloop
 from .handle import HttpServerHandle, concrete_host, format_url
-from .records import FaultSpec, HttpRequest, PortRange, Progress, url_path
+from .records import AuthSpec, FaultSpec, HttpRequest, PortRange, Progress, ReplySpec, UploadSpec, url_path
 
 if TYPE_CHECKING:
     from .driver import RecordingHttpServer
@@ -54,6 +54,7 @@ class LoopbackServer(HttpServerHandle):
         staging: Path | Callable[[], Path] | None = None,
         release: Callable[[Path, bool], object] | None = None,
         progress: Callable[[str], None] | None = None,
+        uploads: Callable[[], Path] | None = None,
     ) -> None:
         from .driver import RecordingHttpServer
 
@@ -68,7 +69,9 @@ class LoopbackServer(HttpServerHandle):
             log_level="WARNING",
             shutdown_grace=SHUTDOWN_GRACE,
         )
-        super().__init__(Path(root), host, recorder=_InProcess(self._driver), progress=progress)
+        #: Where device uploads go (``uploads``: makes a folder on first use), and what it made.
+        self._in_process = _InProcess(self._driver, uploads)
+        super().__init__(Path(root), host, recorder=self._in_process, progress=progress)
         self._ports = port
         self._url_base_host = url_host or concrete_host(host)
         self._timeout = timeout
@@ -211,15 +214,19 @@ class LoopbackServer(HttpServerHandle):
             finally:
                 self._client = None
                 eventloop.release()
-                if self._made_staging is not None and self._release is not None:
-                    self._release(self._made_staging, failed)
+                for made in (self._made_staging, self._in_process.uploads_folder):
+                    if made is not None and self._release is not None:
+                        self._release(made, failed)
 
 
 class _InProcess:
     """The recorder of a server in this process: its driver's log and faults, read directly."""
 
-    def __init__(self, driver: RecordingHttpServer) -> None:
+    def __init__(self, driver: RecordingHttpServer, uploads: Callable[[], Path] | None = None) -> None:
         self._driver = driver
+        self._uploads = uploads
+        #: The folder device uploads went to, made on first use; None before.
+        self.uploads_folder: Path | None = None
 
     def get_requests(self, start: int, prefix: str = "") -> tuple[int, list[HttpRequest]]:
         log = self._driver.request_log
@@ -242,6 +249,34 @@ class _InProcess:
 
     def fault_hits(self, fault_id: str) -> int:
         return self._driver.faults.hits(fault_id)
+
+    def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        return self._driver.talkback.add(ReplySpec.from_dict(spec), namespace)
+
+    def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        return self._driver.talkback.add(AuthSpec.from_dict(spec), namespace)
+
+    def accept_uploads(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        if self.uploads_folder is None:
+            if self._uploads is None:
+                raise RuntimeError(
+                    "accept_uploads(): this LoopbackServer has no folder for uploads; "
+                    "give LoopbackServer(..., uploads=FUNCTION) that makes one."
+                )
+            self.uploads_folder = self._uploads()
+        return self._driver.talkback.accept(UploadSpec.from_dict(spec), namespace, self.uploads_folder, "")
+
+    def clear_talk(self, talk_id: str) -> int:
+        return self._driver.talkback.clear(talk_id)
+
+    def talk_hits(self, talk_id: str) -> int:
+        return self._driver.talkback.hits(talk_id)
+
+    def get_uploads(self, talk_id: str) -> list[dict[str, Any]]:
+        return self._driver.talkback.uploads(talk_id)
+
+    def read_upload(self, entry: dict[str, Any]) -> bytes:
+        return self._driver.talkback.read(str(entry["talk"]), str(entry["name"]))
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -302,6 +337,7 @@ class LoopbackBackend:
             staging=root if owned else lambda: roots.make("staged"),
             release=lambda staging, failed: roots.remove(staging, failed=failed),
             progress=self._progress,
+            uploads=lambda: roots.make("uploads"),
         ).start()
 
     def summary(self) -> list[str]:

@@ -97,6 +97,15 @@ class Namespaces:
                 owner.namespaces.discard(token)
         return True
 
+    def folder_of(self, token: str) -> str:
+        """The folder (below the root) of the owner of the namespace ``token``."""
+        with self._lock:
+            entry = self._shown.get(token)
+            owner = None if entry is None else self._owners.get(entry[0])
+        if owner is None:
+            raise NamespaceError(f"no namespace {token!r} on this server; it ended or never was")
+        return owner.folder
+
     def resolve(self, name: str) -> list[str] | None:
         """Where below the root the URL name ``name`` may be: None for a name outside any namespace,
         an empty list for one that no namespace shows (an ended one, or ``..``)."""

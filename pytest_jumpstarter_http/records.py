@@ -9,14 +9,18 @@ aiohttp: the server and the test process both build on it, and it on neither.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import glob
+import hmac
+import json as jsonlib
 import math
 import os
 import posixpath
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Final, Literal, Protocol
@@ -81,6 +85,9 @@ class HttpRequest:
     #: ``path`` relative to the base URL of the handle that read it (``"rootfs.img"``), decoded;
     #: empty in an entry no handle has read.
     name: str = ""
+    #: What the test's scripted answers did with it: ``reply``, ``upload``, ``upload refused``,
+    #: ``auth`` (refused for its credentials); None when the server answered as usual (issue 21).
+    talk: str | None = None
 
     def line(self) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time % 1 * 1000):03d}"
@@ -90,6 +97,7 @@ class HttpRequest:
             f"{self.bytes_sent} bytes in {self.duration * 1000:.1f} ms"
             + ("" if self.complete else " (cut short)")
             + (f" [fault: {self.fault}]" if self.fault else "")
+            + (f" [{self.talk}]" if self.talk else "")
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -111,6 +119,7 @@ class HttpRequest:
             fault=None if data.get("fault") is None else str(data["fault"]),
             injected=bool(data.get("injected", False)),
             seq=int(data.get("seq", -1)),
+            talk=None if data.get("talk") is None else str(data["talk"]),
         )
 
 
@@ -284,7 +293,11 @@ def shown(value: object) -> str:
 
 def _number(name: str, value: Any) -> None:
     """Check the numeric argument ``name`` of ``inject()`` against its range; a ``ValueError`` if out."""
-    rule = _RANGES[name]
+    _bounded("inject()", name, value, _RANGES[name])
+
+
+def _bounded(where: str, name: str, value: Any, rule: _Range) -> None:
+    """Check the numeric argument ``name`` of the method ``where`` against ``rule``."""
     if value is None and rule.optional:
         return
     if isinstance(value, bool) or not isinstance(value, int if rule.whole else (int, float)):
@@ -294,22 +307,27 @@ def _number(name: str, value: Any) -> None:
     else:
         return
     raise ValueError(
-        f"inject(): {name}={shown(value)} is {problem}; give {rule.kind} from {rule.low} to {rule.high}."
+        f"{where}: {name}={shown(value)} is {problem}; give {rule.kind} from {rule.low} to {rule.high}."
     )
 
 
 def _fault_path(path: Any) -> str:
     """``inject()``'s ``path`` as a checked name relative to the server's URL (a glob may match several)."""
+    return _spec_path("inject()", "path", path)
+
+
+def _spec_path(where: str, name: str, path: Any) -> str:
+    """The argument ``name`` of the method ``where``, a path relative to the server's URL, checked."""
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if not isinstance(path, str):
         raise ValueError(
-            f"inject(): path={shown(path)} is a {type(path).__name__}, not a path; give a str or "
+            f"{where}: {name}={shown(path)} is a {type(path).__name__}, not a path; give a str or "
             "os.PathLike path relative to the server's URL."
         )
     if not path.strip("/"):
-        raise ValueError(f"inject(): path={path!r} is empty; give a path relative to the server's URL.")
-    return check_name(path.lstrip("/"), where="inject() path")
+        raise ValueError(f"{where}: {name}={path!r} is empty; give a path relative to the server's URL.")
+    return check_name(path.strip("/") if name == "prefix" else path.lstrip("/"), where=f"{where} {name}")
 
 
 def _check_together(spec: FaultSpec) -> None:
@@ -456,6 +474,34 @@ class Recorder(Protocol):
         """How often a fault hit so far."""
         ...
 
+    def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        """Answer with a scripted reply (``ReplySpec.as_dict()``) until it or ``namespace`` ends; its id."""
+        ...
+
+    def accept_uploads(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        """Store the bodies PUT or POSTed below ``UploadSpec.as_dict()``'s prefix; its id."""
+        ...
+
+    def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
+        """Refuse requests without the credentials of ``AuthSpec.as_dict()``; its id."""
+        ...
+
+    def clear_talk(self, talk_id: str) -> int:
+        """End a reply, an upload folder's acceptance or a credential; how often it answered (0 if gone)."""
+        ...
+
+    def talk_hits(self, talk_id: str) -> int:
+        """How many requests a reply (or upload folder, or credential) answered so far."""
+        ...
+
+    def get_uploads(self, talk_id: str) -> list[dict[str, Any]]:
+        """The uploads an ``accept_uploads`` id stored, as ``Upload`` fields plus where each is."""
+        ...
+
+    def read_upload(self, entry: dict[str, Any]) -> bytes:
+        """The content of an upload of :meth:`get_uploads`."""
+        ...
+
 
 class Fault:
     """A fault injected by ``http_server.inject()``: how often it hit, and how to end it early.
@@ -495,3 +541,343 @@ class Fault:
     def __repr__(self) -> str:
         state = "active" if self.active else "cleared"
         return f"<Fault {self.path!r} {self.spec.label()} {state}>"
+
+
+# --- talkback: scripted replies, device uploads and credentials (issue 21) -----------------
+
+
+class TalkbackUnavailable(RuntimeError):
+    """The server cannot script replies, take uploads or ask for credentials (the stock driver)."""
+
+
+#: The largest reply body sent to a server with its spec: Jumpstarter's wire carries each call
+#: whole, so a larger body is a file to stage, served with the reply's headers.
+MAX_REPLY_BODY: Final = 1 << 20
+#: A request method as HTTP spells them: letters, upper case by convention and by our matching.
+_METHOD = re.compile(r"^[A-Z][A-Z-]{0,31}$")
+#: A header name: an HTTP token.
+_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+#: Statuses whose answer has no body, whatever the server is given.
+_BODILESS = (204, 304)
+_STATUS_RANGE = _Range("an HTTP status", 100, 599, optional=False)
+_TIMES_RANGE = _Range("a whole number of requests", 1, MAX_WHOLE)
+_BYTES_RANGE = _Range("a whole number of bytes", 0, MAX_WHOLE, optional=False)
+
+
+def _payload(body: Any, json: Any) -> bytes | None:
+    """``respond()``'s body as bytes (a JSON value encoded), or None for neither; checked."""
+    if body is not None and json is not None:
+        raise ValueError(
+            "respond(): body and json were both given; a reply has one body, so give one of them."
+        )
+    if json is not None:
+        try:
+            return jsonlib.dumps(json, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"respond(): json={shown(json)} is not a JSON value ({exc}); give dicts, lists, "
+                "strings, numbers, booleans or None."
+            ) from None
+    if body is None or isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    raise TypeError(
+        f"respond(): body={shown(body)} is a {type(body).__name__}, not bytes or str; give bytes "
+        "or str, or json= for a JSON value."
+    )
+
+
+def _headers(headers: Any) -> dict[str, str]:
+    """``respond()``'s headers, checked: names are tokens, values hold no line break."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise TypeError(
+            f"respond(): headers={shown(headers)} is a {type(headers).__name__}, not a mapping; "
+            "give a dict of header names to values."
+        )
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"respond(): header {shown(name)}: {shown(value)} is not a str name and value.")
+        if not _HEADER.match(name) or any(c in value for c in "\r\n\0"):
+            raise ValueError(
+                f"respond(): header {shown(name)}: {shown(value)} is no valid header; give a "
+                "token name and a value without line breaks."
+            )
+    return dict(headers)
+
+
+def _has(headers: Mapping[str, str], name: str) -> bool:
+    return any(key.lower() == name for key in headers)
+
+
+@dataclass(frozen=True)
+class ReplySpec:
+    """A scripted reply, checked as it is made: its fields are ``respond()``'s arguments.
+
+    ``payload`` is the body as sent (a JSON value encoded); with none, a 2xx reply to ``GET``
+    serves the file at ``path`` with ``headers`` added. ``target`` places it below a handle's
+    URL (:meth:`under`).
+    """
+
+    path: str
+    status: int = 200
+    body: bytes | str | None = None
+    json: Any = None
+    headers: Mapping[str, str] | None = None
+    method: str = "GET"
+    times: int | None = None
+    payload: bytes | None = field(default=None, init=False)
+    #: The decoded URL path it answers, with a leading slash; set by :meth:`under`.
+    target: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "path", _spec_path("respond()", "path", self.path))
+        _bounded("respond()", "status", self.status, _STATUS_RANGE)
+        _bounded("respond()", "times", self.times, _TIMES_RANGE)
+        if not isinstance(self.method, str) or not _METHOD.match(self.method.upper()):
+            raise ValueError(
+                f"respond(): method={shown(self.method)} is no HTTP method; give one such as 'GET'."
+            )
+        set_(self, "method", self.method.upper())
+        payload = _payload(self.body, self.json)
+        headers = _headers(self.headers)
+        if payload is not None and len(payload) > MAX_REPLY_BODY:
+            raise ValueError(
+                f"respond(): the body is {len(payload)} bytes, more than the {MAX_REPLY_BODY} a reply "
+                "carries to the server; stage() it as a file and respond() without a body."
+            )
+        if payload and (self.status in _BODILESS or self.status < 200):
+            raise ValueError(
+                f"respond(): status={self.status} carries no body; give no body or another status."
+            )
+        if self.json is not None and not _has(headers, "content-type"):
+            headers["Content-Type"] = "application/json"
+        set_(self, "payload", payload)
+        set_(self, "headers", headers)
+
+    @property
+    def serves_file(self) -> bool:
+        """Whether it serves the file at its path (with its headers) rather than a body of its own."""
+        return self.payload is None and 200 <= self.status < 300 and self.method == "GET"
+
+    def under(self, prefix: str) -> ReplySpec:
+        """This reply below the percent-encoded URL path ``prefix`` of a handle."""
+        placed = copy.copy(self)
+        object.__setattr__(placed, "target", "/" + normalized(f"{unquote(prefix)}/{self.path}"))
+        return placed
+
+    def answers(self, method: str, path: str) -> bool:
+        """Whether it answers a ``method`` request for the decoded URL ``path``, however spelled."""
+        asked = method == self.method or (method == "HEAD" and self.method == "GET")
+        return asked and "/" + normalized(path) == self.target
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "status": self.status,
+            "payload": None if self.payload is None else base64.b64encode(self.payload).decode(),
+            "headers": dict(self.headers or {}),
+            "method": self.method,
+            "times": self.times,
+            "target": self.target,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReplySpec:
+        """Rebuild a spec sent over Jumpstarter's wire (numbers as floats, the body in base64);
+        checked again."""
+        payload = data.get("payload")
+        times = data.get("times")
+        spec = cls(
+            str(data["path"]),
+            status=int(data["status"]),
+            body=None if payload is None else base64.b64decode(str(payload)),
+            headers={str(k): str(v) for k, v in dict(data.get("headers") or {}).items()},
+            method=str(data["method"]),
+            times=None if times is None else int(times),
+        )
+        object.__setattr__(spec, "target", "/" + normalized(str(data["target"])))
+        return spec
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    """Where a device may upload, checked as it is made: ``accept_uploads()``'s arguments."""
+
+    prefix: str = "uploads/"
+    max_bytes: int = 64 << 20
+    #: The decoded URL path below which it stores, with a leading slash; set by :meth:`under`.
+    target: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", _spec_path("accept_uploads()", "prefix", self.prefix))
+        _bounded("accept_uploads()", "max_bytes", self.max_bytes, _BYTES_RANGE)
+
+    def under(self, prefix: str) -> UploadSpec:
+        placed = copy.copy(self)
+        object.__setattr__(placed, "target", "/" + normalized(f"{unquote(prefix)}/{self.prefix}"))
+        return placed
+
+    def name_of(self, path: str) -> str | None:
+        """The upload's name in the decoded URL ``path``, as the device spelled it; None if not below."""
+        inside = self.target + "/"
+        return path[len(inside) :] if path.startswith(inside) else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"prefix": self.prefix, "max_bytes": self.max_bytes, "target": self.target}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UploadSpec:
+        spec = cls(str(data["prefix"]), int(data["max_bytes"]))
+        object.__setattr__(spec, "target", "/" + normalized(str(data["target"])))
+        return spec
+
+
+#: A character no credential may hold: control characters, and each one's separator.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FORBIDDEN = {"user": ":", "token": " ", "password": "\x00"}
+
+
+def _credential(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"require_auth(): {name}={shown(value)} is a {type(value).__name__}, not a str.")
+    if not value or _CONTROL.search(value) or _FORBIDDEN[name] in value:
+        raise ValueError(
+            f"require_auth(): {name}={shown(value)} cannot be sent in an Authorization header; "
+            "give a non-empty str without control characters (no ':' in a user, no space in a token)."
+        )
+
+
+@dataclass(frozen=True)
+class AuthSpec:
+    """The credentials a server asks for, checked as they are made: ``require_auth()``'s arguments."""
+
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    #: The decoded URL path below which every request needs them, no trailing slash ("" for all).
+    target: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("user", "password", "token"):
+            _credential(name, getattr(self, name))
+        if (self.user is None) != (self.password is None):
+            raise ValueError(
+                "require_auth(): user and password go together for Basic credentials; give both, or "
+                "token= only."
+            )
+        if self.user is None and self.token is None:
+            raise ValueError(
+                "require_auth(): no credentials were given; give user and password, token=, or both."
+            )
+
+    def under(self, prefix: str) -> AuthSpec:
+        placed = copy.copy(self)
+        object.__setattr__(placed, "target", unquote(prefix).rstrip("/"))
+        return placed
+
+    def covers(self, path: str) -> bool:
+        return path.startswith(self.target + "/")
+
+    def accepts(self, authorization: str) -> bool:
+        """Whether an ``Authorization`` header carries these credentials (compared in constant time)."""
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and self.token is not None:
+            return hmac.compare_digest(value.strip().encode(), self.token.encode())
+        if scheme.lower() != "basic" or self.user is None:
+            return False
+        try:
+            given = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(given, f"{self.user}:{self.password}".encode())
+
+    def challenges(self) -> list[str]:
+        """The ``WWW-Authenticate`` values a refused request gets."""
+        realm = 'realm="pytest-jumpstarter-http"'
+        return [f"Basic {realm}"] * (self.user is not None) + [f"Bearer {realm}"] * (self.token is not None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuthSpec:
+        spec = cls(data.get("user"), data.get("password"), token=data.get("token"))
+        object.__setattr__(spec, "target", str(data["target"]))
+        return spec
+
+
+class Reply:
+    """A reply scripted by ``http_server.respond()``: how often it answered, and how to end it early.
+
+    It ends by itself with the test that scripted it.
+    """
+
+    def __init__(self, recorder: Recorder, reply_id: str, spec: ReplySpec) -> None:
+        self._recorder = recorder
+        #: The server's id of the reply.
+        self.id = reply_id
+        self.spec = spec
+        self._final_hits: int | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether it still answers (not cleared; it may have used up its ``times``)."""
+        return self._final_hits is None
+
+    @property
+    def hits(self) -> int:
+        """How many requests it answered so far (on an exporter, read from the exporter)."""
+        if self._final_hits is not None:
+            return self._final_hits
+        return self._recorder.talk_hits(self.id)
+
+    def clear(self) -> None:
+        """Stop answering with it: the next reply for its path and method answers, or the file."""
+        if self._final_hits is None:
+            self._final_hits = self._recorder.clear_talk(self.id)
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "cleared"
+        return f"<Reply {self.spec.method} {self.spec.path!r} {self.spec.status} {state}>"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A body a device PUT or POSTed below ``accept_uploads()``'s prefix, stored whole."""
+
+    #: Its name below the prefix: ``boot.log``, or ``run1/boot.log`` for a multipart part.
+    name: str
+    size: int
+    sha256: str
+    method: str
+    _recorder: Recorder = field(repr=False, compare=False)
+    _entry: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_entry(cls, recorder: Recorder, entry: dict[str, Any]) -> Upload:
+        return cls(
+            str(entry["name"]),
+            int(entry["size"]),
+            str(entry["sha256"]),
+            str(entry["method"]),
+            recorder,
+            entry,
+        )
+
+    def read_bytes(self) -> bytes:
+        """Its content, read from the server's folder (on an exporter, fetched from it now)."""
+        import hashlib
+
+        data = self._recorder.read_upload(self._entry)
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise ValueError(
+                f"read_bytes(): upload {self.name!r} was replaced by a later upload of the same name; "
+                "read each upload before the device sends the next one of that name."
+            )
+        return data

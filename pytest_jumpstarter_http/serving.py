@@ -114,6 +114,8 @@ SEQ_KEY: Final = RequestKey("pytest_jumpstarter_http.seq", int)
 FAULT_KEY: Final = RequestKey("pytest_jumpstarter_http.fault", str)
 #: Request-mapping key set when a fault answered the request with its own status.
 INJECTED_KEY: Final = RequestKey("pytest_jumpstarter_http.injected", bool)
+#: Request-mapping key of what a test's scripted answers did with the request (``reply``...).
+TALK_KEY: Final = RequestKey("pytest_jumpstarter_http.talk", str)
 
 
 def fault_of(request: Any) -> str | None:
@@ -469,6 +471,7 @@ def record(request: Any, response: Any, duration: float, log: RequestLog) -> Htt
         complete=progress.complete if progress else True,
         fault=fault_of(request),
         injected=bool(request.get(INJECTED_KEY, False)),
+        talk=request.get(TALK_KEY),
         # A request aiohttp refused before any middleware ran is numbered as it ends.
         seq=log.start() if seq is None else seq,
     )

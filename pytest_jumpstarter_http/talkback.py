@@ -1,0 +1,432 @@
+"""The device talks back: the server's side of ``respond()``, ``accept_uploads()`` and ``require_auth()``.
+
+:class:`Talkback` holds a server's scripted answers (replies, upload folders, credentials), each
+for as long as the namespace it came through (see :mod:`.namespaces`), as ``FaultRegistry``
+holds faults. :class:`TalkbackMiddleware` runs after the faults and before the files: it refuses
+a request without the credentials asked for, answers a scripted reply, or stores an upload;
+anything else goes on to the static route as before (issue 21).
+
+An upload is written below a folder made for it, one component at a time with ``O_NOFOLLOW``
+from a descriptor held since the folder was made, to a temporary name that is renamed into place
+only once the whole body arrived within ``max_bytes``: a name never leads out of the folder
+(``..``, ``%2e%2e``, a link), and a body cut short or too large leaves nothing. Runs in the
+server; never imports pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import itertools
+import os
+import secrets
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from .records import AuthSpec, ReplySpec, UploadSpec, name_problem
+from .serving import INJECTED_KEY, TALK_KEY
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler
+    from aiohttp.web import Request, StreamResponse
+
+__all__ = ["Talkback", "TalkbackMiddleware"]
+
+#: Largest piece of an upload read and written at once.
+PIECE: Final = 256 << 10
+#: How every folder on an upload's way is opened: never through a link.
+_FOLDER: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Entry:
+    """One scripted answer on a server: its spec, its hits, and an upload folder's descriptor."""
+
+    def __init__(
+        self, spec: ReplySpec | UploadSpec | AuthSpec, namespace: str | None, fd: int = -1, folder: str = ""
+    ) -> None:
+        self.spec = spec
+        #: The namespace it came through, which it ends with; None for the whole server.
+        self.namespace = namespace
+        self.hits = 0
+        #: An upload folder, held open from when it was made: uploads are written below it.
+        self.fd = fd
+        #: That folder's path below the folder it was made in (an exporter's root).
+        self.folder = folder
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(frozen=True)
+class _Found:
+    """An upload arriving: its folder's id, spec and descriptor (a copy of its own), and its name."""
+
+    talk_id: str
+    spec: UploadSpec
+    fd: int
+    name: str
+
+
+class Talkback:
+    """The scripted answers of one server; added and cleared from any thread, used on the server's loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+        self._ids = itertools.count(1)
+        #: Every upload stored, in arrival order, with the id of the folder that took it.
+        self._uploads: list[dict[str, Any]] = []
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing is scripted: most requests of most servers pass straight through."""
+        return not self._entries
+
+    def add(self, spec: ReplySpec | AuthSpec, namespace: str | None = None) -> str:
+        """Start answering with a reply, or asking for credentials, until ``namespace`` ends; its id."""
+        kind = "reply" if isinstance(spec, ReplySpec) else "auth"
+        with self._lock:
+            talk_id = f"{kind}-{next(self._ids)}"
+            self._entries[talk_id] = _Entry(spec, namespace)
+        return talk_id
+
+    def accept(self, spec: UploadSpec, namespace: str | None, base: Path, folder: str) -> str:
+        """Store uploads below ``spec``'s prefix in a new folder below ``folder`` of ``base``; its id."""
+        with self._lock:
+            talk_id = f"uploads-{next(self._ids)}"
+        made = f"{folder}/{talk_id}".lstrip("/")
+        top = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = _folders(top, made.split("/"), create=True)
+        finally:
+            os.close(top)
+        with self._lock:
+            self._entries[talk_id] = _Entry(spec, namespace, fd, made)
+        return talk_id
+
+    def clear(self, talk_id: str) -> int:
+        """End a scripted answer; how often it answered (0 if unknown)."""
+        with self._lock:
+            entry = self._entries.pop(talk_id, None)
+            self._uploads = [upload for upload in self._uploads if upload["talk"] != talk_id]
+        if entry is None:
+            return 0
+        entry.close()
+        return entry.hits
+
+    def clear_all(self, namespaces: set[str] | None = None) -> None:
+        """End every scripted answer, or those that came through one of ``namespaces``."""
+        with self._lock:
+            ended = [
+                talk_id
+                for talk_id, entry in self._entries.items()
+                if namespaces is None or entry.namespace in namespaces
+            ]
+        for talk_id in ended:
+            self.clear(talk_id)
+
+    def hits(self, talk_id: str) -> int:
+        """How many requests it answered; a ``KeyError`` once it was cleared."""
+        with self._lock:
+            entry = self._entries.get(talk_id)
+            if entry is None:
+                raise KeyError(f"no reply {talk_id!r} on this server; it was cleared or never scripted")
+            return entry.hits
+
+    def uploads(self, talk_id: str) -> list[dict[str, Any]]:
+        """The uploads the folder ``talk_id`` stored, in arrival order."""
+        with self._lock:
+            return [dict(upload) for upload in self._uploads if upload["talk"] == talk_id]
+
+    def read(self, talk_id: str, name: str) -> bytes:
+        """The content of the upload ``name`` of the folder ``talk_id``, read without following a link."""
+        with self._lock:
+            entry = self._entries.get(talk_id)
+            if entry is None or entry.fd < 0:
+                raise KeyError(f"no upload folder {talk_id!r} on this server; it ended with its test")
+            here = os.dup(entry.fd)
+        *parents, last = name.split("/")
+        try:
+            folder = _folders(here, parents, create=False)
+        finally:
+            os.close(here)
+        try:
+            fd = os.open(last, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+        finally:
+            os.close(folder)
+        with os.fdopen(fd, "rb") as file:
+            return file.read()
+
+    def refused(self, path: str, authorization: str) -> list[str]:
+        """The challenges of a request for ``path`` without the credentials asked; empty if it passes."""
+        with self._lock:
+            asked = [
+                e.spec for e in self._entries.values() if isinstance(e.spec, AuthSpec) and e.spec.covers(path)
+            ]
+        if not asked or any(spec.accepts(authorization) for spec in asked):
+            return []
+        return [challenge for spec in asked for challenge in spec.challenges()]
+
+    def reply(self, method: str, path: str) -> ReplySpec | None:
+        """The first reply with answers left for ``method`` on ``path``, counted as hit."""
+        with self._lock:
+            for entry in self._entries.values():
+                spec = entry.spec
+                if not isinstance(spec, ReplySpec) or not spec.answers(method, path):
+                    continue
+                if spec.times is None or entry.hits < spec.times:
+                    entry.hits += 1
+                    return spec
+        return None
+
+    def elsewise(self, method: str, path: str) -> bool:
+        """Whether the replies scripted for ``path`` are all for methods other than ``method``."""
+        with self._lock:
+            specs = [e.spec for e in self._entries.values() if isinstance(e.spec, ReplySpec)]
+        methods = {spec.method for spec in specs if spec.answers(spec.method, path)}
+        return bool(methods) and not any(spec.answers(method, path) for spec in specs)
+
+    def arriving(self, method: str, path: str) -> _Found | None:
+        """The upload folder that takes a ``method`` request for ``path``, if any, counted as hit."""
+        if method not in ("PUT", "POST"):
+            return None
+        with self._lock:
+            for talk_id, entry in self._entries.items():
+                spec = entry.spec
+                if not isinstance(spec, UploadSpec):
+                    continue
+                name = spec.name_of(path)
+                if name is not None and entry.fd >= 0:
+                    entry.hits += 1
+                    return _Found(talk_id, spec, os.dup(entry.fd), name)
+        return None
+
+    def stored(self, talk_id: str, written: _Written, method: str) -> None:
+        """List an upload that arrived whole; its folder may have ended meanwhile."""
+        with self._lock:
+            entry = self._entries.get(talk_id)
+            if entry is None:
+                return
+            self._uploads.append(
+                {
+                    "talk": talk_id,
+                    "name": written.name,
+                    "size": written.size,
+                    "sha256": written.sha256,
+                    "method": method,
+                    "stored": f"{entry.folder}/{written.name}",
+                }
+            )
+
+
+def _folders(fd: int, parts: list[str], *, create: bool) -> int:
+    """A new descriptor of the folder ``parts`` below the folder ``fd``; made if ``create``, never
+    through a link."""
+    here = os.dup(fd)
+    try:
+        for part in parts:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=here)
+            step = os.open(part, _FOLDER, dir_fd=here)
+            os.close(here)
+            here = step
+    except BaseException:
+        os.close(here)
+        raise
+    return here
+
+
+class _Refused(Exception):
+    """An upload the server does not keep: its status and why, in one sentence."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+class _Written:
+    """One upload's body written to a temporary name beside its place, renamed there by :meth:`keep`."""
+
+    def __init__(self, top: int, name: str) -> None:
+        problem = name_problem(name)
+        if problem:
+            raise _Refused(400, f"upload name {name!r} is refused: {problem}")
+        self.name = name
+        *parents, self._last = name.split("/")
+        try:
+            self._folder = _folders(top, parents, create=True)
+        except OSError as exc:
+            raise _Refused(409, f"upload name {name!r} cannot be stored: {exc.strerror}") from None
+        self._temporary = f".upload-{secrets.token_hex(8)}.part"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._fd = os.open(self._temporary, flags, 0o644, dir_fd=self._folder)
+        self.size = 0
+        self._digest = hashlib.sha256()
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    async def take(self, chunks: AsyncIterator[bytes], budget: list[int]) -> None:
+        """Write the body; a ``_Refused`` 413 once the request's bodies pass ``budget[0]`` bytes."""
+        async for chunk in chunks:
+            budget[0] -= len(chunk)
+            if budget[0] < 0:
+                raise _Refused(413, "the upload is larger than accept_uploads()'s max_bytes")
+            self.size += len(chunk)
+            self._digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self._fd, view) :]
+
+    def keep(self) -> None:
+        os.close(self._fd)
+        self._fd = -1
+        try:
+            os.rename(self._temporary, self._last, src_dir_fd=self._folder, dst_dir_fd=self._folder)
+        except OSError as exc:  # a folder of that name is there
+            raise _Refused(409, f"upload name {self.name!r} cannot be stored: {exc.strerror}") from None
+        finally:
+            self.drop()
+
+    def drop(self) -> None:
+        """Remove the temporary file, if still there, and let go of the folder."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._folder >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self._temporary, dir_fd=self._folder)
+            os.close(self._folder)
+            self._folder = -1
+
+
+async def _chunks_of(stream: Any) -> AsyncIterator[bytes]:
+    async for chunk in stream.iter_chunked(PIECE):
+        yield chunk
+
+
+async def _part_chunks(part: Any) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(PIECE):
+        yield chunk
+
+
+async def _receive(request: Request, found: _Found) -> list[_Written]:
+    """Write the request's body (or each file part of a multipart POST) below the upload folder."""
+    length = request.content_length
+    if length is not None and length > found.spec.max_bytes:
+        raise _Refused(413, "the upload is larger than accept_uploads()'s max_bytes")
+    budget = [found.spec.max_bytes]
+    written: list[_Written] = []
+    try:
+        if request.method == "POST" and request.content_type == "multipart/form-data":
+            await _receive_parts(request, found, budget, written)
+        else:
+            written.append(_Written(found.fd, found.name))
+            await written[-1].take(_chunks_of(request.content), budget)
+        for each in written:
+            each.keep()
+    finally:
+        for each in written:
+            each.drop()
+    return written
+
+
+async def _receive_parts(request: Request, found: _Found, budget: list[int], written: list[_Written]) -> None:
+    """Each part with a file name becomes the upload ``<name>/<file name>``; other fields are dropped."""
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        filename = getattr(part, "filename", None)
+        if not filename:
+            await part.release()
+            continue
+        if "/" in filename:
+            raise _Refused(400, f"upload file name {filename!r} is refused: it has a '/'")
+        written.append(_Written(found.fd, f"{found.name}/{filename}".lstrip("/")))
+        await written[-1].take(_part_chunks(part), budget)
+
+
+class TalkbackMiddleware:
+    """After the faults, before the files: credentials, then scripted replies, then uploads."""
+
+    __middleware_version__ = 1
+
+    def __init__(self, talkback: Talkback) -> None:
+        self.talkback = talkback
+
+    async def __call__(self, request: Request, handler: Handler) -> StreamResponse:
+        talk = self.talkback
+        if talk.idle:
+            return await handler(request)
+        path = request.path
+        challenges = talk.refused(path, request.headers.get("Authorization", ""))
+        if challenges:
+            return _unauthorized(request, challenges)
+        reply = talk.reply(request.method, path)
+        if reply is not None:
+            return await _answer(request, handler, reply)
+        found = talk.arriving(request.method, path)
+        if found is not None:
+            return await _store(request, talk, found)
+        if talk.elsewise(
+            request.method, path
+        ):  # as pytest-httpserver: a reply's path asked with another method
+            from aiohttp import web
+
+            request[TALK_KEY] = "reply: no such method"
+            return web.Response(status=404)
+        return await handler(request)
+
+
+def _unauthorized(request: Request, challenges: list[str]) -> StreamResponse:
+    from aiohttp import web
+    from multidict import CIMultiDict
+
+    request[TALK_KEY] = "auth"
+    request[INJECTED_KEY] = True
+    return web.Response(status=401, headers=CIMultiDict(("WWW-Authenticate", c) for c in challenges))
+
+
+async def _answer(request: Request, handler: Handler, spec: ReplySpec) -> StreamResponse:
+    """The reply: the file with its headers, or its own status, headers and body (none for HEAD)."""
+    from aiohttp import web
+
+    request[TALK_KEY] = "reply"
+    if spec.serves_file:
+        response = await handler(request)
+        response.headers.update(spec.headers or {})
+        return response
+    request[INJECTED_KEY] = True  # the test asked for this status: --http-fail-on skips it
+    return web.Response(status=spec.status, body=spec.payload, headers=spec.headers)
+
+
+async def _store(request: Request, talk: Talkback, found: _Found) -> StreamResponse:
+    from aiohttp import web
+
+    try:
+        written = await _receive(request, found)
+    except _Refused as refused:
+        request[TALK_KEY] = "upload refused"
+        request[INJECTED_KEY] = True
+        response = web.Response(status=refused.status, text=f"{refused}\n")
+        if refused.status == 413:
+            response.force_close()  # the rest of the body is not read
+        return response
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        request[TALK_KEY] = "upload refused"
+        return web.Response(status=507, text="the server's disk is full\n")
+    finally:
+        os.close(found.fd)
+    for each in written:
+        talk.stored(found.talk_id, each, request.method)
+    request[TALK_KEY] = "upload"
+    return web.Response(status=201)

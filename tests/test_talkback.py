@@ -1,0 +1,334 @@
+"""The device talks back (issue 21): scripted replies, device uploads and credentials, with curl as
+the device.
+
+The device-facing tests are written once, in ``SUITE`` and ``XDIST_SUITE``; this module runs them
+on loopback, ``test_talkback_exporter.py`` inside a real ``jmp shell`` on a ``RecordingHttpServer``.
+They run in a subprocess: they start servers, clients and threads of their own.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from subprocess_runs import JUnit, clean_env, run_pytest
+
+from pytest_jumpstarter_http.records import AuthSpec, HttpRequest, ReplySpec, UploadSpec
+
+SUITE = r"""
+import hashlib, json, os, subprocess
+import pytest
+
+def curl(*args):
+    return subprocess.run(["curl", "-sS", *map(str, args)], capture_output=True, timeout=60)
+
+def code(*args):
+    return curl("-o", os.devnull, "-w", "%{http_code}", *args).stdout.decode()
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+def test_a_manifest_then_a_redirect_then_the_file(http_server, served_dir, tmp_path):
+    (served_dir / "image-v2.raw").write_bytes(b"image v2")
+    image = http_server.url_for("image-v2.raw")
+    http_server.respond("manifest.json", json={"version": 2, "url": http_server.url + "/latest"})
+    http_server.respond("latest", status=302, headers={"Location": image})
+    manifest = json.loads(curl("-f", http_server.url + "/manifest.json").stdout)
+    done = curl("-f", "-L", "-o", tmp_path / "image.raw", manifest["url"])
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "image.raw").read_bytes() == b"image v2"
+    http_server.wait_for_request("image-v2.raw", status=200)
+    assert [(r.name, r.status, r.talk) for r in http_server.requests] == [
+        ("manifest.json", 200, "reply"), ("latest", 302, "reply"), ("image-v2.raw", 200, None)
+    ]
+    assert http_server.requests[0].line().endswith("[reply]")
+
+def test_an_ordered_sequence_falls_through_to_the_file(http_server, served_dir):
+    (served_dir / "update.bin").write_text("the update")
+    url = http_server.url_for("update.bin")
+    first = http_server.respond("update.bin", status=503, times=2, headers={"Retry-After": "0"})
+    then = http_server.respond("update.bin", body="not yet", status=200, times=1)
+    bodies = [curl("-w", " %{http_code}", url).stdout.decode() for _ in range(4)]
+    assert bodies == [" 503", " 503", "not yet 200", "the update 200"]
+    assert (first.hits, then.hits) == (2, 1)
+
+def test_a_served_file_gets_the_content_type_of_the_reply(http_server, served_dir, tmp_path):
+    (served_dir / "bootx64.efi").write_bytes(os.urandom(100_000))
+    url = http_server.url_for("bootx64.efi")
+    http_server.respond("bootx64.efi", headers={"Content-Type": "application/efi"})
+    done = curl("-f", "-D", "-", "-o", tmp_path / "boot.efi", url)
+    assert done.returncode == 0, done.stderr
+    assert "content-type: application/efi" in done.stdout.decode().lower()
+    assert sha((tmp_path / "boot.efi").read_bytes()) == sha((served_dir / "bootx64.efi").read_bytes())
+    ranged = curl("-f", "-r", "0-9", "-D", "-", "-o", os.devnull, url).stdout.decode().lower()
+    assert "206 partial content" in ranged and "application/efi" in ranged
+    head = curl("-I", url).stdout.decode().lower()
+    assert "application/efi" in head and "content-length: 100000" in head
+
+def test_a_get_reply_answers_head_without_a_body_and_another_method_is_404(http_server):
+    http_server.respond("status.json", json={"ok": True})
+    head = curl("-I", http_server.url + "/status.json")
+    assert b"200 OK" in head.stdout and b'{"ok"' not in head.stdout
+    assert code("-X", "POST", http_server.url + "/status.json") == "404"
+    assert code("-X", "DELETE", http_server.url + "/status.json") == "404"
+
+def test_put_post_and_multipart_uploads_arrive_byte_for_byte(http_server, served_dir, tmp_path):
+    http_server.accept_uploads()
+    log = tmp_path / "boot.log"
+    log.write_bytes(os.urandom(3 << 20))
+    core = tmp_path / "core"
+    core.write_bytes(os.urandom(100_000))
+    before = sorted(served_dir.rglob("*"))
+    assert code("-T", log, http_server.url + "/uploads/boot.log") == "201"
+    http_server.wait_for_request("uploads/boot.log", status=201)
+    assert code("--data-binary", f"@{core}", http_server.url + "/uploads/crash/core") == "201"
+    assert code("-F", f"log=@{log}", "-F", "note=hello", http_server.url + "/uploads/run1") == "201"
+    uploads = http_server.uploads
+    assert [(u.name, u.method, u.size) for u in uploads] == [
+        ("boot.log", "PUT", 3 << 20), ("crash/core", "POST", 100_000), ("run1/boot.log", "POST", 3 << 20)
+    ]
+    assert uploads[0].read_bytes() == log.read_bytes() == uploads[2].read_bytes()
+    assert uploads[1].read_bytes() == core.read_bytes() and uploads[1].sha256 == sha(core.read_bytes())
+    assert sorted(served_dir.rglob("*")) == before
+    assert [r.talk for r in http_server.requests] == ["upload"] * 3
+
+def test_an_upload_over_max_bytes_is_413_and_nothing_is_kept(http_server, tmp_path):
+    http_server.accept_uploads("dumps/", max_bytes=1000)
+    (tmp_path / "big").write_bytes(b"x" * 1001)
+    (tmp_path / "fits").write_bytes(b"y" * 1000)
+    assert code("-T", tmp_path / "big", http_server.url + "/dumps/big") == "413"
+    assert code("-H", "Transfer-Encoding: chunked", "--data-binary", f"@{tmp_path / 'big'}",
+                http_server.url + "/dumps/chunked") == "413"
+    assert code("-T", tmp_path / "fits", http_server.url + "/dumps/fits") == "201"
+    assert [u.name for u in http_server.uploads] == ["fits"]
+    assert code("-T", tmp_path / "fits", http_server.url + "/elsewhere/fits") == "405"
+
+def test_hostile_upload_names_stay_in_the_upload_folder(http_server, served_dir, tmp_path):
+    http_server.accept_uploads()
+    (tmp_path / "evil").write_text("evil")
+    before = sorted(served_dir.rglob("*"))
+    for name in ("../evil-1", "..%2fevil-2", "%2e%2e/evil-3", "a/../../evil-4", "%2e%2e%2f%2e%2e%2fevil-5"):
+        assert code("--path-as-is", "-T", tmp_path / "evil", http_server.url + "/uploads/" + name)[0] == "4"
+    part = "f=@" + str(tmp_path / "evil") + ";filename=../evil-6"
+    posted = code("-F", part, http_server.url + "/uploads/x")
+    assert posted[0] == "4"
+    assert http_server.uploads == []
+    assert sorted(served_dir.rglob("*")) == before
+
+def test_basic_auth_refuses_wrong_credentials(http_server, served_dir):
+    (served_dir / "secret.txt").write_text("s")
+    url = http_server.url_for("secret.txt")
+    http_server.require_auth("device", "s3cret")
+    refused = curl("-D", "-", "-o", os.devnull, url).stdout.decode()
+    assert " 401 " in refused and 'www-authenticate: basic realm=' in refused.lower()
+    assert code("-u", "device:wrong", url) == "401"
+    assert code("-u", "device:s3cret", url) == "200"
+    assert http_server.requests[0].talk == "auth"
+
+def test_bearer_auth_refuses_a_wrong_token(http_server, served_dir):
+    (served_dir / "secret.txt").write_text("s")
+    url = http_server.url_for("secret.txt")
+    http_server.require_auth(token="t0ken")
+    assert code("-H", "Authorization: Bearer nope", url) == "401"
+    assert code("-H", "Authorization: Bearer t0ken", url) == "200"
+    assert code("-u", "t0ken:", url) == "401"
+
+def test_leak_1_a_test_scripts_everything_and_leaves_it(http_server, served_dir, tmp_path):
+    (served_dir / "leak.txt").write_text("ok")
+    http_server.respond("leak.txt", status=500)
+    http_server.accept_uploads()
+    (tmp_path / "up").write_text("up")
+    assert code("-T", tmp_path / "up", http_server.url + "/uploads/up") == "201"
+    assert code(http_server.url_for("leak.txt")) == "500"
+    http_server.require_auth("a", "b")
+
+def test_leak_2_the_next_test_sees_none_of_it(http_server, served_dir, tmp_path):
+    (served_dir / "leak.txt").write_text("ok")
+    assert code(http_server.url_for("leak.txt")) == "200"
+    assert http_server.uploads == []
+    (tmp_path / "up").write_text("up")
+    assert code("-T", tmp_path / "up", http_server.url + "/uploads/up") == "405"
+
+def test_a_reply_can_be_cleared_early(http_server, served_dir):
+    (served_dir / "a.txt").write_text("file")
+    reply = http_server.respond("a.txt", body="reply")
+    assert curl(http_server.url_for("a.txt")).stdout == b"reply"
+    reply.clear()
+    assert curl(http_server.url_for("a.txt")).stdout == b"file"
+    assert (reply.hits, reply.active) == (1, False)
+    http_server.respond("a.txt", body="again")
+    http_server.clear_replies()
+    assert curl(http_server.url_for("a.txt")).stdout == b"file"
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda s: s.respond("a", body="x", json={}), ValueError, "respond(): body and json were both given"),
+        (lambda s: s.respond("a", status=600), ValueError,
+         "respond(): status=600 is out of range; give an HTTP status from 100 to 599"),
+        (lambda s: s.respond("a", status=99), ValueError, "respond(): status=99 is out of range"),
+        (lambda s: s.respond("a", times=0), ValueError, "respond(): times=0 is out of range"),
+        (lambda s: s.respond("a", body=3), TypeError, "respond(): body=3 is a int, not bytes or str"),
+        (lambda s: s.respond("a", json={1j}), TypeError, "respond(): json={1j} is not a JSON value"),
+        (lambda s: s.respond("a", body=b"x" * (1 << 20 | 1)), ValueError,
+         "more than the 1048576 a reply carries"),
+        (lambda s: s.respond("a", headers={"Bad Name": "x"}), ValueError, "is no valid header"),
+        (lambda s: s.respond("a", method="G T"), ValueError, "respond(): method='G T' is no HTTP method"),
+        (lambda s: s.respond("../a"), ValueError, "is not a valid served file name"),
+        (lambda s: s.accept_uploads(max_bytes=-1), ValueError,
+         "accept_uploads(): max_bytes=-1 is out of range"),
+        (lambda s: s.accept_uploads(""), ValueError, "accept_uploads(): prefix='' is empty"),
+        (lambda s: s.require_auth(), ValueError, "require_auth(): no credentials were given"),
+        (lambda s: s.require_auth("u"), ValueError, "require_auth(): user and password go together"),
+        (lambda s: s.require_auth("a:b", "c"), ValueError, "require_auth(): user='a:b' cannot be sent"),
+        (lambda s: s.require_auth(token=5), TypeError, "require_auth(): token=5 is a int, not a str."),
+    ],
+)
+def test_bad_arguments_raise_in_one_sentence(http_server, call, error, message):
+    with pytest.raises(error) as raised:
+        call(http_server)
+    assert message in str(raised.value), str(raised.value)
+    assert str(raised.value).count(". ") == 0  # one sentence
+"""
+
+#: Two files xdist gives to two workers: one scripts a reply and asks for credentials, and holds
+#: them while the other fetches the same name from its own server (or namespace of the shared one).
+XDIST_SUITE = {
+    "test_xa.py": """
+import os, subprocess, time
+from pathlib import Path
+
+SYNC = Path(os.environ["TALK_SYNC"])
+
+def wait_for(name):
+    deadline = time.monotonic() + 60
+    while not (SYNC / name).exists():
+        assert time.monotonic() < deadline, f"no {name}: did both files run on one worker?"
+        time.sleep(0.05)
+
+def fetch(url):
+    return subprocess.run(["curl", "-sS", "-w", " %{http_code}", url], capture_output=True, text=True,
+                          timeout=60).stdout
+
+def test_one_worker_scripts_a_reply_and_credentials(http_server, served_dir):
+    (served_dir / "shared.txt").write_text("a")
+    url = http_server.url_for("shared.txt")
+    http_server.respond("shared.txt", body="scripted")
+    http_server.accept_uploads()
+    (SYNC / "scripted").write_text(os.environ["PYTEST_XDIST_WORKER"])
+    wait_for("fetched")
+    assert fetch(url) == "scripted 200"
+    http_server.require_auth(token="x")
+    assert fetch(url) == " 401"
+""",
+    "test_xb.py": """
+import os
+from test_xa import SYNC, fetch, wait_for
+
+def test_the_other_worker_never_sees_them(http_server, served_dir):
+    (served_dir / "shared.txt").write_text("b")
+    url = http_server.url_for("shared.txt")
+    wait_for("scripted")
+    assert (SYNC / "scripted").read_text() != os.environ["PYTEST_XDIST_WORKER"]
+    try:
+        assert fetch(url) == "b 200"
+        assert http_server.uploads == []
+    finally:
+        (SYNC / "fetched").write_text("")
+""",
+}
+
+LEAKS = ("test_leak_1_a_test_scripts_everything_and_leaves_it", "test_leak_2_the_next_test_sees_none_of_it")
+XDIST_ARGS = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "test_xa.py", "test_xb.py")
+#: The tests of SUITE, parametrized ones counted once per case.
+CASES = 28
+
+
+def write_suites(where: Path) -> Path:
+    """Write the suites and an ini file into ``where``; return the folder the xdist runs sync in."""
+    (where / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
+    (where / "test_device.py").write_text(SUITE)
+    for name, text in XDIST_SUITE.items():
+        (where / name).write_text(text)
+    sync = where / "sync"
+    sync.mkdir()
+    return sync
+
+
+def check_device_run(report: JUnit, where: Path) -> None:
+    """What the device sees: the same on both backends; no hostile name wrote anything anywhere."""
+    assert set(report.outcomes().values()) == {"passed"}, report.output
+    assert len(report.cases) == CASES, report.output
+    assert not list(where.rglob("evil-*")), "an upload left its folder"
+
+
+@dataclass
+class Runs:
+    where: Path
+    device: JUnit
+    session: JUnit
+    xdist: JUnit
+
+
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is the device here: apt-get install -y curl")
+    where = tmp_path_factory.mktemp("talkback")
+    sync = write_suites(where)
+    device = run_pytest(where, "test_device.py", f"--basetemp={where / 'tmp'}", name="device", timeout=240)
+    session = run_pytest(where, "test_device.py", "--http-scope=session", "-k", "leak", name="session")
+    xdist = run_pytest(where, *XDIST_ARGS, env=clean_env(TALK_SYNC=str(sync)), name="xdist")
+    return Runs(where, device, session, xdist)
+
+
+def test_the_device_talks_back_on_loopback(loopback: Runs) -> None:
+    check_device_run(loopback.device, loopback.where)
+
+
+def test_nothing_scripted_leaks_into_the_next_test_of_a_session_server(loopback: Runs) -> None:
+    assert set(loopback.session.outcomes().values()) == {"passed"}, loopback.session.output
+    assert len(loopback.session.cases) == 2
+
+
+def test_each_xdist_worker_keeps_its_replies_to_itself(loopback: Runs) -> None:
+    loopback.xdist.assert_passed(
+        "test_one_worker_scripts_a_reply_and_credentials", "test_the_other_worker_never_sees_them"
+    )
+
+
+def test_a_reply_crosses_the_wire_and_answers_every_spelling_of_its_path() -> None:
+    spec = ReplySpec("boot/x.efi", body=b"\xff\x00", status=201, times=2).under("/ns/t%5Bx%5D")
+    wire = {key: float(value) if isinstance(value, int) else value for key, value in spec.as_dict().items()}
+    back = ReplySpec.from_dict(wire)
+    assert (back.payload, back.status, back.times, back.target) == (
+        b"\xff\x00",
+        201,
+        2,
+        "/ns/t[x]/boot/x.efi",
+    )
+    assert back.answers("GET", "/ns/t[x]//boot/./x.efi")
+    assert back.answers("HEAD", "/ns/t[x]/boot/x.efi")
+    assert not back.answers("POST", "/ns/t[x]/boot/x.efi")
+    assert not back.answers("GET", "/ns/other/boot/x.efi")
+
+
+def test_an_upload_folder_and_credentials_cross_the_wire() -> None:
+    upload = UploadSpec("logs/", max_bytes=10).under("/ns/a")
+    assert UploadSpec.from_dict({**upload.as_dict(), "max_bytes": 10.0}) == upload
+    assert (upload.name_of("/ns/a/logs/x/y"), upload.name_of("/ns/b/logs/x")) == ("x/y", None)
+    auth = AuthSpec("u", "p", token="t").under("/ns/a")
+    assert AuthSpec.from_dict(auth.as_dict()) == auth
+    assert auth.accepts("Basic dTpw")
+    assert auth.accepts("Bearer t")
+    assert not auth.accepts("Basic dTpx")
+    assert auth.covers("/ns/a/x")
+    assert not auth.covers("/ns/b/x")
+
+
+def test_the_request_log_shows_what_the_talkback_did() -> None:
+    entry = HttpRequest(0.0, "127.0.0.1", "GET", "/a", None, 302, 0, 0.001, talk="reply")
+    assert entry.line().endswith("-> 302, 0 bytes in 1.0 ms [reply]")
+    assert HttpRequest.from_dict(entry.as_dict()) == entry
