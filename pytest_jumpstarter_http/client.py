@@ -34,6 +34,9 @@ class RecordingHttpServerClient(HttpServerClient):
     def close_namespace(self, namespace: str) -> None:
         self.call("close_namespace", namespace)
 
+    def serve_tls(self, owner: str, spec: dict[str, Any]) -> int:
+        return int(self.call("serve_tls", owner, spec))
+
     def hold_async(self, folder: str, keep: bool) -> AsyncIterator[str]:
         """The owner stream of ``hold``, to iterate on the client's portal loop; ends when cancelled."""
         return self.streamingcall_async("hold", folder, keep)  # type: ignore[no-any-return]

@@ -27,9 +27,10 @@ from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
 from .namespaces import Namespaces
-from .records import FaultSpec
+from .records import FaultSpec, TlsSpec
 from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
+from .tlssites import TlsSites
 
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
@@ -49,6 +50,8 @@ class RecordingHttpServer(HttpServer):
     faults: FaultRegistry = field(init=False, default_factory=FaultRegistry)
     #: The runs holding this server, and their handles' URL namespaces (see :mod:`.namespaces`).
     namespaces: Namespaces = field(init=False)
+    #: The HTTPS sites of the app, one per holder that asked (see :mod:`.tlssites`).
+    tls: TlsSites = field(init=False, default_factory=TlsSites)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,7 +98,10 @@ class RecordingHttpServer(HttpServer):
     async def stop(self) -> None:
         # A stalled response would hold the graceful shutdown for its whole grace period.
         self.faults.clear_all()
-        await super().stop()
+        try:
+            await super().stop()
+        finally:
+            self.tls.forget_all()
 
     @export
     async def hold(self, folder: str, keep: bool = False) -> AsyncIterator[str]:
@@ -110,6 +116,17 @@ class RecordingHttpServer(HttpServer):
             await asyncio.Event().wait()  # until Jumpstarter cancels the stream
         finally:
             self.faults.clear_all(set(self.namespaces.end_owner(owner)))
+            await self.tls.close(owner.token)
+
+    @export
+    async def serve_tls(self, owner: str, spec: dict[str, Any]) -> int:
+        """Serve this server over HTTPS too, with ``spec`` (a ``TlsSpec`` as a dict), on a port of its
+        own, for as long as ``owner`` holds the server; the port. The plain server is never touched."""
+        tls = TlsSpec.from_dict(spec)
+        self.namespaces.owner(str(owner))  # a NamespaceError for an owner that ended
+        if self.runner is None:
+            raise RuntimeError("serve_tls(): the HTTP server is not running; start it first.")
+        return await self.tls.add(self.runner, self.host, str(owner), tls)
 
     @export
     def open_namespace(self, owner: str, folders: list[str]) -> str:

@@ -32,6 +32,7 @@ from .records import (
 
 if TYPE_CHECKING:
     from .records import Fault, Recorder
+    from .tls import Tls
 
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
 #: What a server without a recorder (the stock driver on an exporter) should be instead.
@@ -54,8 +55,8 @@ def concrete_host(host: str) -> str:
     return str(get_ip_address())
 
 
-def format_url(host: str, port: int) -> str:
-    """``http://host:port`` with IPv6 literals in brackets and no trailing slash."""
+def format_url(host: str, port: int, scheme: str = "http") -> str:
+    """``http://host:port`` (or ``https://``) with IPv6 literals in brackets and no trailing slash."""
     import ipaddress
 
     host = host.strip("[]")
@@ -64,7 +65,7 @@ def format_url(host: str, port: int) -> str:
             host = f"[{host}]"
     except ValueError:
         pass  # a host name
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 class HttpServerHandle(ABC):
@@ -85,6 +86,7 @@ class HttpServerHandle(ABC):
         unrecorded: str = "",
         namespace: str | None = None,
         progress: Callable[[str], None] | None = None,
+        tls: Tls | None = None,
     ) -> None:
         #: The local directory served (on an exporter: the local directory published to it).
         self.root = root
@@ -102,6 +104,12 @@ class HttpServerHandle(ABC):
         self._request_mark = 0
         #: The faults injected and not cleared yet.
         self._faults: list[Fault] = []
+        #: The CA certificate (PEM) a device must trust to verify this HTTPS server; None for plain HTTP.
+        self.ca_cert = None if tls is None else tls.ca_cert
+        #: For mutual TLS, one PEM file of a client certificate and its key (``curl --cert``); else None.
+        self.client_cert = None if tls is None else tls.client_cert
+        #: ``https`` for a TLS server, else ``http``: how its URLs start.
+        self.scheme = "http" if tls is None else "https"
 
     @property
     @abstractmethod
