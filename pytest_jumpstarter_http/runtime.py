@@ -239,7 +239,7 @@ class HttpServerFactory:
         backend: Literal["loopback", "exporter"] = "loopback",
         selector: str | None = None,
         driver: str | None = None,
-        tls: bool | str = False,
+        tls: bool | Literal["mutual"] = False,
     ) -> HttpServerHandle:
         """Start a server on ``root`` (default: a fresh temporary directory) and return its handle.
 
