@@ -109,6 +109,7 @@ class ExporterBackend:
                 url_host=self._url_host,
                 progress=self._progress,
                 certify=functools.partial(self._authority.tls, tls),
+                lab_ca=self._authority.lab_ca,
             )
             if not owned:
                 server.publish()
@@ -169,16 +170,17 @@ class Used:
     holding: Holding | None
     #: The exporter folder mirroring each user's directory served.
     mirrors: dict[Path, str] = field(default_factory=dict)
-    #: The port of the HTTPS site the server added for each certificate this process asked for.
-    tls_ports: dict[TlsSpec, int] = field(default_factory=dict)
+    #: The HTTPS site the server added for each certificate this process asked for: its port, and
+    #: the lab's CA (PEM) if the driver serves a lab certificate of its own instead.
+    tls_sites: dict[TlsSpec, tuple[int, str | None]] = field(default_factory=dict)
 
-    def serve_tls(self, holding: Holding, spec: TlsSpec) -> int:
-        """The port where the server serves HTTPS with ``spec`` for this process, added on first use;
-        it closes when this process's hold ends, never touching the plain server others share."""
-        if spec not in self.tls_ports:
+    def serve_tls(self, holding: Holding, spec: TlsSpec) -> tuple[int, str | None]:
+        """Where the server serves HTTPS with ``spec`` for this process, added on first use; it closes
+        when this process's hold ends, never touching the plain server others share."""
+        if spec not in self.tls_sites:
             with self.connection.answering():
-                self.tls_ports[spec] = int(self.http.serve_tls(holding.token, spec.as_dict()))
-        return self.tls_ports[spec]
+                self.tls_sites[spec] = self.http.serve_tls(holding.token, spec.as_dict())
+        return self.tls_sites[spec]
 
     def mirror(self, root: Path) -> str:
         """This process's mirror of ``root`` on the exporter, shared by its handles of that root."""
@@ -271,6 +273,7 @@ class ExporterServer(HttpServerHandle):
         url_host: str | None,
         progress: Callable[[str], None] | None = None,
         certify: Callable[[str], Tls | None] = lambda host: None,
+        lab_ca: Callable[[str], Path] = Path,
     ) -> None:
         connection, http = used.connection, used.http
         host = http.get_host()
@@ -309,13 +312,19 @@ class ExporterServer(HttpServerHandle):
         #: The URL path of ``url``.
         self._path = url_path(f"{NS}/{namespace}" if namespace else self.served)
         #: The port of this process's HTTPS site on the server (0: plain HTTP).
-        self._tls_port = 0
-        if tls is not None and used.holding is not None:
-            try:
-                self._tls_port = used.serve_tls(used.holding, tls.spec)
-            except BaseException:
-                self._close_namespace()
-                raise
+        self._tls_port = 0 if tls is None else self._serve_tls(used, tls, lab_ca)
+
+    def _serve_tls(self, used: Used, tls: Tls, lab_ca: Callable[[str], Path]) -> int:
+        """The port of this process's HTTPS site on the server, added on first use."""
+        assert used.holding is not None  # _certified refused TLS of the stock driver
+        try:
+            port, ca_pem = used.serve_tls(used.holding, tls.spec)
+        except BaseException:
+            self._close_namespace()
+            raise
+        if ca_pem is not None:  # the lab's own certificate, configured on the exporter
+            self.ca_cert = lab_ca(ca_pem)
+        return port
 
     @property
     def port(self) -> int:

@@ -59,20 +59,35 @@ class Authority:
             client_cert=self._client_file(ca, where) if mutual else None,
         )
 
+    def lab_ca(self, pem: str) -> Path:
+        """A file of the CA certificate ``pem`` an exporter serves a lab certificate of, in this
+        CA's folder (made if need be)."""
+        import hashlib
+
+        path = self._made_folder() / f"lab-ca-{hashlib.sha256(pem.encode()).hexdigest()[:12]}.pem"
+        if not path.exists():
+            path.write_text(pem)
+        return path
+
     @property
     def folder(self) -> Path | None:
         """The folder of the CA's files, or None if no TLS server was asked for."""
         return self._where
 
     def _made(self) -> tuple[trustme.CA, Path]:
-        if self._ca is None or self._where is None:
+        where = self._made_folder()
+        if self._ca is None:
             import trustme  # only a run that asks for TLS pays for it
 
-            where = self._folder()
             ca = trustme.CA(organization_name="pytest-jumpstarter-http test CA")
             ca.cert_pem.write_to_path(str(where / "ca.pem"))
-            self._ca, self._where = ca, where
-        return self._ca, self._where
+            self._ca = ca
+        return self._ca, where
+
+    def _made_folder(self) -> Path:
+        if self._where is None:
+            self._where = self._folder()
+        return self._where
 
     def _leaf(self, ca: trustme.CA, host: str) -> tuple[str, str]:
         """A certificate for ``host``: an IP address SAN for an address, a DNS SAN for a name."""

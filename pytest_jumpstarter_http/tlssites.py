@@ -23,6 +23,23 @@ from typing import Any
 from .records import TlsSpec
 
 
+def lab_certificate(
+    spec: TlsSpec, cert_file: str | None, key_file: str | None, ca_file: str | None
+) -> tuple[TlsSpec, str | None]:
+    """What to serve for a run that sent ``spec``, and the CA (PEM) its devices must trust instead of
+    the run's own (None: the run's own): a lab's certificate files on the exporter, when configured."""
+    if cert_file is None:
+        return spec, None
+    if ca_file is None:
+        raise ValueError(
+            "serve_tls(): the driver's tls_cert_file is set but not its tls_ca_file; give the CA "
+            "certificate that signed it, which tests hand to the device."
+        )
+    chain = Path(cert_file).read_text()
+    key = Path(key_file).read_text() if key_file else chain
+    return TlsSpec(chain, key, spec.client_ca_pem), Path(ca_file).read_text()
+
+
 def server_context(spec: TlsSpec) -> ssl.SSLContext:
     """The server side of ``spec``: its certificate and key, and a client certificate demanded if
     it names a client CA."""

@@ -45,12 +45,31 @@ def _record_tls_port(request):
 """
 
 
+def write_lab_certificate(where: Path) -> dict[str, str]:
+    """A lab's own CA and a certificate of it for 127.0.0.1, as files on the exporter; the config."""
+    import trustme
+
+    where.mkdir()
+    ca = trustme.CA(organization_name="the lab's own CA")
+    leaf = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(where / "ca.pem"))
+    (where / "chain.pem").write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(where / "key.pem"))
+    return {
+        "tls_cert_file": str(where / "chain.pem"),
+        "tls_key_file": str(where / "key.pem"),
+        "tls_ca_file": str(where / "ca.pem"),
+    }
+
+
 @dataclass
 class Runs:
     function: JUnit
     session: JUnit
     xdist: JUnit
     stock: JUnit
+    #: A run on a driver configured with the lab's own certificate files.
+    lab: JUnit
     #: The plain port of the shared server before and after the TLS runs.
     plain_ports: tuple[str, str]
     #: Whether a run's TLS port still listened once the run had ended.
@@ -67,11 +86,13 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     write_suite(where)
     (where / "conftest.py").write_text(CONFTEST)
     (where / "probe.py").write_text(PROBE)
+    lab = write_lab_certificate(where / "lab")
     config = write_exporter_config(
         where / "exporter.yaml",
         {
             "rec": {**http_driver(where / "rec-root"), "type": RECORDING},
             "stock": http_driver(where / "stock-root"),
+            "lab": {**http_driver(where / "lab-root", **lab), "type": RECORDING},
         },
     )
     port = write_driver_port(where)
@@ -98,6 +119,11 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Runs:
             "test_device.py",
             junit=where / "stock.xml",
         ),
+        python_pytest(
+            *("--http-driver=lab", "--http-tls=on", "-k", "verifies or resumes or mutual"),
+            "test_device.py",
+            junit=where / "lab.xml",
+        ),
         cwd=where,
         env=None,
         timeout=600,
@@ -105,7 +131,7 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     ports = tuple((where / f"rec.{action}.port").read_text() for action in ("start", "show"))
     after = (where / "tls.port.after").read_text() if (where / "tls.port.after").exists() else "never probed"
     return Runs(
-        *(JUnit(where / f"{name}.xml") for name in ("function", "session", "xdist", "stock")),
+        *(JUnit(where / f"{name}.xml") for name in ("function", "session", "xdist", "stock", "lab")),
         plain_ports=(ports[0], ports[1]),
         tls_port_after=after,
     )
@@ -137,3 +163,9 @@ def test_the_stock_driver_refuses_tls_at_once_naming_the_recording_one(exporter:
         "pytest_jumpstarter_http.driver.RecordingHttpServer in the exporter config instead of "
         "jumpstarter_driver_http.driver.HttpServer to serve HTTPS.",
     )
+
+
+def test_a_lab_certificate_configured_on_the_exporter_is_served_and_its_ca_handed_out(exporter: Runs) -> None:
+    # Every test of the run verified the server with http_server.ca_cert: the lab's CA, not the run's.
+    assert set(exporter.lab.outcomes().values()) == {"passed"}, exporter.lab.output
+    assert len(exporter.lab.cases) == 6, exporter.lab.output
