@@ -22,12 +22,14 @@ from largefile import large_file
 from report import chart, machine, markdown, table, write_json
 from staging import staging
 from suites import per_test_cost, startup_tax, xdist_scaling
+from tlsfile import large_file_tls
 from uploads import uploads
 
 SECTIONS: dict[str, Callable[[Config, Path], Section]] = {
     "per_test": per_test_cost,
     "startup": startup_tax,
     "large_file": large_file,
+    "large_file_tls": large_file_tls,
     "staging": staging,
     "xdist": xdist_scaling,
     "uploads": uploads,

@@ -24,6 +24,19 @@ def jumpstarter_http(root: Path) -> Iterator[str]:
 
 
 @contextmanager
+def jumpstarter_https(root: Path) -> Iterator[str]:
+    """The loopback server over TLS, with the certificate and key in ``$BENCH_TLS_DIR`` (bench/tlsfile.py)."""
+    from pytest_jumpstarter_http import LoopbackServer
+    from pytest_jumpstarter_http.records import TlsSpec
+    from pytest_jumpstarter_http.tls import Tls
+
+    tls = Path(os.environ["BENCH_TLS_DIR"])
+    spec = TlsSpec((tls / "cert.pem").read_text(), (tls / "key.pem").read_text())
+    with LoopbackServer(root, tls=Tls(spec, tls / "ca.pem", None)).start() as server:
+        yield server.url
+
+
+@contextmanager
 def pytest_httpserver(root: Path) -> Iterator[str]:
     import logging
     import re
@@ -51,7 +64,11 @@ def pytest_httpserver(root: Path) -> Iterator[str]:
         server.stop()
 
 
-SERVERS = {"jumpstarter-http": jumpstarter_http, "pytest-httpserver": pytest_httpserver}
+SERVERS = {
+    "jumpstarter-http": jumpstarter_http,
+    "jumpstarter-https": jumpstarter_https,
+    "pytest-httpserver": pytest_httpserver,
+}
 
 
 def main() -> None:

@@ -34,6 +34,12 @@ class RecordingHttpServerClient(HttpServerClient):
     def close_namespace(self, namespace: str) -> None:
         self.call("close_namespace", namespace)
 
+    def serve_tls(self, owner: str, spec: dict[str, Any]) -> tuple[int, str | None]:
+        """The port of the owner's HTTPS site, and the lab's CA (PEM) if the driver serves its own."""
+        answer = self.call("serve_tls", owner, spec)
+        ca_pem = answer.get("ca_pem")
+        return int(answer["port"]), None if ca_pem is None else str(ca_pem)
+
     def hold_async(self, folder: str, keep: bool) -> AsyncIterator[str]:
         """The owner stream of ``hold``, to iterate on the client's portal loop; ends when cancelled."""
         return self.streamingcall_async("hold", folder, keep)  # type: ignore[no-any-return]

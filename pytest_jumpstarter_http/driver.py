@@ -27,10 +27,11 @@ from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
 from .namespaces import Namespaces
-from .records import AuthSpec, FaultSpec, ReplySpec, UploadSpec
+from .records import AuthSpec, FaultSpec, ReplySpec, TlsSpec, UploadSpec
 from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
 from .talkback import Talkback, TalkbackMiddleware
+from .tlssites import TlsSites, lab_certificate
 
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
@@ -42,6 +43,12 @@ class RecordingHttpServer(HttpServer):
 
     #: Seconds a stopping server waits for downloads in flight (aiohttp's default is 60).
     shutdown_grace: float | None = None
+    #: A lab's own HTTPS certificate, files on the exporter: its chain (PEM, leaf first, valid for
+    #: the host devices reach), its key (default: in the chain file), and the CA that signed it,
+    #: which tests hand to the device. Unset, each run serves a certificate of its own test CA.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None
     request_log: RequestLog = field(init=False, default_factory=lambda: RequestLog(MAX_REQUESTS))
     #: The folders served, first holder of a name wins: ``root_dir``, then any the owner adds
     #: (the loopback backend adds one for files staged beside a root that must not be written).
@@ -52,6 +59,8 @@ class RecordingHttpServer(HttpServer):
     talkback: Talkback = field(init=False, default_factory=Talkback)
     #: The runs holding this server, and their handles' URL namespaces (see :mod:`.namespaces`).
     namespaces: Namespaces = field(init=False)
+    #: The HTTPS sites of the app, one per holder that asked (see :mod:`.tlssites`).
+    tls: TlsSites = field(init=False, default_factory=TlsSites)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,7 +110,10 @@ class RecordingHttpServer(HttpServer):
         # A stalled response would hold the graceful shutdown for its whole grace period.
         self.faults.clear_all()
         self.talkback.clear_all()
-        await super().stop()
+        try:
+            await super().stop()
+        finally:
+            self.tls.forget_all()
 
     @export
     async def hold(self, folder: str, keep: bool = False) -> AsyncIterator[str]:
@@ -118,6 +130,20 @@ class RecordingHttpServer(HttpServer):
             ended = set(self.namespaces.end_owner(owner))
             self.faults.clear_all(ended)
             self.talkback.clear_all(ended)
+            await self.tls.close(owner.token)
+
+    @export
+    async def serve_tls(self, owner: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Serve this server over HTTPS too, with ``spec`` (a ``TlsSpec`` as a dict) or the lab's
+        certificate files, on a port of its own, for as long as ``owner`` holds the server. Returns
+        ``port`` and ``ca_pem``, the lab's CA (None: ``spec``'s CA). The plain server is never touched."""
+        self.namespaces.owner(str(owner))  # a NamespaceError for an owner that ended
+        files = (self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
+        tls, ca_pem = lab_certificate(TlsSpec.from_dict(spec), *files)
+        if self.runner is None:
+            raise RuntimeError("serve_tls(): the HTTP server is not running; start it first.")
+        port = await self.tls.add(self.runner, self.host, str(owner), tls)
+        return {"port": port, "ca_pem": ca_pem}
 
     @export
     def open_namespace(self, owner: str, folders: list[str]) -> str:

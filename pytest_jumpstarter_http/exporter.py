@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import uuid
@@ -22,11 +23,11 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import locks
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connection, Connections, ExporterError
-from .handle import WILDCARDS, HttpServerHandle, format_url
+from .handle import _RECORDING, WILDCARDS, HttpServerHandle, format_url
 from .records import (
     NS,
     RUNS,
@@ -35,10 +36,15 @@ from .records import (
     HttpRequest,
     Keep,
     Progress,
+    TlsMode,
+    TlsSpec,
     check_name,
     url_path,
 )
 from .uploads import Digests, Store, open_to_send
+
+if TYPE_CHECKING:
+    from .tls import Authority, Tls
 
 log = logging.getLogger("pytest_jumpstarter_http.exporter")
 
@@ -56,9 +62,11 @@ class ExporterBackend:
         url_host: str | None,
         run_id: str,
         worker: str,
+        authority: Authority,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.connections = Connections(client_config, jumpstarter_host, timeout)
+        self._authority = authority
         self._timeout = timeout
         self._keep = keep
         self._url_host = url_host
@@ -79,12 +87,14 @@ class ExporterBackend:
         selector: str | None = None,
         driver: str | None = None,
         exporter_client: Any = None,
+        tls: TlsMode = "off",
     ) -> ExporterServer:
         """A handle on the exporter's server for ``root``: a folder of the plugin's own (``owned``)
         or a user's directory, mirrored once per process into this process's folder on the exporter.
 
         The exporter is the one of ``exporter_client`` (a client the test holds), else the
         ``jmp shell`` one, else one leased by ``selector``; ``driver`` is its HttpServer's path.
+        Unless ``tls`` is off it serves HTTPS, with a certificate of this run's CA for its URL's host.
         """
         connection = self.connections.get(selector, exporter_client)
         with connection.answering():
@@ -99,6 +109,8 @@ class ExporterBackend:
                 keep=self._keep,
                 url_host=self._url_host,
                 progress=self._progress,
+                certify=functools.partial(self._authority.tls, tls),
+                lab_ca=self._authority.lab_ca,
             )
             if not owned:
                 server.publish()
@@ -162,6 +174,17 @@ class Used:
     holding: Holding | None
     #: The exporter folder mirroring each user's directory served.
     mirrors: dict[Path, str] = field(default_factory=dict)
+    #: The HTTPS site the server added for each certificate this process asked for: its port, and
+    #: the lab's CA (PEM) if the driver serves a lab certificate of its own instead.
+    tls_sites: dict[TlsSpec, tuple[int, str | None]] = field(default_factory=dict)
+
+    def serve_tls(self, holding: Holding, spec: TlsSpec) -> tuple[int, str | None]:
+        """Where the server serves HTTPS with ``spec`` for this process, added on first use; it closes
+        when this process's hold ends, never touching the plain server others share."""
+        if spec not in self.tls_sites:
+            with self.connection.answering():
+                self.tls_sites[spec] = self.http.serve_tls(holding.token, spec.as_dict())
+        return self.tls_sites[spec]
 
     def mirror(self, root: Path) -> str:
         """This process's mirror of ``root`` on the exporter, shared by its handles of that root."""
@@ -261,8 +284,12 @@ class ExporterServer(HttpServerHandle):
         keep: Keep,
         url_host: str | None,
         progress: Callable[[str], None] | None = None,
+        certify: Callable[[str], Tls | None] = lambda host: None,
+        lab_ca: Callable[[str], Path] = Path,
     ) -> None:
         connection, http = used.connection, used.http
+        host = http.get_host()
+        tls = _certified(used, driver, host, url_host, certify)
         namespace = None
         folder = f"{used.folder}/h-{uuid.uuid4().hex[:8]}"
         if used.holding is not None:
@@ -270,11 +297,12 @@ class ExporterServer(HttpServerHandle):
             namespace = http.open_namespace(used.holding.token, shown)
         super().__init__(
             root,
-            http.get_host(),
+            host,
             recorder=None if namespace is None else _Answering(http, connection),
             unrecorded=f"the HttpServer driver at {driver!r} of exporter {connection.name!r}",
             namespace=namespace,
             progress=progress,
+            tls=tls,
         )
         #: The connection to the exporter whose server this is.
         self.connection = connection
@@ -287,12 +315,6 @@ class ExporterServer(HttpServerHandle):
         self._keep = keep
         self._http = http
         self._store = used.store
-        if url_host is None and self.host in WILDCARDS:
-            raise ExporterError(
-                f"exporter {connection.name!r}: its HttpServer at {driver!r} listens on "
-                f"{self.host!r}, which is no address a device can use; give the address the device "
-                "reaches with --http-url-host."
-            )
         self._url_host = url_host or self.host
         self._last_port = 0
         #: Whether anything was put in ``folder``: a handle that put nothing there removes nothing.
@@ -301,6 +323,20 @@ class ExporterServer(HttpServerHandle):
         self._staged: set[str] = set()
         #: The URL path of ``url``.
         self._path = url_path(f"{NS}/{namespace}" if namespace else self.served)
+        #: The port of this process's HTTPS site on the server (0: plain HTTP).
+        self._tls_port = 0 if tls is None else self._serve_tls(used, tls, lab_ca)
+
+    def _serve_tls(self, used: Used, tls: Tls, lab_ca: Callable[[str], Path]) -> int:
+        """The port of this process's HTTPS site on the server, added on first use."""
+        assert used.holding is not None  # _certified refused TLS of the stock driver
+        try:
+            port, ca_pem = used.serve_tls(used.holding, tls.spec)
+        except BaseException:
+            self._close_namespace()
+            raise
+        if ca_pem is not None:  # the lab's own certificate, configured on the exporter
+            self.ca_cert = lab_ca(ca_pem)
+        return port
 
     @property
     def port(self) -> int:
@@ -313,15 +349,15 @@ class ExporterServer(HttpServerHandle):
                 f"the HttpServer at {self.driver!r} of exporter {self.connection.name!r} is not running: "
                 "someone stopped it during the run; start it again with its client's start()."
             )
-        return port
+        return self._tls_port or port
 
     @property
     def url(self) -> str:
-        return format_url(self._url_host, self.port) + self._path
+        return format_url(self._url_host, self.port, self.scheme) + self._path
 
     @property
     def label(self) -> str:
-        return format_url(self._url_host, self._last_port) + self._path
+        return format_url(self._url_host, self._tls_port or self._last_port, self.scheme) + self._path
 
     @property
     def client(self) -> Any:
@@ -341,7 +377,7 @@ class ExporterServer(HttpServerHandle):
     def url_for(self, name: str) -> str:
         name = check_name(name, where="url_for() name")
         if self._namespace is None and name in self._staged:
-            return format_url(self._url_host, self.port) + url_path(f"{self.folder}/{name}")
+            return format_url(self._url_host, self.port, self.scheme) + url_path(f"{self.folder}/{name}")
         return super().url_for(name)
 
     def publish(self, name: str | None = None) -> None:
@@ -417,6 +453,26 @@ class ExporterServer(HttpServerHandle):
             return
         with self.connection.answering():
             self._http.close_namespace(self._namespace)
+
+
+def _certified(
+    used: Used, driver: str, host: str, url_host: str | None, certify: Callable[[str], Tls | None]
+) -> Tls | None:
+    """The certificate of a server whose URLs name ``url_host`` or its ``host`` (None: plain HTTP);
+    an ``ExporterError`` for a host no device can use, or TLS asked of the stock driver."""
+    name = used.connection.name
+    if url_host is None and host in WILDCARDS:
+        raise ExporterError(
+            f"exporter {name!r}: its HttpServer at {driver!r} listens on {host!r}, which is no "
+            "address a device can use; give the address the device reaches with --http-url-host."
+        )
+    tls = certify(url_host or host)
+    if tls is not None and used.holding is None:
+        raise ExporterError(
+            f"exporter {name!r}: the HttpServer driver at {driver!r} serves plain HTTP only; "
+            f"{_RECORDING} to serve HTTPS."
+        )
+    return tls
 
 
 class _Answering:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from .records import Fault, Recorder, Reply, Upload
+    from .tls import Tls
 
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
 #: What a server without a recorder (the stock driver on an exporter) should be instead.
@@ -56,8 +57,8 @@ def concrete_host(host: str) -> str:
     return str(get_ip_address())
 
 
-def format_url(host: str, port: int) -> str:
-    """``http://host:port`` with IPv6 literals in brackets and no trailing slash."""
+def format_url(host: str, port: int, scheme: str = "http") -> str:
+    """``http://host:port`` (or ``https://``) with IPv6 literals in brackets and no trailing slash."""
     import ipaddress
 
     host = host.strip("[]")
@@ -66,7 +67,7 @@ def format_url(host: str, port: int) -> str:
             host = f"[{host}]"
     except ValueError:
         pass  # a host name
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 class HttpServerHandle(ABC):
@@ -87,6 +88,7 @@ class HttpServerHandle(ABC):
         unrecorded: str = "",
         namespace: str | None = None,
         progress: Callable[[str], None] | None = None,
+        tls: Tls | None = None,
     ) -> None:
         #: The local directory served (on an exporter: the local directory published to it).
         self.root = root
@@ -109,6 +111,12 @@ class HttpServerHandle(ABC):
         #: The server's ids of this test's upload folders and credentials, oldest first.
         self._upload_folders: list[str] = []
         self._credentials: list[str] = []
+        #: The CA certificate (PEM) a device must trust to verify this HTTPS server; None for plain HTTP.
+        self.ca_cert = None if tls is None else tls.ca_cert
+        #: For mutual TLS, one PEM file of a client certificate and its key (``curl --cert``); else None.
+        self.client_cert = None if tls is None else tls.client_cert
+        #: ``https`` for a TLS server, else ``http``: how its URLs start.
+        self.scheme = "http" if tls is None else "https"
 
     @property
     @abstractmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import shutil
 import uuid
@@ -14,11 +15,23 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from . import eventloop
 from .handle import HttpServerHandle, concrete_host, format_url
-from .records import AuthSpec, FaultSpec, HttpRequest, PortRange, Progress, ReplySpec, UploadSpec, url_path
+from .records import (
+    AuthSpec,
+    FaultSpec,
+    HttpRequest,
+    PortRange,
+    Progress,
+    ReplySpec,
+    TlsMode,
+    TlsSpec,
+    UploadSpec,
+    url_path,
+)
 
 if TYPE_CHECKING:
     from .driver import RecordingHttpServer
     from .roots import Roots
+    from .tls import Authority, Tls
 
 #: Seconds a stopping server waits for downloads still in flight before it cuts them.
 SHUTDOWN_GRACE = 2.0
@@ -55,6 +68,7 @@ class LoopbackServer(HttpServerHandle):
         release: Callable[[Path, bool], object] | None = None,
         progress: Callable[[str], None] | None = None,
         uploads: Callable[[], Path] | None = None,
+        tls: Tls | None = None,
     ) -> None:
         from .driver import RecordingHttpServer
 
@@ -71,7 +85,10 @@ class LoopbackServer(HttpServerHandle):
         )
         #: Where device uploads go (``uploads``: makes a folder on first use), and what it made.
         self._in_process = _InProcess(self._driver, uploads)
-        super().__init__(Path(root), host, recorder=self._in_process, progress=progress)
+        super().__init__(Path(root), host, recorder=self._in_process, progress=progress, tls=tls)
+        self._tls = tls
+        #: The port of its HTTPS site, beside the driver's plain one (0: plain HTTP).
+        self._tls_port = 0
         self._ports = port
         self._url_base_host = url_host or concrete_host(host)
         self._timeout = timeout
@@ -97,19 +114,35 @@ class LoopbackServer(HttpServerHandle):
         # the thread, whose portal would otherwise hang the interpreter's exit.
         eventloop.acquire()
         try:
-            self._bind(self._driver)
+            self._bind(self._start_on)
         except BaseException:
             eventloop.release()
             raise
         self._started = True
+        if self._tls is not None:
+            try:
+                self._tls_port = self._bind(functools.partial(self._serve_tls_on, self._tls.spec))
+            except BaseException:
+                self.stop()
+                raise
         return self
 
-    def _bind(self, driver: RecordingHttpServer) -> None:
+    def _start_on(self, port: int) -> int:
+        self._driver.port = port
+        eventloop.call(self._driver.start, timeout=self._timeout)
+        return port
+
+    def _serve_tls_on(self, spec: TlsSpec, port: int) -> int:
+        """Add an HTTPS site to the running app on ``port``, as an exporter's server does for a run."""
+        driver = self._driver
+        add = driver.tls.add
+        return eventloop.call(add, driver.runner, driver.host, "loopback", spec, port, timeout=self._timeout)
+
+    def _bind(self, listen: Callable[[int], int]) -> int:
+        """``listen`` on the first free port of the range; what it returns."""
         for port in _candidates(self._ports):
-            driver.port = port
             try:
-                eventloop.call(driver.start, timeout=self._timeout)
-                return
+                return listen(port)
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE or self._ports is None:
                     raise
@@ -123,12 +156,16 @@ class LoopbackServer(HttpServerHandle):
         if not self._started:
             raise RuntimeError(f"{type(self).__name__} on {str(self.root)!r} was never started; start() it.")
         if not self._stopped:
-            self._port = int(self._driver.get_port()) or self._port
+            self._port = self._listening()
         return self._port
+
+    def _listening(self) -> int:
+        """The port its URLs name: the HTTPS site's, else the driver's (the last one once stopped)."""
+        return self._tls_port or int(self._driver.get_port()) or self._port
 
     @property
     def label(self) -> str:
-        return format_url(self._url_base_host, self._port)
+        return format_url(self._url_base_host, self._port, self.scheme)
 
     def _url_path(self) -> str:
         return ""
@@ -137,7 +174,7 @@ class LoopbackServer(HttpServerHandle):
     def url(self) -> str:
         port = self.port
         if port != self._url_port:  # formatted once per port: tests read it often
-            self._url, self._url_port = format_url(self._url_base_host, port), port
+            self._url, self._url_port = format_url(self._url_base_host, port, self.scheme), port
         return self._url
 
     @property
@@ -202,7 +239,7 @@ class LoopbackServer(HttpServerHandle):
         """Stop the server; a staging folder it made goes to ``release``, one it was given stays."""
         if self._stopped or not self._started:
             return
-        self._port = int(self._driver.get_port()) or self._port  # its URL in the report names it
+        self._port = self._listening()  # its URL in the report names it
         self._stopped = True
         try:
             self.clear_faults()  # the driver's stop() releases any other stalled response
@@ -315,17 +352,20 @@ class LoopbackBackend:
         url_host: str | None,
         timeout: float,
         roots: Roots,
+        authority: Authority,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self._host = host
+        self._authority = authority
         self._port = port
         self._url_host = url_host
         self._timeout = timeout
         self._roots = roots
         self._progress = progress
 
-    def server(self, root: Path, *, owned: bool, **where: Any) -> LoopbackServer:
-        """A started server on ``root``; ``where`` (an exporter's selector, driver, client) is not for it."""
+    def server(self, root: Path, *, owned: bool, tls: TlsMode = "off", **where: Any) -> LoopbackServer:
+        """A started server on ``root``, HTTPS unless ``tls`` is off; ``where`` (an exporter's
+        selector, driver, client) is not for it."""
         roots = self._roots
         return LoopbackServer(
             root,
@@ -338,6 +378,7 @@ class LoopbackBackend:
             release=lambda staging, failed: roots.remove(staging, failed=failed),
             progress=self._progress,
             uploads=lambda: roots.make("uploads"),
+            tls=self._authority.tls(tls, self._url_host or concrete_host(self._host)),
         ).start()
 
     def summary(self) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 
 from .options import OPTIONS, Scope, Settings, Source
-from .records import FaultSpec
+from .records import FaultSpec, TlsMode
 
 if TYPE_CHECKING:
     from .handle import HttpServerHandle
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
 NO_EXPORTER = "http_exporter: "
 
 MARKERS = (
-    "http_server(*, scope=None, root=None): serve this test's http_server with this scope "
-    "(function or session) and root directory, overriding --http-scope and --http-root",
+    "http_server(*, scope=None, root=None, tls=None): serve this test's http_server with this scope "
+    "(function or session), root directory and TLS (False, True or 'mutual'), overriding "
+    "--http-scope, --http-root and --http-tls",
     "http_loopback: serve this test's files from a local loopback server, even inside jmp shell",
     "http_exporter(selector=None, driver=None): serve this test's files from the HttpServer driver "
     "of a Jumpstarter exporter (the jmp shell one, or one leased by selector); driver picks it by path",
@@ -32,8 +34,13 @@ MARKERS = (
 
 # Python checks the markers' arguments through these signatures, so a wrong keyword gets its
 # own clear TypeError.
-def http_server(*, scope: Scope | None = None, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    return {"scope": scope, "root": root}
+def http_server(
+    *,
+    scope: Scope | None = None,
+    root: str | os.PathLike[str] | None = None,
+    tls: bool | Literal["mutual"] | None = None,
+) -> dict[str, Any]:
+    return {"scope": scope, "root": root, "tls": tls}
 
 
 def http_exporter(selector: str | None = None, driver: str | None = None) -> dict[str, Any]:
@@ -66,6 +73,8 @@ class Choice:
     driver: str | None = None
     #: The run asked for an exporter: not reaching one fails the test instead of skipping it.
     required: bool = False
+    #: Plain HTTP, HTTPS, or HTTPS that asks the device for a certificate.
+    tls: TlsMode = "off"
     #: The Jumpstarter client the test holds (``http_exporter_client``), whose exporter serves.
     exporter_client: Any = field(default=None, compare=False, repr=False)
 
@@ -116,7 +125,13 @@ def chosen_root(node: pytest.Item, settings: Settings) -> Path | None:
 
 
 def choose(node: pytest.Item, settings: Settings, exporter_client: Any = None) -> Choice:
-    """Resolve the scope and backend of ``node`` from its markers, the settings and the client it holds."""
+    """Resolve the scope, backend and TLS of ``node`` from its markers, the settings and its client."""
+    tls: TlsMode = _server_marker(node, "tls") or settings.tls
+    return dataclasses.replace(_where(node, settings, exporter_client), tls=tls)
+
+
+def _where(node: pytest.Item, settings: Settings, exporter_client: Any) -> Choice:
+    """The scope and backend of ``node``."""
     marker = _backend_marker(node)
     if exporter_client is not None and (marker is None or marker.name == "http_exporter"):
         return _next_to_the_board(node, marker, settings, exporter_client)

@@ -74,6 +74,14 @@ class Namespaces:
             _remove_beneath(self._root, owner.folder)
         return ended
 
+    def owner(self, token: str) -> Owner:
+        """The owner ``token``; a ``NamespaceError`` if it ended or never was."""
+        with self._lock:
+            owner = self._owners.get(token)
+        if owner is None:
+            raise NamespaceError(f"no owner {token!r} holds this server; it ended or never was")
+        return owner
+
     def open(self, owner_token: str, folders: list[str]) -> str:
         """A new namespace of the owner ``owner_token`` that shows ``folders`` (its own); its token."""
         with self._lock:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import pytest
 
-from .records import JUMPSTARTER_HOST, Keep, PortRange
+from .records import JUMPSTARTER_HOST, TLS_MODES, Keep, PortRange, TlsMode
 
 Scope = Literal["function", "session"]
 Backend = Literal["auto", "loopback", "exporter"]
@@ -41,6 +41,7 @@ class Settings:
     driver: str | None = None
     timeout: float = 30.0
     fail_on: tuple[str, ...] = ()
+    tls: TlsMode = "off"
     #: ``JUMPSTARTER_HOST`` as the run started.
     jumpstarter_host: str | None = None
 
@@ -78,6 +79,7 @@ class Settings:
             "selector": self.selector,
             "driver": self.driver,
             "fail-on": ",".join(self.fail_on),
+            "tls": "" if self.tls == "off" else self.tls,
         }
         return line + "".join(f", {key}={value}" for key, value in extras.items() if value)
 
@@ -294,6 +296,25 @@ def _keep(value: str, source: Source) -> Keep:
     return keep
 
 
+def parse_tls(value: object, source: Source) -> TlsMode:
+    """``--http-tls``'s ``off``, ``on`` or ``mutual``; in Python (a marker, the factory) also
+    ``False`` and ``True``."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    mode = next((mode for mode in TLS_MODES if mode == value), None)
+    if mode is None:
+        raise source.error(value, "use off, on or mutual (in Python: False, True or 'mutual')")
+    return mode
+
+
+def tls_mode(value: object) -> TlsMode:
+    """``http_server_factory(tls=...)`` as a mode; a ``ValueError`` of one sentence if it is none."""
+    try:
+        return parse_tls(value, Source("http_server_factory(tls=...)", Path.cwd()))
+    except pytest.UsageError as exc:
+        raise ValueError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class _Option:
     field: str
@@ -369,6 +390,13 @@ OPTIONS: tuple[_Option, ...] = (
         "Fail a test whose server answered one of these statuses, e.g. 404,5xx (default: none)",
         _statuses,
         "CODES",
+    ),
+    _Option(
+        "tls",
+        "Serve HTTPS: off, on, or mutual (the device must show a client certificate), with a "
+        "certificate of the run's test CA (default: off)",
+        parse_tls,
+        "MODE",
     ),
 )
 

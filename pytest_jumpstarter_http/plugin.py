@@ -146,6 +146,8 @@ def http_server(
     ``@pytest.mark.http_server(scope="session")``. Use ``.url``, ``.url_for(name)``,
     ``.stage(path)``, ``.requests``, ``.assert_requested(path)``, ``.inject(path, ...)`` and
     ``.client``. The faults a test injects (or marks with ``http_fault``) end with the test.
+    With ``--http-tls=on`` or ``@pytest.mark.http_server(tls=True)`` it serves HTTPS: ``.ca_cert``
+    is the CA certificate the device must trust (``.client_cert`` its certificate, for mutual TLS).
     """
     with request.config.stash[RUNTIME].server(_http_choice, served_dir, lambda: _failed(request)) as server:
         markers.inject_marked_faults(request.node, server)
@@ -165,7 +167,7 @@ def http_url(http_server: HttpServerHandle) -> str:
 
 @pytest.fixture
 def http_server_factory(request: pytest.FixtureRequest) -> Iterator[HttpServerFactory]:
-    """Start more servers in one test: ``http_server_factory(root=None, backend="loopback")``.
+    """Start more servers in one test: ``http_server_factory(root=None, backend="loopback", tls=False)``.
 
     Each call returns a new ``HttpServerHandle`` on its own root (a fresh temporary directory
     by default); every server it made is stopped when the test ends.

@@ -881,3 +881,46 @@ class Upload:
                 "read each upload before the device sends the next one of that name."
             )
         return data
+
+
+# --- TLS ------------------------------------------------------------------------------------
+
+#: How a server speaks: plain HTTP, HTTPS, or HTTPS that refuses a client without a certificate.
+TlsMode = Literal["off", "on", "mutual"]
+TLS_MODES: Final[tuple[TlsMode, ...]] = ("off", "on", "mutual")
+
+
+def _pem(name: str, value: object, kind: str) -> None:
+    """Refuse a ``value`` that holds no PEM block ending in ``kind`` (``CERTIFICATE``, ``PRIVATE KEY``)."""
+    if not isinstance(value, str) or f"{kind}-----" not in value:
+        raise ValueError(f"serve_tls(): {name} is not a PEM {kind.lower()}; give the PEM text of one.")
+
+
+@dataclass(frozen=True)
+class TlsSpec:
+    """What a server needs to serve HTTPS: its certificate, its key, and the CA its clients must show.
+
+    Checked once, as it is made, on whichever side makes it: the test process that sends it and the
+    server that receives it over Jumpstarter's wire.
+    """
+
+    #: The server's certificate chain, PEM, leaf first.
+    cert_pem: str
+    #: The server certificate's private key, PEM.
+    key_pem: str
+    #: The CA certificate (PEM) a client's certificate must be signed by; None asks for none.
+    client_ca_pem: str | None = None
+
+    def __post_init__(self) -> None:
+        _pem("cert_pem", self.cert_pem, "CERTIFICATE")
+        _pem("key_pem", self.key_pem, "PRIVATE KEY")  # also "EC PRIVATE KEY", "RSA PRIVATE KEY"
+        if self.client_ca_pem is not None:
+            _pem("client_ca_pem", self.client_ca_pem, "CERTIFICATE")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TlsSpec:
+        client_ca = data.get("client_ca_pem")
+        return cls(str(data["cert_pem"]), str(data["key_pem"]), None if client_ca is None else str(client_ca))

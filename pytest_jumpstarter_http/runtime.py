@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 import pytest
 
 from .markers import NO_EXPORTER, Choice
-from .options import Settings
+from .options import Settings, tls_mode
 from .roots import Roots
+from .tls import Authority
 
 if TYPE_CHECKING:
     from .handle import HttpServerHandle
+    from .records import TlsMode
 
 log = logging.getLogger("pytest_jumpstarter_http")
 
@@ -43,8 +45,10 @@ class Backend(Protocol):
         selector: str | None = None,
         driver: str | None = None,
         exporter_client: Any = None,
+        tls: TlsMode = "off",
     ) -> HttpServerHandle:
-        """A running server on ``root`` (``owned``: a folder of the plugin's own, which it may write)."""
+        """A running server on ``root`` (``owned``: a folder of the plugin's own, which it may write),
+        serving HTTPS with a certificate of ``Runtime.authority`` unless ``tls`` is off."""
         ...
 
     def summary(self) -> list[str]:
@@ -68,6 +72,8 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.roots = Roots(basetemp, keep=settings.keep)
+        #: This process's test CA, made on its first HTTPS server (each xdist worker has its own).
+        self.authority = Authority(lambda: self.roots.make("tls"))
         self._run_id = run_id
         self._progress = progress
         self._makers: dict[str, Callable[[], Backend]] = {
@@ -143,6 +149,7 @@ class Runtime:
                 selector=choice.selector,
                 driver=choice.driver,
                 exporter_client=choice.exporter_client,
+                tls=choice.tls,
             )
         except ExporterUnavailable as exc:
             if not choice.required:
@@ -167,6 +174,7 @@ class Runtime:
             url_host=settings.url_host,
             timeout=settings.timeout,
             roots=self.roots,
+            authority=self.authority,
             progress=self._progress,
         )
 
@@ -182,6 +190,7 @@ class Runtime:
             url_host=settings.url_host,
             run_id=self._run_id,
             worker=worker_id(),
+            authority=self.authority,
             progress=self._progress,
         )
 
@@ -212,6 +221,8 @@ class Runtime:
             for root in self._session_roots.values():
                 self.roots.remove(root, failed=failed)
             self._session_roots.clear()
+            if self.authority.folder is not None:
+                self.roots.remove(self.authority.folder)
             for backend in self._backends.values():
                 backend.close(failed=failed)
 
@@ -234,9 +245,15 @@ class HttpServerFactory:
         backend: Literal["loopback", "exporter"] = "loopback",
         selector: str | None = None,
         driver: str | None = None,
+        tls: bool | Literal["mutual"] = False,
     ) -> HttpServerHandle:
-        """Start a server on ``root`` (default: a fresh temporary directory) and return its handle."""
+        """Start a server on ``root`` (default: a fresh temporary directory) and return its handle.
+
+        ``tls=True`` serves HTTPS, ``tls="mutual"`` HTTPS that asks the device for a certificate
+        (``handle.client_cert``); a bad value is a ``ValueError``.
+        """
         runtime = self._runtime
+        mode = tls_mode(tls)
         if root is None:
             path = runtime.roots.make("factory")
             self._roots.append(path)
@@ -251,6 +268,7 @@ class HttpServerFactory:
             selector=selector or settings.selector,
             driver=driver or settings.driver,
             required=True,
+            tls=mode,
         )
         server = runtime.start(choice, path)
         self._servers.append(server)

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = {"per_test", "startup", "large_file", "staging", "xdist", "uploads"}
+SECTIONS = {"per_test", "startup", "large_file", "large_file_tls", "staging", "xdist", "uploads"}
 #: Sections that may be skipped, and the tool whose absence skips them.
-NEEDS = {"large_file": "curl", "staging": "jmp", "uploads": "jmp"}
+NEEDS = {"large_file": "curl", "large_file_tls": "nginx", "staging": "jmp", "uploads": "jmp"}
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,7 @@ def test_markers_are_listed_with_their_signatures(pytester):
     result = pytester.runpytest("--markers")
     result.stdout.fnmatch_lines(
         [
-            "@pytest.mark.http_server(*, scope=None, root=None): *",
+            "@pytest.mark.http_server(*, scope=None, root=None, tls=None): *",
             "@pytest.mark.http_loopback: *",
             "@pytest.mark.http_exporter(selector=None, driver=None): *",
         ]

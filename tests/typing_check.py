@@ -61,3 +61,16 @@ def test_marked(http_url: str) -> None:
 @pytest.mark.http_exporter(selector="board=rpi4", driver="http")
 def test_backend_markers(http_server: HttpServerHandle) -> None:
     assert http_server.url
+
+
+@pytest.mark.http_server(tls="mutual")
+def test_https(http_server: HttpServerHandle, http_server_factory: HttpServerFactory) -> None:
+    ca: Path | None = http_server.ca_cert
+    client: Path | None = http_server.client_cert
+    plain = http_server_factory(tls=False)
+    secure = http_server_factory(tls=True)
+    mutual = http_server_factory(tls="mutual")
+    assert ca
+    assert client
+    assert plain.scheme == "http"
+    assert secure.scheme == mutual.scheme == "https"
