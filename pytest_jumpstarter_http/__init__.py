@@ -7,14 +7,24 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .handle import HttpServerHandle
     from .loopback import LoopbackServer
-    from .records import Fault, HttpRequest
+    from .records import Fault, HttpRequest, Reply, Upload
     from .runtime import HttpServerFactory
 
-__all__ = ["Fault", "HttpRequest", "HttpServerFactory", "HttpServerHandle", "LoopbackServer"]
+__all__ = [
+    "Fault",
+    "HttpRequest",
+    "HttpServerFactory",
+    "HttpServerHandle",
+    "LoopbackServer",
+    "Reply",
+    "Upload",
+]
 
 _HOMES = {
     "Fault": "records",
     "HttpRequest": "records",
+    "Reply": "records",
+    "Upload": "records",
     "HttpServerHandle": "handle",
     "LoopbackServer": "loopback",
     "HttpServerFactory": "runtime",
