@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote, unquote
 
 #: Everything the plugin puts on an exporter lives below this folder of its served root.
@@ -503,40 +503,60 @@ class Recorder(Protocol):
         ...
 
 
-class Fault:
+#: The spec of something a test set on its server.
+S = TypeVar("S")
+
+
+class _Set(Generic[S]):
+    """Something a test set on its server (a fault, a reply): how often it acted, and how to end
+    it early. It ends by itself with the test that set it."""
+
+    def __init__(self, recorder: Recorder, ident: str, spec: S) -> None:
+        self._recorder = recorder
+        #: The server's id of it.
+        self.id = ident
+        self.spec = spec
+        self._final_hits: int | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether it still acts: not cleared (a reply may have used up its ``times``)."""
+        return self._final_hits is None
+
+    @property
+    def hits(self) -> int:
+        """How many requests it acted on so far (on an exporter, read from the exporter)."""
+        return self._final_hits if self._final_hits is not None else self._count()
+
+    def clear(self) -> None:
+        """End it now: a fault's stalled and delayed responses end (a stalled one is cut); after a
+        reply, the next one for its path and method answers, or the file."""
+        if self._final_hits is None:
+            self._final_hits = self._end()
+
+    def _count(self) -> int:
+        raise NotImplementedError
+
+    def _end(self) -> int:
+        raise NotImplementedError
+
+
+class Fault(_Set["FaultSpec"]):
     """A fault injected by ``http_server.inject()``: how often it hit, and how to end it early.
 
     It ends by itself with the test that injected it.
     """
-
-    def __init__(self, recorder: Recorder, fault_id: str, spec: FaultSpec) -> None:
-        self._recorder = recorder
-        #: The server's id of the fault.
-        self.id = fault_id
-        self.spec = spec
-        self._final_hits: int | None = None
 
     @property
     def path(self) -> str:
         """The path (or glob) it matches, relative to the server's URL."""
         return self.spec.path
 
-    @property
-    def active(self) -> bool:
-        """Whether it still applies (not cleared)."""
-        return self._final_hits is None
-
-    @property
-    def hits(self) -> int:
-        """How many requests it applied to so far (on an exporter, read from the exporter)."""
-        if self._final_hits is not None:
-            return self._final_hits
+    def _count(self) -> int:
         return self._recorder.fault_hits(self.id)
 
-    def clear(self) -> None:
-        """Stop applying it; stalled and delayed responses it holds end now (a stalled one is cut)."""
-        if self._final_hits is None:
-            self._final_hits = self._recorder.clear_fault(self.id)
+    def _end(self) -> int:
+        return self._recorder.clear_fault(self.id)
 
     def __repr__(self) -> str:
         state = "active" if self.active else "cleared"
@@ -812,35 +832,17 @@ class AuthSpec:
         return spec
 
 
-class Reply:
+class Reply(_Set["ReplySpec"]):
     """A reply scripted by ``http_server.respond()``: how often it answered, and how to end it early.
 
     It ends by itself with the test that scripted it.
     """
 
-    def __init__(self, recorder: Recorder, reply_id: str, spec: ReplySpec) -> None:
-        self._recorder = recorder
-        #: The server's id of the reply.
-        self.id = reply_id
-        self.spec = spec
-        self._final_hits: int | None = None
-
-    @property
-    def active(self) -> bool:
-        """Whether it still answers (not cleared; it may have used up its ``times``)."""
-        return self._final_hits is None
-
-    @property
-    def hits(self) -> int:
-        """How many requests it answered so far (on an exporter, read from the exporter)."""
-        if self._final_hits is not None:
-            return self._final_hits
+    def _count(self) -> int:
         return self._recorder.talk_hits(self.id)
 
-    def clear(self) -> None:
-        """Stop answering with it: the next reply for its path and method answers, or the file."""
-        if self._final_hits is None:
-            self._final_hits = self._recorder.clear_talk(self.id)
+    def _end(self) -> int:
+        return self._recorder.clear_talk(self.id)
 
     def __repr__(self) -> str:
         state = "active" if self.active else "cleared"
