@@ -50,9 +50,6 @@ class RecordingHttpServerClient(HttpServerClient):
     def fault_hits(self, fault_id: str) -> int:
         return int(self.call("fault_hits", fault_id))
 
-    def list_faults(self) -> list[dict[str, Any]]:
-        return list(self.call("list_faults"))
-
     def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         return str(self.call("add_reply", spec, namespace))
 
@@ -74,10 +71,10 @@ class RecordingHttpServerClient(HttpServerClient):
             for entry in self.call("get_uploads", talk_id)
         ]
 
-    def get_in_flight(self) -> list[Progress]:
+    def get_in_flight(self, prefix: str = "") -> list[Progress]:
         return [
             Progress(**{**entry, "sent": int(entry["sent"]), "total": _int_or_none(entry["total"])})
-            for entry in self.call("get_in_flight")
+            for entry in self.call("get_in_flight", prefix)
         ]
 
 

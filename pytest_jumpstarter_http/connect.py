@@ -130,7 +130,7 @@ class Connection:
         try:
             yield
         except Exception as exc:
-            details = _unavailable(exc)
+            details = unavailable(exc)
             if details is None:
                 raise
             address = "" if self.address in self.name else f" ({self.address})"
@@ -144,7 +144,7 @@ class Connection:
         self.stack.close()
 
 
-def _unavailable(exc: BaseException) -> str | None:
+def unavailable(exc: BaseException) -> str | None:
     """The gRPC details of ``exc`` if it means the exporter does not answer, else None."""
     import grpc
 

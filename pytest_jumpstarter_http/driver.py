@@ -17,7 +17,7 @@ plugin imports this module only when it starts a loopback server or builds a cli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,8 @@ from jumpstarter.driver import export
 from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
-from .namespaces import Namespaces
-from .records import AuthSpec, FaultSpec, ReplySpec, TlsSpec, UploadSpec
+from .namespaces import NamespaceError, Namespaces
+from .records import NS, AuthSpec, FaultSpec, ReplySpec, TlsSpec, UploadSpec
 from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
 from .talkback import Talkback, TalkbackMiddleware
@@ -53,7 +53,7 @@ class RecordingHttpServer(HttpServer):
     #: The folders served, first holder of a name wins: ``root_dir``, then any the owner adds
     #: (the loopback backend adds one for files staged beside a root that must not be written).
     roots: list[Path] = field(init=False, default_factory=list)
-    #: The network faults tests injected (see :mod:`.faults`).
+    #: The network faults tests injected (see :mod:`.shaping`).
     faults: FaultRegistry = field(init=False, default_factory=FaultRegistry)
     #: The scripted replies, upload folders and credentials tests asked for (see :mod:`.talkback`).
     talkback: Talkback = field(init=False, default_factory=Talkback)
@@ -130,6 +130,9 @@ class RecordingHttpServer(HttpServer):
             ended = set(self.namespaces.end_owner(owner))
             self.faults.clear_all(ended)
             self.talkback.clear_all(ended)
+            # In a thread, unawaited: a run's images take a while to remove, and every download of
+            # every other run is answered on this loop meanwhile.
+            asyncio.get_running_loop().run_in_executor(None, self.namespaces.remove_folder, owner)
             await self.tls.close(owner.token)
 
     @export
@@ -143,6 +146,11 @@ class RecordingHttpServer(HttpServer):
         if self.runner is None:
             raise RuntimeError("serve_tls(): the HTTP server is not running; start it first.")
         port = await self.tls.add(self.runner, self.host, str(owner), tls)
+        try:
+            self.namespaces.owner(str(owner))  # it may have ended while its site started
+        except NamespaceError:
+            await self.tls.close(str(owner))
+            raise
         return {"port": port, "ca_pem": ca_pem}
 
     @export
@@ -157,24 +165,49 @@ class RecordingHttpServer(HttpServer):
         self.faults.clear_all({str(namespace)})
         self.talkback.clear_all({str(namespace)})
 
+    def _scoped(self, namespace: str | None, places: Sequence[str]) -> str:
+        """The namespace a call over the wire acts in: open, and every one of ``places`` (URL paths,
+        or globs of them) below its URL; one run never acts on another's requests."""
+        token = str(namespace)
+        if namespace is None or not self.namespaces.alive(token):
+            raise NamespaceError(f"no namespace {namespace!r} on this server; it ended or never was")
+        url = f"/{NS}/{token}"
+        outside = [place for place in places if place != url and not place.startswith(url + "/")]
+        if outside or not places:
+            raise NamespaceError(f"{(outside or ['nothing'])[0]!r} is not below the namespace's URL {url!r}")
+        return token
+
+    def _while_open(self, token: str, made: str, end: Callable[[str], object]) -> str:
+        """``made`` (an id), ended at once if its namespace ended while it was being made."""
+        if not self.namespaces.alive(token):
+            end(made)
+            raise NamespaceError(f"no namespace {token!r} on this server; it ended while it was set")
+        return made
+
     @export
     def get_requests(self, start: int, prefix: str = "") -> tuple[int, list[dict[str, Any]]]:
         """How many requests started so far, and those numbered ``start`` or later whose raw path
-        starts with ``prefix``."""
+        starts with ``prefix``, a namespace's URL path: one run never reads another's."""
+        _within_a_namespace(str(prefix))
         started = self.request_log.started  # numbers cross Jumpstarter's wire as floats
         entries = self.request_log.since(int(start), str(prefix))
         return started, [entry.as_dict() for entry in entries]
 
     @export
-    def get_in_flight(self) -> list[dict[str, Any]]:
-        """The downloads under way now: method, path, client, bytes sent and total."""
-        return [asdict(progress) for progress in self.request_log.in_flight()]
+    def get_in_flight(self, prefix: str) -> list[dict[str, Any]]:
+        """The downloads under way now below ``prefix``, a namespace's URL path: method, path,
+        client, bytes sent and total."""
+        _within_a_namespace(str(prefix))
+        in_flight = self.request_log.in_flight()
+        return [asdict(progress) for progress in in_flight if progress.path.startswith(str(prefix))]
 
     @export
     def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
-        """Apply a fault (a ``FaultSpec`` as a dict) to the requests it matches, until ``namespace``
-        ends if given; return its id."""
-        return self.faults.add(FaultSpec.from_dict(spec), None if namespace is None else str(namespace))
+        """Apply a fault (a ``FaultSpec`` as a dict) to the requests it matches, below the URL of
+        ``namespace`` only, until it ends; return its id."""
+        fault = FaultSpec.from_dict(spec)
+        token = self._scoped(namespace, fault.patterns)
+        return self._while_open(token, self.faults.add(fault, token), self.faults.clear)
 
     @export
     def clear_fault(self, fault_id: str) -> int:
@@ -189,21 +222,27 @@ class RecordingHttpServer(HttpServer):
     @export
     def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         """Answer with a reply (a ``ReplySpec`` as a dict) until it or ``namespace`` ends; its id."""
-        return self.talkback.add(ReplySpec.from_dict(spec), None if namespace is None else str(namespace))
+        reply = ReplySpec.from_dict(spec)
+        token = self._scoped(namespace, [reply.target])
+        return self._while_open(token, self.talkback.add(reply, token), self.talkback.clear)
 
     @export
     def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         """Refuse requests below the spec's path without its credentials (an ``AuthSpec`` as a
         dict); its id."""
-        return self.talkback.add(AuthSpec.from_dict(spec), None if namespace is None else str(namespace))
+        auth = AuthSpec.from_dict(spec)
+        token = self._scoped(namespace, [auth.target])
+        return self._while_open(token, self.talkback.add(auth, token), self.talkback.clear)
 
     @export
     def accept_uploads(self, spec: dict[str, Any], namespace: str) -> str:
         """Store uploads below the spec's prefix (an ``UploadSpec`` as a dict) in a folder of the
         namespace's owner, until it or ``namespace`` ends; its id."""
-        folder = self.namespaces.folder_of(str(namespace))
         upload = UploadSpec.from_dict(spec)
-        return self.talkback.accept(upload, str(namespace), Path(self.root_dir), f"{folder}/uploads")
+        token = self._scoped(namespace, [upload.target])
+        folder = self.namespaces.folder_of(token)
+        talk_id = self.talkback.accept(upload, token, Path(self.root_dir), f"{folder}/uploads")
+        return self._while_open(token, talk_id, self.talkback.clear)
 
     @export
     def clear_talk(self, talk_id: str) -> int:
@@ -220,3 +259,10 @@ class RecordingHttpServer(HttpServer):
         """The uploads an upload folder stored, in arrival order; ``stored`` is each one's path
         below the root, for the driver's storage to read."""
         return self.talkback.uploads(str(talk_id))
+
+
+def _within_a_namespace(path: str) -> str:
+    """``path`` if it is below the URL of a namespace; a ``NamespaceError`` otherwise."""
+    if not path.startswith(f"/{NS}/") or path.count("/") < 4:
+        raise NamespaceError(f"{path!r} is below no namespace's URL; give one below /{NS}/TOKEN/")
+    return path

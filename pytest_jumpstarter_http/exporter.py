@@ -20,13 +20,13 @@ import logging
 import os
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import locks
-from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connection, Connections, ExporterError
+from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connection, Connections, ExporterError, unavailable
 from .handle import _RECORDING, WILDCARDS, HttpServerHandle, format_url
 from .records import (
     NS,
@@ -134,7 +134,10 @@ class ExporterBackend:
                 log.info("%s: %s", self._worker, line)
             folder = f"{RUNS}/{self._run_id}-{self._worker}-{uuid.uuid4().hex[:8]}"
             # With --http-keep=failed the server keeps the folder: a failed test's part of it stays.
-            holding = Holding(http, folder, self._keep != "none", self._timeout) if recording else None
+            holding = None
+            if recording:
+                with _asking(connection, path, "hold()"):
+                    holding = Holding(http, folder, self._keep != "none", self._timeout)
             store = Store(
                 http,
                 connection.name,
@@ -145,7 +148,7 @@ class ExporterBackend:
                 # driver cannot, so its partials go where the next run of this machine sweeps them.
                 parts=f"{folder}/.parts" if holding is not None else None,
             )
-            self._used[key] = Used(connection, http, store, folder, holding)
+            self._used[key] = Used(connection, http, path, store, folder, holding)
         return self._used[key]
 
     def close(self, *, failed: bool = False) -> None:
@@ -167,6 +170,8 @@ class Used:
 
     connection: Connection
     http: Any
+    #: The dotted path of the HttpServer driver on the exporter.
+    driver: str
     store: Store
     #: This process's folder below the exporter's root; everything it puts there is inside.
     folder: str
@@ -182,7 +187,7 @@ class Used:
         """Where the server serves HTTPS with ``spec`` for this process, added on first use; it closes
         when this process's hold ends, never touching the plain server others share."""
         if spec not in self.tls_sites:
-            with self.connection.answering():
+            with self.connection.answering(), _asking(self.connection, self.driver, "serve_tls()"):
                 self.tls_sites[spec] = self.http.serve_tls(holding.token, spec.as_dict())
         return self.tls_sites[spec]
 
@@ -209,6 +214,32 @@ class Used:
             self.http.storage.remove_all(self.folder + "/")
         with contextlib.suppress(Exception):
             self.http.storage.delete(f"{RUNS}/")  # only once empty: another run's folder keeps it
+
+
+@contextlib.contextmanager
+def _asking(connection: Connection, driver: str, call: str) -> Iterator[None]:
+    """Turn a RecordingHttpServer call that fails into one ``ExporterError`` naming the call.
+
+    Jumpstarter reports a driver's exception as a ``DriverError`` with the server's traceback; the
+    likeliest cause is an exporter on another version of this plugin (no such call, or another
+    signature), else its config (a lab certificate file that is not there).
+    """
+    try:
+        yield
+    except ExporterError:
+        raise
+    except concurrent.futures.TimeoutError:
+        raise ExporterError(
+            f"exporter {connection.name!r}: {call} of the HttpServer at {driver!r} did not answer within "
+            "--http-timeout; is the exporter overloaded or stuck?"
+        ) from None
+    except Exception as exc:
+        if unavailable(exc) is not None:  # the exporter went away: Connection.answering() says so
+            raise
+        raise ExporterError(
+            f"exporter {connection.name!r}: {call} of the HttpServer at {driver!r} failed ({exc}); run the "
+            "same version of pytest-jumpstarter-http on the exporter as here, and check its driver config."
+        ) from None
 
 
 class Holding:
@@ -294,7 +325,8 @@ class ExporterServer(HttpServerHandle):
         folder = f"{used.folder}/h-{uuid.uuid4().hex[:8]}"
         if used.holding is not None:
             shown = [folder] if mirror is None else [folder, mirror]
-            namespace = http.open_namespace(used.holding.token, shown)
+            with _asking(used.connection, driver, "open_namespace()"):
+                namespace = http.open_namespace(used.holding.token, shown)
         super().__init__(
             root,
             host,
@@ -488,9 +520,9 @@ class _Answering:
             started, entries = self._http.get_requests(start, prefix)
             return int(started), list(entries)
 
-    def get_in_flight(self) -> list[Progress]:
+    def get_in_flight(self, prefix: str = "") -> list[Progress]:
         with self._connection.answering():
-            return list(self._http.get_in_flight())
+            return list(self._http.get_in_flight(prefix))
 
     def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         with self._connection.answering():

@@ -180,8 +180,10 @@ class HttpServerHandle(ABC):
         """End this test's faults, replies, uploads and credentials, and start a new request window:
         the fixtures call it between tests."""
         try:
-            self.clear_faults()
-            self.clear_talk()
+            try:
+                self.clear_faults()
+            finally:
+                self.clear_talk()
         finally:
             with contextlib.suppress(RequestLogUnavailable):
                 # Counting only: no request is numbered that high, so none is read.
@@ -266,7 +268,8 @@ class HttpServerHandle(ABC):
         """
         hits, entries = self._matching(wanted)
         if not hits and self.progress is not None and self._recorder is not None:
-            downloads = [p for p in self._recorder.get_in_flight() if unquote(p.path) == wanted.path]
+            in_flight = self._recorder.get_in_flight(self._prefix())
+            downloads = [p for p in in_flight if unquote(p.path) == wanted.path]
             wanted.shown.report(self.progress, downloads)
         return (hits[-1] if hits else None), entries
 
@@ -338,14 +341,7 @@ class HttpServerHandle(ABC):
 
     def clear_faults(self) -> None:
         """End every fault this handle injected; the fixtures call it as each test ends."""
-        first: BaseException | None = None
-        while self._faults:
-            try:
-                self._faults.pop(0).clear()
-            except Exception as exc:
-                first = first or exc
-        if first is not None:
-            raise first
+        _clear_each(self._faults, lambda fault: fault.clear())
 
     def _talking(self, where: str) -> Recorder:
         """The recorder, for a method that scripts what the server answers."""

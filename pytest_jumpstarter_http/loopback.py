@@ -274,8 +274,10 @@ class _InProcess:
             eventloop.call(_settle)
         return log.started, log.since(start, prefix)
 
-    def get_in_flight(self) -> list[Progress]:
-        return self._driver.request_log.in_flight()
+    def get_in_flight(self, prefix: str = "") -> list[Progress]:
+        return [
+            progress for progress in self._driver.request_log.in_flight() if progress.path.startswith(prefix)
+        ]
 
     # The registry takes its own lock: the server's loop thread matches while this thread adds.
     def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .beneath import EscapesRoot, open_beneath
-from .records import NS, RUNS, check_name
+from .records import NS, RUNS, TOP, check_name, normalized
 
 log = logging.getLogger("pytest_jumpstarter_http.namespaces")
 
@@ -64,15 +64,18 @@ class Namespaces:
         return owner
 
     def end_owner(self, owner: Owner) -> list[str]:
-        """Forget ``owner`` and its namespaces and remove its folder (unless kept); return the namespaces."""
+        """Forget ``owner`` and its namespaces; return the namespaces (its folder: :meth:`remove_folder`)."""
         with self._lock:
             self._owners.pop(owner.token, None)
             ended = sorted(owner.namespaces)
             for token in ended:
                 self._shown.pop(token, None)
+        return ended
+
+    def remove_folder(self, owner: Owner) -> None:
+        """Remove an ended owner's folder, unless it keeps it: a disk's work, for a worker thread."""
         if not owner.keep:
             _remove_beneath(self._root, owner.folder)
-        return ended
 
     def owner(self, token: str) -> Owner:
         """The owner ``token``; a ``NamespaceError`` if it ended or never was."""
@@ -105,6 +108,11 @@ class Namespaces:
                 owner.namespaces.discard(token)
         return True
 
+    def alive(self, token: str) -> bool:
+        """Whether the namespace ``token`` is open."""
+        with self._lock:
+            return token in self._shown
+
     def folder_of(self, token: str) -> str:
         """The folder (below the root) of the owner of the namespace ``token``."""
         with self._lock:
@@ -116,9 +124,15 @@ class Namespaces:
 
     def resolve(self, name: str) -> list[str] | None:
         """Where below the root the URL name ``name`` may be: None for a name outside any namespace,
-        an empty list for one that no namespace shows (an ended one, or ``..``)."""
+        an empty list for one that no namespace shows (an ended one, or ``..``).
+
+        The plugin's own folders are seen through namespaces only: a run's staged files and a
+        device's uploads are not served at their folder's path, past the namespace's credentials
+        and request log, to whoever guesses it.
+        """
         if not name.startswith(NS + "/"):
-            return None
+            top = normalized(name)
+            return [] if top == TOP or top.startswith(TOP + "/") else None
         token, _, rest = name[len(NS) + 1 :].partition("/")
         parts = [part for part in rest.split("/") if part not in ("", ".")]
         with self._lock:

@@ -59,13 +59,14 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
-    if report.failed:  # as pytest's tmp_path records it for its retention policy
-        item.stash[FAILED] = True
     servers = item.stash.get(SERVERS, [])
     fail_on = item.config.stash[SETTINGS].fail_on
     # A passing test's section shows only with -rP or -rA: reading the log for it is wasted time.
     if call.when == "call" and servers and (not report.passed or fail_on or item.config.stash[SHOW_PASSED]):
         _add_to_report(report, servers, fail_on)
+    # As pytest's tmp_path records it for its retention policy; after --http-fail-on had its say.
+    if report.failed:
+        item.stash[FAILED] = True
     return report
 
 

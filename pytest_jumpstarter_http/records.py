@@ -458,8 +458,8 @@ class Recorder(Protocol):
         """How many requests started so far, and those numbered ``start`` or later below ``prefix``."""
         ...
 
-    def get_in_flight(self) -> list[Progress]:
-        """The downloads under way now."""
+    def get_in_flight(self, prefix: str = "") -> list[Progress]:
+        """The downloads under way now whose raw path starts with ``prefix``."""
         ...
 
     def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
@@ -802,7 +802,8 @@ class AuthSpec:
         return placed
 
     def covers(self, path: str) -> bool:
-        return path.startswith(self.target + "/")
+        """Whether a request for the decoded URL ``path`` needs the credentials, however it is spelled."""
+        return ("/" + normalized(path)).startswith(self.target + "/")
 
     def accepts(self, authorization: str) -> bool:
         """Whether an ``Authorization`` header carries these credentials (compared in constant time)."""

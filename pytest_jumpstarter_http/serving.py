@@ -107,7 +107,7 @@ class BodyShaper(Protocol):
 
 #: Request-mapping key of a :class:`BodyShaper` that sends the body instead of ``sendfile``.
 SHAPER_KEY: Final = RequestKey("pytest_jumpstarter_http.shaper", BodyShaper)
-#: Request-mapping key of the :class:`~pytest_jumpstarter_http.requestlog.Progress` of a file
+#: Request-mapping key of the :class:`~pytest_jumpstarter_http.records.Progress` of a file
 #: response's body, set when it starts (also ``ServedFile.progress``).
 PROGRESS_KEY: Final = RequestKey("pytest_jumpstarter_http.progress", Progress)
 #: Request-mapping key of the request's number in its server's log, given as it starts.

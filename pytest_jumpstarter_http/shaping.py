@@ -29,7 +29,7 @@ __all__ = ["FaultMiddleware", "FaultRegistry", "Shaper"]
 
 #: Seconds between two looks at whether a waiting response was released or its client left.
 POLL: Final = 0.05
-#: Largest piece of a shaped body read and written at once.
+#: Largest piece of a shaped body, or of an upload, read and written at once.
 PIECE: Final = 256 << 10
 #: What a 503 fault tells the client to wait before it tries again, in seconds.
 RETRY_AFTER: Final = "1"

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .records import AuthSpec, ReplySpec, UploadSpec, name_problem
 from .serving import INJECTED_KEY, TALK_KEY
+from .shaping import PIECE
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Talkback", "TalkbackMiddleware"]
 
-#: Largest piece of an upload read and written at once.
-PIECE: Final = 256 << 10
 #: How every folder on an upload's way is opened: never through a link.
 _FOLDER: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -136,7 +135,7 @@ class Talkback:
         with self._lock:
             entry = self._entries.get(talk_id)
             if entry is None:
-                raise KeyError(f"no reply {talk_id!r} on this server; it was cleared or never scripted")
+                raise KeyError(f"no reply, upload folder or credential {talk_id!r} on this server; it ended")
             return entry.hits
 
     def uploads(self, talk_id: str) -> list[dict[str, Any]]:
@@ -266,7 +265,11 @@ class _Written:
             raise _Refused(409, f"upload name {name!r} cannot be stored: {exc.strerror}") from None
         self._temporary = f".upload-{secrets.token_hex(8)}.part"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._fd = os.open(self._temporary, flags, 0o644, dir_fd=self._folder)
+        try:
+            self._fd = os.open(self._temporary, flags, 0o644, dir_fd=self._folder)
+        except BaseException:  # a full disk, a quota: the folder must not leak with each upload
+            os.close(self._folder)
+            raise
         self.size = 0
         self._digest = hashlib.sha256()
 

@@ -82,7 +82,11 @@ class TlsSites:
         from aiohttp.web import TCPSite
 
         site = TCPSite(runner, host, port, ssl_context=server_context(spec))
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:  # aiohttp registers a site before it binds: a port taken leaves it
+            await site.stop()
+            raise
         server: Any = site._server  # as the driver reads its own port
         bound = int(server.sockets[0].getsockname()[1])
         with self._lock:

@@ -1,0 +1,89 @@
+"""A RecordingHttpServer shared by runs answers a run's calls over the wire only inside that run's
+own namespace, and serves the plugin's folders through namespaces only (issue 17, review).
+
+The calls here are the driver's exported methods, as a client reaches them over Jumpstarter's
+wire; the server is a real one on loopback.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pytest_jumpstarter_http import LoopbackServer
+from pytest_jumpstarter_http.namespaces import NamespaceError
+from pytest_jumpstarter_http.records import RUNS, FaultSpec, ReplySpec
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    with LoopbackServer(tmp_path, staging=tmp_path).start() as running:
+        yield running
+
+
+@pytest.fixture
+def owner(server):
+    return server._driver.namespaces.add_owner(f"{RUNS}/run-a", keep=False)
+
+
+def test_a_fault_sent_without_a_namespace_is_refused(server):
+    spec = FaultSpec("image.raw", status=503).under(("",))
+    with pytest.raises(NamespaceError, match="no namespace None"):
+        server._driver.inject_fault(spec.as_dict(), None)
+
+
+def test_a_fault_aimed_below_another_namespace_is_refused(server, owner):
+    mine = server._driver.open_namespace(owner.token, [f"{RUNS}/run-a"])
+    theirs = server._driver.open_namespace(owner.token, [f"{RUNS}/run-a"])
+    spec = FaultSpec("*", status=503).under((f"/pytest-jumpstarter-http/ns/{theirs}",))
+    with pytest.raises(NamespaceError, match="is not below the namespace's URL"):
+        server._driver.inject_fault(spec.as_dict(), mine)
+    reply = ReplySpec("a.raw", status=500).under(f"/pytest-jumpstarter-http/ns/{theirs}")
+    with pytest.raises(NamespaceError, match="is not below the namespace's URL"):
+        server._driver.add_reply(reply.as_dict(), mine)
+
+
+def test_a_fault_of_an_ended_namespace_is_refused(server, owner):
+    ended = server._driver.open_namespace(owner.token, [f"{RUNS}/run-a"])
+    server._driver.close_namespace(ended)
+    spec = FaultSpec("a.raw", status=503).under((f"/pytest-jumpstarter-http/ns/{ended}",))
+    with pytest.raises(NamespaceError, match="ended or never was"):
+        server._driver.inject_fault(spec.as_dict(), ended)
+
+
+@pytest.mark.parametrize("prefix", ["", "/", "/pytest-jumpstarter-http/", "/pytest-jumpstarter-http/ns/"])
+def test_no_call_over_the_wire_reads_requests_outside_one_namespace(server, prefix):
+    with pytest.raises(NamespaceError, match="below no namespace's URL"):
+        server._driver.get_requests(0, prefix)
+    with pytest.raises(NamespaceError, match="below no namespace's URL"):
+        server._driver.get_in_flight(prefix)
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "pytest-jumpstarter-http/runs/run-a/staged.bin",
+        "pytest-jumpstarter-http//runs/run-a/staged.bin",
+        "pytest-jumpstarter-http/./objects/abc",
+    ],
+)
+def test_the_plugins_folders_are_not_served_at_their_own_path(server, tmp_path, path):
+    staged = tmp_path / "pytest-jumpstarter-http" / "runs" / "run-a" / "staged.bin"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"a run's file")
+    (tmp_path / "pytest-jumpstarter-http" / "objects").mkdir()
+    (tmp_path / "pytest-jumpstarter-http" / "objects" / "abc").write_bytes(b"content")
+    (tmp_path / "beside.bin").write_bytes(b"served")
+    assert status(f"{server.url}/beside.bin") == 200
+    assert status(f"{server.url}/{path}") == 404
