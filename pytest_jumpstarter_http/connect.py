@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import eventloop
-from .records import JUMPSTARTER_HOST
+from .values import JUMPSTARTER_HOST
 
 JMP_LEASE = "JMP_LEASE"
 JMP_EXPORTER_LABELS = "JMP_EXPORTER_LABELS"

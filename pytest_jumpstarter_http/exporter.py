@@ -34,14 +34,13 @@ from .records import (
     HttpPublishError,
     HttpPublishWarning,
     HttpRequest,
-    Keep,
     Progress,
-    TlsMode,
     TlsSpec,
     check_name,
     url_path,
 )
 from .uploads import Digests, Store, open_to_send
+from .values import Keep, TlsMode
 
 if TYPE_CHECKING:
     from .tls import Authority, Tls

@@ -15,18 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from . import eventloop
 from .handle import HttpServerHandle, concrete_host, format_url
-from .records import (
-    AuthSpec,
-    FaultSpec,
-    HttpRequest,
-    PortRange,
-    Progress,
-    ReplySpec,
-    TlsMode,
-    TlsSpec,
-    UploadSpec,
-    url_path,
-)
+from .records import AuthSpec, FaultSpec, HttpRequest, Progress, ReplySpec, TlsSpec, UploadSpec, url_path
+from .values import PortRange, TlsMode
 
 if TYPE_CHECKING:
     from .driver import RecordingHttpServer

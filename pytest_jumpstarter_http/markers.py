@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 
 from .options import OPTIONS, Scope, Settings, Source
-from .records import FaultSpec, TlsMode
+from .values import TlsMode
 
 if TYPE_CHECKING:
     from .handle import HttpServerHandle
+    from .records import FaultSpec
 
 #: Starts the reason of a test skipped for want of an exporter; the run's summary counts them.
 NO_EXPORTER = "http_exporter: "
@@ -53,6 +54,8 @@ def http_loopback() -> dict[str, Any]:
 
 def http_fault(*args: Any, **kwargs: Any) -> FaultSpec:
     # ``http_server.inject()``'s arguments, checked by the one check of them: making a FaultSpec.
+    from .records import FaultSpec  # the records load when a test first uses them, not at start-up
+
     try:
         return FaultSpec(*args, **kwargs)
     except TypeError as exc:

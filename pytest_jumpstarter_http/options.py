@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import pytest
 
-from .records import JUMPSTARTER_HOST, TLS_MODES, Keep, PortRange, TlsMode
+from .values import JUMPSTARTER_HOST, TLS_MODES, Keep, PortRange, TlsMode
 
 Scope = Literal["function", "session"]
 Backend = Literal["auto", "loopback", "exporter"]

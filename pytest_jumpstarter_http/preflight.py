@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .options import OPTIONS, Settings, Source, raw_value
-from .records import PortRange
+from .values import PortRange
 
 
 def check(settings: Settings, config: pytest.Config) -> None:

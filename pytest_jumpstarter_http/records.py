@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, Final, Generic, Literal, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 from urllib.parse import quote, unquote
 
 #: Everything the plugin puts on an exporter lives below this folder of its served root.
@@ -34,27 +34,8 @@ RUNS: Final = f"{TOP}/runs"
 NS: Final = f"{TOP}/ns"
 #: Content sent to an exporter, by sha256.
 OBJECTS: Final = f"{TOP}/objects"
-#: What ``--http-keep`` keeps of the plugin's folders after their scope.
-Keep = Literal["none", "failed", "all"]
-#: Set by ``jmp shell`` (and by hand, for a ``jmp run`` exporter): the exporter to serve from.
-JUMPSTARTER_HOST: Final = "JUMPSTARTER_HOST"
 #: Transfers this large (an upload, a download a test waits for) get progress lines.
 PROGRESS_BYTES: Final = 64 << 20
-
-
-@dataclass(frozen=True)
-class PortRange:
-    """The ports a server may bind: ``first == last`` for a fixed port."""
-
-    first: int
-    last: int
-
-    def __str__(self) -> str:
-        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
-
-    @property
-    def fixed(self) -> bool:
-        return self.first == self.last
 
 
 class RequestLogUnavailable(RuntimeError):
@@ -887,10 +868,6 @@ class Upload:
 
 
 # --- TLS ------------------------------------------------------------------------------------
-
-#: How a server speaks: plain HTTP, HTTPS, or HTTPS that refuses a client without a certificate.
-TlsMode = Literal["off", "on", "mutual"]
-TLS_MODES: Final[tuple[TlsMode, ...]] = ("off", "on", "mutual")
 
 
 def _pem(name: str, value: object, kind: str) -> None:

@@ -24,7 +24,7 @@ from .tls import Authority
 
 if TYPE_CHECKING:
     from .handle import HttpServerHandle
-    from .records import TlsMode
+    from .values import TlsMode
 
 log = logging.getLogger("pytest_jumpstarter_http")
 

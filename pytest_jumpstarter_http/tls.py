@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .records import TlsMode, TlsSpec
+from .values import TlsMode
 
 if TYPE_CHECKING:
     import trustme
+
+    from .records import TlsSpec
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class Authority:
         """What a server whose URLs name ``host`` serves in ``mode``; None for plain HTTP."""
         if mode == "off":
             return None
+        from .records import TlsSpec  # loaded when a test first asks for TLS, not at start-up
+
         ca, where = self._made()
         cert_pem, key_pem = self._leaf(ca, host)
         mutual = mode == "mutual"

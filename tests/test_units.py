@@ -19,9 +19,10 @@ from pytest_jumpstarter_http.handle import format_url
 from pytest_jumpstarter_http.loopback import _candidates
 from pytest_jumpstarter_http.markers import Choice, choose
 from pytest_jumpstarter_http.options import Settings
-from pytest_jumpstarter_http.records import PortRange, check_name, url_path
+from pytest_jumpstarter_http.records import check_name, url_path
 from pytest_jumpstarter_http.roots import Roots
 from pytest_jumpstarter_http.uploads import Digests
+from pytest_jumpstarter_http.values import PortRange
 
 # --- the package ----------------------------------------------------------------------------------
 
@@ -212,7 +213,7 @@ def test_the_candidates_cover_the_whole_range_once_in_turn_from_an_offset():
 def test_processes_start_at_different_ports_of_a_range():
     code = (
         "from pytest_jumpstarter_http.loopback import _candidates; "
-        "from pytest_jumpstarter_http.records import PortRange; "
+        "from pytest_jumpstarter_http.values import PortRange; "
         "print(_candidates(PortRange(8000, 8999))[0])"
     )
     firsts = {
