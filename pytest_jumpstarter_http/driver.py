@@ -1,7 +1,9 @@
 """Jumpstarter's HttpServer driver, plus what the plugin needs of it on both backends.
 
 :class:`RecordingHttpServer` keeps a log of the requests it answered and serves only what is
-beneath its root, even while a folder in it is swapped for a link (see :mod:`.serving`). The
+beneath its root, even while a folder in it is swapped for a link (see :mod:`.serving`). It
+injects faults (:mod:`.shaping`), scripted replies, uploads and credentials (:mod:`.talkback`)
+and HTTPS sites (:mod:`.tlssites`), each for one owner's namespace (:mod:`.namespaces`). The
 loopback backend runs it in the test's process; lab admins put it in an exporter config instead
 of the stock driver::
 

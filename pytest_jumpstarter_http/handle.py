@@ -2,7 +2,8 @@
 
 A backend gives its handle where it serves (the URL, publishing and staging files) and a
 :class:`~pytest_jumpstarter_http.records.Recorder`: everything else (the request log, waiting
-for a request, faults) is written once, here, against that interface.
+for a request, faults, replies, uploads and credentials) is written once, here, against that
+interface.
 """
 
 from __future__ import annotations

@@ -4,11 +4,13 @@ An exporter's ``RecordingHttpServer`` is shared by every run, xdist worker and h
 it. Each of them *holds* it through a stream of its own (``RecordingHttpServer.hold``) and is an
 :class:`Owner` for as long as that stream lasts: Jumpstarter ends the stream when the run's
 connection ends, however it ends (a clean exit, SIGKILL, a lost lease), and everything the owner
-set on the server goes with it: its namespaces, their faults, and its folder below the root.
+set on the server goes with it: its namespaces, their faults, replies, uploads and credentials,
+its HTTPS site, and its folder below the root.
 
 A namespace is one handle's own URL prefix, ``/pytest-jumpstarter-http/ns/<token>/``, that shows
 some folders of the root, the first folder holding a name winning. Two handles serving the same
-content still have two prefixes, so each one's request log and faults are its own.
+content still have two prefixes, so each one's request log, faults and replies are its own. The
+plugin's folders are served through namespaces only, never at their own path.
 
 This module runs in the server and never imports pytest.
 """

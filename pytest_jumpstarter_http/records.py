@@ -1,10 +1,12 @@
 """Records: the plain data the test process and the server exchange, and the one check of each.
 
 What a request was (:class:`HttpRequest`, :class:`Progress`), which statuses a test means
-(``"404,5xx"``), which file names are served (checked once, then percent-encoded), and what a
-fault does (:class:`FaultSpec`, checked once as it is made, and :class:`Fault`, the test's view
-of one). :class:`Recorder` is what a handle asks of its server. Nothing here imports pytest or
-aiohttp: the server and the test process both build on it, and it on neither.
+(``"404,5xx"``), which file names are served (checked once, then percent-encoded), and the specs
+of what a test sets on its server, each checked once as it is made: a fault (:class:`FaultSpec`,
+seen by the test as a :class:`Fault`), a reply, an upload folder or a credential
+(:class:`ReplySpec`, :class:`UploadSpec`, :class:`AuthSpec`; :class:`Reply`, :class:`Upload`),
+and TLS (:class:`TlsSpec`). :class:`Recorder` is what a handle asks of its server. Nothing here
+imports pytest or aiohttp: the server and the test process both build on it, and it on neither.
 """
 
 from __future__ import annotations
