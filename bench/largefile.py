@@ -46,7 +46,7 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        {listen}
         root {root};
     }}
 }}
@@ -134,14 +134,26 @@ def http_server_module(name: str, root: Path, tmp: Path) -> Iterator[Running]:
 @contextmanager
 def nginx(name: str, root: Path, tmp: Path) -> Iterator[Running]:
     port = free_port()
-    # Run as root, nginx hands requests to workers running as nobody, who cannot read a private temp dir.
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(user=user, tmp=tmp, port=port, root=root))
-    argv = [str(nginx_binary()), "-p", str(tmp), "-c", str(conf)]
+    argv = [str(nginx_binary()), "-p", str(tmp), "-c", str(nginx_conf(tmp, port, root))]
     with spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
         wait_listening(port, process)
         yield Running(name, f"http://127.0.0.1:{port}", process)
+
+
+def nginx_conf(tmp: Path, port: int, root: Path, tls: Path | None = None) -> Path:
+    """Write an nginx config serving ``root`` on 127.0.0.1:``port`` (over TLS with ``tls``'s
+    ``cert.pem`` and ``key.pem``) into ``tmp``; its path."""
+    listen = f"listen 127.0.0.1:{port};"
+    if tls is not None:
+        listen = (
+            f"listen 127.0.0.1:{port} ssl;\n        ssl_certificate {tls}/cert.pem;\n"
+            f"        ssl_certificate_key {tls}/key.pem;"
+        )
+    # Run as root, nginx hands requests to workers running as nobody, who cannot read a private temp dir.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = tmp / ("nginx-tls.conf" if tls is not None else "nginx.conf")
+    conf.write_text(NGINX_CONF.format(user=user, tmp=tmp, listen=listen, root=root))
+    return conf
 
 
 def process_tree(pid: int) -> list[int]:

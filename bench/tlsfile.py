@@ -7,7 +7,6 @@ the run) and curl verifies both with ``--cacert``, so the ratio is what the plug
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -16,31 +15,17 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from common import BENCH_DIR, PYTHON, SUBPROCESS_TIMEOUT, Config, Figure, MiB, Section, alternate, child_env
-from largefile import FILE_NAME, NGINX, OURS, free_port, nginx_binary, spawn, wait_listening, write_large_file
-
-NGINX_TLS_CONF = """\
-{user}worker_processes auto;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {tls}/cert.pem;
-        ssl_certificate_key {tls}/key.pem;
-        root {root};
-    }}
-}}
-"""
+from largefile import (
+    FILE_NAME,
+    NGINX,
+    OURS,
+    free_port,
+    nginx_binary,
+    nginx_conf,
+    spawn,
+    wait_listening,
+    write_large_file,
+)
 
 
 def write_certificate(tls: Path) -> None:
@@ -75,10 +60,7 @@ def ours(root: Path, tls: Path, tmp: Path) -> Iterator[str]:
 @contextmanager
 def nginx_tls(root: Path, tls: Path, tmp: Path) -> Iterator[str]:
     port = free_port()
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = tmp / "nginx-tls.conf"
-    conf.write_text(NGINX_TLS_CONF.format(user=user, tmp=tmp, port=port, root=root, tls=tls))
-    argv = [str(nginx_binary()), "-p", str(tmp), "-c", str(conf)]
+    argv = [str(nginx_binary()), "-p", str(tmp), "-c", str(nginx_conf(tmp, port, root, tls))]
     with spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
         wait_listening(port, process)
         yield f"https://127.0.0.1:{port}"

@@ -17,15 +17,17 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_controller import FakeController
-from subprocess_runs import PYTHON, clean_env, run
+from subprocess_runs import PYTHON, JUnit, clean_env, python_pytest, run
 
 JMP = str(Path(PYTHON).with_name("jmp"))
 HTTP_SERVER = "jumpstarter_driver_http.driver.HttpServer"
+RECORDING = "pytest_jumpstarter_http.driver.RecordingHttpServer"
 OPENDAL = "jumpstarter_driver_opendal.driver.Opendal"
 #: Reads or starts the HttpServer at a dotted path of the surrounding jmp shell's exporter:
 #: ``python driver_port.py PATH show|start`` prints ``PATH show-port=N`` and writes N to ``PATH.show.port``.
@@ -204,3 +206,52 @@ def client_config_home(tmp_path: Path, fake_controller: FakeController) -> Path:
     config = fake_controller.client_config()
     ClientConfigV1Alpha1.save(config, home / "clients" / "fake.yaml")
     return home
+
+
+@dataclass
+class DeviceRuns:
+    """A device suite's four runs inside one ``jmp shell``: on a ``RecordingHttpServer`` per test,
+    per session (its leak tests) and with two xdist workers, then on the stock driver."""
+
+    where: Path
+    device: JUnit
+    session: JUnit
+    xdist: JUnit
+    stock: JUnit
+
+
+def run_device_suite(
+    where: Path, *, sync: tuple[str, Path], xdist_args: Sequence[str], stock_tests: str
+) -> DeviceRuns:
+    """Run ``test_device.py`` (and the xdist files) of ``where`` as :class:`DeviceRuns` says, on an
+    exporter with a ``RecordingHttpServer`` at ``rec`` and the stock driver at ``stock``.
+
+    ``sync`` is the environment variable and folder the two xdist workers meet in;
+    ``stock_tests`` the ``-k`` expression of the tests run on the stock driver.
+    The shell exits 0 whatever its commands do (jumpstarter#1099): read the reports.
+    """
+    config = write_exporter_config(
+        where / "exporter.yaml",
+        {
+            "rec": {**http_driver(where / "rec-root"), "type": RECORDING},
+            "stock": http_driver(where / "stock-root"),
+        },
+    )
+    rec = ("--http-driver", "rec")
+    variable, folder = sync
+    jmp_shell(
+        config,
+        python_pytest(*rec, "test_device.py", junit=where / "device.xml"),
+        python_pytest(
+            *rec, "--http-scope=session", "-k", "leak", "test_device.py", junit=where / "session.xml"
+        ),
+        ["env", f"{variable}={folder}", *python_pytest(*rec, *xdist_args, junit=where / "xdist.xml")],
+        python_pytest(
+            "--http-driver", "stock", "-k", stock_tests, "test_device.py", junit=where / "stock.xml"
+        ),
+        cwd=where,
+        timeout=420,
+    )
+    return DeviceRuns(
+        where, *(JUnit(where / f"{name}.xml") for name in ("device", "session", "xdist", "stock"))
+    )

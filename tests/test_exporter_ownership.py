@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from jumpstarter_helpers import JMP, StandaloneExporter, http_driver, write_exporter_config
+from jumpstarter_helpers import JMP, RECORDING, StandaloneExporter, http_driver, write_exporter_config
 from subprocess_runs import JUnit, clean_env, python_pytest, run_pytest
 
-RECORDING = "pytest_jumpstarter_http.driver.RecordingHttpServer"
 TOP = "pytest-jumpstarter-http"
 XDIST = ["-p", "xdist", "-n", "2", "--dist=each"]
 

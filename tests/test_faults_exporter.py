@@ -6,71 +6,42 @@ its commands do (jumpstarter#1099): the runs' JUnit reports are what the tests r
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from jumpstarter_helpers import JMP, http_driver, jmp_shell, write_exporter_config
-from subprocess_runs import JUnit, python_pytest
+from jumpstarter_helpers import JMP, DeviceRuns, run_device_suite
 from test_faults import LEAKS, XDIST_ARGS, check_device_run, write_suites
-
-RECORDING = "pytest_jumpstarter_http.driver.RecordingHttpServer"
-
-
-@dataclass
-class Runs:
-    device: JUnit
-    session: JUnit
-    xdist: JUnit
-    stock: JUnit
 
 
 @pytest.fixture(scope="module")
-def exporter(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+def exporter(tmp_path_factory: pytest.TempPathFactory) -> DeviceRuns:
     if shutil.which("curl") is None or shutil.which("wget") is None:
         pytest.skip("curl and GNU wget are the device here: apt-get install -y curl wget")
     if not Path(JMP).exists():
         pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
     where = tmp_path_factory.mktemp("faults-exporter")
     sync = write_suites(where)
-    config = write_exporter_config(
-        where / "exporter.yaml",
-        {
-            "rec": {**http_driver(where / "rec-root"), "type": RECORDING},
-            "stock": http_driver(where / "stock-root"),
-        },
+    return run_device_suite(
+        where, sync=("FAULT_SYNC", sync), xdist_args=XDIST_ARGS, stock_tests="retries or leak_2"
     )
-    rec = ("--http-driver", "rec")
-    jmp_shell(
-        config,
-        python_pytest(*rec, "test_device.py", junit=where / "device.xml"),
-        python_pytest(
-            *rec, "--http-scope=session", "-k", "leak", "test_device.py", junit=where / "session.xml"
-        ),
-        ["env", f"FAULT_SYNC={sync}", *python_pytest(*rec, *XDIST_ARGS, junit=where / "xdist.xml")],
-        python_pytest(
-            "--http-driver", "stock", "-k", "retries or leak_2", "test_device.py", junit=where / "stock.xml"
-        ),
-        cwd=where,
-        timeout=420,
-    )
-    return Runs(*(JUnit(where / f"{name}.xml") for name in ("device", "session", "xdist", "stock")))
 
 
-def test_the_device_sees_every_fault_on_an_exporter_as_on_loopback(exporter: Runs) -> None:
+def test_the_device_sees_every_fault_on_an_exporter_as_on_loopback(exporter: DeviceRuns) -> None:
     check_device_run(exporter.device)
 
 
-def test_faults_never_leak_into_the_next_test_of_a_session_server_on_an_exporter(exporter: Runs) -> None:
+def test_faults_never_leak_into_the_next_test_of_a_session_server_on_an_exporter(
+    exporter: DeviceRuns,
+) -> None:
     assert set(exporter.session.outcomes().values()) == {"passed"}, exporter.session.output
     assert {case.name for case in exporter.session.cases.values()} >= set(LEAKS)
 
 
-def test_xdist_workers_sharing_an_exporter_server_keep_their_faults_apart(exporter: Runs) -> None:
+def test_xdist_workers_sharing_an_exporter_server_keep_their_faults_apart(exporter: DeviceRuns) -> None:
     exporter.xdist.assert_passed("test_one_worker_injects_a_fault", "test_the_other_worker_never_sees_it")
 
 
-def test_the_stock_driver_says_to_use_the_recording_one(exporter: Runs) -> None:
+def test_the_stock_driver_says_to_use_the_recording_one(exporter: DeviceRuns) -> None:
     why = (
         "cannot inject network faults; put pytest_jumpstarter_http.driver.RecordingHttpServer in the "
         "exporter config instead of jumpstarter_driver_http.driver.HttpServer to use inject()"

@@ -10,10 +10,8 @@ import shlex
 from dataclasses import dataclass
 
 import pytest
-from jumpstarter_helpers import http_driver, jmp_shell, write_exporter_config
+from jumpstarter_helpers import RECORDING, http_driver, jmp_shell, write_exporter_config
 from subprocess_runs import plain_pytest
-
-RECORDING = "pytest_jumpstarter_http.driver.RecordingHttpServer"
 
 SUITE = """
 import urllib.error, urllib.request

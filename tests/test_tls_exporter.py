@@ -11,11 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from jumpstarter_helpers import JMP, http_driver, jmp_shell, write_driver_port, write_exporter_config
+from jumpstarter_helpers import (
+    JMP,
+    RECORDING,
+    http_driver,
+    jmp_shell,
+    write_driver_port,
+    write_exporter_config,
+)
 from subprocess_runs import PYTHON, JUnit, python_pytest
 from test_tls import check_device_run, write_suite
-
-RECORDING = "pytest_jumpstarter_http.driver.RecordingHttpServer"
 
 #: Run inside the shell after the runs: whether a port the runs' TLS sites had still listens.
 PROBE = """
