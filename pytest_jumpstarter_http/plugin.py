@@ -28,6 +28,8 @@ SHOW_PASSED = pytest.StashKey[bool]()
 SERVERS: pytest.StashKey[list[HttpServerHandle]] = pytest.StashKey()
 #: Whether a test failed (in its set-up or call): ``--http-keep=failed`` keeps its folders.
 FAILED = pytest.StashKey[bool]()
+#: The server a test gets (see ``_choice``), kept for its teardown.
+CHOICE = pytest.StashKey[markers.Choice]()
 #: What the run keeps: its roots, backends and session servers.
 RUNTIME: pytest.StashKey[Runtime] = pytest.StashKey()
 
@@ -67,6 +69,8 @@ def pytest_runtest_makereport(
     # As pytest's tmp_path records it for its retention policy; after --http-fail-on had its say.
     if report.failed:
         item.stash[FAILED] = True
+    if call.when == "teardown" and CHOICE in item.stash:  # a rerun chooses again
+        del item.stash[CHOICE]
     return report
 
 
@@ -106,21 +110,11 @@ def http_exporter_client(request: pytest.FixtureRequest) -> Any:
     and never opens a session or lease of its own, so it serves next to the very board the test
     drives. Such servers live per test, as the client may end with its class.
     """
-    if any(
-        f"{base.__module__}.{base.__qualname__}" == _JUMPSTARTER_TEST
-        for base in getattr(request.cls, "__mro__", ())
-    ):
-        return request.getfixturevalue("client")
-    return None
+    return request.getfixturevalue("client") if _in_a_jumpstarter_test(request) else None
 
 
 @pytest.fixture
-def _http_choice(request: pytest.FixtureRequest, http_exporter_client: Any) -> markers.Choice:
-    return markers.choose(request.node, request.config.stash[SETTINGS], http_exporter_client)
-
-
-@pytest.fixture
-def served_dir(request: pytest.FixtureRequest, _http_choice: markers.Choice) -> Iterator[Path]:
+def served_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
     """The local directory ``http_server`` serves, as a ``pathlib.Path``.
 
     A fresh empty temporary directory per test (per session with ``--http-scope=session``),
@@ -131,14 +125,12 @@ def served_dir(request: pytest.FixtureRequest, _http_choice: markers.Choice) -> 
     """
     root = markers.chosen_root(request.node, request.config.stash[SETTINGS])
     runtime = request.config.stash[RUNTIME]
-    with runtime.served_dir(_http_choice, root, request.node.name, lambda: _failed(request)) as path:
+    with runtime.served_dir(_choice(request), root, request.node.name, lambda: _failed(request)) as path:
         yield path
 
 
 @pytest.fixture
-def http_server(
-    request: pytest.FixtureRequest, _http_choice: markers.Choice, served_dir: Path
-) -> Iterator[HttpServerHandle]:
+def http_server(request: pytest.FixtureRequest, served_dir: Path) -> Iterator[HttpServerHandle]:
     """A running HTTP server that serves ``served_dir``, as an ``HttpServerHandle``.
 
     It is Jumpstarter's own ``HttpServer`` driver: on loopback it runs in this process on a free
@@ -150,7 +142,8 @@ def http_server(
     With ``--http-tls=on`` or ``@pytest.mark.http_server(tls=True)`` it serves HTTPS: ``.ca_cert``
     is the CA certificate the device must trust (``.client_cert`` its certificate, for mutual TLS).
     """
-    with request.config.stash[RUNTIME].server(_http_choice, served_dir, lambda: _failed(request)) as server:
+    runtime = request.config.stash[RUNTIME]
+    with runtime.server(_choice(request), served_dir, lambda: _failed(request)) as server:
         markers.inject_marked_faults(request.node, server)
         yield _watch(request, server)
 
@@ -180,6 +173,37 @@ def http_server_factory(request: pytest.FixtureRequest) -> Iterator[HttpServerFa
         yield factory
     finally:
         factory.close(failed=_failed(request))
+
+
+def _choice(request: pytest.FixtureRequest) -> markers.Choice:
+    """The server this test gets, from its markers, the settings and its Jumpstarter client:
+    resolved once per test, by whichever of ``served_dir`` and ``http_server`` asks first."""
+    item: pytest.Item = request.node
+    if CHOICE not in item.stash:
+        client = request.getfixturevalue("http_exporter_client") if _may_hold_a_board(request) else None
+        item.stash[CHOICE] = markers.choose(item, request.config.stash[SETTINGS], client)
+    return item.stash[CHOICE]
+
+
+def _may_hold_a_board(request: pytest.FixtureRequest) -> bool:
+    """Whether ``http_exporter_client`` can give this test a client: it is a ``JumpstarterTest``,
+    or a conftest, module or class overrides the fixture, or the test asks for it itself.
+
+    Any other test gets None from it, so it is not set up for them: it is off the per-test path.
+    """
+    if _in_a_jumpstarter_test(request) or "http_exporter_client" in request.fixturenames:
+        return True
+    # pytest has no public lookup of the fixture a node sees under a name;
+    # tests/test_private_apis.py fails loudly if this one moves.
+    definitions = request._fixturemanager.getfixturedefs("http_exporter_client", request.node) or ()
+    return bool(definitions) and definitions[-1].func.__module__ != __name__
+
+
+def _in_a_jumpstarter_test(request: pytest.FixtureRequest) -> bool:
+    return any(
+        f"{base.__module__}.{base.__qualname__}" == _JUMPSTARTER_TEST
+        for base in getattr(request.cls, "__mro__", ())
+    )
 
 
 def _basetemp(config: pytest.Config) -> Path:

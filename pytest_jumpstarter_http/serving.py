@@ -62,7 +62,8 @@ class RequestLog:
     """
 
     def __init__(self, limit: int | None = None) -> None:
-        self._entries: deque[HttpRequest] = deque(maxlen=limit)
+        #: Each entry, with how many requests had started when it was added.
+        self._entries: deque[tuple[int, HttpRequest]] = deque(maxlen=limit)
         #: How many requests started so far: the number the next one gets.
         self.started = 0
         self._lock = threading.Lock()
@@ -90,13 +91,24 @@ class RequestLog:
 
     def add(self, entry: HttpRequest) -> None:
         with self._lock:
-            self._entries.append(entry)
+            self._entries.append((self.started, entry))
 
     def since(self, start: int, prefix: str = "") -> list[HttpRequest]:
-        """The kept entries of requests numbered ``start`` or later whose raw path starts with ``prefix``."""
+        """The kept entries of requests numbered ``start`` or later whose raw path starts with ``prefix``.
+
+        Read from the newest back: an entry added before request ``start`` started, and every
+        entry older than it, is of an earlier request. A test's window costs what is in it, not
+        the whole log of a session server.
+        """
+        found = []
         with self._lock:
-            entries = list(self._entries)
-        return [entry for entry in entries if entry.seq >= start and entry.path.startswith(prefix)]
+            for started, entry in reversed(self._entries):
+                if started <= start:
+                    break
+                if entry.seq >= start and entry.path.startswith(prefix):
+                    found.append(entry)
+        found.reverse()
+        return found
 
 
 class BodyShaper(Protocol):

@@ -279,3 +279,43 @@ def test_pytest_attaches_its_temp_path_factory_to_the_config_for_plugins(pyteste
         "pytest no longer attaches its TempPathFactory to config._tmp_path_factory: plugin.py's "
         "_basetemp reads it to put the plugin's folders below pytest's basetemp."
     )
+
+
+# --- pytest's request._fixturemanager.getfixturedefs (plugin.py, _may_hold_a_board) -------------
+
+
+def test_pytest_tells_which_definition_of_a_fixture_a_test_sees(pytester: pytest.Pytester):
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture
+        def shadowed():
+            return "conftest"
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        class TestOverride:
+            @pytest.fixture
+            def shadowed(self):
+                return "class"
+
+            def test_it(self, request):
+                definitions = request._fixturemanager.getfixturedefs("shadowed", request.node)
+                assert [d.func.__module__ for d in definitions] == ["conftest", __name__]
+                assert definitions[-1].func.__qualname__ == "TestOverride.shadowed"
+
+        def test_outside(request):
+            definitions = request._fixturemanager.getfixturedefs("shadowed", request.node)
+            assert [d.func.__module__ for d in definitions] == ["conftest"]
+        """
+    )
+    result = pytester.runpytest("-p", "no:jumpstarter_http")
+    assert result.ret == 0, (
+        "pytest's request._fixturemanager.getfixturedefs(name, node) changed: plugin.py's "
+        "_may_hold_a_board reads it to tell an overridden http_exporter_client from the plugin's.\n"
+        + result.stdout.str()
+    )

@@ -537,3 +537,25 @@ def test_a_file_changed_within_a_clock_tick_is_hashed_again_not_remembered(tmp_p
     before = read_bytes_so_far()
     digest(digests, path)
     assert read_bytes_so_far() - before >= size
+
+
+def test_a_request_log_window_holds_the_requests_started_in_it_whatever_order_they_finish_in():
+    from pytest_jumpstarter_http.records import HttpRequest
+    from pytest_jumpstarter_http.serving import RequestLog
+
+    def entry(seq: int, path: str = "/f") -> HttpRequest:
+        return HttpRequest(0.0, "c", "GET", path, None, 200, 0, 0.0, seq=seq)
+
+    log = RequestLog(limit=3)
+    slow, early, late = log.start(), log.start(), log.start()  # numbered 0, 1, 2 as they start
+    log.add(entry(early))
+    log.add(entry(slow))  # a download of an earlier window that ends late
+    log.add(entry(late, "/other"))
+
+    assert [e.seq for e in log.since(0)] == [early, slow, late]
+    assert [e.seq for e in log.since(1)] == [early, late]
+    assert [e.seq for e in log.since(2)] == [late]
+    assert [e.seq for e in log.since(1, "/f")] == [early]
+    assert log.since(3) == []
+    log.add(entry(log.start()))  # past the limit, the oldest goes
+    assert [e.seq for e in log.since(0)] == [slow, late, 3]
