@@ -19,6 +19,7 @@ plugin imports this module only when it starts a loopback server or builds a cli
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, field
 from pathlib import Path
@@ -69,7 +70,7 @@ class RecordingHttpServer(HttpServer):
         self.roots.append(Path(self.root_dir))
         self.namespaces = Namespaces(self.root_dir)
         self._starting = asyncio.Lock()
-        files = beneath_middleware(self.roots, log=self.request_log, namespaces=self.namespaces)
+        self._files = files = beneath_middleware(self.roots, log=self.request_log, namespaces=self.namespaces)
         # Outermost: a request is numbered as it starts, before a fault holds it.
         self.app.middlewares.append(Numbered(self.request_log))
         # Then a delay or a refusal, before the static route looks at anything.
@@ -116,6 +117,50 @@ class RecordingHttpServer(HttpServer):
             await super().stop()
         finally:
             self.tls.forget_all()
+
+    async def listen(self, port: int, sock: socket.socket | None = None) -> int:
+        """Listen on ``port`` (0: any free one), or on ``sock`` (bound to it and listening already),
+        with the app and runner :meth:`pause` kept, or start the server if it does not run; the
+        port. For the loopback backend, which serves one test after another from one server; never
+        over the wire, where others may be downloading."""
+        if self.runner is None:
+            self.port = port
+            await self.start()
+            return int(self.get_port())
+        from aiohttp.web import SockSite, TCPSite
+
+        site = TCPSite(self.runner, self.host, port) if sock is None else SockSite(self.runner, sock)
+        try:
+            await site.start()
+        except BaseException:  # aiohttp registers a site before it binds: a port taken leaves it
+            await site.stop()
+            if sock is not None:
+                sock.close()
+            raise
+        server: Any = site._server  # as the driver reads its own port
+        self._bound_port = int(server.sockets[0].getsockname()[1])
+        return self._bound_port
+
+    async def pause(self) -> None:
+        """Stop listening and end every connection, each after its request (downloads in flight get
+        ``shutdown_grace``), as :meth:`stop` does, but keep the app and runner for :meth:`listen`.
+
+        Nothing of what was served carries over: faults, replies and open roots end here, and
+        what it serves next is set before it listens again.
+        """
+        self.faults.clear_all()
+        self.talkback.clear_all()
+        runner = self.runner
+        if runner is not None:
+            for site in list(runner.sites):
+                await site.stop()
+            self.tls.forget_all()
+            await asyncio.sleep(0)  # as the runner's cleanup: requests accepted so far start first
+            if runner.server is not None:
+                runner.server.pre_shutdown()
+                await runner.server.shutdown(self.shutdown_grace)
+        self._files.close()
+        self._bound_port = 0
 
     @export
     async def hold(self, folder: str, keep: bool = False) -> AsyncIterator[str]:

@@ -87,9 +87,11 @@ class ExporterBackend:
         driver: str | None = None,
         exporter_client: Any = None,
         tls: TlsMode = "off",
+        reuse: bool = False,
     ) -> ExporterServer:
         """A handle on the exporter's server for ``root``: a folder of the plugin's own (``owned``)
         or a user's directory, mirrored once per process into this process's folder on the exporter.
+        Every handle is a namespace of its own on the exporter's one server, ``reuse`` or not.
 
         The exporter is the one of ``exporter_client`` (a client the test holds), else the
         ``jmp shell`` one, else one leased by ``selector``; ``driver`` is its HttpServer's path.

@@ -7,6 +7,7 @@ import errno
 import functools
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -19,6 +20,8 @@ from .records import AuthSpec, FaultSpec, HttpRequest, Progress, ReplySpec, TlsS
 from .values import PortRange, TlsMode
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from .driver import RecordingHttpServer
     from .roots import Roots
     from .tls import Authority, Tls
@@ -59,23 +62,21 @@ class LoopbackServer(HttpServerHandle):
         progress: Callable[[str], None] | None = None,
         uploads: Callable[[], Path] | None = None,
         tls: Tls | None = None,
+        driver: RecordingHttpServer | None = None,
     ) -> None:
-        from .driver import RecordingHttpServer
-
-        # The driver's defaults bind the LAN address on port 8080 and serve /var/www; never use them.
-        # mypy takes the grpc servicer methods the Driver base leaves to the exporter as abstract.
-        self._driver = RecordingHttpServer(  # type: ignore[abstract]
-            root_dir=str(root),
-            host=host,
-            port=0,
-            remove_created_on_close=False,
-            # Its INFO lines ("HTTP server started at ...") would fill every test's captured log.
-            log_level="WARNING",
-            shutdown_grace=SHUTDOWN_GRACE,
-        )
+        #: Whether the driver outlives this server: one the backend keeps, given here to serve
+        #: ``root`` (on ``host``, which it was made with) from a new port; stop() only pauses it.
+        self._kept = driver is not None
+        if driver is None:
+            driver = new_driver(host, root)
+        driver.root_dir = str(root)
+        driver.roots[:] = [Path(root)]
+        self._driver = driver
         #: Where device uploads go (``uploads``: makes a folder on first use), and what it made.
         self._in_process = _InProcess(self._driver, uploads)
         super().__init__(Path(root), host, recorder=self._in_process, progress=progress, tls=tls)
+        # A kept driver's log holds the requests of the tests before: this server's start here.
+        self._request_mark = driver.request_log.started
         self._tls = tls
         #: The port of its HTTPS site, beside the driver's plain one (0: plain HTTP).
         self._tls_port = 0
@@ -92,6 +93,8 @@ class LoopbackServer(HttpServerHandle):
             self._driver.roots.append(staging)
         self._started = False
         self._stopped = False
+        #: The loop serving the socket start() bound, until stop() has waited for it.
+        self._serving: Future[int] | None = None
         #: The port it last listened on: a stopped server's URL still names it, in its report.
         self._port = 0
         self._url, self._url_port = "", -1
@@ -104,7 +107,7 @@ class LoopbackServer(HttpServerHandle):
         # the thread, whose portal would otherwise hang the interpreter's exit.
         eventloop.acquire()
         try:
-            self._bind(self._start_on)
+            self._port = self._bind(self._start_on)
         except BaseException:
             eventloop.release()
             raise
@@ -118,11 +121,17 @@ class LoopbackServer(HttpServerHandle):
         return self
 
     def _start_on(self, port: int) -> int:
-        self._driver.port = port
-        eventloop.call(self._driver.start, timeout=self._timeout)
-        return port
+        driver = self._driver
+        sock = _listening_socket(driver.host, port) if driver.runner is not None else None
+        if sock is None:
+            return eventloop.call(driver.listen, port, timeout=self._timeout)
+        # Listening from here on: a connection waits in the backlog until the loop serves the
+        # socket, so the test need not wait for the loop (issue 19); stop() does, first.
+        self._serving = eventloop.submit(driver.listen, port, sock)
+        return int(sock.getsockname()[1])
 
     def _serve_tls_on(self, spec: TlsSpec, port: int) -> int:
+        self._wait_listening()
         """Add an HTTPS site to the running app on ``port``, as an exporter's server does for a run."""
         driver = self._driver
         add = driver.tls.add
@@ -142,12 +151,23 @@ class LoopbackServer(HttpServerHandle):
         )
 
     @property
+    def running(self) -> bool:
+        """Whether it was started and not stopped yet."""
+        return self._started and not self._stopped
+
+    @property
     def port(self) -> int:
         if not self._started:
             raise RuntimeError(f"{type(self).__name__} on {str(self.root)!r} was never started; start() it.")
         if not self._stopped:
             self._port = self._listening()
         return self._port
+
+    def _wait_listening(self) -> None:
+        """Wait until the loop serves the socket ``start()`` handed it, if it did not yet."""
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.result(self._timeout)
 
     def _listening(self) -> int:
         """The port its URLs name: the HTTPS site's, else the driver's (the last one once stopped)."""
@@ -172,7 +192,13 @@ class LoopbackServer(HttpServerHandle):
         """A Jumpstarter ``HttpServerClient`` on this server, through a local session opened on first use."""
         if self._client is None:
             from jumpstarter.common.utils import serve_async
+            from jumpstarter_driver_opendal.driver import Opendal
 
+            # The driver's storage as the driver makes it, on this server's root: a kept driver's
+            # is still on the root of the test it was made for.
+            self._driver.children["storage"] = Opendal(  # type: ignore[abstract]
+                scheme="fs", kwargs={"root": str(self.root)}, remove_created_on_close=False
+            )
             portal = eventloop.portal()
             stack = self._client_stack
             self._client = stack.enter_context(
@@ -232,9 +258,11 @@ class LoopbackServer(HttpServerHandle):
         self._port = self._listening()  # its URL in the report names it
         self._stopped = True
         try:
+            self._wait_listening()
             self.clear_faults()  # the driver's stop() releases any other stalled response
             if self._driver.runner is not None:
-                eventloop.call(self._driver.stop, timeout=self._timeout)
+                end = self._driver.pause if self._kept else self._driver.stop
+                eventloop.call(end, timeout=self._timeout)
         finally:
             try:
                 self._client_stack.close()
@@ -244,6 +272,25 @@ class LoopbackServer(HttpServerHandle):
                 for made in (self._made_staging, self._in_process.uploads_folder):
                     if made is not None and self._release is not None:
                         self._release(made, failed)
+
+
+def new_driver(host: str, root: str | os.PathLike[str]) -> RecordingHttpServer:
+    """Jumpstarter's HttpServer driver (recording) for a loopback server on ``host``, not started,
+    serving ``root``: a server may give it another (``LoopbackServer(driver=...)``)."""
+    from .driver import RecordingHttpServer
+
+    # The driver's defaults bind the LAN address on port 8080 and serve /var/www; never use them.
+    # mypy takes the grpc servicer methods the Driver base leaves
+    # to the exporter as abstract.
+    return RecordingHttpServer(  # type: ignore[abstract]
+        root_dir=str(root),
+        host=host,
+        port=0,
+        remove_created_on_close=False,
+        # Its INFO lines ("HTTP server started at ...") would fill every test's captured log.
+        log_level="WARNING",
+        shutdown_grace=SHUTDOWN_GRACE,
+    )
 
 
 class _InProcess:
@@ -257,6 +304,8 @@ class _InProcess:
 
     def get_requests(self, start: int, prefix: str = "") -> tuple[int, list[HttpRequest]]:
         log = self._driver.request_log
+        if start >= log.started:  # counting only (a new test's window): nothing to read
+            return log.started, []
         # A client can read a response before the server's task logs it; while a connection is
         # open, let the loop catch up (a closed one has logged everything it answered).
         runner = self._driver.runner
@@ -320,6 +369,31 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+def _listening_socket(host: str | None, port: int) -> socket.socket | None:
+    """A socket bound to ``host`` (an IP address) and ``port`` and listening, as aiohttp's site
+    would make it; None for a host name or no host, which may stand for several addresses."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError):
+        return None
+    if not host:
+        return None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(128)  # aiohttp's TCPSite backlog
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _candidates(ports: PortRange | None) -> list[int]:
     """Ports to try: 0 (the OS picks), or the range starting at a per-process offset.
 
@@ -354,12 +428,21 @@ class LoopbackBackend:
         self._timeout = timeout
         self._roots = roots
         self._progress = progress
+        #: The driver the servers of one test after another run on, made on first use, and the
+        #: server running on it now: a new port per test, the app and runner kept (issue 19).
+        self._kept: RecordingHttpServer | None = None
+        self._kept_by: LoopbackServer | None = None
 
-    def server(self, root: Path, *, owned: bool, tls: TlsMode = "off", **where: Any) -> LoopbackServer:
-        """A started server on ``root``, HTTPS unless ``tls`` is off; ``where`` (an exporter's
-        selector, driver, client) is not for it."""
+    def server(
+        self, root: Path, *, owned: bool, tls: TlsMode = "off", reuse: bool = False, **where: Any
+    ) -> LoopbackServer:
+        """A started server on ``root``, HTTPS unless ``tls`` is off, on the kept driver if ``reuse``
+        and it is free; ``where`` (an exporter's selector, driver, client) is not for it."""
+        driver = None
+        if reuse and (self._kept_by is None or not self._kept_by.running):
+            driver = self._kept = self._kept or new_driver(self._host, root)
         roots = self._roots
-        return LoopbackServer(
+        server = LoopbackServer(
             root,
             host=self._host,
             port=self._port,
@@ -371,10 +454,17 @@ class LoopbackBackend:
             progress=self._progress,
             uploads=lambda: roots.make("uploads"),
             tls=self._authority.tls(tls, self._url_host or concrete_host(self._host)),
+            driver=driver,
         ).start()
+        if driver is not None:
+            self._kept_by = server
+        return server
 
     def summary(self) -> list[str]:
         return []
 
     def close(self, *, failed: bool = False) -> None:
-        """Nothing to let go of: each server stopped with its scope."""
+        """Stop the kept driver; every other server stopped with its scope."""
+        kept, self._kept, self._kept_by = self._kept, None, None
+        if kept is not None and kept.runner is not None:
+            eventloop.call(kept.stop, timeout=self._timeout)
