@@ -131,8 +131,8 @@ class LoopbackServer(HttpServerHandle):
         return int(sock.getsockname()[1])
 
     def _serve_tls_on(self, spec: TlsSpec, port: int) -> int:
-        self._wait_listening()
         """Add an HTTPS site to the running app on ``port``, as an exporter's server does for a run."""
+        self._wait_listening()
         driver = self._driver
         add = driver.tls.add
         return eventloop.call(add, driver.runner, driver.host, "loopback", spec, port, timeout=self._timeout)
@@ -280,8 +280,7 @@ def new_driver(host: str, root: str | os.PathLike[str]) -> RecordingHttpServer:
     from .driver import RecordingHttpServer
 
     # The driver's defaults bind the LAN address on port 8080 and serve /var/www; never use them.
-    # mypy takes the grpc servicer methods the Driver base leaves
-    # to the exporter as abstract.
+    # mypy takes the grpc servicer methods the Driver base leaves to the exporter as abstract.
     return RecordingHttpServer(  # type: ignore[abstract]
         root_dir=str(root),
         host=host,
@@ -372,13 +371,13 @@ async def _settle() -> None:
 def _listening_socket(host: str | None, port: int) -> socket.socket | None:
     """A socket bound to ``host`` (an IP address) and ``port`` and listening, as aiohttp's site
     would make it; None for a host name or no host, which may stand for several addresses."""
+    if not host:
+        return None
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE
         )[0]
     except (socket.gaierror, UnicodeError):
-        return None
-    if not host:
         return None
     sock = socket.socket(family, kind, proto)
     try:

@@ -365,6 +365,10 @@ class BeneathFiles:
                 raise web.HTTPNotFound() from None
             # What the static route answers for a missing file: FileResponse's bodiless 404.
             return web.StreamResponse(status=web.HTTPNotFound.status_code)
+        return self._answer(request, fd, name, root, resource._chunk_size)
+
+    def _answer(self, request: Request, fd: int, name: str, root: Root, chunk_size: int) -> StreamResponse:
+        """The answer for the opened ``fd``: 403 for a folder, else the file's."""
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             os.close(fd)
@@ -373,7 +377,7 @@ class BeneathFiles:
             small = _small_answer(fd, name, root, st)
             if small is not None:
                 return small
-        return ServedFile(fd, name, root=root, chunk_size=resource._chunk_size, log=self.log)
+        return ServedFile(fd, name, root=root, chunk_size=chunk_size, log=self.log)
 
     def _places(self, name: str) -> list[tuple[Path, str]]:
         """Where the URL name may be: each root, or a namespace's folders in the first root."""

@@ -215,3 +215,37 @@ def test_keep_failed_keeps_only_the_folders_of_failed_tests(pytester):
     staged = [path.read_text() for path in kept.parent.glob("staged-*/staged.bin")]
     assert staged == ["beside"]
     assert not list((pytester.path / "user").iterdir())
+
+
+def test_a_connection_of_one_test_never_reaches_the_server_of_the_next(pytester):
+    # The loopback backend serves one test after another from one driver (issue 19): each test's
+    # teardown must end its connections, or a kept-alive one would read the next test's files.
+    pytester.makepyfile(
+        """
+        import socket
+
+        HELD = []
+
+        def ask(conn, path):
+            conn.sendall(f"GET /{path} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n".encode())
+            return conn.recv(65536)
+
+        def test_one(http_server, served_dir):
+            (served_dir / "one").write_bytes(b"1")
+            conn = socket.create_connection(("127.0.0.1", http_server.port), timeout=10)
+            assert ask(conn, "one").startswith(b"HTTP/1.1 200")  # and the connection stays open
+            HELD.append(conn)
+
+        def test_two(http_server, served_dir):
+            (served_dir / "two").write_bytes(b"2")
+            (conn,) = HELD
+            try:
+                answer = ask(conn, "two")
+            except OSError:  # reset
+                answer = b""
+            assert answer == b"", answer
+            assert http_server.requests == []
+            conn.close()
+        """
+    )
+    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)

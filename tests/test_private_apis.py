@@ -260,6 +260,44 @@ def test_a_file_response_decides_its_answer_in_the_private_steps_served_file_cal
     }, "aiohttp's _FileResponseResult changed: ServedFile._prepare_here in serving.py branches on it."
 
 
+# --- HttpServer._bound_port and aiohttp sites' _server (driver.py, RecordingHttpServer.listen) ---
+
+
+def test_the_stock_driver_reports_the_port_it_keeps_in_bound_port(tmp_path: Path):
+    from jumpstarter_driver_http.driver import HttpServer
+
+    driver = HttpServer(root_dir=str(tmp_path), host="127.0.0.1", port=0)  # type: ignore[abstract]
+    driver._bound_port = 43210
+    assert driver.get_port() == 43210, (
+        "HttpServer.get_port() no longer reads _bound_port: RecordingHttpServer.listen sets it for "
+        "the new port of a kept loopback driver, so http_server.client.get_port() would be wrong."
+    )
+
+
+def test_a_sock_site_started_on_a_kept_runner_listens_where_its_server_says(tmp_path: Path):
+    from aiohttp import web
+
+    async def main() -> None:
+        app = web.Application()
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            for _ in range(2):  # a site per test, on one runner
+                sock = socket.create_server(("127.0.0.1", 0))
+                site = web.SockSite(runner, sock)
+                await site.start()
+                server: Any = site._server
+                assert server.sockets[0].getsockname() == sock.getsockname(), (
+                    "aiohttp sites no longer keep their asyncio server in _server: "
+                    "RecordingHttpServer.listen reads the port from it."
+                )
+                await site.stop()
+        finally:
+            await runner.cleanup()
+
+    run(main)
+
+
 # --- pytest's config._tmp_path_factory (plugin.py, _basetemp) ------------------------------------
 
 
