@@ -71,8 +71,8 @@ class Root:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.real = os.path.realpath(path)
-        self.fd = os.open(self.real, PROBE | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.fd = os.open(path, PROBE | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.real = _real_path(self.fd, path)
         self._lock = threading.Lock()
         self._users = 0
         self._closing = False
@@ -110,6 +110,16 @@ class Root:
 
     def __repr__(self) -> str:
         return f"Root({self.real!r}, fd={self.fd})"
+
+
+def _real_path(fd: int, path: str | os.PathLike[str]) -> str:
+    """The real path of the folder open as ``fd`` (opened by ``path``): what the kernel says it
+    is, one ``readlink``, where it can say; else ``realpath``, a ``stat`` per part of ``path``."""
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        real = ""
+    return real if real.startswith("/") and not real.endswith(" (deleted)") else os.path.realpath(path)
 
 
 def open_beneath(root: Root | int | str | os.PathLike[str], relpath: str, flags: int = os.O_RDONLY) -> int:

@@ -19,7 +19,6 @@ plugin imports this module only when it starts a loopback server or builds a cli
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, field
 from pathlib import Path
@@ -118,24 +117,21 @@ class RecordingHttpServer(HttpServer):
         finally:
             self.tls.forget_all()
 
-    async def listen(self, port: int, sock: socket.socket | None = None) -> int:
-        """Listen on ``port`` (0: any free one), or on ``sock`` (bound to it and listening already),
-        with the app and runner :meth:`pause` kept, or start the server if it does not run; the
-        port. For the loopback backend, which serves one test after another from one server; never
-        over the wire, where others may be downloading."""
+    async def listen(self, port: int) -> int:
+        """Listen on ``port`` (0: any free one) with the app and runner :meth:`pause` kept, or start
+        the server if it does not run; the port. For the loopback backend, which serves one test
+        after another from one server; never over the wire, where others may be downloading."""
         if self.runner is None:
             self.port = port
             await self.start()
             return int(self.get_port())
-        from aiohttp.web import SockSite, TCPSite
+        from aiohttp.web import TCPSite
 
-        site = TCPSite(self.runner, self.host, port) if sock is None else SockSite(self.runner, sock)
+        site = TCPSite(self.runner, self.host, port)
         try:
             await site.start()
         except BaseException:  # aiohttp registers a site before it binds: a port taken leaves it
             await site.stop()
-            if sock is not None:
-                sock.close()
             raise
         server: Any = site._server  # as the driver reads its own port
         self._bound_port = int(server.sockets[0].getsockname()[1])

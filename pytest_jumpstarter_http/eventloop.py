@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import asyncio
-    from concurrent.futures import Future
 
     from anyio.from_thread import BlockingPortal
 
@@ -103,10 +102,3 @@ def call(func: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = 
             return await func(*args)
 
     return asyncio.run_coroutine_threadsafe(bounded(), _thread.loop()).result()
-
-
-def submit(func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Future[T]:
-    """Start the coroutine function on the loop thread without waiting for it; its future."""
-    import asyncio
-
-    return asyncio.run_coroutine_threadsafe(func(*args), _thread.loop())

@@ -7,7 +7,6 @@ import errno
 import functools
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -20,8 +19,6 @@ from .records import AuthSpec, FaultSpec, HttpRequest, Progress, ReplySpec, TlsS
 from .values import PortRange, TlsMode
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from .driver import RecordingHttpServer
     from .roots import Roots
     from .tls import Authority, Tls
@@ -93,8 +90,6 @@ class LoopbackServer(HttpServerHandle):
             self._driver.roots.append(staging)
         self._started = False
         self._stopped = False
-        #: The loop serving the socket start() bound, until stop() has waited for it.
-        self._serving: Future[int] | None = None
         #: The port it last listened on: a stopped server's URL still names it, in its report.
         self._port = 0
         self._url, self._url_port = "", -1
@@ -121,18 +116,10 @@ class LoopbackServer(HttpServerHandle):
         return self
 
     def _start_on(self, port: int) -> int:
-        driver = self._driver
-        sock = _listening_socket(driver.host, port) if driver.runner is not None else None
-        if sock is None:
-            return eventloop.call(driver.listen, port, timeout=self._timeout)
-        # Listening from here on: a connection waits in the backlog until the loop serves the
-        # socket, so the test need not wait for the loop (issue 19); stop() does, first.
-        self._serving = eventloop.submit(driver.listen, port, sock)
-        return int(sock.getsockname()[1])
+        return eventloop.call(self._driver.listen, port, timeout=self._timeout)
 
     def _serve_tls_on(self, spec: TlsSpec, port: int) -> int:
         """Add an HTTPS site to the running app on ``port``, as an exporter's server does for a run."""
-        self._wait_listening()
         driver = self._driver
         add = driver.tls.add
         return eventloop.call(add, driver.runner, driver.host, "loopback", spec, port, timeout=self._timeout)
@@ -162,12 +149,6 @@ class LoopbackServer(HttpServerHandle):
         if not self._stopped:
             self._port = self._listening()
         return self._port
-
-    def _wait_listening(self) -> None:
-        """Wait until the loop serves the socket ``start()`` handed it, if it did not yet."""
-        serving, self._serving = self._serving, None
-        if serving is not None:
-            serving.result(self._timeout)
 
     def _listening(self) -> int:
         """The port its URLs name: the HTTPS site's, else the driver's (the last one once stopped)."""
@@ -258,7 +239,6 @@ class LoopbackServer(HttpServerHandle):
         self._port = self._listening()  # its URL in the report names it
         self._stopped = True
         try:
-            self._wait_listening()
             self.clear_faults()  # the driver's stop() releases any other stalled response
             if self._driver.runner is not None:
                 end = self._driver.pause if self._kept else self._driver.stop
@@ -366,31 +346,6 @@ def _same_file(a: Path, b: Path) -> bool:
 async def _settle() -> None:
     for _ in range(3):
         await asyncio.sleep(0)
-
-
-def _listening_socket(host: str | None, port: int) -> socket.socket | None:
-    """A socket bound to ``host`` (an IP address) and ``port`` and listening, as aiohttp's site
-    would make it; None for a host name or no host, which may stand for several addresses."""
-    if not host:
-        return None
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE
-        )[0]
-    except (socket.gaierror, UnicodeError):
-        return None
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(128)  # aiohttp's TCPSite backlog
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _candidates(ports: PortRange | None) -> list[int]:

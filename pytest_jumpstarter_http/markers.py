@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,8 +130,23 @@ def chosen_root(node: pytest.Item, settings: Settings) -> Path | None:
 
 def choose(node: pytest.Item, settings: Settings, exporter_client: Any = None) -> Choice:
     """Resolve the scope, backend and TLS of ``node`` from its markers, the settings and its client."""
+    if exporter_client is None and not any(marker.name in _SIGNATURES for marker in node.iter_markers()):
+        return _unmarked(settings)  # most tests
     tls: TlsMode = _server_marker(node, "tls") or settings.tls
     return dataclasses.replace(_where(node, settings, exporter_client), tls=tls)
+
+
+@functools.cache
+def _unmarked(settings: Settings) -> Choice:
+    """The choice of a test without the plugin's markers: the settings', worked out once."""
+    return Choice(
+        scope=settings.scope,
+        backend=settings.run_backend,
+        selector=settings.selector,
+        driver=settings.driver,
+        required=settings.wants_exporter,
+        tls=settings.tls,
+    )
 
 
 def _where(node: pytest.Item, settings: Settings, exporter_client: Any) -> Choice:
@@ -140,13 +156,7 @@ def _where(node: pytest.Item, settings: Settings, exporter_client: Any) -> Choic
         return _next_to_the_board(node, marker, settings, exporter_client)
     scope: Scope = _server_marker(node, "scope") or settings.scope
     if marker is None:
-        return Choice(
-            scope=scope,
-            backend=settings.run_backend,
-            selector=settings.selector,
-            driver=settings.driver,
-            required=settings.wants_exporter,
-        )
+        return dataclasses.replace(_unmarked(settings), scope=scope)
     if marker.name == "http_loopback":
         _marker_args(marker)
         return Choice(scope=scope, backend="loopback")
