@@ -80,6 +80,18 @@ async def test_get(i, tmp_path, aiohttp_server):
     async with ClientSession() as session, session.get(server.make_url("/small.bin")) as response:
         assert await response.read() == BODY
 """
+# The README's own case: the file is in --http-root already, so neither side writes one per test
+# (a new 1 KiB file costs about 0.35 ms on this machine's ext4, more than a GET: WRITE_ONLY).
+ROOT_GET = """\
+def test_get(i, http_url):
+    assert fetch(f"{http_url}/small.bin") == BODY
+"""
+WRITE_ONLY = """\
+def test_get(i):
+    import os, pathlib
+
+    (pathlib.Path(os.environ["BENCH_WRITE_DIR"]) / f"small-{i}.bin").write_bytes(BODY)
+"""
 BLOB_GET = """\
 def test_get(i, http_url):
     assert len(fetch(f"{http_url}/blob.bin")) == BLOB
@@ -92,6 +104,9 @@ OURS_SESSION = "jumpstarter-http session"
 OURS_SESSION_REWRITE = "jumpstarter-http session, rewrite"
 OURS_SESSION_IDLE = "jumpstarter-http session, no GET"
 HTTPSERVER = "pytest-httpserver"
+OURS_ROOT = "jumpstarter-http, --http-root file"
+OURS_ROOT_SESSION = "jumpstarter-http session, --http-root file"
+WRITE = "no server, a new file written"
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,22 @@ PER_TEST_VARIANTS = (
 )
 #: The competitors whose per-test cost is charted next to ours.
 SERVERS = (OURS, OURS_SESSION, OURS_SESSION_REWRITE, HTTPSERVER, "pytest-localserver", "pytest-aiohttp")
+#: Ours without a file written per test, and what writing one costs alone.
+UNCHARTED = (OURS_ROOT, OURS_ROOT_SESSION, WRITE)
+
+
+def root_variants(workdir: Path) -> tuple[Variant, ...]:
+    """The variants that need a folder: a --http-root holding the file, a folder to write into."""
+    root, written = workdir / "per-test-root", workdir / "per-test-written"
+    root.mkdir(parents=True, exist_ok=True)
+    written.mkdir(parents=True, exist_ok=True)
+    (root / "small.bin").write_bytes(b"x" * 1024)
+    served = ("--http-root", str(root))
+    return (
+        Variant(OURS_ROOT, ROOT_GET, (PLUGIN,), served),
+        Variant(OURS_ROOT_SESSION, ROOT_GET, (PLUGIN,), (*served, "--http-scope", "session")),
+        Variant(WRITE, WRITE_ONLY, env=(("BENCH_WRITE_DIR", str(written)),)),
+    )
 
 
 def write_suite(variant: Variant, workdir: Path, tests: int, blob: int = 0) -> Path:
@@ -223,22 +254,23 @@ def per_test_cost(config: Config, workdir: Path) -> Section:
         "per_test",
         f"Per-test cost of a server plus one GET ({config.tests} tests, {config.rounds} interleaved rounds)",
     )
-    rounds = run_variants(PER_TEST_VARIANTS, workdir, config)
+    variants = PER_TEST_VARIANTS + root_variants(workdir)
+    rounds = run_variants(variants, workdir, config)
     medians = medians_of(rounds)
     section.samples = flatten(medians)
-    counts = {v.name: v.count(config) for v in PER_TEST_VARIANTS}
+    counts = {v.name: v.count(config) for v in variants}
 
     def against_base(name: str) -> list[tuple[dict[str, float], dict[str, float]]]:
         """Each round's timings of ``name`` with that round's no-server suite's."""
         return list(zip(rounds[name], rounds[BASELINE], strict=True))
 
     per_round: dict[str, dict[str, list[float]]] = {kind: {} for kind in ("", PHASES, WHOLE_RUN)}
-    for name in SERVERS:
+    for name in SERVERS + UNCHARTED:
         for run, base in against_base(name):
             for kind, value in added(run, base, counts[name], config.tests).items():
                 per_round[kind].setdefault(name, []).append(value)
     figures = section.figures
-    for name in SERVERS:
+    for name in SERVERS + UNCHARTED:
         for kind, values in per_round.items():
             figures[f"{name}: ms per test{kind}"] = Figure(median(values[name]), "ms")
 
@@ -260,6 +292,9 @@ def per_test_cost(config: Config, workdir: Path) -> Section:
     ratio("session scope / pytest-httpserver, phases", PHASES, OURS_SESSION)
     ratio("session scope / pytest-httpserver, whole run / tests", WHOLE_RUN, OURS_SESSION)
     ratio("session scope rewriting one file / pytest-httpserver", "", OURS_SESSION_REWRITE)
+    # Neither side writes a file: the file is in --http-root (the README's case).
+    ratio("function scope, --http-root file / pytest-httpserver", "", OURS_ROOT)
+    ratio("session scope, --http-root file / pytest-httpserver", "", OURS_ROOT_SESSION)
     figures["session scope, no GET / no server"] = Figure(
         median([run["test_ms"] / base["test_ms"] for run, base in against_base(OURS_SESSION_IDLE)]), "x"
     )
