@@ -244,6 +244,7 @@ class LoopbackServer(HttpServerHandle):
                 end = self._driver.pause if self._kept else self._driver.stop
                 eventloop.call(end, timeout=self._timeout)
         finally:
+            self._in_process.until = self._driver.request_log.started
             try:
                 self._client_stack.close()
             finally:
@@ -280,11 +281,16 @@ class _InProcess:
         self._uploads = uploads
         #: The folder device uploads went to, made on first use; None before.
         self.uploads_folder: Path | None = None
+        #: How many requests had started when its server stopped: a kept driver goes on to serve
+        #: later tests, whose requests are theirs. None while it serves.
+        self.until: int | None = None
 
     def get_requests(self, start: int, prefix: str = "") -> tuple[int, list[HttpRequest]]:
         log = self._driver.request_log
         if start >= log.started:  # counting only (a new test's window): nothing to read
             return log.started, []
+        if self.until is not None:
+            return log.started, [entry for entry in log.since(start, prefix) if entry.seq < self.until]
         # A client can read a response before the server's task logs it; while a connection is
         # open, let the loop catch up (a closed one has logged everything it answered).
         runner = self._driver.runner
@@ -293,6 +299,8 @@ class _InProcess:
         return log.started, log.since(start, prefix)
 
     def get_in_flight(self, prefix: str = "") -> list[Progress]:
+        if self.until is not None:  # its stop ended what it was sending
+            return []
         return [
             progress for progress in self._driver.request_log.in_flight() if progress.path.startswith(prefix)
         ]

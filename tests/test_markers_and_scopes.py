@@ -249,3 +249,25 @@ def test_a_connection_of_one_test_never_reaches_the_server_of_the_next(pytester)
         """
     )
     pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
+
+
+def test_a_finished_test_s_handle_keeps_its_own_requests_only(pytester):
+    pytester.makepyfile(
+        """
+        import urllib.request
+
+        HANDLES = []
+
+        def test_one(http_server, served_dir):
+            (served_dir / "one").write_bytes(b"1")
+            urllib.request.urlopen(http_server.url_for("one"), timeout=10).read()
+            HANDLES.append(http_server)
+
+        def test_two(http_server, served_dir):
+            (served_dir / "two").write_bytes(b"2")
+            urllib.request.urlopen(http_server.url_for("two"), timeout=10).read()
+            assert [r.path for r in http_server.requests] == ["/two"]
+            assert [r.path for r in HANDLES[0].requests] == ["/one"]
+        """
+    )
+    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
