@@ -33,7 +33,7 @@ from .records import NS, AuthSpec, FaultSpec, ReplySpec, TlsSpec, UploadSpec
 from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
 from .talkback import Talkback, TalkbackMiddleware
-from .tlssites import TlsSites, lab_certificate
+from .tlssites import TlsSites, lab_certificate, open_site
 
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
@@ -125,16 +125,7 @@ class RecordingHttpServer(HttpServer):
             self.port = port
             await self.start()
             return int(self.get_port())
-        from aiohttp.web import TCPSite
-
-        site = TCPSite(self.runner, self.host, port)
-        try:
-            await site.start()
-        except BaseException:  # aiohttp registers a site before it binds: a port taken leaves it
-            await site.stop()
-            raise
-        server: Any = site._server  # as the driver reads its own port
-        self._bound_port = int(server.sockets[0].getsockname()[1])
+        _, self._bound_port = await open_site(self.runner, self.host, port)
         return self._bound_port
 
     async def pause(self) -> None:

@@ -68,6 +68,23 @@ def _load_chain(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
         context.load_cert_chain(path)
 
 
+async def open_site(
+    runner: Any, host: str | None, port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[Any, int]:
+    """A new site of ``runner``'s app on ``host`` and ``port`` (0: any free one), and the port it
+    got; an ``OSError`` if the port is taken."""
+    from aiohttp.web import TCPSite
+
+    site = TCPSite(runner, host, port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except BaseException:  # aiohttp registers a site before it binds: a port taken leaves it
+        await site.stop()
+        raise
+    server: Any = site._server  # as the driver reads its own port
+    return site, int(server.sockets[0].getsockname()[1])
+
+
 class TlsSites:
     """The TLS sites of one server, by holder; changed from the server's loop, read from any thread."""
 
@@ -79,16 +96,7 @@ class TlsSites:
     async def add(self, runner: Any, host: str | None, holder: str, spec: TlsSpec, port: int = 0) -> int:
         """Serve ``runner``'s app over TLS with ``spec`` on ``host`` and ``port`` (0: any free one)
         until ``holder`` lets go; the port. An ``OSError`` if the port is taken."""
-        from aiohttp.web import TCPSite
-
-        site = TCPSite(runner, host, port, ssl_context=server_context(spec))
-        try:
-            await site.start()
-        except BaseException:  # aiohttp registers a site before it binds: a port taken leaves it
-            await site.stop()
-            raise
-        server: Any = site._server  # as the driver reads its own port
-        bound = int(server.sockets[0].getsockname()[1])
+        site, bound = await open_site(runner, host, port, server_context(spec))
         with self._lock:
             self._sites.setdefault(holder, []).append((runner, site))
         return bound

@@ -260,7 +260,7 @@ def test_a_file_response_decides_its_answer_in_the_private_steps_served_file_cal
     }, "aiohttp's _FileResponseResult changed: ServedFile._prepare_here in serving.py branches on it."
 
 
-# --- HttpServer._bound_port and aiohttp sites' _server (driver.py, RecordingHttpServer.listen) ---
+# --- HttpServer._bound_port and aiohttp sites' _server (driver.py listen, tlssites.open_site) ---
 
 
 def test_the_stock_driver_reports_the_port_it_keeps_in_bound_port(tmp_path: Path):
@@ -288,7 +288,7 @@ def test_a_site_started_on_a_kept_runner_listens_where_its_server_says(tmp_path:
                 server: Any = site._server
                 assert [server.sockets[0].getsockname()] == runner.addresses, (
                     "aiohttp sites no longer keep their asyncio server in _server: "
-                    "RecordingHttpServer.listen reads the port from it."
+                    "tlssites.open_site reads the port from it."
                 )
                 await site.stop()
         finally:
