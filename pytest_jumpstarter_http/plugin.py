@@ -28,7 +28,7 @@ SHOW_PASSED = pytest.StashKey[bool]()
 SERVERS: pytest.StashKey[list[HttpServerHandle]] = pytest.StashKey()
 #: Whether a test failed (in its set-up or call): ``--http-keep=failed`` keeps its folders.
 FAILED = pytest.StashKey[bool]()
-#: The server a test gets (see ``_choice``), kept for its teardown.
+#: The server a test gets (see ``_choice``), chosen once per test.
 CHOICE = pytest.StashKey[markers.Choice]()
 #: What the run keeps: its roots, backends and session servers.
 RUNTIME: pytest.StashKey[Runtime] = pytest.StashKey()
@@ -200,6 +200,7 @@ def _may_hold_a_board(request: pytest.FixtureRequest) -> bool:
 
 
 def _in_a_jumpstarter_test(request: pytest.FixtureRequest) -> bool:
+    """Whether the test is a method of a ``jumpstarter_testing`` ``JumpstarterTest`` class."""
     return any(
         f"{base.__module__}.{base.__qualname__}" == _JUMPSTARTER_TEST
         for base in getattr(request.cls, "__mro__", ())
