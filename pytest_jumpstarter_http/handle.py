@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, cast
 from urllib.parse import unquote
 
 from .records import (
+    NO_JSON,
     PROGRESS_BYTES,
     HttpRequest,
     Progress,
@@ -361,15 +362,16 @@ class HttpServerHandle(ABC):
         *,
         status: int = 200,
         body: bytes | str | None = None,
-        json: Any = None,
+        json: Any = NO_JSON,
         headers: Mapping[str, str] | None = None,
         method: str = "GET",
         times: int | None = None,
     ) -> Reply:
         """Answer ``method`` requests for ``path`` (relative to ``url``) with a reply of the test's own.
 
-        - ``body`` (bytes or str) or ``json`` (any JSON value, sent as ``application/json``): what it
-          answers, up to 1 MiB (stage a larger one as a file). With neither, a 2xx reply to ``GET``
+        - ``body`` (bytes or str) or ``json`` (any JSON value, ``None`` for ``null`` too, sent as
+          ``application/json``): what it answers, up to 1 MiB (stage a larger one as a file). With
+          neither, a 2xx reply to ``GET``
           serves the file at ``path`` as usual (ranges, ETags and all) with ``headers`` added, such
           as ``{"Content-Type": "application/efi"}``; any other answers an empty body.
         - ``status``: 100 to 599; a redirect is ``status=302, headers={"Location": url}``.

@@ -567,13 +567,23 @@ _TIMES_RANGE = _Range("a whole number of requests", 1, MAX_WHOLE)
 _BYTES_RANGE = _Range("a whole number of bytes", 0, MAX_WHOLE, optional=False)
 
 
+class _NoJson:
+    """``respond()``'s default for ``json``: no JSON body, where ``json=None`` is JSON's ``null``."""
+
+    def __repr__(self) -> str:
+        return "NO_JSON"
+
+
+NO_JSON: Any = _NoJson()
+
+
 def _payload(body: Any, json: Any) -> bytes | None:
     """``respond()``'s body as bytes (a JSON value encoded), or None for neither; checked."""
-    if body is not None and json is not None:
+    if body is not None and json is not NO_JSON:
         raise ValueError(
             "respond(): body and json were both given; a reply has one body, so give one of them."
         )
-    if json is not None:
+    if json is not NO_JSON:
         try:
             return jsonlib.dumps(json, allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
@@ -627,7 +637,7 @@ class ReplySpec:
     path: str
     status: int = 200
     body: bytes | str | None = None
-    json: Any = None
+    json: Any = NO_JSON
     headers: Mapping[str, str] | None = None
     method: str = "GET"
     times: int | None = None
@@ -656,7 +666,7 @@ class ReplySpec:
             raise ValueError(
                 f"respond(): status={self.status} carries no body; give no body or another status."
             )
-        if self.json is not None and not _has(headers, "content-type"):
+        if self.json is not NO_JSON and not _has(headers, "content-type"):
             headers["Content-Type"] = "application/json"
         set_(self, "payload", payload)
         set_(self, "headers", headers)

@@ -67,6 +67,13 @@ def test_a_served_file_gets_the_content_type_of_the_reply(http_server, served_di
     head = curl("-I", url).stdout.decode().lower()
     assert "application/efi" in head and "content-length: 100000" in head
 
+def test_json_none_answers_json_null(http_server):
+    http_server.respond("nothing.json", json=None)
+    answer = curl("-f", "-D", "-", http_server.url + "/nothing.json").stdout.decode()
+    assert answer.endswith("\r\n\r\nnull")
+    assert "content-type: application/json" in answer.lower()
+
+
 def test_a_get_reply_answers_head_without_a_body_and_another_method_is_404(http_server):
     http_server.respond("status.json", json={"ok": True})
     head = curl("-I", http_server.url + "/status.json")
@@ -243,7 +250,7 @@ def test_the_other_worker_never_sees_them(http_server, served_dir):
 LEAKS = ("test_leak_1_a_test_scripts_everything_and_leaves_it", "test_leak_2_the_next_test_sees_none_of_it")
 XDIST_ARGS = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "test_xa.py", "test_xb.py")
 #: The tests of SUITE, parametrized ones counted once per case.
-CASES = 28
+CASES = 29
 
 
 def write_suites(where: Path) -> Path:
