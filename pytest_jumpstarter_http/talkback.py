@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Talkback", "TalkbackMiddleware"]
 
+#: What a multipart form may carry beyond ``max_bytes`` of files: its framing and other fields.
+FORM_SLACK: Final = 64 << 10
 #: How every folder on an upload's way is opened: never through a link.
 _FOLDER: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -322,14 +324,19 @@ async def _part_chunks(part: Any) -> AsyncIterator[bytes]:
 
 
 async def _receive(request: Request, found: _Found) -> list[_Written]:
-    """Write the request's body (or each file part of a multipart POST) below the upload folder."""
+    """Write the request's body (or each file part of a multipart POST) below the upload folder.
+
+    ``max_bytes`` bounds what is stored: a multipart form may be larger by its framing and other
+    fields, up to ``FORM_SLACK`` bytes, which are read and dropped.
+    """
+    form = request.method == "POST" and request.content_type == "multipart/form-data"
     length = request.content_length
-    if length is not None and length > found.spec.max_bytes:
+    if length is not None and length > found.spec.max_bytes + (FORM_SLACK if form else 0):
         raise _Refused(413, "the upload is larger than accept_uploads()'s max_bytes")
     budget = [found.spec.max_bytes]
     written: list[_Written] = []
     try:
-        if request.method == "POST" and request.content_type == "multipart/form-data":
+        if form:
             await _receive_parts(request, found, budget, written)
         else:
             written.append(_Written(found.fd, found.name))
@@ -345,10 +352,14 @@ async def _receive(request: Request, found: _Found) -> list[_Written]:
 async def _receive_parts(request: Request, found: _Found, budget: list[int], written: list[_Written]) -> None:
     """Each part with a file name becomes the upload ``<name>/<file name>``; other fields are dropped."""
     reader = await request.multipart()
+    slack = [FORM_SLACK]
     while (part := await reader.next()) is not None:
         filename = getattr(part, "filename", None)
         if not filename:
-            await part.release()
+            async for chunk in _part_chunks(part):  # a field: read, counted, dropped
+                slack[0] -= len(chunk)
+                if slack[0] < 0:
+                    raise _Refused(413, "the upload's form fields are larger than the 64 KiB allowed")
             continue
         if "/" in filename:
             raise _Refused(400, f"upload file name {filename!r} is refused: it has a '/'")

@@ -109,7 +109,12 @@ def test_an_upload_over_max_bytes_is_413_and_nothing_is_kept(http_server, tmp_pa
     assert code("-H", "Transfer-Encoding: chunked", "--data-binary", f"@{tmp_path / 'big'}",
                 http_server.url + "/dumps/chunked") == "413"
     assert code("-T", tmp_path / "fits", http_server.url + "/dumps/fits") == "201"
-    assert [u.name for u in http_server.uploads] == ["fits"]
+    # A form counts its files, not its framing or other fields (up to 64 KiB of those).
+    assert code("-F", f"f=@{tmp_path / 'big'}", http_server.url + "/dumps/form") == "413"
+    assert code("-F", f"f=@{tmp_path / 'fits'}", "-F", "note=hi", http_server.url + "/dumps/form") == "201"
+    assert code("-F", f"f=@{tmp_path / 'fits'}", "-F", "note=" + "n" * (65 << 10),
+                http_server.url + "/dumps/fat") == "413"
+    assert [u.name for u in http_server.uploads] == ["fits", "form/fits"]
     assert code("-T", tmp_path / "fits", http_server.url + "/elsewhere/fits") == "405"
 
 def test_hostile_upload_names_stay_in_the_upload_folder(http_server, served_dir, tmp_path):
