@@ -27,7 +27,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .beneath import EscapesRoot, open_beneath
 from .records import NS, RUNS, TOP, check_name, normalized
 
 log = logging.getLogger("pytest_jumpstarter_http.namespaces")
@@ -160,12 +159,13 @@ def _inside(owned: str, folder: str) -> str:
 
 
 def _remove_beneath(root: Path, folder: str) -> None:
-    """Remove ``folder`` below ``root`` and, once empty, its parent; never following a link out of it."""
+    """Remove ``folder`` below ``root`` and, once empty, its parent; through no link at all, not
+    even one that stays below the root (it could lead to another run's folder, or the objects)."""
     parent, _, name = folder.rpartition("/")
     try:
-        fd = open_beneath(root, parent, os.O_RDONLY | os.O_DIRECTORY)
-    except (EscapesRoot, OSError) as exc:
-        if getattr(exc, "errno", None) != errno.ENOENT:
+        fd = _open_folder(root, parent)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
             log.warning("cannot remove %s below %s: %s", folder, root, exc)
         return
     try:
@@ -180,8 +180,24 @@ def _remove_beneath(root: Path, folder: str) -> None:
 
 def _rmdir_if_empty(root: Path, folder: str) -> None:
     parent, _, name = folder.rpartition("/")
-    fd = open_beneath(root, parent, os.O_RDONLY | os.O_DIRECTORY)
+    fd = _open_folder(root, parent)
     try:
         os.rmdir(name, dir_fd=fd)
     finally:
         os.close(fd)
+
+
+def _open_folder(root: Path, folder: str) -> int:
+    """``folder`` (a path the server made, below ``root``) opened one part at a time, none of
+    them a link: ``ELOOP`` or ``ENOTDIR`` where one is."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in filter(None, folder.split("/")):
+            below = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = below
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -559,3 +559,26 @@ def test_a_request_log_window_holds_the_requests_started_in_it_whatever_order_th
     assert log.since(3) == []
     log.add(entry(log.start()))  # past the limit, the oldest goes
     assert [e.seq for e in log.since(0)] == [slow, late, 3]
+
+
+def test_an_ended_run_s_folder_is_removed_through_no_link_even_one_inside_the_root(tmp_path):
+    from pytest_jumpstarter_http.namespaces import Namespaces
+    from pytest_jumpstarter_http.records import RUNS, TOP
+
+    objects = tmp_path / TOP / "objects"
+    (objects / "run-a").mkdir(parents=True)
+    (objects / "run-a" / "image.raw").write_bytes(b"another run's object")
+    (tmp_path / RUNS).symlink_to("objects")  # runs/ swapped for a link that stays below the root
+    namespaces = Namespaces(str(tmp_path))
+    owner = namespaces.add_owner(f"{RUNS}/run-a", keep=False)
+    namespaces.end_owner(owner)
+    namespaces.remove_folder(owner)
+    assert (objects / "run-a" / "image.raw").read_bytes() == b"another run's object"
+
+    (tmp_path / RUNS).unlink()
+    (tmp_path / RUNS / "run-b").mkdir(parents=True)
+    (tmp_path / RUNS / "run-b" / "f").write_bytes(b"x")
+    owner = namespaces.add_owner(f"{RUNS}/run-b", keep=False)
+    namespaces.end_owner(owner)
+    namespaces.remove_folder(owner)
+    assert not (tmp_path / RUNS).exists()  # its folder, then the empty runs/ folder
