@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .handle import HttpServerHandle
     from .loopback import LoopbackServer
-    from .records import Fault, HttpRequest, Reply, Upload
+    from .records import Fault, HttpRequest
     from .runtime import HttpServerFactory
+    from .talk import Reply, Upload
 
 __all__ = [
     "Fault",
@@ -23,8 +24,8 @@ __all__ = [
 _HOMES = {
     "Fault": "records",
     "HttpRequest": "records",
-    "Reply": "records",
-    "Upload": "records",
+    "Reply": "talk",
+    "Upload": "talk",
     "HttpServerHandle": "handle",
     "LoopbackServer": "loopback",
     "HttpServerFactory": "runtime",

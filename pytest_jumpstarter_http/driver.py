@@ -29,9 +29,10 @@ from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
 from .namespaces import NamespaceError, Namespaces
-from .records import NS, AuthSpec, FaultSpec, ReplySpec, TlsSpec, UploadSpec
+from .records import NS, FaultSpec, TlsSpec
 from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
+from .talk import AuthSpec, ReplySpec, UploadSpec
 from .talkback import Talkback, TalkbackMiddleware
 from .tlssites import TlsSites, lab_certificate, open_site
 

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Literal, Self, cast
 from urllib.parse import unquote
 
 from .records import (
-    NO_JSON,
     PROGRESS_BYTES,
     HttpRequest,
     Progress,
@@ -31,11 +30,13 @@ from .records import (
     status_matches,
     url_path,
 )
+from .talk import NO_JSON
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .records import Fault, Recorder, Reply, Upload
+    from .records import Fault, Recorder
+    from .talk import Reply, Upload
     from .tls import Tls
 
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
@@ -347,7 +348,7 @@ class HttpServerHandle(ABC):
 
     def _talking(self, where: str) -> Recorder:
         """The recorder, for a method that scripts what the server answers."""
-        from .records import TalkbackUnavailable
+        from .talk import TalkbackUnavailable
 
         if self._recorder is None:
             raise TalkbackUnavailable(
@@ -382,7 +383,7 @@ class HttpServerHandle(ABC):
         The reply ends with the test (or with ``Reply.clear()``); the request log marks the
         requests it answered ``[reply]``. Bad arguments raise ``ValueError`` or ``TypeError``.
         """
-        from .records import Reply, ReplySpec
+        from .talk import Reply, ReplySpec
 
         # ReplySpec takes an os.PathLike too, and refuses any other type in one sentence.
         spec = ReplySpec(cast(str, path), status, body, json, headers, method, times).under(self._url_path())
@@ -405,7 +406,7 @@ class HttpServerHandle(ABC):
         into the served root; a name that would lead out of it (``..``, a link) gets 400. They
         are in :attr:`uploads` until the test ends.
         """
-        from .records import UploadSpec
+        from .talk import UploadSpec
 
         spec = UploadSpec(prefix, max_bytes).under(self._url_path())
         recorder = self._talking("accept_uploads()")
@@ -414,7 +415,7 @@ class HttpServerHandle(ABC):
     @property
     def uploads(self) -> list[Upload]:
         """What the device uploaded during this test, in arrival order (see :meth:`accept_uploads`)."""
-        from .records import Upload
+        from .talk import Upload
 
         recorder = self._recorder
         if recorder is None:
@@ -431,7 +432,7 @@ class HttpServerHandle(ABC):
         """From now on, every request to this server (below ``url``) needs HTTP Basic credentials
         ``user`` and ``password``, or ``Authorization: Bearer <token>``; others get 401 with
         ``WWW-Authenticate``. It ends with the test."""
-        from .records import AuthSpec
+        from .talk import AuthSpec
 
         spec = AuthSpec(user, password, token).under(self._url_path())
         recorder = self._talking("require_auth()")

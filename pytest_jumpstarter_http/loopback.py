@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from . import eventloop
 from .handle import HttpServerHandle, concrete_host, format_url
-from .records import AuthSpec, FaultSpec, HttpRequest, Progress, ReplySpec, TlsSpec, UploadSpec, url_path
+from .records import FaultSpec, HttpRequest, Progress, TlsSpec, url_path
+from .talk import AuthSpec, ReplySpec, UploadSpec
 from .values import PortRange, TlsMode
 
 if TYPE_CHECKING:

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from .records import AuthSpec, ReplySpec, UploadSpec, name_problem
+from .records import name_problem
 from .serving import INJECTED_KEY, TALK_KEY
 from .shaping import PIECE
+from .talk import AuthSpec, ReplySpec, UploadSpec
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler

@@ -27,7 +27,7 @@ LAYERS = {
         "eventloop",
         "tls",
     },
-    "records": {"records", "beneath", "values"},
+    "records": {"records", "talk", "beneath", "values"},
     "server": {"driver", "serving", "shaping", "talkback", "tlssites", "namespaces"},
 }
 #: The layers each layer may import from.

@@ -15,7 +15,8 @@ import pytest
 
 from pytest_jumpstarter_http import LoopbackServer
 from pytest_jumpstarter_http.namespaces import NamespaceError
-from pytest_jumpstarter_http.records import RUNS, FaultSpec, ReplySpec
+from pytest_jumpstarter_http.records import RUNS, FaultSpec
+from pytest_jumpstarter_http.talk import ReplySpec
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from subprocess_runs import JUnit, clean_env, run_pytest
 
-from pytest_jumpstarter_http.records import AuthSpec, HttpRequest, ReplySpec, UploadSpec
+from pytest_jumpstarter_http.records import HttpRequest
+from pytest_jumpstarter_http.talk import AuthSpec, ReplySpec, UploadSpec
 
 SUITE = r"""
 import hashlib, json, os, subprocess

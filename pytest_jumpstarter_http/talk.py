@@ -1,0 +1,353 @@
+"""What a test scripts for the device talking back (issue 21): replies, upload folders and
+credentials, as data both sides use.
+
+:class:`ReplySpec`, :class:`UploadSpec` and :class:`AuthSpec` are checked once, as they are made,
+on whichever side makes them: the test process that sends them and the server that receives them
+over Jumpstarter's wire. A test sees a :class:`Reply` and the :class:`Upload` records. Like
+:mod:`.records`, nothing here imports pytest or aiohttp.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import hmac
+import json as jsonlib
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+from urllib.parse import unquote
+
+from .records import MAX_WHOLE, Recorder, Scripted, ValueRange, bounded, normalized, shown, spec_path
+
+
+class TalkbackUnavailable(RuntimeError):
+    """The server cannot script replies, take uploads or ask for credentials (the stock driver)."""
+
+
+#: The largest reply body sent to a server with its spec: Jumpstarter's wire carries each call
+#: whole, so a larger body is a file to stage, served with the reply's headers.
+MAX_REPLY_BODY: Final = 1 << 20
+#: A request method as HTTP spells them: letters, upper case by convention and by our matching.
+_METHOD = re.compile(r"^[A-Z][A-Z-]{0,31}$")
+#: A header name: an HTTP token.
+_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+#: Statuses whose answer has no body, whatever the server is given.
+_BODILESS = (204, 304)
+_STATUS_RANGE = ValueRange("an HTTP status", 100, 599, optional=False)
+_TIMES_RANGE = ValueRange("a whole number of requests", 1, MAX_WHOLE)
+_BYTES_RANGE = ValueRange("a whole number of bytes", 0, MAX_WHOLE, optional=False)
+
+
+class _NoJson:
+    """``respond()``'s default for ``json``: no JSON body, where ``json=None`` is JSON's ``null``."""
+
+    def __repr__(self) -> str:
+        return "NO_JSON"
+
+
+NO_JSON: Any = _NoJson()
+
+
+def _payload(body: Any, json: Any) -> bytes | None:
+    """``respond()``'s body as bytes (a JSON value encoded), or None for neither; checked."""
+    if body is not None and json is not NO_JSON:
+        raise ValueError(
+            "respond(): body and json were both given; a reply has one body, so give one of them."
+        )
+    if json is not NO_JSON:
+        try:
+            return jsonlib.dumps(json, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"respond(): json={shown(json)} is not a JSON value ({exc}); give dicts, lists, "
+                "strings, numbers, booleans or None."
+            ) from None
+    if body is None or isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    raise TypeError(
+        f"respond(): body={shown(body)} is a {type(body).__name__}, not bytes or str; give bytes "
+        "or str, or json= for a JSON value."
+    )
+
+
+def _headers(headers: Any) -> dict[str, str]:
+    """``respond()``'s headers, checked: names are tokens, values hold no line break."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise TypeError(
+            f"respond(): headers={shown(headers)} is a {type(headers).__name__}, not a mapping; "
+            "give a dict of header names to values."
+        )
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"respond(): header {shown(name)}: {shown(value)} is not a str name and value.")
+        if not _HEADER.match(name) or any(c in value for c in "\r\n\0"):
+            raise ValueError(
+                f"respond(): header {shown(name)}: {shown(value)} is no valid header; give a "
+                "token name and a value without line breaks."
+            )
+    return dict(headers)
+
+
+def _has(headers: Mapping[str, str], name: str) -> bool:
+    return any(key.lower() == name for key in headers)
+
+
+@dataclass(frozen=True)
+class ReplySpec:
+    """A scripted reply, checked as it is made: its fields are ``respond()``'s arguments.
+
+    ``payload`` is the body as sent (a JSON value encoded); with none, a 2xx reply to ``GET``
+    serves the file at ``path`` with ``headers`` added. ``target`` places it below a handle's
+    URL (:meth:`under`).
+    """
+
+    path: str
+    status: int = 200
+    body: bytes | str | None = None
+    json: Any = NO_JSON
+    headers: Mapping[str, str] | None = None
+    method: str = "GET"
+    times: int | None = None
+    payload: bytes | None = field(default=None, init=False)
+    #: The decoded URL path it answers, with a leading slash; set by :meth:`under`.
+    target: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "path", spec_path("respond()", "path", self.path))
+        bounded("respond()", "status", self.status, _STATUS_RANGE)
+        bounded("respond()", "times", self.times, _TIMES_RANGE)
+        if not isinstance(self.method, str) or not _METHOD.match(self.method.upper()):
+            raise ValueError(
+                f"respond(): method={shown(self.method)} is no HTTP method; give one such as 'GET'."
+            )
+        set_(self, "method", self.method.upper())
+        payload = _payload(self.body, self.json)
+        headers = _headers(self.headers)
+        if payload is not None and len(payload) > MAX_REPLY_BODY:
+            raise ValueError(
+                f"respond(): the body is {len(payload)} bytes, more than the {MAX_REPLY_BODY} a reply "
+                "carries to the server; stage() it as a file and respond() without a body."
+            )
+        if payload and (self.status in _BODILESS or self.status < 200):
+            raise ValueError(
+                f"respond(): status={self.status} carries no body; give no body or another status."
+            )
+        if self.json is not NO_JSON and not _has(headers, "content-type"):
+            headers["Content-Type"] = "application/json"
+        set_(self, "payload", payload)
+        set_(self, "headers", headers)
+
+    @property
+    def serves_file(self) -> bool:
+        """Whether it serves the file at its path (with its headers) rather than a body of its own."""
+        return self.payload is None and 200 <= self.status < 300 and self.method == "GET"
+
+    def under(self, prefix: str) -> ReplySpec:
+        """This reply below the percent-encoded URL path ``prefix`` of a handle."""
+        placed = copy.copy(self)
+        object.__setattr__(placed, "target", "/" + normalized(f"{unquote(prefix)}/{self.path}"))
+        return placed
+
+    def answers(self, method: str, path: str) -> bool:
+        """Whether it answers a ``method`` request for the decoded URL ``path``, however spelled."""
+        asked = method == self.method or (method == "HEAD" and self.method == "GET")
+        return asked and "/" + normalized(path) == self.target
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "status": self.status,
+            "payload": None if self.payload is None else base64.b64encode(self.payload).decode(),
+            "headers": dict(self.headers or {}),
+            "method": self.method,
+            "times": self.times,
+            "target": self.target,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReplySpec:
+        """Rebuild a spec sent over Jumpstarter's wire (numbers as floats, the body in base64);
+        checked again."""
+        payload = data.get("payload")
+        times = data.get("times")
+        spec = cls(
+            str(data["path"]),
+            status=int(data["status"]),
+            body=None if payload is None else base64.b64decode(str(payload)),
+            headers={str(k): str(v) for k, v in dict(data.get("headers") or {}).items()},
+            method=str(data["method"]),
+            times=None if times is None else int(times),
+        )
+        object.__setattr__(spec, "target", "/" + normalized(str(data["target"])))
+        return spec
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    """Where a device may upload, checked as it is made: ``accept_uploads()``'s arguments."""
+
+    prefix: str = "uploads/"
+    max_bytes: int = 64 << 20
+    #: The decoded URL path below which it stores, with a leading slash; set by :meth:`under`.
+    target: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", spec_path("accept_uploads()", "prefix", self.prefix))
+        bounded("accept_uploads()", "max_bytes", self.max_bytes, _BYTES_RANGE)
+
+    def under(self, prefix: str) -> UploadSpec:
+        placed = copy.copy(self)
+        object.__setattr__(placed, "target", "/" + normalized(f"{unquote(prefix)}/{self.prefix}"))
+        return placed
+
+    def name_of(self, path: str) -> str | None:
+        """The upload's name in the decoded URL ``path``, as the device spelled it; None if not below."""
+        inside = self.target + "/"
+        return path[len(inside) :] if path.startswith(inside) else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"prefix": self.prefix, "max_bytes": self.max_bytes, "target": self.target}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UploadSpec:
+        spec = cls(str(data["prefix"]), int(data["max_bytes"]))
+        object.__setattr__(spec, "target", "/" + normalized(str(data["target"])))
+        return spec
+
+
+#: A character no credential may hold: control characters, and each one's separator.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FORBIDDEN = {"user": ":", "token": " ", "password": "\x00"}
+
+
+def _credential(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"require_auth(): {name}={shown(value)} is a {type(value).__name__}, not a str.")
+    if not value or _CONTROL.search(value) or _FORBIDDEN[name] in value:
+        raise ValueError(
+            f"require_auth(): {name}={shown(value)} cannot be sent in an Authorization header; "
+            "give a non-empty str without control characters (no ':' in a user, no space in a token)."
+        )
+
+
+@dataclass(frozen=True)
+class AuthSpec:
+    """The credentials a server asks for, checked as they are made: ``require_auth()``'s arguments."""
+
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    #: The decoded URL path below which every request needs them, no trailing slash ("" for all).
+    target: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("user", "password", "token"):
+            _credential(name, getattr(self, name))
+        if (self.user is None) != (self.password is None):
+            raise ValueError(
+                "require_auth(): user and password go together for Basic credentials; give both, or "
+                "token= only."
+            )
+        if self.user is None and self.token is None:
+            raise ValueError(
+                "require_auth(): no credentials were given; give user and password, token=, or both."
+            )
+
+    def under(self, prefix: str) -> AuthSpec:
+        placed = copy.copy(self)
+        object.__setattr__(placed, "target", unquote(prefix).rstrip("/"))
+        return placed
+
+    def covers(self, path: str) -> bool:
+        """Whether a request for the decoded URL ``path`` needs the credentials, however it is spelled."""
+        return ("/" + normalized(path)).startswith(self.target + "/")
+
+    def accepts(self, authorization: str) -> bool:
+        """Whether an ``Authorization`` header carries these credentials (compared in constant time)."""
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and self.token is not None:
+            return hmac.compare_digest(value.strip().encode(), self.token.encode())
+        if scheme.lower() != "basic" or self.user is None:
+            return False
+        try:
+            given = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(given, f"{self.user}:{self.password}".encode())
+
+    def challenges(self) -> list[str]:
+        """The ``WWW-Authenticate`` values a refused request gets."""
+        realm = 'realm="pytest-jumpstarter-http"'
+        return [f"Basic {realm}"] * (self.user is not None) + [f"Bearer {realm}"] * (self.token is not None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuthSpec:
+        spec = cls(data.get("user"), data.get("password"), token=data.get("token"))
+        object.__setattr__(spec, "target", str(data["target"]))
+        return spec
+
+
+class Reply(Scripted["ReplySpec"]):
+    """A reply scripted by ``http_server.respond()``: how often it answered, and how to end it early.
+
+    It ends by itself with the test that scripted it.
+    """
+
+    def _count(self) -> int:
+        return self._recorder.talk_hits(self.id)
+
+    def _end(self) -> int:
+        return self._recorder.clear_talk(self.id)
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "cleared"
+        return f"<Reply {self.spec.method} {self.spec.path!r} {self.spec.status} {state}>"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A body a device PUT or POSTed below ``accept_uploads()``'s prefix, stored whole."""
+
+    #: Its name below the prefix: ``boot.log``, or ``run1/boot.log`` for a multipart part.
+    name: str
+    size: int
+    sha256: str
+    method: str
+    _recorder: Recorder = field(repr=False, compare=False)
+    _entry: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_entry(cls, recorder: Recorder, entry: dict[str, Any]) -> Upload:
+        return cls(
+            str(entry["name"]),
+            int(entry["size"]),
+            str(entry["sha256"]),
+            str(entry["method"]),
+            recorder,
+            entry,
+        )
+
+    def read_bytes(self) -> bytes:
+        """Its content, read from the server's folder (on an exporter, fetched from it now)."""
+        import hashlib
+
+        data = self._recorder.read_upload(self._entry)
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise ValueError(
+                f"read_bytes(): upload {self.name!r} was replaced by a later upload of the same name; "
+                "read each upload before the device sends the next one of that name."
+            )
+        return data
