@@ -31,7 +31,7 @@ import stat
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Final
 
 __all__ = ["PROBE", "EscapesRoot", "Root", "open_beneath"]
@@ -120,6 +120,24 @@ def _real_path(fd: int, path: str | os.PathLike[str]) -> str:
     except OSError:
         real = ""
     return real if real.startswith("/") and not real.endswith(" (deleted)") else os.path.realpath(path)
+
+
+def open_folders(fd: int, parts: list[str], *, create: bool = False) -> int:
+    """A new descriptor of the folder ``parts`` below the folder ``fd``, through no link at all,
+    not even one that stays below it (``ELOOP`` or ``ENOTDIR`` where one is); made if ``create``."""
+    here = os.dup(fd)
+    try:
+        for part in filter(None, parts):
+            if create:
+                with suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=here)
+            below = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=here)
+            os.close(here)
+            here = below
+    except BaseException:
+        os.close(here)
+        raise
+    return here
 
 
 def open_beneath(root: Root | int | str | os.PathLike[str], relpath: str, flags: int = os.O_RDONLY) -> int:

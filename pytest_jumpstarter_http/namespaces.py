@@ -27,6 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .beneath import open_folders
 from .records import NS, RUNS, TOP, check_name, normalized
 
 log = logging.getLogger("pytest_jumpstarter_http.namespaces")
@@ -188,16 +189,9 @@ def _rmdir_if_empty(root: Path, folder: str) -> None:
 
 
 def _open_folder(root: Path, folder: str) -> int:
-    """``folder`` (a path the server made, below ``root``) opened one part at a time, none of
-    them a link: ``ELOOP`` or ``ENOTDIR`` where one is."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """``folder`` (a path the server made, below ``root``) opened through no link at all."""
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for part in filter(None, folder.split("/")):
-            below = os.open(part, flags, dir_fd=fd)
-            os.close(fd)
-            fd = below
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return open_folders(top, folder.split("/"))
+    finally:
+        os.close(top)

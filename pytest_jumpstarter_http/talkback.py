@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from .beneath import open_folders
 from .records import name_problem
 from .serving import INJECTED_KEY, TALK_KEY
 from .shaping import PIECE
@@ -40,8 +41,6 @@ __all__ = ["Talkback", "TalkbackMiddleware"]
 
 #: What a multipart form may carry beyond ``max_bytes`` of files: its framing and other fields.
 FORM_SLACK: Final = 64 << 10
-#: How every folder on an upload's way is opened: never through a link.
-_FOLDER: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class _Entry:
@@ -105,7 +104,7 @@ class Talkback:
         made = f"{folder}/{talk_id}".lstrip("/")
         top = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fd = _folders(top, made.split("/"), create=True)
+            fd = open_folders(top, made.split("/"), create=True)
         finally:
             os.close(top)
         with self._lock:
@@ -155,7 +154,7 @@ class Talkback:
             here = os.dup(entry.fd)
         *parents, last = name.split("/")
         try:
-            folder = _folders(here, parents, create=False)
+            folder = open_folders(here, parents, create=False)
         finally:
             os.close(here)
         try:
@@ -227,24 +226,6 @@ class Talkback:
             )
 
 
-def _folders(fd: int, parts: list[str], *, create: bool) -> int:
-    """A new descriptor of the folder ``parts`` below the folder ``fd``; made if ``create``, never
-    through a link."""
-    here = os.dup(fd)
-    try:
-        for part in parts:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o755, dir_fd=here)
-            step = os.open(part, _FOLDER, dir_fd=here)
-            os.close(here)
-            here = step
-    except BaseException:
-        os.close(here)
-        raise
-    return here
-
-
 class _Refused(Exception):
     """An upload the server does not keep: its status and why, in one sentence."""
 
@@ -263,7 +244,7 @@ class _Written:
         self.name = name
         *parents, self._last = name.split("/")
         try:
-            self._folder = _folders(top, parents, create=True)
+            self._folder = open_folders(top, parents, create=True)
         except OSError as exc:
             raise _Refused(409, f"upload name {name!r} cannot be stored: {exc.strerror}") from None
         self._temporary = f".upload-{secrets.token_hex(8)}.part"
