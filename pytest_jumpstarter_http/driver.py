@@ -34,7 +34,7 @@ from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
 from .talk import AuthSpec, ReplySpec, UploadSpec
 from .talkback import Talkback, TalkbackMiddleware
-from .tlssites import TlsSites, lab_certificate, open_site
+from .tlssites import TlsSites, lab_certificate, open_site, port_range
 
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
@@ -52,6 +52,9 @@ class RecordingHttpServer(HttpServer):
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_ca_file: str | None = None
+    #: The ports the runs' HTTPS sites may take, ``8443`` or ``8443-8463``, for a firewall that
+    #: opens only those; each run takes one for as long as it holds the server. Unset: any free port.
+    tls_ports: str | None = None
     request_log: RequestLog = field(init=False, default_factory=lambda: RequestLog(MAX_REQUESTS))
     #: The folders served, first holder of a name wins: ``root_dir``, then any the owner adds
     #: (the loopback backend adds one for files staged beside a root that must not be written).
@@ -69,6 +72,8 @@ class RecordingHttpServer(HttpServer):
         super().__post_init__()
         self.roots.append(Path(self.root_dir))
         self.namespaces = Namespaces(self.root_dir)
+        #: Where HTTPS sites go: the configured ports, or any free one (0).
+        self._tls_ports: range | int = 0 if self.tls_ports is None else port_range(self.tls_ports)
         self._starting = asyncio.Lock()
         self._files = files = beneath_middleware(self.roots, log=self.request_log, namespaces=self.namespaces)
         # Outermost: a request is numbered as it starts, before a fault holds it.
@@ -180,7 +185,7 @@ class RecordingHttpServer(HttpServer):
         tls, ca_pem = lab_certificate(TlsSpec.from_dict(spec), *files)
         if self.runner is None:
             raise RuntimeError("serve_tls(): the HTTP server is not running; start it first.")
-        port = await self.tls.add(self.runner, self.host, str(owner), tls)
+        port = await self.tls.add(self.runner, self.host, str(owner), tls, self._tls_ports)
         try:
             self.namespaces.owner(str(owner))  # it may have ended while its site started
         except NamespaceError:

@@ -13,6 +13,7 @@ runs in the server and never imports pytest.
 
 from __future__ import annotations
 
+import errno
 import os
 import ssl
 import tempfile
@@ -21,6 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from .records import TlsSpec
+
+
+def port_range(text: str) -> range:
+    """The ports the driver's ``tls_ports`` names (``"8443"``, ``"8443-8463"``); a ``ValueError`` in
+    one sentence for anything else: it stops the exporter at its start."""
+    low, _, high = str(text).strip().partition("-")
+    try:
+        first, last = int(low), int(high or low)
+    except ValueError:
+        first = last = 0
+    if not 1 <= first <= last <= 65535:
+        raise ValueError(
+            f"tls_ports: {text!r} in the driver's config is not a port or a range of ports; "
+            "give one such as 8443 or 8443-8463."
+        )
+    return range(first, last + 1)
 
 
 def lab_certificate(
@@ -85,6 +102,26 @@ async def open_site(
     return site, int(server.sockets[0].getsockname()[1])
 
 
+async def _open_first(
+    runner: Any, host: str | None, ports: range | int, context: ssl.SSLContext
+) -> tuple[Any, int]:
+    """A TLS site of ``runner``'s app on ``ports`` (a port), or on the first free one of the
+    driver's ``tls_ports`` (a range), and that port."""
+    if isinstance(ports, int):
+        return await open_site(runner, host, ports, context)
+    for port in ports:
+        try:
+            return await open_site(runner, host, port, context)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(
+        errno.EADDRINUSE,
+        f"serve_tls(): every port of the driver's tls_ports ({ports.start}-{ports.stop - 1}) on {host} "
+        "is taken, by other runs' HTTPS sites or other programs; widen tls_ports in the exporter config.",
+    )
+
+
 class TlsSites:
     """The TLS sites of one server, by holder; changed from the server's loop, read from any thread."""
 
@@ -93,10 +130,13 @@ class TlsSites:
         #: Holder -> its (runner, site) pairs: a site belongs to the runner it was added to.
         self._sites: dict[str, list[tuple[Any, Any]]] = {}
 
-    async def add(self, runner: Any, host: str | None, holder: str, spec: TlsSpec, port: int = 0) -> int:
-        """Serve ``runner``'s app over TLS with ``spec`` on ``host`` and ``port`` (0: any free one)
-        until ``holder`` lets go; the port. An ``OSError`` if the port is taken."""
-        site, bound = await open_site(runner, host, port, server_context(spec))
+    async def add(
+        self, runner: Any, host: str | None, holder: str, spec: TlsSpec, ports: range | int = 0
+    ) -> int:
+        """Serve ``runner``'s app over TLS with ``spec`` on ``host`` and the first free port of
+        ``ports`` (0: any free one) until ``holder`` lets go; the port. An ``OSError`` if every one
+        is taken."""
+        site, bound = await _open_first(runner, host, ports, server_context(spec))
         with self._lock:
             self._sites.setdefault(holder, []).append((runner, site))
         return bound

@@ -6,7 +6,9 @@ and the files its commands write, are what the tests read.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +69,24 @@ def write_lab_certificate(where: Path) -> dict[str, str]:
     }
 
 
+def free_ports(count: int) -> str:
+    """A range of ``count`` ports that are free now, as ``"FIRST-LAST"``."""
+    for first in range(20000 + os.getpid() % 20000, 65000, count):
+        taken = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                taken.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in taken:
+                sock.close()
+        return f"{first}-{first + count - 1}"
+    raise RuntimeError(f"no {count} free ports in a row on 127.0.0.1")
+
+
 @dataclass
 class Runs:
     function: JUnit
@@ -79,6 +99,8 @@ class Runs:
     plain_ports: tuple[str, str]
     #: Whether a run's TLS port still listened once the run had ended.
     tls_port_after: str
+    #: The lab driver's ``tls_ports`` (one free port), and the HTTPS port its run served on.
+    lab_tls_ports: tuple[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +114,7 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     (where / "conftest.py").write_text(CONFTEST)
     (where / "probe.py").write_text(PROBE)
     lab = write_lab_certificate(where / "lab")
+    lab["tls_ports"] = free_ports(2)  # what the firewall of a lab opens for HTTPS: "on" and "mutual"
     config = write_exporter_config(
         where / "exporter.yaml",
         {
@@ -124,11 +147,15 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Runs:
             "test_device.py",
             junit=where / "stock.xml",
         ),
-        python_pytest(
-            *("--http-driver=lab", "--http-tls=on", "-k", "verifies or resumes or mutual"),
-            "test_device.py",
-            junit=where / "lab.xml",
-        ),
+        [
+            "env",
+            f"TLS_PORT_FILE={where / 'lab.port'}",
+            *python_pytest(
+                *("--http-driver=lab", "--http-tls=on", "-k", "verifies or resumes or mutual"),
+                "test_device.py",
+                junit=where / "lab.xml",
+            ),
+        ],
         cwd=where,
         env=None,
         timeout=600,
@@ -139,6 +166,7 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         *(JUnit(where / f"{name}.xml") for name in ("function", "session", "xdist", "stock", "lab")),
         plain_ports=(ports[0], ports[1]),
         tls_port_after=after,
+        lab_tls_ports=(lab["tls_ports"], (where / "lab.port").read_text()),
     )
 
 
@@ -174,3 +202,9 @@ def test_a_lab_certificate_configured_on_the_exporter_is_served_and_its_ca_hande
     # Every test of the run verified the server with http_server.ca_cert: the lab's CA, not the run's.
     assert set(exporter.lab.outcomes().values()) == {"passed"}, exporter.lab.output
     assert len(exporter.lab.cases) == 6, exporter.lab.output
+
+
+def test_a_lab_s_tls_ports_are_the_ports_its_runs_serve_https_on(exporter: Runs) -> None:
+    configured, served = exporter.lab_tls_ports
+    first, _, last = configured.partition("-")
+    assert int(first) <= int(served) <= int(last)

@@ -582,3 +582,20 @@ def test_an_ended_run_s_folder_is_removed_through_no_link_even_one_inside_the_ro
     namespaces.end_owner(owner)
     namespaces.remove_folder(owner)
     assert not (tmp_path / RUNS).exists()  # its folder, then the empty runs/ folder
+
+
+@pytest.mark.parametrize(("text", "ports"), [("8443", range(8443, 8444)), (" 8443-8445 ", range(8443, 8446))])
+def test_the_driver_s_tls_ports_name_one_port_or_a_range(text, ports):
+    from pytest_jumpstarter_http.tlssites import port_range
+
+    assert port_range(text) == ports
+
+
+@pytest.mark.parametrize("text", ["", "84x3", "0", "8445-8443", "65536", "1-2-3", "-5"])
+def test_bad_tls_ports_stop_the_driver_at_its_start_in_one_sentence(tmp_path, text):
+    from pytest_jumpstarter_http.driver import RecordingHttpServer
+
+    with pytest.raises(
+        ValueError, match=r"tls_ports: .* is not a port or a range of ports; give one such as"
+    ):
+        RecordingHttpServer(root_dir=str(tmp_path), host="127.0.0.1", port=0, tls_ports=text)  # type: ignore[abstract]
