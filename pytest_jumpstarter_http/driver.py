@@ -53,7 +53,8 @@ class RecordingHttpServer(HttpServer):
     tls_key_file: str | None = None
     tls_ca_file: str | None = None
     #: The ports the runs' HTTPS sites may take, ``8443`` or ``8443-8463``, for a firewall that
-    #: opens only those; each run takes one for as long as it holds the server. Unset: any free port.
+    #: opens only those: each process of a run takes one (one more for mutual TLS) for as long as
+    #: it holds the server. Unset: any free port.
     tls_ports: str | None = None
     request_log: RequestLog = field(init=False, default_factory=lambda: RequestLog(MAX_REQUESTS))
     #: The folders served, first holder of a name wins: ``root_dir``, then any the owner adds
