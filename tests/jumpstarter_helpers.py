@@ -255,3 +255,21 @@ def run_device_suite(
     return DeviceRuns(
         where, *(JUnit(where / f"{name}.xml") for name in ("device", "session", "xdist", "stock"))
     )
+
+
+def free_range(size: int) -> tuple[int, int]:
+    """A run of ``size`` consecutive loopback ports that are free right now."""
+    for first in range(20000, 60000, 997):
+        sockets = []
+        try:
+            for port in range(first, first + size):
+                probe = socket.socket()
+                sockets.append(probe)
+                probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for probe in sockets:
+                probe.close()
+        return first, first + size - 1
+    raise AssertionError(f"no {size} consecutive free ports")

@@ -6,9 +6,7 @@ and the files its commands write, are what the tests read.
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 from jumpstarter_helpers import (
     JMP,
     RECORDING,
+    free_range,
     http_driver,
     jmp_shell,
     write_driver_port,
@@ -69,24 +68,6 @@ def write_lab_certificate(where: Path) -> dict[str, str]:
     }
 
 
-def free_ports(count: int) -> str:
-    """A range of ``count`` ports that are free now, as ``"FIRST-LAST"``."""
-    for first in range(20000 + os.getpid() % 20000, 65000, count):
-        taken = []
-        try:
-            for port in range(first, first + count):
-                sock = socket.socket()
-                taken.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in taken:
-                sock.close()
-        return f"{first}-{first + count - 1}"
-    raise RuntimeError(f"no {count} free ports in a row on 127.0.0.1")
-
-
 @dataclass
 class Runs:
     function: JUnit
@@ -114,7 +95,7 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     (where / "conftest.py").write_text(CONFTEST)
     (where / "probe.py").write_text(PROBE)
     lab = write_lab_certificate(where / "lab")
-    lab["tls_ports"] = free_ports(2)  # what the firewall of a lab opens for HTTPS: "on" and "mutual"
+    lab["tls_ports"] = "{}-{}".format(*free_range(2))  # what a lab's firewall opens: "on" and "mutual"
     config = write_exporter_config(
         where / "exporter.yaml",
         {

@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 from fake_controller import FakeController
-from jumpstarter_helpers import http_device, http_driver, jmp_shell, write_driver_port, write_exporter_config
+from jumpstarter_helpers import (
+    free_range,
+    http_device,
+    http_driver,
+    jmp_shell,
+    write_driver_port,
+    write_exporter_config,
+)
 from subprocess_runs import JUnit, clean_env, python_pytest, run_pytest
 
 LOOPBACK = """
@@ -80,24 +87,6 @@ def test_loopback_servers_work_in_every_worker_for_both_scopes(
         for _, port, root in lines:
             assert not listening(port), "a server outlived the run"
             assert not Path(root).exists(), "a temporary root outlived the run"
-
-
-def free_range(size: int) -> tuple[int, int]:
-    """A run of ``size`` consecutive loopback ports that are free right now."""
-    for first in range(20000, 60000, 997):
-        sockets = []
-        try:
-            for port in range(first, first + size):
-                probe = socket.socket()
-                sockets.append(probe)
-                probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for probe in sockets:
-                probe.close()
-        return first, first + size - 1
-    raise AssertionError(f"no {size} consecutive free ports")
 
 
 RANGE = """
