@@ -7,11 +7,14 @@ over gRPC on an exporter. Reading a request log does not import the server.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jumpstarter_driver_http.client import HttpServerClient
 
 from .records import HttpRequest, Progress
+
+if TYPE_CHECKING:
+    from .records import Recorder
 
 
 class RecordingHttpServerClient(HttpServerClient):
@@ -44,32 +47,33 @@ class RecordingHttpServerClient(HttpServerClient):
         """The owner stream of ``hold``, to iterate on the client's portal loop; ends when cancelled."""
         return self.streamingcall_async("hold", folder, keep)  # type: ignore[no-any-return]
 
-    def clear_fault(self, fault_id: str) -> int:
-        return int(self.call("clear_fault", fault_id))
-
-    def fault_hits(self, fault_id: str) -> int:
-        return int(self.call("fault_hits", fault_id))
-
     def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         return str(self.call("add_reply", spec, namespace))
 
     def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         return str(self.call("require_auth", spec, namespace))
 
-    def accept_uploads(self, spec: dict[str, Any], namespace: str) -> str:
+    def accept_uploads(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         return str(self.call("accept_uploads", spec, namespace))
 
-    def clear_talk(self, talk_id: str) -> int:
-        return int(self.call("clear_talk", talk_id))
+    def end(self, ident: str, namespace: str | None = None) -> int:
+        return int(self.call("end", ident, namespace))
 
-    def talk_hits(self, talk_id: str) -> int:
-        return int(self.call("talk_hits", talk_id))
+    def hits(self, ident: str, namespace: str | None = None) -> int:
+        return int(self.call("hits", ident, namespace))
 
-    def get_uploads(self, talk_id: str) -> list[dict[str, Any]]:
+    def get_uploads(self, talk_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
         return [
             {**entry, "size": int(entry["size"])}  # numbers cross Jumpstarter's wire as floats
-            for entry in self.call("get_uploads", talk_id)
+            for entry in self.call("get_uploads", talk_id, namespace)
         ]
+
+    def requests_started(self) -> int:
+        return int(self.call("requests_started"))
+
+    def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
+        """Read through the driver's storage: an upload may be larger than one call carries."""
+        return bytes(self.storage.read_bytes(str(entry["stored"])))
 
     def get_in_flight(self, prefix: str = "") -> list[Progress]:
         return [
@@ -80,3 +84,10 @@ class RecordingHttpServerClient(HttpServerClient):
 
 def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)  # numbers cross Jumpstarter's wire as floats
+
+
+if TYPE_CHECKING:
+
+    def _is_the_server_api(client: RecordingHttpServerClient) -> Recorder:
+        """mypy checks the client's calls against the one server API a handle uses."""
+        return client

@@ -19,7 +19,7 @@ plugin imports this module only when it starts a loopback server or builds a cli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any
@@ -218,10 +218,10 @@ class RecordingHttpServer(HttpServer):
             raise NamespaceError(f"{(outside or ['nothing'])[0]!r} is not below the namespace's URL {url!r}")
         return token
 
-    def _while_open(self, token: str, made: str, end: Callable[[str], object]) -> str:
+    def _while_open(self, token: str, made: str) -> str:
         """``made`` (an id), ended at once if its namespace ended while it was being made."""
         if not self.namespaces.alive(token):
-            end(made)
+            self._registry(made).clear(made, token)
             raise NamespaceError(f"no namespace {token!r} on this server; it ended while it was set")
         return made
 
@@ -248,24 +248,14 @@ class RecordingHttpServer(HttpServer):
         ``namespace`` only, until it ends; return its id."""
         fault = FaultSpec.from_dict(spec)
         token = self._scoped(namespace, fault.patterns)
-        return self._while_open(token, self.faults.add(fault, token), self.faults.clear)
-
-    @export
-    def clear_fault(self, fault_id: str) -> int:
-        """Stop applying a fault and release the responses it holds; return how often it hit."""
-        return self.faults.clear(str(fault_id))
-
-    @export
-    def fault_hits(self, fault_id: str) -> int:
-        """How many requests a fault applied to so far."""
-        return self.faults.hits(str(fault_id))
+        return self._while_open(token, self.faults.add(fault, token))
 
     @export
     def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         """Answer with a reply (a ``ReplySpec`` as a dict) until it or ``namespace`` ends; its id."""
         reply = ReplySpec.from_dict(spec)
         token = self._scoped(namespace, [reply.target])
-        return self._while_open(token, self.talkback.add(reply, token), self.talkback.clear)
+        return self._while_open(token, self.talkback.add(reply, token))
 
     @export
     def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
@@ -273,7 +263,7 @@ class RecordingHttpServer(HttpServer):
         dict); its id."""
         auth = AuthSpec.from_dict(spec)
         token = self._scoped(namespace, [auth.target])
-        return self._while_open(token, self.talkback.add(auth, token), self.talkback.clear)
+        return self._while_open(token, self.talkback.add(auth, token))
 
     @export
     def accept_uploads(self, spec: dict[str, Any], namespace: str) -> str:
@@ -283,23 +273,37 @@ class RecordingHttpServer(HttpServer):
         token = self._scoped(namespace, [upload.target])
         folder = self.namespaces.folder_of(token)
         talk_id = self.talkback.accept(upload, token, Path(self.root_dir), f"{folder}/uploads")
-        return self._while_open(token, talk_id, self.talkback.clear)
+        return self._while_open(token, talk_id)
+
+    def _registry(self, ident: str) -> FaultRegistry | Talkback:
+        return self.faults if ident.startswith("fault-") else self.talkback
 
     @export
-    def clear_talk(self, talk_id: str) -> int:
-        """End a reply, an upload folder or a credential; how often it answered."""
-        return self.talkback.clear(str(talk_id))
+    def end(self, ident: str, namespace: str | None = None) -> int:
+        """End a fault, reply, upload folder or credential set through ``namespace``; how often it
+        acted (0 if it ended already). Another namespace's is none of the caller's: 0, and it goes on."""
+        return self._registry(str(ident)).clear(str(ident), _token(namespace))
 
     @export
-    def talk_hits(self, talk_id: str) -> int:
-        """How many requests a reply (or upload folder) answered so far."""
-        return self.talkback.hits(str(talk_id))
+    def hits(self, ident: str, namespace: str | None = None) -> int:
+        """How many requests a fault, reply, upload folder or credential set through ``namespace``
+        acted on so far; a ``KeyError`` once it ended, or for another namespace's."""
+        return self._registry(str(ident)).hits(str(ident), _token(namespace))
 
     @export
-    def get_uploads(self, talk_id: str) -> list[dict[str, Any]]:
-        """The uploads an upload folder stored, in arrival order; ``stored`` is each one's path
-        below the root, for the driver's storage to read."""
-        return self.talkback.uploads(str(talk_id))
+    def get_uploads(self, talk_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The uploads an upload folder of ``namespace`` stored, in arrival order; ``stored`` is each
+        one's path below the root, for the driver's storage to read."""
+        return self.talkback.uploads(str(talk_id), _token(namespace))
+
+    @export
+    def requests_started(self) -> int:
+        """How many requests started so far: where a new request window starts."""
+        return self.request_log.started
+
+
+def _token(namespace: str | None) -> str | None:
+    return None if namespace is None else str(namespace)
 
 
 def _within_a_namespace(path: str) -> str:

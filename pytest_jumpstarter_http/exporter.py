@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from . import locks
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connection, Connections, ExporterError, unavailable
@@ -33,8 +33,6 @@ from .records import (
     RUNS,
     HttpPublishError,
     HttpPublishWarning,
-    HttpRequest,
-    Progress,
     TlsSpec,
     check_name,
     url_path,
@@ -43,6 +41,7 @@ from .uploads import Digests, Store, open_to_send
 from .values import Keep, TlsMode
 
 if TYPE_CHECKING:
+    from .records import Recorder
     from .tls import Authority, Tls
 
 log = logging.getLogger("pytest_jumpstarter_http.exporter")
@@ -331,7 +330,7 @@ class ExporterServer(HttpServerHandle):
         super().__init__(
             root,
             host,
-            recorder=None if namespace is None else _Answering(http, connection),
+            recorder=None if namespace is None else cast("Recorder", _Answering(http, connection)),
             unrecorded=f"the HttpServer driver at {driver!r} of exporter {connection.name!r}",
             namespace=namespace,
             progress=progress,
@@ -509,63 +508,21 @@ def _certified(
 
 
 class _Answering:
-    """The recorder of an exporter's RecordingHttpServer: its client's calls, each turning
-    "the exporter stopped answering" into one clear error."""
+    """The server API of an exporter's RecordingHttpServer, wrapped once: each call of its client
+    turns "the exporter stopped answering" into one clear error. Ending what a handle set is done
+    once the exporter is gone: it went with the exporter."""
 
     def __init__(self, http: Any, connection: Connection) -> None:
         self._http = http
         self._connection = connection
 
-    def get_requests(self, start: int, prefix: str = "") -> tuple[int, list[HttpRequest]]:
-        with self._connection.answering():
-            started, entries = self._http.get_requests(start, prefix)
-            return int(started), list(entries)
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        call = getattr(self._http, name)
 
-    def get_in_flight(self, prefix: str = "") -> list[Progress]:
-        with self._connection.answering():
-            return list(self._http.get_in_flight(prefix))
+        def answered(*args: Any) -> Any:
+            if name == "end" and self._connection.gone is not None:
+                return 0
+            with self._connection.answering():
+                return call(*args)
 
-    def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
-        with self._connection.answering():
-            return str(self._http.inject_fault(spec, namespace))
-
-    def clear_fault(self, fault_id: str) -> int:
-        if self._connection.gone is not None:  # its faults went with it
-            return 0
-        with self._connection.answering():
-            return int(self._http.clear_fault(fault_id))
-
-    def fault_hits(self, fault_id: str) -> int:
-        with self._connection.answering():
-            return int(self._http.fault_hits(fault_id))
-
-    def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
-        with self._connection.answering():
-            return str(self._http.add_reply(spec, namespace))
-
-    def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
-        with self._connection.answering():
-            return str(self._http.require_auth(spec, namespace))
-
-    def accept_uploads(self, spec: dict[str, Any], namespace: str | None = None) -> str:
-        with self._connection.answering():
-            return str(self._http.accept_uploads(spec, namespace))
-
-    def clear_talk(self, talk_id: str) -> int:
-        if self._connection.gone is not None:  # its replies went with it
-            return 0
-        with self._connection.answering():
-            return int(self._http.clear_talk(talk_id))
-
-    def talk_hits(self, talk_id: str) -> int:
-        with self._connection.answering():
-            return int(self._http.talk_hits(talk_id))
-
-    def get_uploads(self, talk_id: str) -> list[dict[str, Any]]:
-        with self._connection.answering():
-            return list(self._http.get_uploads(talk_id))
-
-    def read_upload(self, entry: dict[str, Any]) -> bytes:
-        """Read through the driver's storage: an upload may be larger than one call carries."""
-        with self._connection.answering():
-            return bytes(self._http.storage.read_bytes(str(entry["stored"])))
+        return answered

@@ -189,8 +189,7 @@ class HttpServerHandle(ABC):
                 self.clear_talk()
         finally:
             with contextlib.suppress(RequestLogUnavailable):
-                # Counting only: no request is numbered that high, so none is read.
-                self._request_mark = self._recorded().get_requests(1 << 62, self._prefix())[0]
+                self._request_mark = self._recorded().requests_started()
 
     def _recorded(self) -> Recorder:
         if self._recorder is None:
@@ -338,7 +337,8 @@ class HttpServerHandle(ABC):
             raise FaultsUnavailable(
                 f"{self._unrecorded} cannot inject network faults; {_RECORDING} to use inject()."
             )
-        fault = Fault(self._recorder, self._recorder.inject_fault(spec.as_dict(), self._namespace), spec)
+        fault_id = self._recorder.inject_fault(spec.as_dict(), self._namespace)
+        fault = Fault(self._recorder, fault_id, spec, self._namespace)
         self._faults.append(fault)
         return fault
 
@@ -388,7 +388,7 @@ class HttpServerHandle(ABC):
         # ReplySpec takes an os.PathLike too, and refuses any other type in one sentence.
         spec = ReplySpec(cast(str, path), status, body, json, headers, method, times).under(self._url_path())
         recorder = self._talking("respond()")
-        reply = Reply(recorder, recorder.add_reply(spec.as_dict(), self._namespace), spec)
+        reply = Reply(recorder, recorder.add_reply(spec.as_dict(), self._namespace), spec, self._namespace)
         self._replies.append(reply)
         return reply
 
@@ -421,9 +421,9 @@ class HttpServerHandle(ABC):
         if recorder is None:
             return []
         return [
-            Upload.from_entry(recorder, entry)
+            Upload.from_entry(recorder, entry, self._namespace)
             for talk_id in self._upload_folders
-            for entry in recorder.get_uploads(talk_id)
+            for entry in recorder.get_uploads(talk_id, self._namespace)
         ]
 
     def require_auth(
@@ -447,7 +447,7 @@ class HttpServerHandle(ABC):
         finally:
             ids, self._upload_folders, self._credentials = self._upload_folders + self._credentials, [], []
             if recorder is not None:
-                _clear_each(ids, recorder.clear_talk)
+                _clear_each(ids, lambda ident: recorder.end(ident, self._namespace))
 
     @abstractmethod
     def stop(self, *, failed: bool = False) -> None:

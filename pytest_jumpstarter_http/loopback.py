@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 #: Seconds a stopping server waits for downloads still in flight before it cuts them.
 SHUTDOWN_GRACE = 2.0
+#: Linux's PATH_MAX: the bytes of a path, its final NUL included.
+_PATH_MAX = 4096
+#: The shape of the name a staged file is copied to before its rename: ``.<8 hex>.part``.
+_PARTIAL = ".00000000.part"
 
 
 class PortsExhausted(RuntimeError):
@@ -197,6 +201,13 @@ class LoopbackServer(HttpServerHandle):
             return self.url + url_path(name)
         staging = self._staging_folder()
         target = staging / name
+        longest = max(len(os.fsencode(path.absolute())) for path in (target, target.parent / _PARTIAL))
+        if longest >= _PATH_MAX:
+            raise ValueError(
+                f"stage(): the name of {len(name.encode())} bytes is too long to serve below "
+                f"{str(staging)!r}: its path would be {longest} bytes, and Linux takes fewer than "
+                f"{_PATH_MAX}; stage under a shorter name."
+            )
         for folder in {self.root, staging}:
             if not (folder / name).resolve().is_relative_to(folder.resolve()):
                 raise ValueError(f"stage(): {name!r} leads outside the served root through a symbolic link.")
@@ -310,11 +321,14 @@ class _InProcess:
     def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         return self._driver.faults.add(FaultSpec.from_dict(spec), namespace)
 
-    def clear_fault(self, fault_id: str) -> int:
-        return self._driver.faults.clear(fault_id)
+    def end(self, ident: str, namespace: str | None = None) -> int:
+        return int(self._driver.end(ident, namespace))
 
-    def fault_hits(self, fault_id: str) -> int:
-        return self._driver.faults.hits(fault_id)
+    def hits(self, ident: str, namespace: str | None = None) -> int:
+        return int(self._driver.hits(ident, namespace))
+
+    def requests_started(self) -> int:
+        return self._driver.request_log.started
 
     def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         return self._driver.talkback.add(ReplySpec.from_dict(spec), namespace)
@@ -332,17 +346,11 @@ class _InProcess:
             self.uploads_folder = self._uploads()
         return self._driver.talkback.accept(UploadSpec.from_dict(spec), namespace, self.uploads_folder, "")
 
-    def clear_talk(self, talk_id: str) -> int:
-        return self._driver.talkback.clear(talk_id)
+    def get_uploads(self, talk_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return list(self._driver.get_uploads(talk_id, namespace))
 
-    def talk_hits(self, talk_id: str) -> int:
-        return self._driver.talkback.hits(talk_id)
-
-    def get_uploads(self, talk_id: str) -> list[dict[str, Any]]:
-        return self._driver.talkback.uploads(talk_id)
-
-    def read_upload(self, entry: dict[str, Any]) -> bytes:
-        return self._driver.talkback.read(str(entry["talk"]), str(entry["name"]))
+    def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
+        return self._driver.talkback.read(str(entry["talk"]), str(entry["name"]), namespace)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -446,12 +446,13 @@ class Recorder(Protocol):
         """Apply a fault (``FaultSpec.as_dict()``) until it or ``namespace`` is cleared; its id."""
         ...
 
-    def clear_fault(self, fault_id: str) -> int:
-        """End a fault; how often it hit (0 if it is gone)."""
+    def end(self, ident: str, namespace: str | None = None) -> int:
+        """End a fault, reply, upload folder or credential set through ``namespace``; how often it
+        acted (0 if it is gone)."""
         ...
 
-    def fault_hits(self, fault_id: str) -> int:
-        """How often a fault hit so far."""
+    def hits(self, ident: str, namespace: str | None = None) -> int:
+        """How often a fault, reply, upload folder or credential set through ``namespace`` acted so far."""
         ...
 
     def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
@@ -466,19 +467,15 @@ class Recorder(Protocol):
         """Refuse requests without the credentials of ``AuthSpec.as_dict()``; its id."""
         ...
 
-    def clear_talk(self, talk_id: str) -> int:
-        """End a reply, an upload folder's acceptance or a credential; how often it answered (0 if gone)."""
+    def get_uploads(self, talk_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """What an ``accept_uploads`` id of ``namespace`` stored: ``Upload`` fields, and where each is."""
         ...
 
-    def talk_hits(self, talk_id: str) -> int:
-        """How many requests a reply (or upload folder, or credential) answered so far."""
+    def requests_started(self) -> int:
+        """How many requests started so far: where a new request window starts."""
         ...
 
-    def get_uploads(self, talk_id: str) -> list[dict[str, Any]]:
-        """The uploads an ``accept_uploads`` id stored, as ``Upload`` fields plus where each is."""
-        ...
-
-    def read_upload(self, entry: dict[str, Any]) -> bytes:
+    def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
         """The content of an upload of :meth:`get_uploads`."""
         ...
 
@@ -491,10 +488,11 @@ class Scripted(Generic[S]):
     """Something a test set on its server (a fault, a reply): how often it acted, and how to end
     it early. It ends by itself with the test that set it."""
 
-    def __init__(self, recorder: Recorder, ident: str, spec: S) -> None:
+    def __init__(self, recorder: Recorder, ident: str, spec: S, namespace: str | None = None) -> None:
         self._recorder = recorder
-        #: The server's id of it.
+        #: The server's id of it, which only its namespace's calls reach.
         self.id = ident
+        self._namespace = namespace
         self.spec = spec
         self._final_hits: int | None = None
 
@@ -506,19 +504,15 @@ class Scripted(Generic[S]):
     @property
     def hits(self) -> int:
         """How many requests it acted on so far (on an exporter, read from the exporter)."""
-        return self._final_hits if self._final_hits is not None else self._count()
+        if self._final_hits is not None:
+            return self._final_hits
+        return self._recorder.hits(self.id, self._namespace)
 
     def clear(self) -> None:
         """End it now: a fault's stalled and delayed responses end (a stalled one is cut); after a
         reply, the next one for its path and method answers, or the file."""
         if self._final_hits is None:
-            self._final_hits = self._end()
-
-    def _count(self) -> int:
-        raise NotImplementedError
-
-    def _end(self) -> int:
-        raise NotImplementedError
+            self._final_hits = self._recorder.end(self.id, self._namespace)
 
 
 class Fault(Scripted["FaultSpec"]):
@@ -531,12 +525,6 @@ class Fault(Scripted["FaultSpec"]):
     def path(self) -> str:
         """The path (or glob) it matches, relative to the server's URL."""
         return self.spec.path
-
-    def _count(self) -> int:
-        return self._recorder.fault_hits(self.id)
-
-    def _end(self) -> int:
-        return self._recorder.clear_fault(self.id)
 
     def __repr__(self) -> str:
         state = "active" if self.active else "cleared"

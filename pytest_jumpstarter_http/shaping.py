@@ -62,12 +62,14 @@ class FaultRegistry:
             self._entries[fault_id] = _Entry(spec, namespace)
         return fault_id
 
-    def clear(self, fault_id: str) -> int:
-        """Stop applying the fault and release the responses it holds; return its hits (0 if unknown)."""
+    def clear(self, fault_id: str, namespace: str | None) -> int:
+        """Stop applying the fault injected through ``namespace`` and release the responses it
+        holds; return its hits (0 if unknown: ended, never injected, or another namespace's)."""
         with self._lock:
-            entry = self._entries.pop(fault_id, None)
-        if entry is None:
-            return 0
+            entry = self._entries.get(fault_id)
+            if entry is None or entry.namespace != namespace:
+                return 0
+            del self._entries[fault_id]
         entry.cleared.set()
         return entry.hits
 
@@ -83,11 +85,12 @@ class FaultRegistry:
         for entry in entries:
             entry.cleared.set()
 
-    def hits(self, fault_id: str) -> int:
-        """How many requests the fault applied to; a ``KeyError`` once it was cleared."""
+    def hits(self, fault_id: str, namespace: str | None) -> int:
+        """How many requests the fault injected through ``namespace`` applied to; a ``KeyError``
+        once it was cleared (or for another namespace's)."""
         with self._lock:
             entry = self._entries.get(fault_id)
-            if entry is None:
+            if entry is None or entry.namespace != namespace:
                 raise KeyError(f"no fault {fault_id!r} on this server; it was cleared or never injected")
             return entry.hits
 

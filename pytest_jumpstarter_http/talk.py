@@ -306,12 +306,6 @@ class Reply(Scripted["ReplySpec"]):
     It ends by itself with the test that scripted it.
     """
 
-    def _count(self) -> int:
-        return self._recorder.talk_hits(self.id)
-
-    def _end(self) -> int:
-        return self._recorder.clear_talk(self.id)
-
     def __repr__(self) -> str:
         state = "active" if self.active else "cleared"
         return f"<Reply {self.spec.method} {self.spec.path!r} {self.spec.status} {state}>"
@@ -328,9 +322,10 @@ class Upload:
     method: str
     _recorder: Recorder = field(repr=False, compare=False)
     _entry: dict[str, Any] = field(repr=False, compare=False)
+    _namespace: str | None = field(repr=False, compare=False, default=None)
 
     @classmethod
-    def from_entry(cls, recorder: Recorder, entry: dict[str, Any]) -> Upload:
+    def from_entry(cls, recorder: Recorder, entry: dict[str, Any], namespace: str | None = None) -> Upload:
         return cls(
             str(entry["name"]),
             int(entry["size"]),
@@ -338,13 +333,14 @@ class Upload:
             str(entry["method"]),
             recorder,
             entry,
+            namespace,
         )
 
     def read_bytes(self) -> bytes:
         """Its content, read from the server's folder (on an exporter, fetched from it now)."""
         import hashlib
 
-        data = self._recorder.read_upload(self._entry)
+        data = self._recorder.read_upload(self._entry, self._namespace)
         if hashlib.sha256(data).hexdigest() != self.sha256:
             raise ValueError(
                 f"read_bytes(): upload {self.name!r} was replaced by a later upload of the same name; "

@@ -15,6 +15,7 @@ server; never imports pytest.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -41,6 +42,8 @@ __all__ = ["Talkback", "TalkbackMiddleware"]
 
 #: What a multipart form may carry beyond ``max_bytes`` of files: its framing and other fields.
 FORM_SLACK: Final = 64 << 10
+#: The bytes of an upload written to disk at a time, in a thread.
+WRITE_BATCH: Final = 1 << 20
 
 
 class _Entry:
@@ -111,13 +114,15 @@ class Talkback:
             self._entries[talk_id] = _Entry(spec, namespace, fd, made)
         return talk_id
 
-    def clear(self, talk_id: str) -> int:
-        """End a scripted answer; how often it answered (0 if unknown)."""
+    def clear(self, talk_id: str, namespace: str | None) -> int:
+        """End a scripted answer set through ``namespace``; how often it answered (0 if unknown:
+        ended, never set, or another namespace's)."""
         with self._lock:
-            entry = self._entries.pop(talk_id, None)
+            entry = self._entries.get(talk_id)
+            if entry is None or entry.namespace != namespace:
+                return 0
+            del self._entries[talk_id]
             self._uploads = [upload for upload in self._uploads if upload["talk"] != talk_id]
-        if entry is None:
-            return 0
         entry.close()
         return entry.hits
 
@@ -125,31 +130,37 @@ class Talkback:
         """End every scripted answer, or those that came through one of ``namespaces``."""
         with self._lock:
             ended = [
-                talk_id
+                (talk_id, entry.namespace)
                 for talk_id, entry in self._entries.items()
                 if namespaces is None or entry.namespace in namespaces
             ]
-        for talk_id in ended:
-            self.clear(talk_id)
+        for talk_id, namespace in ended:
+            self.clear(talk_id, namespace)
 
-    def hits(self, talk_id: str) -> int:
+    def _entry(self, talk_id: str, namespace: str | None) -> _Entry:
+        """The answer ``talk_id`` set through ``namespace``; a ``KeyError`` once it ended (or for
+        another namespace's: one run never reads or ends another's)."""
+        entry = self._entries.get(talk_id)
+        if entry is None or entry.namespace != namespace:
+            raise KeyError(f"no reply, upload folder or credential {talk_id!r} on this server; it ended")
+        return entry
+
+    def hits(self, talk_id: str, namespace: str | None) -> int:
         """How many requests it answered; a ``KeyError`` once it was cleared."""
         with self._lock:
-            entry = self._entries.get(talk_id)
-            if entry is None:
-                raise KeyError(f"no reply, upload folder or credential {talk_id!r} on this server; it ended")
-            return entry.hits
+            return self._entry(talk_id, namespace).hits
 
-    def uploads(self, talk_id: str) -> list[dict[str, Any]]:
-        """The uploads the folder ``talk_id`` stored, in arrival order."""
+    def uploads(self, talk_id: str, namespace: str | None) -> list[dict[str, Any]]:
+        """The uploads the folder ``talk_id`` of ``namespace`` stored, in arrival order."""
         with self._lock:
+            self._entry(talk_id, namespace)
             return [dict(upload) for upload in self._uploads if upload["talk"] == talk_id]
 
-    def read(self, talk_id: str, name: str) -> bytes:
+    def read(self, talk_id: str, name: str, namespace: str | None) -> bytes:
         """The content of the upload ``name`` of the folder ``talk_id``, read without following a link."""
         with self._lock:
             entry = self._entries.get(talk_id)
-            if entry is None or entry.fd < 0:
+            if entry is None or entry.fd < 0 or entry.namespace != namespace:
                 raise KeyError(f"no upload folder {talk_id!r} on this server; it ended with its test")
             here = os.dup(entry.fd)
         *parents, last = name.split("/")
@@ -256,17 +267,40 @@ class _Written:
             raise
         self.size = 0
         self._digest = hashlib.sha256()
+        #: The write in a thread, if any: the descriptor is closed only once it ended.
+        self._busy: asyncio.Future[None] | None = None
 
     @property
     def sha256(self) -> str:
         return self._digest.hexdigest()
 
     async def take(self, chunks: AsyncIterator[bytes], budget: list[int]) -> None:
-        """Write the body; a ``_Refused`` 413 once the request's bodies pass ``budget[0]`` bytes."""
+        """Write the body; a ``_Refused`` 413 once the request's bodies pass ``budget[0]`` bytes.
+
+        The disk's work is done in a thread, a batch at a time: the loop serves every other
+        download meanwhile, of every run sharing the server.
+        """
+        loop = asyncio.get_running_loop()
+        batch: list[bytes] = []
+        held = 0
         async for chunk in chunks:
             budget[0] -= len(chunk)
             if budget[0] < 0:
                 raise _Refused(413, "the upload is larger than accept_uploads()'s max_bytes")
+            batch.append(chunk)
+            held += len(chunk)
+            if held >= WRITE_BATCH:
+                await self._written(loop, batch)
+                batch, held = [], 0
+        if batch:
+            await self._written(loop, batch)
+
+    async def _written(self, loop: asyncio.AbstractEventLoop, batch: list[bytes]) -> None:
+        self._busy = loop.run_in_executor(None, self._write, batch)
+        await self._busy
+
+    def _write(self, batch: list[bytes]) -> None:
+        for chunk in batch:
             self.size += len(chunk)
             self._digest.update(chunk)
             view = memoryview(chunk)
@@ -274,8 +308,7 @@ class _Written:
                 view = view[os.write(self._fd, view) :]
 
     def keep(self) -> None:
-        os.close(self._fd)
-        self._fd = -1
+        self._close_file()
         try:
             os.rename(self._temporary, self._last, src_dir_fd=self._folder, dst_dir_fd=self._folder)
         except OSError as exc:  # a folder of that name is there
@@ -285,14 +318,24 @@ class _Written:
 
     def drop(self) -> None:
         """Remove the temporary file, if still there, and let go of the folder."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._close_file()
         if self._folder >= 0:
             with contextlib.suppress(OSError):
                 os.unlink(self._temporary, dir_fd=self._folder)
             os.close(self._folder)
             self._folder = -1
+
+
+    def _close_file(self) -> None:
+        """Close the file now, or once the write in flight ends (a cancelled request's may still
+        run): a descriptor number closed under a write could be another file's by then."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        if self._busy is not None and not self._busy.done():
+            self._busy.add_done_callback(lambda _: os.close(fd))
+        else:
+            os.close(fd)
 
 
 async def _chunks_of(stream: Any) -> AsyncIterator[bytes]:

@@ -99,6 +99,18 @@ def test_stage_refuses_a_missing_source(http_server, tmp_path):
         http_server.stage(tmp_path / "nope.img")
 
 
+def test_stage_of_a_name_too_long_for_a_path_below_the_root_is_refused_and_writes_nothing(
+    http_server, served_dir, tmp_path
+):
+    source = tmp_path / "image.raw"
+    source.write_bytes(b"image")
+    # Each part is a valid name and the whole is within 4096 bytes; below the root it is not.
+    name = "/".join(["d" * 250] * 16) + "/image.raw"
+    with pytest.raises(ValueError, match=r"^stage\(\): the name of 4025 bytes is too long to serve below "):
+        http_server.stage(source, name)
+    assert list(served_dir.iterdir()) == []
+
+
 def test_client_is_jumpstarters_http_server_client(http_server):
     from jumpstarter_driver_http.client import HttpServerClient
 

@@ -277,6 +277,29 @@ def check_device_run(report: JUnit, where: Path) -> None:
     assert not list(where.rglob("evil-*")), "an upload left its folder"
 
 
+def test_an_upload_is_written_to_disk_off_the_loop_that_serves_every_download(http_server, monkeypatch):
+    import os
+    import threading
+    import urllib.request
+
+    write, threads = os.write, []
+
+    def watched(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".part"):  # the upload's temporary file
+            threads.append(threading.current_thread().name)
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", watched)
+    http_server.accept_uploads()
+    body = os.urandom(3 << 20)
+    request = urllib.request.Request(http_server.url + "/uploads/boot.log", data=body, method="PUT")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 201
+    assert http_server.uploads[0].read_bytes() == body
+    assert threads, "no write of the upload was seen"
+    assert "pytest-jumpstarter-http loop" not in threads, threads
+
+
 @dataclass
 class Runs:
     where: Path

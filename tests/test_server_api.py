@@ -1,0 +1,83 @@
+"""Issue 25: the server API of a RecordingHttpServer on a real exporter, called as the wire calls it.
+
+A script in the exporter's environment (``JUMPSTARTER_HOST`` of a ``jmp run`` exporter) drives the
+driver through Jumpstarter's own client, as two runs sharing one exporter would: each holds the
+server as an owner of its own, with a namespace of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from jumpstarter_helpers import StandaloneExporter
+from subprocess_runs import PYTHON, run
+from test_exporter_ownership import recording_exporter
+
+TWO_OWNERS = """
+import json, urllib.request
+from jumpstarter.common.utils import env
+from pytest_jumpstarter_http.exporter import Holding
+from pytest_jumpstarter_http.records import NS, RUNS, FaultSpec
+from pytest_jumpstarter_http.talk import ReplySpec, UploadSpec
+
+def attempt(call, *args):
+    try:
+        return call(*args)
+    except Exception as exc:
+        return f"refused: {exc}"
+
+with env() as client:
+    http = client.children["http"]
+    http.start_unless_running()
+    a = Holding(http, f"{RUNS}/run-a", False, 30)
+    b = Holding(http, f"{RUNS}/run-b", False, 30)
+    ns_a = http.open_namespace(a.token, [f"{RUNS}/run-a"])
+    ns_b = http.open_namespace(b.token, [f"{RUNS}/run-b"])
+    base = f"/{NS}/{ns_a}"
+    reply = http.add_reply(ReplySpec("hello", body=b"from a").under(base).as_dict(), ns_a)
+    fault = http.inject_fault(FaultSpec("slow", rate=1e6).under((base,)).as_dict(), ns_a)
+    up = http.accept_uploads(UploadSpec("up/", 1 << 20).under(base).as_dict(), ns_a)
+    seen = {
+        "b_ends_reply": attempt(http.end, reply, ns_b),
+        "b_ends_fault": attempt(http.end, fault, ns_b),
+        "b_ends_uploads": attempt(http.end, up, ns_b),
+        "nobody_ends_reply": attempt(http.end, reply, None),
+        "b_counts_reply": attempt(http.hits, reply, ns_b),
+        "b_lists_uploads": attempt(http.get_uploads, up, ns_b),
+    }
+    with urllib.request.urlopen(http.get_url() + base + "/hello", timeout=10) as response:
+        seen["a_gets"] = response.read().decode()
+    seen["a_counts_reply"] = http.hits(reply, ns_a)
+    seen["a_counts_fault"] = http.hits(fault, ns_a)
+    seen["a_lists_uploads"] = http.get_uploads(up, ns_a)
+    seen["a_ends_reply"] = http.end(reply, ns_a)
+    a.close()
+    b.close()
+print(json.dumps(seen))
+"""
+
+
+def test_one_owner_never_ends_reads_or_counts_what_another_owner_set(
+    tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter]
+) -> None:
+    exporter = recording_exporter(tmp_path, standalone_exporter).exporter
+    assert exporter is not None
+    (tmp_path / "two_owners.py").write_text(TWO_OWNERS)
+    done = run([PYTHON, "two_owners.py"], cwd=tmp_path, env=exporter.env(), timeout=120)
+    assert done.returncode == 0, done.stdout
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    # Another owner's calls with the first owner's ids change nothing and learn nothing.
+    assert seen["b_ends_reply"] == seen["b_ends_fault"] == seen["b_ends_uploads"] == 0
+    assert seen["nobody_ends_reply"] == 0
+    assert seen["b_counts_reply"].startswith("refused:"), seen
+    assert seen["b_lists_uploads"].startswith("refused:"), seen
+    # What the first owner set is still there, and still its own.
+    assert seen["a_gets"] == "from a"
+    assert seen["a_counts_reply"] == 1
+    assert seen["a_counts_fault"] == 0
+    assert seen["a_lists_uploads"] == []
+    assert seen["a_ends_reply"] == 1
+
