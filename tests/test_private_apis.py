@@ -103,7 +103,7 @@ def test_setting_the_shutdown_timeout_bounds_how_long_a_stopping_runner_waits_fo
     run(main)
 
 
-# --- aiohttp Server._kwargs["access_log_class"] (requestlog.install) ---------------------------
+# --- aiohttp Server._kwargs["access_log_class"] (serving.install) ---------------------------
 
 
 def test_an_access_log_class_put_in_the_servers_kwargs_after_start_logs_every_new_request():
@@ -127,7 +127,7 @@ def test_an_access_log_class_put_in_the_servers_kwargs_after_start_logs_every_ne
             kwargs = getattr(runner.server, "_kwargs", None)
             assert isinstance(kwargs, dict), (
                 "aiohttp's web.Server no longer keeps the request handlers' keyword arguments in a dict "
-                "_kwargs: requestlog.install() puts its access logger there; find where this aiohttp "
+                "_kwargs: serving.install() puts its access logger there; find where this aiohttp "
                 "version takes access_log_class from."
             )
             kwargs["access_log_class"] = Recorder
@@ -140,7 +140,7 @@ def test_an_access_log_class_put_in_the_servers_kwargs_after_start_logs_every_ne
                 await asyncio.sleep(0.01)
         assert logged == [("/hello", 200)], (
             "an access_log_class put in runner.server._kwargs after start no longer logs new requests: "
-            "requestlog.install() would record nothing; find this aiohttp version's way to log them."
+            "serving.install() would record nothing; find this aiohttp version's way to log them."
         )
 
     run(main)
