@@ -325,7 +325,6 @@ class _Written:
             os.close(self._folder)
             self._folder = -1
 
-
     def _close_file(self) -> None:
         """Close the file now, or once the write in flight ends (a cancelled request's may still
         run): a descriptor number closed under a write could be another file's by then."""

@@ -11,7 +11,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from jumpstarter_helpers import StandaloneExporter
 from subprocess_runs import PYTHON, run
 from test_exporter_ownership import recording_exporter
@@ -80,4 +79,3 @@ def test_one_owner_never_ends_reads_or_counts_what_another_owner_set(
     assert seen["a_counts_fault"] == 0
     assert seen["a_lists_uploads"] == []
     assert seen["a_ends_reply"] == 1
-
