@@ -28,6 +28,11 @@ class RecordingHttpServerClient(HttpServerClient):
     def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         return str(self.call("inject_fault", spec, namespace))
 
+    def api(self) -> tuple[int, str]:
+        """The server API's version and the exporter's pytest-jumpstarter-http version."""
+        answer = self.call("api")
+        return int(answer["api"]), str(answer["version"])
+
     def start_unless_running(self) -> int:
         return int(self.call("start_unless_running"))
 

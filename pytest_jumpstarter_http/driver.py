@@ -29,7 +29,7 @@ from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
 from .namespaces import NamespaceError, Namespaces
-from .records import NS, FaultSpec, TlsSpec
+from .records import API_VERSION, NS, FaultSpec, TlsSpec, plugin_version
 from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
 from .talk import AuthSpec, ReplySpec, UploadSpec
@@ -105,6 +105,11 @@ class RecordingHttpServer(HttpServer):
             # by the driver; tests/test_private_apis.py fails loudly if it moves.
             self.runner._shutdown_timeout = self.shutdown_grace
         install(self.runner, self.request_log)
+
+    @export
+    def api(self) -> dict[str, Any]:
+        """The server API's version and the plugin's, which a client checks before any other call."""
+        return {"api": API_VERSION, "version": plugin_version()}
 
     @export
     async def start_unless_running(self) -> int:

@@ -29,12 +29,14 @@ from . import locks
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connection, Connections, ExporterError, unavailable
 from .handle import _RECORDING, WILDCARDS, HttpServerHandle, format_url
 from .records import (
+    API_VERSION,
     NS,
     RUNS,
     HttpPublishError,
     HttpPublishWarning,
     TlsSpec,
     check_name,
+    plugin_version,
     url_path,
 )
 from .uploads import Digests, Store, open_to_send
@@ -127,6 +129,8 @@ class ExporterBackend:
         key = id(http)
         if key not in self._used:
             recording = http.labels.get(CLIENT_LABEL) == RECORDING_CLIENT
+            if recording:
+                _speaks_our_api(connection, path, http)
             _start_unless_running(http, recording, self._timeout)
             line = f"{connection.describe()}: HttpServer {path!r} at {http.get_url()}"
             if line not in self._bound:
@@ -240,6 +244,26 @@ def _asking(connection: Connection, driver: str, call: str) -> Iterator[None]:
             f"exporter {connection.name!r}: {call} of the HttpServer at {driver!r} failed ({exc}); run the "
             "same version of pytest-jumpstarter-http on the exporter as here, and check its driver config."
         ) from None
+
+
+def _speaks_our_api(connection: Connection, driver: str, http: Any) -> None:
+    """An ``ExporterError`` naming both versions, and the side to upgrade, unless the exporter's
+    RecordingHttpServer speaks this process's server API."""
+    ours = plugin_version()
+    try:
+        api, theirs = http.api()
+    except Exception as exc:
+        if unavailable(exc) is not None:
+            raise
+        api, theirs = 1, "older than this check"  # from before api(): no such call
+    if api == API_VERSION:
+        return
+    side = "the exporter" if api < API_VERSION else "this machine"
+    raise ExporterError(
+        f"exporter {connection.name!r}: its RecordingHttpServer at {driver!r} runs pytest-jumpstarter-http "
+        f"{theirs} (server API {api}) and this machine {ours} (server API {API_VERSION}); upgrade "
+        f"pytest-jumpstarter-http on {side}."
+    )
 
 
 class Holding:

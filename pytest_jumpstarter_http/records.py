@@ -35,6 +35,19 @@ NS: Final = f"{TOP}/ns"
 OBJECTS: Final = f"{TOP}/objects"
 #: Transfers this large (an upload, a download a test waits for) get progress lines.
 PROGRESS_BYTES: Final = 64 << 20
+#: The version of the server API (``RecordingHttpServer``'s exported calls) this code speaks. An
+#: exporter and its test runners are upgraded on their own schedules: they check it on connecting.
+API_VERSION: Final = 2
+
+
+def plugin_version() -> str:
+    """This installation's version of pytest-jumpstarter-http."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pytest-jumpstarter-http")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 class RequestLogUnavailable(RuntimeError):

@@ -123,8 +123,10 @@ def wait_listening(port: int, timeout: float, alive: Callable[[], bool]) -> None
 class StandaloneExporter:
     """``jmp run`` serving an exporter config on a loopback TCP port, without a controller."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, **env: str) -> None:
         self.config, self.log = config, log
+        #: What the exporter's own environment has beyond the clean one (``PYTHONPATH``...).
+        self._env = env
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -143,7 +145,7 @@ class StandaloneExporter:
         command = [JMP, "--log-level", "WARNING", "run", "--exporter-config", str(self.config)]
         command += ["--tls-grpc-listener", self.address, "--tls-grpc-insecure"]
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=log, env=clean_env())
+            self.process = subprocess.Popen(command, stdout=log, stderr=log, env=clean_env(**self._env))
         process = self.process
         wait_listening(self.port, 20, lambda: process.poll() is None)
         return self
@@ -162,12 +164,13 @@ class StandaloneExporter:
 
 
 @pytest.fixture
-def standalone_exporter(tmp_path: Path) -> Iterator[Callable[[Path], StandaloneExporter]]:
-    """Start ``jmp run`` exporters from exporter config files; all are killed at teardown."""
+def standalone_exporter(tmp_path: Path) -> Iterator[Callable[..., StandaloneExporter]]:
+    """Start ``jmp run`` exporters from exporter config files (and environment variables of their
+    own); all are killed at teardown."""
     started: list[StandaloneExporter] = []
 
-    def start(config: Path) -> StandaloneExporter:
-        exporter = StandaloneExporter(config, tmp_path / f"jmp-run-{len(started)}.log")
+    def start(config: Path, **env: str) -> StandaloneExporter:
+        exporter = StandaloneExporter(config, tmp_path / f"jmp-run-{len(started)}.log", **env)
         started.append(exporter)
         return exporter.start()
 

@@ -7,12 +7,14 @@ server as an owner of its own, with a namespace of its own.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Callable
 from pathlib import Path
 
-from jumpstarter_helpers import StandaloneExporter
-from subprocess_runs import PYTHON, run
+import pytest
+from jumpstarter_helpers import StandaloneExporter, http_driver, write_exporter_config
+from subprocess_runs import PYTHON, plain_pytest, run
 from test_exporter_ownership import recording_exporter
 
 TWO_OWNERS = """
@@ -79,3 +81,62 @@ def test_one_owner_never_ends_reads_or_counts_what_another_owner_set(
     assert seen["a_counts_fault"] == 0
     assert seen["a_lists_uploads"] == []
     assert seen["a_ends_reply"] == 1
+
+
+#: RecordingHttpServers of other versions: one from before api() (the call is not exported), one
+#: that speaks a later server API.
+OTHER_VERSIONS = """
+from jumpstarter.driver import export
+
+from pytest_jumpstarter_http.driver import RecordingHttpServer
+
+
+class Older(RecordingHttpServer):
+    def api(self):
+        raise AssertionError("not exported: no client reaches it")
+
+
+class Newer(RecordingHttpServer):
+    @export
+    def api(self):
+        return {"api": 99, "version": "9.0"}
+"""
+
+ONE_TEST = """
+def test_serves(http_server):
+    assert http_server.url
+"""
+
+
+@pytest.mark.parametrize(
+    ("driver", "sentence"),
+    [
+        (
+            "Older",
+            "*: its RecordingHttpServer at 'http' runs pytest-jumpstarter-http older than this check "
+            "(server API 1) and this machine * (server API 2); upgrade pytest-jumpstarter-http on the "
+            "exporter.",
+        ),
+        (
+            "Newer",
+            "*: its RecordingHttpServer at 'http' runs pytest-jumpstarter-http 9.0 (server API 99) and "
+            "this machine * (server API 2); upgrade pytest-jumpstarter-http on this machine.",
+        ),
+    ],
+)
+def test_an_exporter_on_another_server_api_fails_the_run_in_one_sentence_naming_the_side_to_upgrade(
+    tmp_path: Path, standalone_exporter: Callable[..., StandaloneExporter], driver: str, sentence: str
+) -> None:
+    (tmp_path / "other_versions.py").write_text(OTHER_VERSIONS)
+    root_dir = tmp_path / "exporter-root"
+    root_dir.mkdir()
+    config = write_exporter_config(
+        tmp_path / "exporter.yaml", {"http": {**http_driver(root_dir), "type": f"other_versions.{driver}"}}
+    )
+    exporter = standalone_exporter(config, PYTHONPATH=str(tmp_path))
+    (tmp_path / "test_one.py").write_text(ONE_TEST)
+    done = run(plain_pytest("-p", "no:cacheprovider", "test_one.py"), cwd=tmp_path, env=exporter.env())
+    assert done.returncode == 1, done.stdout
+    assert fnmatch.filter(done.stdout.splitlines(), "exporter 'jmp shell at *'" + sentence[1:]), done.stdout
+    assert "DriverError" not in done.stdout
+    assert "Traceback" not in done.stdout
