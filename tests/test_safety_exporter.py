@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 from jumpstarter_helpers import (
+    HTTP_SERVER,
+    RECORDING,
     StandaloneExporter,
     http_driver,
     jmp_shell,
@@ -310,10 +312,12 @@ def test_share(http_server, tmp_path):
 """
 
 
-def _exporter_for_sharing(tmp_path: Path, start: Callable[[Path], StandaloneExporter]) -> StandaloneExporter:
+def _exporter_for_sharing(
+    tmp_path: Path, start: Callable[[Path], StandaloneExporter], kind: str = HTTP_SERVER
+) -> StandaloneExporter:
     config = write_exporter_config(
         tmp_path / "shared.yaml",
-        {"http": http_driver(tmp_path / "www", remove_created_on_close=False)},
+        {"http": {**http_driver(tmp_path / "www", remove_created_on_close=False), "type": kind}},
     )
     (tmp_path / "test_shared.py").write_text(SHARED)
     (tmp_path / "flags").mkdir()
@@ -369,10 +373,13 @@ def test_a_process_that_started_the_server_and_exits_leaves_it_running_for_anoth
     assert _server_port(tmp_path, exporter) == port
 
 
+# A RecordingHttpServer starts itself in one call, start_unless_running(): its racers take no lock
+# of this machine, as racers on two hosts cannot.
+@pytest.mark.parametrize("kind", [HTTP_SERVER, RECORDING])
 def test_processes_racing_to_start_a_stopped_server_start_it_once_and_leave_it_running(
-    tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter]
+    tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter], kind: str
 ) -> None:
-    exporter = _exporter_for_sharing(tmp_path, standalone_exporter)
+    exporter = _exporter_for_sharing(tmp_path, standalone_exporter, kind)
     assert _server_port(tmp_path, exporter) == 0
     names = [f"P{n}" for n in range(4)]
     everyone = ",".join(f"{name}.port" for name in names)
