@@ -27,15 +27,16 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from . import locks
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connection, Connections, ExporterError, unavailable
-from .handle import _RECORDING, WILDCARDS, HttpServerHandle, format_url
+from .handle import WILDCARDS, HttpServerHandle, format_url
 from .records import (
     API_VERSION,
     NS,
     RUNS,
+    FaultsUnavailable,
     HttpPublishError,
     HttpPublishWarning,
+    RequestLogUnavailable,
     TlsSpec,
-    check_name,
     plugin_version,
     url_path,
 )
@@ -103,7 +104,8 @@ class ExporterBackend:
             path, http = connection.http(driver)
             used = self._use(connection, path, http)
             mirror = None if owned else used.mirror(root)
-            server = ExporterServer(
+            kind = ExporterServer if used.holding is not None else StockServer
+            server = kind(
                 used,
                 driver=path,
                 root=root,
@@ -319,12 +321,11 @@ def _start_unless_running(http: Any, recording: bool, timeout: float) -> None:
 
 
 class ExporterServer(HttpServerHandle):
-    """The exporter's HttpServer, seen through a URL namespace of this handle's own.
+    """The exporter's RecordingHttpServer, seen through a URL namespace of this handle's own.
 
-    On a RecordingHttpServer the handle's URL is a namespace that shows its own folder (what
-    ``stage()`` sends) over the mirror of a user's directory, so its request log and faults are
-    its alone even where another handle serves the same files. The stock driver has no
-    namespaces: the URL is the folder itself, and a staged file keeps a URL of its own.
+    The handle's URL is a namespace that shows its own folder (what ``stage()`` sends) over the
+    mirror of a user's directory, so its request log and faults are its alone even where another
+    handle serves the same files.
     """
 
     backend: Literal["exporter"] = "exporter"
@@ -345,17 +346,15 @@ class ExporterServer(HttpServerHandle):
         connection, http = used.connection, used.http
         host = http.get_host()
         tls = _certified(used, driver, host, url_host, certify)
-        namespace = None
-        folder = f"{used.folder}/h-{uuid.uuid4().hex[:8]}"
-        if used.holding is not None:
-            shown = [folder] if mirror is None else [folder, mirror]
-            with _asking(used.connection, driver, "open_namespace()"):
-                namespace = http.open_namespace(used.holding.token, shown)
+        #: The exporter folder ``stage()`` sends to, removed at ``stop()`` unless ``--http-keep``.
+        self.folder = f"{used.folder}/h-{uuid.uuid4().hex[:8]}"
+        #: The exporter folder ``publish()`` sends ``root`` to: the mirror of a user's root, else ``folder``.
+        self.served = mirror or self.folder
+        namespace = self._namespace_of(used, driver, mirror)
         super().__init__(
             root,
             host,
-            recorder=None if namespace is None else cast("Recorder", _Answering(http, connection)),
-            unrecorded=f"the HttpServer driver at {driver!r} of exporter {connection.name!r}",
+            recorder=self._recorder_of(used, driver),
             namespace=namespace,
             progress=progress,
             tls=tls,
@@ -364,10 +363,6 @@ class ExporterServer(HttpServerHandle):
         self.connection = connection
         #: The dotted path of the HttpServer driver on the exporter.
         self.driver = driver
-        #: The exporter folder ``stage()`` uploads to, removed at ``stop()`` unless ``--http-keep``.
-        self.folder = folder
-        #: The exporter folder ``publish()`` sends ``root`` to: the mirror of a user's root, else ``folder``.
-        self.served = mirror or folder
         self._keep = keep
         self._http = http
         self._store = used.store
@@ -375,12 +370,20 @@ class ExporterServer(HttpServerHandle):
         self._last_port = 0
         #: Whether anything was put in ``folder``: a handle that put nothing there removes nothing.
         self._wrote_folder = False
-        #: The names ``stage()`` sent, which the stock driver serves from ``folder``.
-        self._staged: set[str] = set()
         #: The URL path of ``url``.
         self._path = url_path(f"{NS}/{namespace}" if namespace else self.served)
         #: The port of this process's HTTPS site on the server (0: plain HTTP).
         self._tls_port = 0 if tls is None else self._serve_tls(used, tls, lab_ca)
+
+    def _namespace_of(self, used: Used, driver: str, mirror: str | None) -> str | None:
+        """The handle's own URL namespace on the server, showing its folder over ``mirror``."""
+        assert used.holding is not None  # a RecordingHttpServer's: StockServer has none
+        shown = [self.folder] if mirror is None else [self.folder, mirror]
+        with _asking(used.connection, driver, "open_namespace()"):
+            return str(used.http.open_namespace(used.holding.token, shown))
+
+    def _recorder_of(self, used: Used, driver: str) -> Recorder:
+        return cast("Recorder", _Answering(used.http, used.connection))
 
     def _serve_tls(self, used: Used, tls: Tls, lab_ca: Callable[[str], Path]) -> int:
         """The port of this process's HTTPS site on the server, added on first use."""
@@ -430,12 +433,6 @@ class ExporterServer(HttpServerHandle):
     def _url_path(self) -> str:
         return self._path
 
-    def url_for(self, name: str) -> str:
-        name = check_name(name, where="url_for() name")
-        if self._namespace is None and name in self._staged:
-            return format_url(self._url_host, self.port, self.scheme) + url_path(f"{self.folder}/{name}")
-        return super().url_for(name)
-
     def publish(self, name: str | None = None) -> None:
         """Send what is new or changed in ``root`` (or only ``name``) to this server's folder.
 
@@ -476,11 +473,14 @@ class ExporterServer(HttpServerHandle):
     def _stage(self, source: Path, name: str) -> str:
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self._put(fd, source.name, f"{self.folder}/{name}")
+            self._put(fd, source.name, f"{self._staging_folder(name)}/{name}")
         finally:
             os.close(fd)
-        self._staged.add(name)
         return self.url_for(name)
+
+    def _staging_folder(self, name: str) -> str:
+        """Where ``stage()`` sends ``name``: this handle's folder, which its namespace shows first."""
+        return self.folder
 
     def _put(self, fd: int, label: str, target: str) -> None:
         with self.connection.answering():
@@ -496,7 +496,12 @@ class ExporterServer(HttpServerHandle):
             self._close_namespace()
         # An exporter that is gone holds nothing to remove, and its tests were told already.
         keep = self._keep == "all" or (failed and self._keep == "failed")
-        if keep or self.connection.gone is not None or not self._wrote_folder:
+        if keep or self.connection.gone is not None:
+            return
+        self._remove_what_it_wrote()
+
+    def _remove_what_it_wrote(self) -> None:
+        if not self._wrote_folder:
             return
         try:
             with self.connection.answering():
@@ -509,6 +514,49 @@ class ExporterServer(HttpServerHandle):
             return
         with self.connection.answering():
             self._http.close_namespace(self._namespace)
+
+
+class StockServer(ExporterServer):
+    """Jumpstarter's stock HttpServer driver on an exporter: it serves files and nothing else.
+
+    It has no namespaces: the URL is the folder the handle serves (the process's mirror of a
+    user's directory, or the handle's own folder), and ``stage()`` sends to that same folder, so
+    ``url_for(name)`` is ``url + "/" + name`` for every name. Files written into ``root`` after
+    the handle started need ``publish()``. Everything a RecordingHttpServer adds (the request
+    log, faults, replies, uploads, credentials, HTTPS) is refused in one sentence.
+    """
+
+    def __init__(self, used: Used, **kwargs: Any) -> None:
+        super().__init__(used, **kwargs)
+        #: The names ``stage()`` sent into a user's mirror, which ``stop()`` removes from it.
+        self._staged: set[str] = set()
+
+    def _namespace_of(self, used: Used, driver: str, mirror: str | None) -> None:
+        return None
+
+    def _recorder_of(self, used: Used, driver: str) -> Recorder:
+        return cast(
+            "Recorder", _Refusing(f"the HttpServer driver at {driver!r} of exporter {used.connection.name!r}")
+        )
+
+    def _staging_folder(self, name: str) -> str:
+        if self.served != self.folder and os.path.lexists(self.root / name) and name not in self._staged:
+            raise FileExistsError(
+                f"stage(): {str(self.root / name)!r} already exists and the plugin did not create it; "
+                "stage under another name."
+            )
+        self._staged.add(name)
+        return self.served
+
+    def _remove_what_it_wrote(self) -> None:
+        try:
+            super()._remove_what_it_wrote()
+        finally:
+            staged, self._staged = self._staged, set()
+            for name in sorted(staged) if self.served != self.folder else ():
+                with self.connection.answering():
+                    self._http.storage.delete(f"{self.served}/{name}")
+                self._store.forget(f"{self.served}/{name}")
 
 
 def _certified(
@@ -529,6 +577,42 @@ def _certified(
             f"{_RECORDING} to serve HTTPS."
         )
     return tls
+
+
+#: What a server without a request log (the stock driver on an exporter) should be instead.
+_RECORDING = (
+    "put pytest_jumpstarter_http.driver.RecordingHttpServer in the exporter config instead of "
+    "jumpstarter_driver_http.driver.HttpServer"
+)
+
+
+class _Refusing:
+    """The server API of the stock driver, which has none: each call raises the one sentence
+    of what it cannot do, and what to use instead."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        from .talk import TalkbackUnavailable
+
+        what = self._what
+        if name in ("add_reply", "accept_uploads", "require_auth"):
+            method = {"add_reply": "respond"}.get(name, name)
+            problem: Exception = TalkbackUnavailable(
+                f"{what} cannot script replies, uploads or credentials; {_RECORDING} to use {method}()."
+            )
+        elif name == "inject_fault":
+            problem = FaultsUnavailable(f"{what} cannot inject network faults; {_RECORDING} to use inject().")
+        else:
+            problem = RequestLogUnavailable(
+                f"{what} keeps no request log; {_RECORDING} to see what the device fetched."
+            )
+
+        def refused(*args: Any) -> Any:
+            raise problem
+
+        return refused
 
 
 class _Answering:

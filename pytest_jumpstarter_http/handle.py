@@ -40,11 +40,6 @@ if TYPE_CHECKING:
     from .tls import Tls
 
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
-#: What a server without a recorder (the stock driver on an exporter) should be instead.
-_RECORDING = (
-    "put pytest_jumpstarter_http.driver.RecordingHttpServer in the exporter config instead of "
-    "jumpstarter_driver_http.driver.HttpServer"
-)
 
 
 def concrete_host(host: str) -> str:
@@ -87,8 +82,7 @@ class HttpServerHandle(ABC):
         root: Path,
         host: str,
         *,
-        recorder: Recorder | None,
-        unrecorded: str = "",
+        recorder: Recorder,
         namespace: str | None = None,
         progress: Callable[[str], None] | None = None,
         tls: Tls | None = None,
@@ -97,10 +91,8 @@ class HttpServerHandle(ABC):
         self.root = root
         #: The bound address (an exporter's server reports its own).
         self.host = host
-        #: Where its request log and faults are kept; None for a server that keeps none.
+        #: The server API: its request log, faults, replies, uploads and credentials.
         self._recorder = recorder
-        #: What has no recorder (``the HttpServer driver at 'http' of exporter 'lab'``), for messages.
-        self._unrecorded = unrecorded
         #: The URL namespace of this handle on a shared server, which its faults end with.
         self._namespace = namespace
         #: Where ``wait_for_request`` reports a large download under way (None: silent).
@@ -189,14 +181,7 @@ class HttpServerHandle(ABC):
                 self.clear_talk()
         finally:
             with contextlib.suppress(RequestLogUnavailable):
-                self._request_mark = self._recorded().requests_started()
-
-    def _recorded(self) -> Recorder:
-        if self._recorder is None:
-            raise RequestLogUnavailable(
-                f"{self._unrecorded} keeps no request log; {_RECORDING} to see what the device fetched."
-            )
-        return self._recorder
+                self._request_mark = self._recorder.requests_started()
 
     def _prefix(self) -> str:
         return self._url_path() + "/"
@@ -208,7 +193,7 @@ class HttpServerHandle(ABC):
         Each one's ``name`` is its path relative to ``url``: ``"rootfs.img"`` on every backend.
         """
         base = unquote(self._prefix())
-        entries = self._recorded().get_requests(self._request_mark, self._prefix())[1]
+        entries = self._recorder.get_requests(self._request_mark, self._prefix())[1]
         return [
             dataclasses.replace(entry, name=normalized(path.removeprefix(base)))
             for entry in entries
@@ -269,7 +254,7 @@ class HttpServerHandle(ABC):
         While none matches, it reports the progress of a large download of ``wanted``'s path.
         """
         hits, entries = self._matching(wanted)
-        if not hits and self.progress is not None and self._recorder is not None:
+        if not hits and self.progress is not None:
             in_flight = self._recorder.get_in_flight(self._prefix())
             downloads = [p for p in in_flight if unquote(p.path) == wanted.path]
             wanted.shown.report(self.progress, downloads)
@@ -328,15 +313,11 @@ class HttpServerHandle(ABC):
         fault ends with the test (or with ``Fault.clear()``); the request log shows which requests
         it hit. Bad arguments raise ``ValueError``.
         """
-        from .records import Fault, FaultSpec, FaultsUnavailable
+        from .records import Fault, FaultSpec
 
         # FaultSpec takes an os.PathLike too, and refuses any other type in one sentence.
         spec = FaultSpec(cast(str, path), delay, rate, cut_after, stall_after, status, times)
         spec = spec.under((self._url_path(),))
-        if self._recorder is None:
-            raise FaultsUnavailable(
-                f"{self._unrecorded} cannot inject network faults; {_RECORDING} to use inject()."
-            )
         fault_id = self._recorder.inject_fault(spec.as_dict(), self._namespace)
         fault = Fault(self._recorder, fault_id, spec, self._namespace)
         self._faults.append(fault)
@@ -345,17 +326,6 @@ class HttpServerHandle(ABC):
     def clear_faults(self) -> None:
         """End every fault this handle injected; the fixtures call it as each test ends."""
         _clear_each(self._faults, lambda fault: fault.clear())
-
-    def _talking(self, where: str) -> Recorder:
-        """The recorder, for a method that scripts what the server answers."""
-        from .talk import TalkbackUnavailable
-
-        if self._recorder is None:
-            raise TalkbackUnavailable(
-                f"{self._unrecorded} cannot script replies, uploads or credentials; {_RECORDING} "
-                f"to use {where}."
-            )
-        return self._recorder
 
     def respond(
         self,
@@ -387,7 +357,7 @@ class HttpServerHandle(ABC):
 
         # ReplySpec takes an os.PathLike too, and refuses any other type in one sentence.
         spec = ReplySpec(cast(str, path), status, body, json, headers, method, times).under(self._url_path())
-        recorder = self._talking("respond()")
+        recorder = self._recorder
         reply = Reply(recorder, recorder.add_reply(spec.as_dict(), self._namespace), spec, self._namespace)
         self._replies.append(reply)
         return reply
@@ -409,8 +379,7 @@ class HttpServerHandle(ABC):
         from .talk import UploadSpec
 
         spec = UploadSpec(prefix, max_bytes).under(self._url_path())
-        recorder = self._talking("accept_uploads()")
-        self._upload_folders.append(recorder.accept_uploads(spec.as_dict(), self._namespace))
+        self._upload_folders.append(self._recorder.accept_uploads(spec.as_dict(), self._namespace))
 
     @property
     def uploads(self) -> list[Upload]:
@@ -418,8 +387,6 @@ class HttpServerHandle(ABC):
         from .talk import Upload
 
         recorder = self._recorder
-        if recorder is None:
-            return []
         return [
             Upload.from_entry(recorder, entry, self._namespace)
             for talk_id in self._upload_folders
@@ -435,8 +402,7 @@ class HttpServerHandle(ABC):
         from .talk import AuthSpec
 
         spec = AuthSpec(user, password, token).under(self._url_path())
-        recorder = self._talking("require_auth()")
-        self._credentials.append(recorder.require_auth(spec.as_dict(), self._namespace))
+        self._credentials.append(self._recorder.require_auth(spec.as_dict(), self._namespace))
 
     def clear_talk(self) -> None:
         """End every reply, upload folder and credential of this handle; the fixtures call it as
@@ -446,8 +412,7 @@ class HttpServerHandle(ABC):
             self.clear_replies()
         finally:
             ids, self._upload_folders, self._credentials = self._upload_folders + self._credentials, [], []
-            if recorder is not None:
-                _clear_each(ids, lambda ident: recorder.end(ident, self._namespace))
+            _clear_each(ids, lambda ident: recorder.end(ident, self._namespace))
 
     @abstractmethod
     def stop(self, *, failed: bool = False) -> None:

@@ -33,7 +33,7 @@ from subprocess_runs import JUnit, clean_env, python_pytest, run_pytest
 TOP = "pytest-jumpstarter-http"
 
 COMMON = """
-import hashlib, json, os, urllib.request
+import hashlib, json, os, urllib.error, urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -67,6 +67,23 @@ def test_flash(http_url, http_server):
     record("ports", http_server.port)
     assert http_url.startswith(f"http://127.0.0.1:{http_server.port}/pytest-jumpstarter-http/runs/")
     assert hashlib.sha256(fetch(http_url + "/image.raw")).hexdigest() == os.environ["IMAGE_SHA"]
+
+
+def test_stage_beside_http_root(http_server, http_url, tmp_path):
+    # The stock driver has no namespaces: a staged name must still be under http_url (issue 25).
+    fresh = tmp_path / "fresh.img"
+    fresh.write_bytes(b"fresh")
+    assert http_server.stage(fresh) == http_url + "/fresh.img" == http_server.url_for("fresh.img")
+    assert fetch(http_url + "/fresh.img") == b"fresh"
+    assert hashlib.sha256(fetch(http_url + "/image.raw")).hexdigest() == os.environ["IMAGE_SHA"]
+    with pytest.raises(FileExistsError, match="already exists and the plugin did not create it"):
+        http_server.stage(fresh, "image.raw")
+
+
+def test_staged_by_the_test_before(http_url):
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        fetch(http_url + "/fresh.img")
+    assert caught.value.code == 404
 
 
 def test_stage_again(http_server, tmp_path):
@@ -185,6 +202,12 @@ def shell_run(tmp_path_factory: pytest.TempPathFactory) -> ShellRun:
 
 def test_http_url_inside_jmp_shell_serves_the_exact_bytes_of_http_root(shell_run: ShellRun) -> None:
     shell_run.fresh.assert_passed("test_flash", "test_exporter")
+
+
+def test_on_the_stock_driver_a_name_staged_beside_http_root_has_the_url_http_url_gives_it(
+    shell_run: ShellRun,
+) -> None:
+    shell_run.fresh.assert_passed("test_stage_beside_http_root", "test_staged_by_the_test_before")
 
 
 def test_a_run_leaves_only_the_content_it_sent_on_the_exporter(shell_run: ShellRun) -> None:
