@@ -39,6 +39,9 @@ class RecordingHttpServerClient(HttpServerClient):
     def open_namespace(self, owner: str, folders: list[str]) -> str:
         return str(self.call("open_namespace", owner, folders))
 
+    def link(self, namespace: str, name: str, digest: str) -> None:
+        self.call("link", namespace, name, digest)
+
     def close_namespace(self, namespace: str) -> None:
         self.call("close_namespace", namespace)
 

@@ -19,6 +19,7 @@ plugin imports this module only when it starts a loopback server or builds a cli
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
 from .namespaces import NamespaceError, Namespaces
-from .records import API_VERSION, NS, FaultSpec, TlsSpec, plugin_version
+from .records import API_VERSION, NS, OBJECTS, FaultSpec, TlsSpec, check_name, plugin_version
 from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
 from .talk import AuthSpec, ReplySpec, UploadSpec
@@ -38,6 +39,7 @@ from .tlssites import TlsSites, lab_certificate, open_site, port_range
 
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(kw_only=True, config={"arbitrary_types_allowed": True})
@@ -203,6 +205,15 @@ class RecordingHttpServer(HttpServer):
     def open_namespace(self, owner: str, folders: list[str]) -> str:
         """A new URL namespace of ``owner`` showing its ``folders``, below ``pytest-jumpstarter-http/ns/``."""
         return self.namespaces.open(str(owner), [str(folder) for folder in folders])
+
+    @export
+    def link(self, namespace: str, name: str, digest: str) -> None:
+        """Serve the object ``digest`` (which the caller sent, and verified once) as ``name`` in
+        ``namespace``, by reference: a repeated stage() of one content copies nothing."""
+        if not _SHA256.fullmatch(str(digest)):
+            raise NamespaceError(f"link(): {str(digest)[:80]!r} is no sha256; give 64 lowercase hex digits")
+        name = check_name(str(name), where="link() name")
+        self.namespaces.link(str(namespace), name, f"{OBJECTS}/{digest}")
 
     @export
     def close_namespace(self, namespace: str) -> None:

@@ -473,14 +473,18 @@ class ExporterServer(HttpServerHandle):
     def _stage(self, source: Path, name: str) -> str:
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self._put(fd, source.name, f"{self._staging_folder(name)}/{name}")
+            self._stage_open(fd, source.name, name)
         finally:
             os.close(fd)
         return self.url_for(name)
 
-    def _staging_folder(self, name: str) -> str:
-        """Where ``stage()`` sends ``name``: this handle's folder, which its namespace shows first."""
-        return self.folder
+    def _stage_open(self, fd: int, label: str, name: str) -> None:
+        """Serve the open file as ``name`` by reference: its namespace points the name at the
+        content's object, sent once and verified once by this process; nothing is copied."""
+        with self.connection.answering():
+            digest = self._store.sent(fd, label)
+            with _asking(self.connection, self.driver, "link()"):
+                self._http.link(self._namespace, name, digest)
 
     def _put(self, fd: int, label: str, target: str) -> None:
         with self.connection.answering():
@@ -539,7 +543,11 @@ class StockServer(ExporterServer):
             "Recorder", _Refusing(f"the HttpServer driver at {driver!r} of exporter {used.connection.name!r}")
         )
 
+    def _stage_open(self, fd: int, label: str, name: str) -> None:
+        self._put(fd, label, f"{self._staging_folder(name)}/{name}")
+
     def _staging_folder(self, name: str) -> str:
+        """The folder the URL names: the process's mirror of a user's root, or the handle's own."""
         if self.served != self.folder and os.path.lexists(self.root / name) and name not in self._staged:
             raise FileExistsError(
                 f"stage(): {str(self.root / name)!r} already exists and the plugin did not create it; "

@@ -56,6 +56,8 @@ class Namespaces:
         self._owners: dict[str, Owner] = {}
         #: Namespace token -> (owner token, the folders it shows, first holder wins).
         self._shown: dict[str, tuple[str, tuple[str, ...]]] = {}
+        #: Namespace token -> its names served by reference: name -> a path below the root (an object).
+        self._linked: dict[str, dict[str, str]] = {}
 
     def add_owner(self, folder: str, *, keep: bool) -> Owner:
         """A new owner of ``folder`` (below ``pytest-jumpstarter-http/runs/``)."""
@@ -72,6 +74,7 @@ class Namespaces:
             ended = sorted(owner.namespaces)
             for token in ended:
                 self._shown.pop(token, None)
+                self._linked.pop(token, None)
         return ended
 
     def remove_folder(self, owner: Owner) -> None:
@@ -103,12 +106,21 @@ class Namespaces:
         """End the namespace ``token``; False if there was none."""
         with self._lock:
             entry = self._shown.pop(token, None)
+            self._linked.pop(token, None)
             if entry is None:
                 return False
             owner = self._owners.get(entry[0])
             if owner is not None:
                 owner.namespaces.discard(token)
         return True
+
+    def link(self, token: str, name: str, place: str) -> None:
+        """Serve ``place`` (a path below the root the server made, an object) as ``name`` in the
+        namespace ``token``, before its folders: a name staged by reference, nothing copied."""
+        with self._lock:
+            if token not in self._shown:
+                raise NamespaceError(f"no namespace {token!r} on this server; it ended or never was")
+            self._linked.setdefault(token, {})[name] = place
 
     def alive(self, token: str) -> bool:
         """Whether the namespace ``token`` is open."""
@@ -139,10 +151,12 @@ class Namespaces:
         parts = [part for part in rest.split("/") if part not in ("", ".")]
         with self._lock:
             entry = self._shown.get(token)
+            linked = self._linked.get(token, {}).get("/".join(parts))
         if entry is None or not parts or ".." in parts:
             return []
         rest = "/".join(parts)
-        return [f"{folder}/{rest}" for folder in entry[1]]
+        places = [f"{folder}/{rest}" for folder in entry[1]]
+        return places if linked is None else [linked, *places]
 
 
 def _owned_folder(folder: str) -> str:

@@ -35,7 +35,7 @@ from aiohttp.web_urldispatcher import StaticResource
 
 from .beneath import PROBE, EscapesRoot, Root, open_beneath
 from .namespaces import Namespaces
-from .records import HttpRequest, Progress
+from .records import OBJECTS, HttpRequest, Progress
 
 if TYPE_CHECKING:
     from aiohttp.abc import AbstractStreamWriter
@@ -506,7 +506,9 @@ def _real_name(fd: int, root: Root) -> str | None:
     except OSError:
         return None
     prefix = root.real.rstrip("/") + "/"
-    return real[len(prefix) :] if real.startswith(prefix) and not real.endswith(" (deleted)") else None
+    if not real.startswith(prefix) or real.endswith(" (deleted)") or real.startswith(prefix + OBJECTS + "/"):
+        return None  # an object served by reference is typed by the name it is served as
+    return real[len(prefix) :]
 
 
 def _log_access(request: Any, response: Any, duration: float) -> None:

@@ -119,6 +119,13 @@ class Store:
         self._replace(fd, digest, label, target)
         self._placed[target] = digest
 
+    def sent(self, fd: int, label: str) -> str:
+        """The sha256 of the open local file ``fd``, whose content the exporter holds as an object,
+        verified once by this process: what a name can be served from by reference."""
+        digest = self._digests.of(fd)
+        self._ensure_object(fd, digest, label)
+        return digest
+
     def _holds(self, path: str, digest: str) -> bool:
         """Whether ``path`` on the exporter holds the content ``digest`` (a mirror kept from a past run)."""
         return bool(self._storage.exists(path)) and self._storage.hash(path, "sha256") == digest

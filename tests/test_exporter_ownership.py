@@ -473,3 +473,42 @@ def test_two_hosts_with_one_host_name_and_one_root_path_each_get_their_own_image
             process.wait(10)
     for me, output in outputs.items():
         JUnit(work / f"{me}.xml", output).assert_passed("test_each_host_flashes_its_own_image")
+
+
+# --- 8. staging by reference (issue 25) ---------------------------------------------------------
+
+BY_REFERENCE = """
+CONTENT = Path(os.environ["CONTENT"])
+FILES = Path(os.environ["FILES"])
+
+
+def files():
+    # What the exporter holds below the plugin's folder while the run is on, but its objects.
+    return sorted(
+        str(path) for path in FILES.rglob("*") if path.is_file() and "/objects/" not in str(path)
+    )
+
+
+@pytest.mark.parametrize("n", range(3))
+def test_stage_the_same_content(http_server, n):
+    url = http_server.stage(CONTENT, "manifest.json")
+    assert url == http_server.url_for("manifest.json")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read() == CONTENT.read_bytes()
+        assert response.headers["Content-Type"] == "application/json"
+    assert files() == []
+"""
+
+
+def test_a_name_staged_again_is_served_by_reference_and_copied_nowhere_on_the_exporter(
+    exporter: Backend, tmp_path: Path
+) -> None:
+    assert exporter.root_dir is not None
+    work = suite(tmp_path / "work", "test_by_reference.py", BY_REFERENCE)
+    content = tmp_path / "manifest.json"
+    content.write_bytes(b'{"image": "' + b"x" * (1 << 20) + b'"}')
+    env = exporter.env(CONTENT=str(content), FILES=str(exporter.root_dir / TOP))
+    junit = run_pytest(work, env=env, timeout=120)
+    junit.assert_passed(*(f"test_stage_the_same_content[{n}]" for n in range(3)))
+    (obj,) = (exporter.root_dir / TOP / "objects").iterdir()
+    assert obj.name == hashlib.sha256(content.read_bytes()).hexdigest()
