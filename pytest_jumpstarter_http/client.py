@@ -39,6 +39,16 @@ class RecordingHttpServerClient(HttpServerClient):
     def open_namespace(self, owner: str, folders: list[str]) -> str:
         return str(self.call("open_namespace", owner, folders))
 
+    def push(self, digest: str, fd: int) -> bool:
+        """Send the open local file ``fd`` as the object ``digest``; whether the exporter got that content."""
+        from jumpstarter_driver_opendal.adapter import OpendalAdapter
+        from opendal import Operator
+
+        # The file as it is open, whatever its name is now.
+        path = f"/proc/self/fd/{fd}"
+        with OpendalAdapter(client=self, operator=Operator("fs", root="/"), path=path) as handle:
+            return bool(self.call("push", digest, handle))
+
     def link(self, namespace: str, name: str, digest: str) -> None:
         self.call("link", namespace, name, digest)
 

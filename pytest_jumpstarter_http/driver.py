@@ -19,6 +19,7 @@ plugin imports this module only when it starts a loopback server or builds a cli
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, field
@@ -34,7 +35,7 @@ from .records import API_VERSION, NS, OBJECTS, FaultSpec, TlsSpec, check_name, p
 from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
 from .talk import AuthSpec, ReplySpec, UploadSpec
-from .talkback import Talkback, TalkbackMiddleware
+from .talkback import Talkback, TalkbackMiddleware, Written
 from .tlssites import TlsSites, lab_certificate, open_site, port_range
 
 #: Requests kept; the oldest go first.
@@ -207,13 +208,32 @@ class RecordingHttpServer(HttpServer):
         return self.namespaces.open(str(owner), [str(folder) for folder in folders])
 
     @export
+    async def push(self, digest: str, src: Any) -> bool:
+        """Receive a local file the caller streams as the object ``digest``, hashed as it arrives
+        (nothing is read twice) and written in a thread; it becomes ``objects/<digest>`` only if
+        it is that content. Whether it was: a file changed while it was sent is not."""
+        digest = _sha256(digest)
+        top = os.open(self.root_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            written = Written(top, f"{OBJECTS}/{digest}")
+        finally:
+            os.close(top)
+        try:
+            async with self.resource(src) as chunks:
+                await written.take(chunks, [1 << 62])
+            if written.sha256 != digest:
+                return False
+            written.keep()
+            return True
+        finally:
+            written.drop()
+
+    @export
     def link(self, namespace: str, name: str, digest: str) -> None:
         """Serve the object ``digest`` (which the caller sent, and verified once) as ``name`` in
         ``namespace``, by reference: a repeated stage() of one content copies nothing."""
-        if not _SHA256.fullmatch(str(digest)):
-            raise NamespaceError(f"link(): {str(digest)[:80]!r} is no sha256; give 64 lowercase hex digits")
         name = check_name(str(name), where="link() name")
-        self.namespaces.link(str(namespace), name, f"{OBJECTS}/{digest}")
+        self.namespaces.link(str(namespace), name, f"{OBJECTS}/{_sha256(digest)}")
 
     @export
     def close_namespace(self, namespace: str) -> None:
@@ -316,6 +336,12 @@ class RecordingHttpServer(HttpServer):
     def requests_started(self) -> int:
         """How many requests started so far: where a new request window starts."""
         return self.request_log.started
+
+
+def _sha256(digest: str) -> str:
+    if not _SHA256.fullmatch(str(digest)):
+        raise ValueError(f"{str(digest)[:80]!r} is no sha256; give 64 lowercase hex digits")
+    return str(digest)
 
 
 def _token(namespace: str | None) -> str | None:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
     from aiohttp.web import Request, StreamResponse
 
-__all__ = ["Talkback", "TalkbackMiddleware"]
+__all__ = ["Talkback", "TalkbackMiddleware", "Written"]
 
 #: What a multipart form may carry beyond ``max_bytes`` of files: its framing and other fields.
 FORM_SLACK: Final = 64 << 10
@@ -219,7 +219,7 @@ class Talkback:
                     return _Found(talk_id, spec, os.dup(entry.fd), name)
         return None
 
-    def stored(self, talk_id: str, written: _Written, method: str) -> None:
+    def stored(self, talk_id: str, written: Written, method: str) -> None:
         """List an upload that arrived whole; its folder may have ended meanwhile."""
         with self._lock:
             entry = self._entries.get(talk_id)
@@ -245,7 +245,7 @@ class _Refused(Exception):
         self.status = status
 
 
-class _Written:
+class Written:
     """One upload's body written to a temporary name beside its place, renamed there by :meth:`keep`."""
 
     def __init__(self, top: int, name: str) -> None:
@@ -347,7 +347,7 @@ async def _part_chunks(part: Any) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _receive(request: Request, found: _Found) -> list[_Written]:
+async def _receive(request: Request, found: _Found) -> list[Written]:
     """Write the request's body (or each file part of a multipart POST) below the upload folder.
 
     ``max_bytes`` bounds what is stored: a multipart form may be larger by its framing and other
@@ -358,12 +358,12 @@ async def _receive(request: Request, found: _Found) -> list[_Written]:
     if length is not None and length > found.spec.max_bytes + (FORM_SLACK if form else 0):
         raise _Refused(413, "the upload is larger than accept_uploads()'s max_bytes")
     budget = [found.spec.max_bytes]
-    written: list[_Written] = []
+    written: list[Written] = []
     try:
         if form:
             await _receive_parts(request, found, budget, written)
         else:
-            written.append(_Written(found.fd, found.name))
+            written.append(Written(found.fd, found.name))
             await written[-1].take(_chunks_of(request.content), budget)
         for each in written:
             each.keep()
@@ -373,7 +373,7 @@ async def _receive(request: Request, found: _Found) -> list[_Written]:
     return written
 
 
-async def _receive_parts(request: Request, found: _Found, budget: list[int], written: list[_Written]) -> None:
+async def _receive_parts(request: Request, found: _Found, budget: list[int], written: list[Written]) -> None:
     """Each part with a file name becomes the upload ``<name>/<file name>``; other fields are dropped."""
     reader = await request.multipart()
     slack = [FORM_SLACK]
@@ -387,7 +387,7 @@ async def _receive_parts(request: Request, found: _Found, budget: list[int], wri
             continue
         if "/" in filename:
             raise _Refused(400, f"upload file name {filename!r} is refused: it has a '/'")
-        written.append(_Written(found.fd, f"{found.name}/{filename}".lstrip("/")))
+        written.append(Written(found.fd, f"{found.name}/{filename}".lstrip("/")))
         await written[-1].take(_part_chunks(part), budget)
 
 

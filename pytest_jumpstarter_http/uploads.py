@@ -95,7 +95,10 @@ class Store:
         parts: str | None = None,
     ) -> None:
         """``parts``: an exporter folder of this process alone for partial writes and copies
-        (removed by its owner); None puts them in ``objects/``, swept by the next process."""
+        (removed by its owner), which only a RecordingHttpServer gives: it receives objects
+        itself (``push``). None puts them in ``objects/``, swept by the next process."""
+        self._http = http
+        self._pushes = parts is not None
         self._storage = http.storage
         self._parts = parts
         self._lock_prefix = f"{http.uuid}:"
@@ -150,14 +153,23 @@ class Store:
         log.info("sent %s to %s as %s", label, self._exporter, obj)
 
     def _send(self, fd: int, digest: str, label: str, obj: str) -> None:
+        if self._pushes:  # a RecordingHttpServer hashes it as it arrives, and renames it itself
+            with self._progress_lines(label, os.fstat(fd).st_size):
+                arrived = self._http.push(digest, fd)
+            if not arrived:
+                raise self._changed(label, digest)
+            return
         with self._partial() as partial:
             with self._progress_lines(label, os.fstat(fd).st_size):
                 self._storage.write_from_path(partial, f"/proc/self/fd/{fd}")
             if not self._publish(partial, digest, obj):
-                raise SourceChanged(
-                    f"{label!r} changed while it was sent to exporter {self._exporter!r}: what arrived is "
-                    f"not the content hashed before (sha256 {digest}); stage it again once it is stable."
-                )
+                raise self._changed(label, digest)
+
+    def _changed(self, label: str, digest: str) -> SourceChanged:
+        return SourceChanged(
+            f"{label!r} changed while it was sent to exporter {self._exporter!r}: what arrived is "
+            f"not the content hashed before (sha256 {digest}); stage it again once it is stable."
+        )
 
     def _replace(self, fd: int, digest: str, label: str, target: str) -> None:
         """Copy the object ``digest`` to ``target`` on the exporter, replacing it whole; if the

@@ -7,6 +7,7 @@ arrow up through a lazy import is as hard to read as one at the top of a module.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,12 @@ def test_no_modules_import_each_other_in_a_loop():
                 seen.add(module)
                 todo.extend(edges[module])
     assert not loops, f"these modules are on an import loop: {loops}"
+
+
+def test_the_layers_page_places_every_module_where_this_test_does():
+    page = (PACKAGE.parent / "docs" / "lifecycle.md").read_text()
+    named = {"pytest": "pytest", "test process": "process", "records": "records", "server": "server"}
+    rows = re.findall(r"^\| (pytest|test process|records|server) \| `(\w+)` \|", page, re.MULTILINE)
+    on_page = {module: named[layer] for layer, module in rows}
+    here = {module: layer for layer, members in LAYERS.items() for module in members}
+    assert on_page == here
