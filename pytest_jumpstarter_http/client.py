@@ -36,8 +36,11 @@ class RecordingHttpServerClient(HttpServerClient):
     def start_unless_running(self) -> int:
         return int(self.call("start_unless_running"))
 
-    def open_namespace(self, owner: str, folders: list[str]) -> str:
-        return str(self.call("open_namespace", owner, folders))
+    def open_namespace(self, owner: str, folders: list[str], asks: float = 0.0) -> str:
+        return str(self.call("open_namespace", owner, folders, asks))
+
+    def answer(self, namespace: str, name: str, sent: bool) -> None:
+        self.call("answer", namespace, name, sent)
 
     def push(self, digest: str, fd: int) -> bool:
         """Send the open local file ``fd`` as the object ``digest``; whether the exporter got that content."""
@@ -61,8 +64,9 @@ class RecordingHttpServerClient(HttpServerClient):
         ca_pem = answer.get("ca_pem")
         return int(answer["port"]), None if ca_pem is None else str(ca_pem)
 
-    def hold_async(self, folder: str, keep: bool) -> AsyncIterator[str]:
-        """The owner stream of ``hold``, to iterate on the client's portal loop; ends when cancelled."""
+    def hold_async(self, folder: str, keep: bool) -> AsyncIterator[Any]:
+        """The owner stream of ``hold`` (its token, then the names devices want), to iterate on the
+        client's portal loop; ends when cancelled."""
         return self.streamingcall_async("hold", folder, keep)  # type: ignore[no-any-return]
 
     def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:

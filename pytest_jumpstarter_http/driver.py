@@ -165,16 +165,20 @@ class RecordingHttpServer(HttpServer):
         self._bound_port = 0
 
     @export
-    async def hold(self, folder: str, keep: bool = False) -> AsyncIterator[str]:
+    async def hold(self, folder: str, keep: bool = False) -> AsyncIterator[str | dict[str, str]]:
         """Own ``folder`` (below ``pytest-jumpstarter-http/runs/``) for as long as this stream lasts.
 
-        Yields the owner's token once. When the stream ends (the run's connection ended, however),
+        Yields the owner's token once, then each name a device asked of a namespace of the owner
+        that lacks it (``{"namespace": ..., "name": ...}``), which the owner sends and answers
+        with :meth:`answer`. When the stream ends (the run's connection ended, however),
         the owner's namespaces and their faults end, and its folder is removed unless ``keep``.
         """
         owner = self.namespaces.add_owner(str(folder), keep=bool(keep))
         try:
             yield owner.token
-            await asyncio.Event().wait()  # until Jumpstarter cancels the stream
+            while True:  # until Jumpstarter cancels the stream
+                namespace, name = await owner.wants.get()
+                yield {"namespace": namespace, "name": name}
         finally:
             ended = set(self.namespaces.end_owner(owner))
             self.faults.clear_all(ended)
@@ -203,9 +207,18 @@ class RecordingHttpServer(HttpServer):
         return {"port": port, "ca_pem": ca_pem}
 
     @export
-    def open_namespace(self, owner: str, folders: list[str]) -> str:
-        """A new URL namespace of ``owner`` showing its ``folders``, below ``pytest-jumpstarter-http/ns/``."""
-        return self.namespaces.open(str(owner), [str(folder) for folder in folders])
+    def open_namespace(self, owner: str, folders: list[str], asks: float = 0.0) -> str:
+        """A new URL namespace of ``owner`` showing its ``folders``, below ``pytest-jumpstarter-http/ns/``.
+
+        ``asks``: a name it lacks is asked of the owner, whose local folder it serves, and the
+        request waits that many seconds at most for it (0: never asked, a 404 at once).
+        """
+        return self.namespaces.open(str(owner), [str(folder) for folder in folders], float(asks))
+
+    @export
+    def answer(self, namespace: str, name: str, sent: bool) -> None:
+        """The owner of ``namespace`` sent the name a device asked for (``link``), or has none."""
+        self.namespaces.answered(str(namespace), str(name), sent=bool(sent))
 
     @export
     async def push(self, digest: str, src: Any) -> bool:

@@ -13,6 +13,7 @@ removes it, and ends the process's namespaces and faults, when that connection e
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import functools
@@ -37,6 +38,7 @@ from .records import (
     HttpPublishWarning,
     RequestLogUnavailable,
     TlsSpec,
+    check_name,
     plugin_version,
     url_path,
 )
@@ -274,13 +276,18 @@ class Holding:
     The server ends everything the owner set (namespaces, faults, its folder) when the stream
     ends, which Jumpstarter sees however this process ends: a clean exit, a SIGKILL, a lost lease.
     The stream runs on the client's own portal, so a test's own client works as the plugin's do.
+    Through it the server asks for the names a device wanted of a namespace that lacks them: the
+    handle of that namespace (in :attr:`senders`) sends each one it has, in a worker thread.
     """
 
     def __init__(self, http: Any, folder: str, keep: bool, timeout: float) -> None:
         #: Whether the server keeps the folder when the hold ends.
         self.keeps = keep
+        #: Namespace token -> the function that sends a name of it, True if it had that name.
+        self.senders: dict[str, Callable[[str], bool]] = {}
+        self._http = http
         ready: concurrent.futures.Future[str] = concurrent.futures.Future()
-        self._task = http.portal.start_task_soon(_hold, http, folder, keep, ready)
+        self._task = http.portal.start_task_soon(_hold, http, folder, keep, ready, self._wanted)
         try:
             #: The owner's token on the server, which this process's namespaces name.
             self.token = ready.result(timeout)
@@ -288,15 +295,39 @@ class Holding:
             self._task.cancel()
             raise
 
+    def _wanted(self, want: dict[str, Any]) -> None:
+        """Send the name a device asked of one of this process's namespaces, and answer."""
+        namespace, name = str(want["namespace"]), str(want["name"])
+        send = self.senders.get(namespace)
+        sent = False
+        try:
+            sent = send is not None and send(name)
+        except Exception:
+            log.warning(
+                "could not send %r of namespace %s that a device asked for", name, namespace, exc_info=True
+            )
+        finally:
+            with contextlib.suppress(Exception):  # the exporter may be gone meanwhile
+                self._http.answer(namespace, name, sent)
+
     def close(self) -> None:
         self._task.cancel()
 
 
-async def _hold(http: Any, folder: str, keep: bool, ready: concurrent.futures.Future[str]) -> None:
+async def _hold(
+    http: Any,
+    folder: str,
+    keep: bool,
+    ready: concurrent.futures.Future[str],
+    wanted: Callable[[dict[str, Any]], None],
+) -> None:
+    loop = asyncio.get_running_loop()
     try:
-        async for token in http.hold_async(folder, keep):
+        async for item in http.hold_async(folder, keep):
             if not ready.done():
-                ready.set_result(str(token))
+                ready.set_result(str(item))
+            else:  # a blocking send: not on the portal's loop, which its calls go through
+                loop.run_in_executor(None, wanted, item)
     except BaseException as exc:
         if not ready.done():
             ready.set_exception(exc)
@@ -363,6 +394,7 @@ class ExporterServer(HttpServerHandle):
         self.connection = connection
         #: The dotted path of the HttpServer driver on the exporter.
         self.driver = driver
+        self._holding = used.holding
         self._keep = keep
         self._http = http
         self._store = used.store
@@ -376,11 +408,30 @@ class ExporterServer(HttpServerHandle):
         self._tls_port = 0 if tls is None else self._serve_tls(used, tls, lab_ca)
 
     def _namespace_of(self, used: Used, driver: str, mirror: str | None) -> str | None:
-        """The handle's own URL namespace on the server, showing its folder over ``mirror``."""
-        assert used.holding is not None  # a RecordingHttpServer's: StockServer has none
+        """The handle's own URL namespace on the server, showing its folder over ``mirror``; a
+        name it lacks is asked of this process, which sends it from ``root`` if it is there now
+        (no ``publish()`` needed), for ``--http-timeout`` at most."""
+        holding = used.holding
+        assert holding is not None  # a RecordingHttpServer's: StockServer has none
         shown = [self.folder] if mirror is None else [self.folder, mirror]
         with _asking(used.connection, driver, "open_namespace()"):
-            return str(used.http.open_namespace(used.holding.token, shown))
+            namespace = str(used.http.open_namespace(holding.token, shown, used.store.timeout))
+        holding.senders[namespace] = self._send_wanted
+        return namespace
+
+    def _send_wanted(self, name: str) -> bool:
+        """Serve ``name`` of ``root``, which a device asked for, by reference; whether it is there."""
+        try:
+            fd = open_to_send(self.root, check_name(name, where="name"))
+        except (ValueError, HttpPublishError):
+            return False
+        if fd is None:
+            return False
+        try:
+            self._stage_open(fd, name, name)
+        finally:
+            os.close(fd)
+        return True
 
     def _recorder_of(self, used: Used, driver: str) -> Recorder:
         return cast("Recorder", _Answering(used.http, used.connection))
@@ -516,6 +567,8 @@ class ExporterServer(HttpServerHandle):
     def _close_namespace(self) -> None:
         if self._namespace is None or self.connection.gone is not None:
             return
+        if self._holding is not None:
+            self._holding.senders.pop(self._namespace, None)
         with self.connection.answering():
             self._http.close_namespace(self._namespace)
 

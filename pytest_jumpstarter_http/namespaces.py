@@ -17,6 +17,7 @@ This module runs in the server and never imports pytest.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -45,6 +46,9 @@ class Owner:
     folder: str
     keep: bool
     namespaces: set[str] = field(default_factory=set)
+    #: Names its namespaces lack that a device asked for, ``(namespace, name)``: its stream
+    #: (``RecordingHttpServer.hold``) hands them to the run, which sends each one it has.
+    wants: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
 
 
 class Namespaces:
@@ -58,6 +62,11 @@ class Namespaces:
         self._shown: dict[str, tuple[str, tuple[str, ...]]] = {}
         #: Namespace token -> its names served by reference: name -> a path below the root (an object).
         self._linked: dict[str, dict[str, str]] = {}
+        #: Namespace token -> seconds a request waits for a name its owner is asked for (a
+        #: namespace that shows the owner's local folder); absent: it never asks.
+        self._asks: dict[str, float] = {}
+        #: The names asked for and not answered yet: (namespace, name) -> whether it came.
+        self._asked: dict[tuple[str, str], asyncio.Future[bool]] = {}
 
     def add_owner(self, folder: str, *, keep: bool) -> Owner:
         """A new owner of ``folder`` (below ``pytest-jumpstarter-http/runs/``)."""
@@ -73,9 +82,17 @@ class Namespaces:
             self._owners.pop(owner.token, None)
             ended = sorted(owner.namespaces)
             for token in ended:
-                self._shown.pop(token, None)
-                self._linked.pop(token, None)
+                self._forget(token)
         return ended
+
+    def _forget(self, token: str) -> None:
+        """Forget the namespace ``token`` (the lock held); a request waiting for a name of it goes on."""
+        self._shown.pop(token, None)
+        self._linked.pop(token, None)
+        self._asks.pop(token, None)
+        for key in [key for key in self._asked if key[0] == token]:
+            future = self._asked.pop(key)
+            future.get_loop().call_soon_threadsafe(_settle, future, False)
 
     def remove_folder(self, owner: Owner) -> None:
         """Remove an ended owner's folder, unless it keeps it: a disk's work, for a worker thread."""
@@ -90,8 +107,12 @@ class Namespaces:
             raise NamespaceError(f"no owner {token!r} holds this server; it ended or never was")
         return owner
 
-    def open(self, owner_token: str, folders: list[str]) -> str:
-        """A new namespace of the owner ``owner_token`` that shows ``folders`` (its own); its token."""
+    def open(self, owner_token: str, folders: list[str], asks: float = 0.0) -> str:
+        """A new namespace of the owner ``owner_token`` that shows ``folders`` (its own); its token.
+
+        ``asks``: seconds a request for a name it lacks waits while its owner is asked for that
+        name (the owner serves a local folder through it); 0: it never asks.
+        """
         with self._lock:
             owner = self._owners.get(owner_token)
             if owner is None:
@@ -100,13 +121,15 @@ class Namespaces:
             token = secrets.token_hex(16)
             self._shown[token] = (owner.token, shown)
             owner.namespaces.add(token)
+            if asks > 0:
+                self._asks[token] = asks
         return token
 
     def close(self, token: str) -> bool:
         """End the namespace ``token``; False if there was none."""
         with self._lock:
-            entry = self._shown.pop(token, None)
-            self._linked.pop(token, None)
+            entry = self._shown.get(token)
+            self._forget(token)
             if entry is None:
                 return False
             owner = self._owners.get(entry[0])
@@ -121,6 +144,43 @@ class Namespaces:
             if token not in self._shown:
                 raise NamespaceError(f"no namespace {token!r} on this server; it ended or never was")
             self._linked.setdefault(token, {})[name] = place
+
+    async def ask(self, url_name: str) -> bool:
+        """Ask the owner of the namespace of ``url_name`` for the name it lacks, and wait (on the
+        server's loop) until the owner sent it, said it has none, ended, or took too long; whether
+        the name is there now. Requests for one name wait for one answer."""
+        split = _split(url_name)
+        if split is None or not split[1] or ".." in split[1]:
+            return False
+        token, name = split[0], "/".join(split[1])
+        key = (token, name)
+        with self._lock:
+            entry = self._shown.get(token)
+            owner = None if entry is None else self._owners.get(entry[0])
+            seconds = self._asks.get(token, 0.0)
+            if owner is None or seconds <= 0:
+                return False
+            future = self._asked.get(key)
+            if future is None:
+                future = self._asked[key] = asyncio.get_running_loop().create_future()
+                owner.wants.put_nowait(key)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), seconds)
+        except TimeoutError:
+            log.warning("the owner of namespace %s did not send %r within %g s", token, name, seconds)
+            return False
+        finally:
+            with self._lock:
+                if future.done() and self._asked.get(key) is future:
+                    del self._asked[key]
+
+    def answered(self, token: str, name: str, *, sent: bool) -> None:
+        """The owner of the namespace ``token`` sent ``name`` (linked it), or has none: wake the
+        requests waiting for it. Called on the server's loop."""
+        with self._lock:
+            future = self._asked.pop((token, name), None)
+        if future is not None:
+            _settle(future, sent)
 
     def alive(self, token: str) -> bool:
         """Whether the namespace ``token`` is open."""
@@ -144,11 +204,11 @@ class Namespaces:
         device's uploads are not served at their folder's path, past the namespace's credentials
         and request log, to whoever guesses it.
         """
-        if not name.startswith(NS + "/"):
+        split = _split(name)
+        if split is None:
             top = normalized(name)
             return [] if top == TOP or top.startswith(TOP + "/") else None
-        token, _, rest = name[len(NS) + 1 :].partition("/")
-        parts = [part for part in rest.split("/") if part not in ("", ".")]
+        token, parts = split
         with self._lock:
             entry = self._shown.get(token)
             linked = self._linked.get(token, {}).get("/".join(parts))
@@ -157,6 +217,19 @@ class Namespaces:
         rest = "/".join(parts)
         places = [f"{folder}/{rest}" for folder in entry[1]]
         return places if linked is None else [linked, *places]
+
+
+def _split(name: str) -> tuple[str, list[str]] | None:
+    """The namespace token of a URL name below ``NS/``, and the parts of the name in it."""
+    if not name.startswith(NS + "/"):
+        return None
+    token, _, rest = name[len(NS) + 1 :].partition("/")
+    return token, [part for part in rest.split("/") if part not in ("", ".")]
+
+
+def _settle(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _owned_folder(folder: str) -> str:

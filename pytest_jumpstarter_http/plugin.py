@@ -119,9 +119,9 @@ def served_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
 
     A fresh empty temporary directory per test (per session with ``--http-scope=session``),
     removed afterwards unless ``--http-keep``; or the ``--http-root`` directory (or the
-    ``http_server(root=...)`` marker's), which the plugin never changes. On an exporter it is a
-    local staging directory: files written here are uploaded on ``url_for()`` or ``publish()``.
-    Override it in a conftest.py to serve a directory of your own.
+    ``http_server(root=...)`` marker's), which the plugin never changes. On an exporter, a file
+    written here is sent when the device first asks for it (the stock driver's: on ``url_for()``
+    or ``publish()``). Override it in a conftest.py to serve a directory of your own.
     """
     root = markers.chosen_root(request.node, request.config.stash[SETTINGS])
     runtime = request.config.stash[RUNTIME]

@@ -104,7 +104,8 @@ class Store:
         self._lock_prefix = f"{http.uuid}:"
         self._exporter = exporter
         self._digests = digests
-        self._timeout = timeout
+        #: ``--http-timeout``: how long a lock is waited for, and a device for a name it asked.
+        self.timeout = timeout
         self._progress = progress
         #: What this process knows each served name holds: name -> sha256.
         self._placed: dict[str, str] = {}
@@ -142,7 +143,7 @@ class Store:
         if digest in self._objects:
             return
         obj = f"{OBJECTS}/{digest}"
-        with locks.held(self._lock_prefix + digest, self._timeout, purpose=f"upload of {label}"):
+        with locks.held(self._lock_prefix + digest, self.timeout, purpose=f"upload of {label}"):
             if self._holds(obj, digest):
                 self._objects.add(digest)
                 return

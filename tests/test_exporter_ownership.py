@@ -512,3 +512,33 @@ def test_a_name_staged_again_is_served_by_reference_and_copied_nowhere_on_the_ex
     junit.assert_passed(*(f"test_stage_the_same_content[{n}]" for n in range(3)))
     (obj,) = (exporter.root_dir / TOP / "objects").iterdir()
     assert obj.name == hashlib.sha256(content.read_bytes()).hexdigest()
+
+
+# --- 9. no publish(): a name the exporter lacks is asked of the run (issue 25) ----------------------
+
+NO_PUBLISH = """
+def test_files_written_after_the_server_started_are_served_at_http_url(http_url, served_dir):
+    image = os.urandom(1 << 20)
+    (served_dir / "image.raw").write_bytes(image)
+    (served_dir / "repo" / "info").mkdir(parents=True)
+    (served_dir / "repo" / "info" / "refs").write_text("0123 refs/heads/main")
+    assert get(http_url + "/image.raw") == (200, image)
+    assert get(http_url + "/repo/info/refs") == (200, b"0123 refs/heads/main")
+    assert get(http_url + "/image.raw") == (200, image)  # kept, by content, for the next request
+    started = time.monotonic()
+    assert get(http_url + "/missing.bin")[0] == 404
+    assert time.monotonic() - started < 5
+    (served_dir / "outside").symlink_to("/etc/hostname")
+    assert get(http_url + "/outside")[0] == 404
+    (served_dir / "late.txt").write_text("late")
+    assert get(http_url + "/late.txt") == (200, b"late")
+"""
+
+
+@pytest.mark.parametrize("scope", ["function", "session"])
+def test_a_file_written_into_served_dir_is_served_without_publish_on_both_backends(
+    backend: Backend, tmp_path: Path, scope: str
+) -> None:
+    work = suite(tmp_path / "work", "test_no_publish.py", NO_PUBLISH)
+    junit = run_pytest(work, f"--http-scope={scope}", env=backend.env(), timeout=120)
+    junit.assert_passed("test_files_written_after_the_server_started_are_served_at_http_url")
