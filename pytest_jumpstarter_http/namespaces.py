@@ -149,30 +149,38 @@ class Namespaces:
         """Ask the owner of the namespace of ``url_name`` for the name it lacks, and wait (on the
         server's loop) until the owner sent it, said it has none, ended, or took too long; whether
         the name is there now. Requests for one name wait for one answer."""
-        split = _split(url_name)
-        if split is None or not split[1] or ".." in split[1]:
+        asked = self._asking(url_name)
+        if asked is None:
             return False
-        token, name = split[0], "/".join(split[1])
-        key = (token, name)
-        with self._lock:
-            entry = self._shown.get(token)
-            owner = None if entry is None else self._owners.get(entry[0])
-            seconds = self._asks.get(token, 0.0)
-            if owner is None or seconds <= 0:
-                return False
-            future = self._asked.get(key)
-            if future is None:
-                future = self._asked[key] = asyncio.get_running_loop().create_future()
-                owner.wants.put_nowait(key)
+        key, future, seconds = asked
         try:
             return await asyncio.wait_for(asyncio.shield(future), seconds)
         except TimeoutError:
-            log.warning("the owner of namespace %s did not send %r within %g s", token, name, seconds)
+            log.warning("the owner of namespace %s did not send %r within %g s", *key, seconds)
             return False
         finally:
             with self._lock:
                 if future.done() and self._asked.get(key) is future:
                     del self._asked[key]
+
+    def _asking(self, url_name: str) -> tuple[tuple[str, str], asyncio.Future[bool], float] | None:
+        """The question for ``url_name``'s owner (put to it unless it is already), and how long
+        to wait for the answer; None for a name that is asked of no one."""
+        split = _split(url_name)
+        if split is None or not split[1] or ".." in split[1]:
+            return None
+        key = (split[0], "/".join(split[1]))
+        with self._lock:
+            entry = self._shown.get(key[0])
+            owner = None if entry is None else self._owners.get(entry[0])
+            seconds = self._asks.get(key[0], 0.0)
+            if owner is None or seconds <= 0:
+                return None
+            future = self._asked.get(key)
+            if future is None:
+                future = self._asked[key] = asyncio.get_running_loop().create_future()
+                owner.wants.put_nowait(key)
+        return key, future, seconds
 
     def answered(self, token: str, name: str, *, sent: bool) -> None:
         """The owner of the namespace ``token`` sent ``name`` (linked it), or has none: wake the
