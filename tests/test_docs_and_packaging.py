@@ -9,10 +9,12 @@ copy; deselect it with ``-k "not wheel"`` (it needs ``build`` and ``twine``, and
 from __future__ import annotations
 
 import ast
+import html.parser
 import importlib.util
 import re
 import shutil
 import sys
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import pytest
 from jumpstarter_helpers import JMP, jmp_shell
 from subprocess_runs import JUnit, clean_env, python_pytest, run
 
+import pytest_jumpstarter_http
 from pytest_jumpstarter_http import markers, options
 
 TOP = Path(__file__).resolve().parent.parent
@@ -124,19 +127,29 @@ def pages() -> list[Path]:
     )
 
 
-def test_every_code_example_in_the_docs_is_an_included_file():
+def without_generated_parts(text: str) -> str:
+    """A page as its author wrote it: every generated part emptied."""
+    return load_generator().PART.sub(lambda m: m["open"] + m["close"], text)
+
+
+def test_every_code_example_in_the_docs_is_a_generated_copy_of_a_tested_file():
     inline = re.compile(r"^(```|:::)\s*(\{code-block\}\s*)?(python|py|ini|toml|yaml|yml)\b", re.MULTILINE)
-    for page in pages():
-        assert not inline.search(page.read_text()), f"{page.name}: literalinclude a tested file instead"
+    for page in (*pages(), TOP / "README.md"):
+        found = inline.search(without_generated_parts(page.read_text()))
+        assert not found, f"{page.name}: show a tested file with <!-- generated: example PATH --> instead"
 
 
-def test_every_included_file_exists_and_every_doc_example_is_shown():
-    included = set()
-    for page in pages():
-        for target in re.findall(r"\{literalinclude\}\s+(\S+)", page.read_text()):
-            path = (page.parent / target).resolve()
-            assert path.is_file(), f"{page.name} includes {target}, which does not exist"
-            included.add(path)
+def test_every_doc_example_is_shown_in_a_page_as_its_current_text():
+    # A page shows each example file's text itself, so that it reads the same unbuilt on a forge
+    # (issue 27); the stale check rewrites it from the file, and this checks it was.
+    generate = load_generator()
+    shown = {}
+    for page in (*pages(), TOP / "README.md"):
+        for part in generate.PART.finditer(page.read_text()):
+            if part["kind"] == "example":
+                path = generate.example_file(part["argument"], page.parent)
+                assert generate.body("example", part["argument"], page.parent) == part["body"], page.name
+                shown.setdefault(path, part["body"])
     examples = {
         path.resolve()
         for path in DOC_EXAMPLES.rglob("*")
@@ -144,7 +157,57 @@ def test_every_included_file_exists_and_every_doc_example_is_shown():
         and "__pycache__" not in path.parts
         and path.name != "pytest.ini"
     }
-    assert examples - included == set(), "doc examples no page shows"
+    assert examples - set(shown) == set(), "doc examples no page shows"
+    first = DOC_EXAMPLES / "test_first.py"
+    assert f"```python\n{first.read_text()}```" in shown[first]
+
+
+def test_no_page_needs_a_build_to_show_its_content():
+    # A forge shows a directive's arguments as text and nothing of what it would include; only the
+    # hidden table of contents is left to the build, beside the list of links a forge shows.
+    forbidden = re.compile(
+        r"^(```+|:::+)\s*\{(?!toctree\})[\w-]+\}|\{(download|doc|ref|include)\}`|autoclass::", re.M
+    )
+    for page in pages():
+        found = [match[0] for match in forbidden.finditer(without_generated_parts(page.read_text()))]
+        # A diagram is a ```mermaid fence, which a forge draws and MyST maps to the directive.
+        assert not found, f"{page.name}: {found} shows nothing on a forge"
+    assert "autodoc" not in (DOCS / "conf.py").read_text()
+
+
+def test_the_api_reference_lists_every_public_member_inherited_ones_too():
+    # autodoc dropped inherited members silently (issue 27); the reference is made from the class.
+    generate = load_generator()
+    api = (DOCS / "api.md").read_text()
+    for name in pytest_jumpstarter_http.__all__:
+        assert f"<!-- generated: api {name} -->" in api
+    labels = {
+        name: {member.label for member in generate.members(name)} for name in pytest_jumpstarter_http.__all__
+    }
+    assert {"path", "hits", "active", "clear()"} <= labels["Fault"]
+    assert {"hits", "active", "clear()"} <= labels["Reply"]
+    assert {"name", "size", "sha256", "method", "read_bytes()"} <= labels["Upload"]
+    assert {"url", "ca_cert", "client_cert", "stage()", "wait_for_request()"} <= labels["LoopbackServer"]
+    assert "__call__()" in labels["HttpServerFactory"]
+    with pytest.raises(ValueError, match="no class the package exports"):
+        generate.members("Scripted")
+
+
+def public_methods(cls: type) -> set[str]:
+    return {name for name, value in vars(cls).items() if not name.startswith("_") and callable(value)}
+
+
+def test_the_http_server_docs_and_the_readme_name_every_method_of_the_handle():
+    from pytest_jumpstarter_http import HttpServerHandle
+
+    methods = public_methods(HttpServerHandle)
+    assert {"wait_for_request", "respond", "accept_uploads", "assert_requested"} <= methods
+    fixtures = (DOCS / "fixtures.md").read_text()
+    doc = fixtures.partition("<!-- generated: http-fixture-doc http_server -->")[2].partition("<!-- end")[0]
+    table = readme().partition("<!-- generated: http-fixtures-table members -->")[2].partition("<!-- end")[0]
+    for method in methods:
+        assert f"`{method}()`" in doc
+        assert f"`{method}()`" in table
 
 
 def code_lines(page: Path) -> list[str]:
@@ -325,20 +388,114 @@ def test_the_changelog_has_an_unreleased_section_and_the_license_is_apache():
 # --- the docs build -------------------------------------------------------------------------
 
 
-def test_the_docs_build_without_warnings(tmp_path):
+@pytest.fixture(scope="module")
+def built_docs(tmp_path_factory):
+    """The HTML docs as ``sphinx-build -W`` makes them, once for the tests that read them."""
     if importlib.util.find_spec("sphinx") is None or importlib.util.find_spec("myst_parser") is None:
         pytest.skip("sphinx is not installed: pip install -e '.[docs]'")
-    html = tmp_path / "html"
+    out = tmp_path_factory.mktemp("docs")
+    html = out / "html"
     command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
-    done = run([*command, "-d", str(tmp_path / "doctrees"), str(DOCS), str(html)], timeout=300)
+    done = run([*command, "-d", str(out / "doctrees"), str(DOCS), str(html)], timeout=300)
+    return done, html
+
+
+def test_the_docs_build_without_warnings(built_docs):
+    done, html = built_docs
     assert done.returncode == 0, done.stdout
     page = (html / "options.html").read_text()
     for option in options.OPTIONS:
         assert option.ini in page
         assert option.flag in page
     fixtures = (html / "fixtures.html").read_text()
-    for name in (*FIXTURES, "HttpServerFactory", "LoopbackServer"):
+    for name in FIXTURES:
         assert name in fixtures
+    api = (html / "api.html").read_text()
+    for name in pytest_jumpstarter_http.__all__:
+        assert f'id="{name.lower()}"' in api
+    # The diagrams are drawn at build time, as files of the site.
+    drawn = (html / "lab-network.html").read_text()
+    assert drawn.count('<object data="_images/mermaid-') == 2
+    assert "flowchart LR" not in drawn.partition("<object")[0]
+
+
+#: The attribute by which each HTML or SVG element loads what it shows.
+LOADING = {
+    "script": "src",
+    "link": "href",
+    "img": "src",
+    "object": "data",
+    "iframe": "src",
+    "embed": "src",
+    "source": "src",
+    "video": "src",
+    "audio": "src",
+    "image": "href",
+    "use": "href",
+}
+
+
+def css_urls(text: str) -> list[str]:
+    return [
+        url or imported
+        for url, imported in re.findall(r"url\(\s*['\"]?([^'\")]+)|@import\s+['\"]([^'\"]+)", text)
+    ]
+
+
+class Loads(html.parser.HTMLParser):
+    """The URLs a page loads by itself (scripts, styles, images, frames), not the links it shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        wanted = LOADING.get(tag)
+        for name, value in attrs:
+            if value and name in (wanted, "xlink:href", "srcset"):
+                self.urls.append(value)
+            if value and name == "style":
+                self.urls += css_urls(value)
+
+    def handle_data(self, data: str) -> None:
+        self.urls += css_urls(data)
+
+
+def remote(url: str) -> bool:
+    return bool(urllib.parse.urlsplit(url.strip()).netloc)
+
+
+def test_no_page_of_the_built_docs_loads_anything_from_another_host(built_docs):
+    # An offline build must show everything, diagrams included, and a reader's browser must not
+    # fetch anything from a CDN (issue 27).
+    done, html = built_docs
+    assert done.returncode == 0, done.stdout
+    found = {}
+    for path in html.rglob("*"):
+        if path.suffix in (".html", ".svg"):
+            parser = Loads()
+            parser.feed(path.read_text())
+            urls = parser.urls
+        elif path.suffix == ".css":
+            urls = css_urls(path.read_text())
+        else:
+            continue
+        if bad := [url for url in urls if remote(url)]:
+            found[str(path.relative_to(html))] = bad
+    assert not found
+    assert list((html / "_images").glob("mermaid-*.svg"))
+
+
+def test_a_remote_resource_is_found_in_a_page():
+    parser = Loads()
+    parser.feed(
+        '<script src="https://cdn.example/m.js"></script><a href="https://jumpstarter.dev">x</a>'
+        '<link rel="stylesheet" href="_static/a.css"><style>@import "//fonts.example/f.css";</style>'
+    )
+    assert [url for url in parser.urls if remote(url)] == [
+        "https://cdn.example/m.js",
+        "//fonts.example/f.css",
+    ]
 
 
 # --- the release artefacts ------------------------------------------------------------------
