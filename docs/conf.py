@@ -3,8 +3,8 @@
 Every page reads the same unbuilt, on a forge, as built: the options, fixtures and markers
 tables, the API reference, each example and the changelog are written into the Markdown by
 ``docs/generate.py`` between ``<!-- generated: ... -->`` comments, and the build warns (an error
-under ``-W``) when a page's generated part is stale. No autodoc, no include: nothing the build
-adds can go missing from a page without a test seeing it.
+under ``-W``) when a page's generated part is stale. No API pages made by the build, no
+include: nothing it adds can go missing from a page without a test seeing it.
 
 The diagrams are plain ``mermaid`` fences, which a forge draws; the build draws them as SVG
 files with mermaidx (mermaid's own script run in an embedded JavaScript engine), so the site

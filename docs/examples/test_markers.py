@@ -16,7 +16,7 @@ def test_always_on_loopback(http_server):
     assert http_server.backend == "loopback"
 
 
-# Needs a Jumpstarter exporter: skipped when none is reachable, unless --http-backend exporter.
+# Needs a Jumpstarter exporter: skipped when none is reachable, unless --http-backend=exporter.
 @pytest.mark.http_exporter(selector="board=rpi4")
 def test_only_on_a_board(http_server):
     assert http_server.backend == "exporter"

@@ -5,5 +5,5 @@ import pytest
 
 @pytest.fixture
 def served_dir():
-    """Every test in this folder serves the folder's own images/, whatever --http-root says."""
+    """Every test in this folder serves the folder's own images/, not the run's --http-root."""
     return Path(__file__).parent / "images"
