@@ -190,12 +190,17 @@ class HttpServerHandle(ABC):
     def requests(self) -> list[HttpRequest]:
         """The requests this server answered that started during the current test, oldest first.
 
-        Each one's ``name`` is its path relative to ``url``: ``"rootfs.img"`` on every backend.
+        Each one's ``path`` is what the device asked for below ``url``, as it sent it
+        (``"/rootfs.img?v=2"``), and its ``name`` that path decoded, without the query:
+        ``"rootfs.img"``, on every backend. The report shows ``url`` once, above its requests.
         """
-        base = unquote(self._prefix())
-        entries = self._recorder.get_requests(self._request_mark, self._prefix())[1]
+        prefix = self._prefix()
+        base = unquote(prefix)
+        entries = self._recorder.get_requests(self._request_mark, prefix)[1]
         return [
-            dataclasses.replace(entry, name=normalized(path.removeprefix(base)))
+            dataclasses.replace(
+                entry, name=normalized(path.removeprefix(base)), path="/" + entry.path.removeprefix(prefix)
+            )
             for entry in entries
             if (path := unquote(entry.path.split("?")[0])).startswith(base)
         ]
@@ -244,7 +249,7 @@ class HttpServerHandle(ABC):
         while True:
             hit, entries = self._poll(wanted)
             if hit is not None:
-                return hit
+                return wanted.ended(hit, self.progress)
             wanted.fail_if_late(entries)
             time.sleep(self._poll_interval)
 
@@ -257,7 +262,7 @@ class HttpServerHandle(ABC):
         if not hits and self.progress is not None:
             in_flight = self._recorder.get_in_flight(self._prefix())
             downloads = [p for p in in_flight if unquote(p.path) == wanted.path]
-            wanted.shown.report(self.progress, downloads)
+            wanted.shown.report(self.progress, downloads, wanted.name)
         return (hits[-1] if hits else None), entries
 
     async def wait_for_request_async(
@@ -276,7 +281,7 @@ class HttpServerHandle(ABC):
             # wait between looks is the loop's: a cancelled wait leaves nothing polling behind it.
             hit, entries = await asyncio.to_thread(self._poll, wanted)
             if hit is not None:
-                return hit
+                return wanted.ended(hit, self.progress)
             wanted.fail_if_late(entries)
             await asyncio.sleep(self._poll_interval)
 
@@ -444,25 +449,39 @@ def _clear_each(items: list[Any], clear: Callable[[Any], object]) -> None:
 
 
 class _Shown:
-    """Progress lines of a download a test waits for: one every two seconds, with its rate."""
+    """Progress lines of a download a test waits for: one every two seconds, with its rate, and a
+    last one when it ended, so that the last line shown is the download's real state."""
 
     def __init__(self) -> None:
         self._last = 0.0
         self._sent = 0
+        self._began = 0.0
 
-    def report(self, say: Callable[[str], None], downloads: list[Progress]) -> None:
+    def report(self, say: Callable[[str], None], downloads: list[Progress], name: str) -> None:
         now = time.monotonic()
         big = [p for p in downloads if (p.total or 0) >= PROGRESS_BYTES]
         if not big or now - self._last < 2.0:
             return
         download = big[-1]
         rate = (download.sent - self._sent) / (now - self._last) if self._last else 0.0
+        self._began = self._began or now
         self._last, self._sent = now, download.sent
         mib, total = download.sent / (1 << 20), (download.total or 1) / (1 << 20)
         say(
-            f"jumpstarter-http: {download.client} is downloading {download.path}: {mib:.1f} of "
+            f"jumpstarter-http: {download.client} is downloading {name}: {mib:.1f} of "
             f"{total:.1f} MiB ({100 * mib / total:.0f} %)"
             + (f", {rate / (1 << 20):.0f} MiB/s" if rate else "")
+        )
+
+    def ended(self, say: Callable[[str], None] | None, hit: HttpRequest) -> None:
+        """The last line, if progress was shown: the whole download, or where it was cut."""
+        if say is None or not self._began:
+            return
+        mib = hit.bytes_sent / (1 << 20)
+        how = "downloaded" if hit.complete else "stopped downloading"
+        say(
+            f"jumpstarter-http: {hit.client} {how} {hit.name} ({hit.status}): {mib:.1f} MiB in "
+            f"{hit.duration:.1f} s"
         )
 
 
@@ -478,12 +497,17 @@ class _Wanted:
         self.codes = None if status is None else _statuses(where, status)
         #: Its decoded URL path.
         self.path = f"{base}/{self.name}"
-        #: How a failure names the request.
-        self.named = self.path + (f" answered {status}" if status is not None else "")
+        #: How a failure names the request: relative to the handle's URL, which the report shows.
+        self.named = f"/{self.name}" + (f" answered {status}" if status is not None else "")
         #: None for a look at the log now, not a wait.
         self.timeout = None if timeout is None else _seconds(where, timeout)
         self.deadline = time.monotonic() + (self.timeout or 0.0)
         self.shown = _Shown()
+
+    def ended(self, hit: HttpRequest, say: Callable[[str], None] | None) -> HttpRequest:
+        """``hit``, the request waited for, after the last progress line of its download."""
+        self.shown.ended(say, hit)
+        return hit
 
     def matches(self, entry: HttpRequest) -> bool:
         if entry.name != self.name:

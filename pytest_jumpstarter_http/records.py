@@ -61,6 +61,8 @@ class HttpRequest:
     time: float
     client: str
     method: str
+    #: What the device asked for, as it sent it, query included: below the URL of the handle that
+    #: read it (``"/rootfs.img?v=2"``); in the server's own log, the whole path.
     path: str
     range: str | None
     status: int

@@ -542,3 +542,36 @@ def test_a_file_written_into_served_dir_is_served_without_publish_on_both_backen
     work = suite(tmp_path / "work", "test_no_publish.py", NO_PUBLISH)
     junit = run_pytest(work, f"--http-scope={scope}", env=backend.env(), timeout=120)
     junit.assert_passed("test_files_written_after_the_server_started_are_served_at_http_url")
+
+
+# --- 10. the request log names requests relative to the handle's URL (issue 27) ------------------
+
+RELATIVE = """
+def test_a_request_s_path_is_below_the_url(http_server, served_dir):
+    (served_dir / "a b.raw").write_bytes(b"a")
+    assert get(http_server.url_for("a b.raw") + "?v=2")[0] == 200
+    (entry,) = http_server.requests
+    assert (entry.path, entry.name) == ("/a%20b.raw?v=2", "a b.raw")
+
+
+def test_its_report_shows_the_url_once(http_server, served_dir):
+    (served_dir / "a.raw").write_bytes(b"a")
+    assert get(http_server.url_for("a.raw"))[0] == 200
+    http_server.wait_for_request("missing.raw", timeout=0.2)
+"""
+
+
+def test_the_request_log_names_each_request_below_the_url_the_report_shows_once(
+    backend: Backend, tmp_path: Path
+) -> None:
+    work = suite(tmp_path / "work", "test_relative.py", RELATIVE)
+    junit = run_pytest(work, env=backend.env(), timeout=120)
+    junit.assert_passed("test_a_request_s_path_is_below_the_url")
+    output = junit.output
+    assert "no request for /missing.raw within 0.2 s; the server answered:" in output
+    assert " GET /a.raw -> 200" in output
+    # The failed test's report names its server's URL once, above the requests (pytest's own
+    # display of the fixture's value aside).
+    long = [line for line in output.splitlines() if "/pytest-jumpstarter-http/ns/" in line]
+    shown = [line for line in long if not line.startswith("http_server = <")]
+    assert len(shown) == (backend.name == "exporter"), shown
