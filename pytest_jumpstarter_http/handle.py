@@ -142,8 +142,16 @@ class HttpServerHandle(ABC):
         return None
 
     def url_for(self, name: str) -> str:
-        """The percent-encoded URL of ``name`` (a path relative to the root), published first."""
-        self.publish(check_name(name, where="url_for() name"))
+        """The percent-encoded URL of ``name`` (a path relative to the root), published first.
+
+        A leading slash changes nothing, as everywhere a method takes a path: ``url_for("/a.raw")``
+        is ``url_for("a.raw")``, and ``url_for("/")`` is the base URL with its slash, as in
+        pytest-httpserver.
+        """
+        if isinstance(name, str) and not name.strip("/"):
+            return self.url + "/"
+        name = check_name(_relative(name), where="url_for() name")
+        self.publish(name)
         return self.url + url_path(name)
 
     def stage(self, src: str | os.PathLike[str], name: str | None = None) -> str:
@@ -157,7 +165,7 @@ class HttpServerHandle(ABC):
             raise FileNotFoundError(
                 f"stage(): {str(source)!r} is not a file; give the path of a file to serve."
             )
-        return self._stage(source, check_name(name or source.name, where="stage() name"))
+        return self._stage(source, check_name(_relative(name or source.name), where="stage() name"))
 
     @abstractmethod
     def _stage(self, source: Path, name: str) -> str:
@@ -434,6 +442,11 @@ class HttpServerHandle(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend} {self.label} root={self.root}>"
+
+
+def _relative(name: str) -> str:
+    """``name`` without a leading slash: a path is relative to the server's URL either way."""
+    return name.lstrip("/") if isinstance(name, str) else name
 
 
 def _clear_each(items: list[Any], clear: Callable[[Any], object]) -> None:

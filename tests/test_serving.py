@@ -64,7 +64,9 @@ def test_url_for_percent_encodes_names(http_server, served_dir):
     assert get(url).content == b"x"
 
 
-@pytest.mark.parametrize("name", ["../etc/passwd", "/abs", "a\\b", "a\0b", "", "a//b", "./a"])
+# A leading slash is relative to the URL, as everywhere (issue 27): "/abs" and "" are names now,
+# see test_a_leading_slash_changes_no_name_and_url_for_of_the_root_is_the_base_url.
+@pytest.mark.parametrize("name", ["../etc/passwd", "/../abs", "a\\b", "a\0b", "a//b", "./a"])
 def test_url_for_refuses_names_that_leave_the_root(http_server, name):
     with pytest.raises(ValueError, match="not a valid served file name"):
         http_server.url_for(name)
@@ -109,6 +111,20 @@ def test_stage_of_a_name_too_long_for_a_path_below_the_root_is_refused_and_write
     with pytest.raises(ValueError, match=r"^stage\(\): the name of 4025 bytes is too long to serve below "):
         http_server.stage(source, name)
     assert list(served_dir.iterdir()) == []
+
+
+def test_a_leading_slash_changes_no_name_and_url_for_of_the_root_is_the_base_url(
+    http_server, served_dir, tmp_path
+):
+    # pytest-httpserver's idiom, and the rule of respond() and assert_requested() (issue 27).
+    (served_dir / "a.raw").write_bytes(b"a")
+    assert http_server.url_for("/") == http_server.url_for("") == http_server.url + "/"
+    assert http_server.url_for("/a.raw") == http_server.url_for("a.raw") == http_server.url + "/a.raw"
+    source = tmp_path / "b.raw"
+    source.write_bytes(b"b")
+    assert http_server.stage(source, "/sub/b.raw") == http_server.url_for("sub/b.raw")
+    with pytest.raises(ValueError, match="not a valid served file name"):
+        http_server.url_for("/../x")
 
 
 def test_client_is_jumpstarters_http_server_client(http_server):
