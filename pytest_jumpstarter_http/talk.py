@@ -36,7 +36,10 @@ _METHOD = re.compile(r"^[A-Z][A-Z-]{0,31}$")
 _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 #: Statuses whose answer has no body, whatever the server is given.
 _BODILESS = (204, 304)
-_STATUS_RANGE = ValueRange("an HTTP status", 100, 599, optional=False)
+#: A 1xx is no final answer: a client would wait for the one after it.
+_STATUS_RANGE = ValueRange("an HTTP status", 200, 599, optional=False)
+#: What frames a body on the wire: the server sets them for the body it sends (issue 26).
+_FRAMING = ("content-length", "transfer-encoding")
 _TIMES_RANGE = ValueRange("a whole number of requests", 1, MAX_WHOLE)
 _BYTES_RANGE = ValueRange("a whole number of bytes", 0, MAX_WHOLE, optional=False)
 
@@ -60,6 +63,11 @@ def _payload(body: Any, json: Any) -> bytes | None:
     if json is not NO_JSON:
         try:
             return jsonlib.dumps(json, allow_nan=False).encode()
+        except RecursionError:  # repr() of the value would recurse as deep: not shown
+            raise ValueError(
+                "respond(): json is nested too deeply to encode; give a JSON value of fewer levels, "
+                "or body= with its text."
+            ) from None
         except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"respond(): json={shown(json)} is not a JSON value ({exc}); give dicts, lists, "
@@ -91,6 +99,11 @@ def _headers(headers: Any) -> dict[str, str]:
             raise ValueError(
                 f"respond(): header {shown(name)}: {shown(value)} is no valid header; give a "
                 "token name and a value without line breaks."
+            )
+        if name.lower() in _FRAMING:
+            raise ValueError(
+                f"respond(): header {shown(name)} frames the body, which the server does for the body "
+                "it sends; leave it out."
             )
     return dict(headers)
 
@@ -136,7 +149,7 @@ class ReplySpec:
                 f"respond(): the body is {len(payload)} bytes, more than the {MAX_REPLY_BODY} a reply "
                 "carries to the server; stage() it as a file and respond() without a body."
             )
-        if payload and (self.status in _BODILESS or self.status < 200):
+        if payload and self.status in _BODILESS:
             raise ValueError(
                 f"respond(): status={self.status} carries no body; give no body or another status."
             )
@@ -231,12 +244,14 @@ _FORBIDDEN = {"user": ":", "token": " ", "password": "\x00"}
 def _credential(name: str, value: Any) -> None:
     if value is None:
         return
+    # A refusal names the problem, never a secret: it lands in reports and JUnit (issue 26).
+    given = f"{name}={shown(value)}" if name == "user" else f"the {name} given"
     if not isinstance(value, str):
-        raise TypeError(f"require_auth(): {name}={shown(value)} is a {type(value).__name__}, not a str.")
+        raise TypeError(f"require_auth(): {given} is a {type(value).__name__}, not a str.")
     if not value or _CONTROL.search(value) or _FORBIDDEN[name] in value:
         raise ValueError(
-            f"require_auth(): {name}={shown(value)} cannot be sent in an Authorization header; "
-            "give a non-empty str without control characters (no ':' in a user, no space in a token)."
+            f"require_auth(): {given} cannot be sent in an Authorization header; give a non-empty "
+            "str without control characters (no ':' in a user, no space in a token)."
         )
 
 
@@ -276,7 +291,9 @@ class AuthSpec:
         """Whether an ``Authorization`` header carries these credentials (compared in constant time)."""
         scheme, _, value = authorization.strip().partition(" ")
         if scheme.lower() == "bearer" and self.token is not None:
-            return hmac.compare_digest(value.strip().encode(), self.token.encode())
+            # Header bytes that are no UTF-8 reach here as surrogates: compare them as they came.
+            given = value.strip().encode("utf-8", "surrogateescape")
+            return hmac.compare_digest(given, self.token.encode())
         if scheme.lower() != "basic" or self.user is None:
             return False
         try:

@@ -20,6 +20,7 @@ from pytest_jumpstarter_http.talk import AuthSpec, ReplySpec, UploadSpec
 
 SUITE = r"""
 import hashlib, json, os, subprocess
+from urllib.parse import urlsplit
 import pytest
 
 def curl(*args):
@@ -180,8 +181,16 @@ def test_a_reply_can_be_cleared_early(http_server, served_dir):
     [
         (lambda s: s.respond("a", body="x", json={}), ValueError, "respond(): body and json were both given"),
         (lambda s: s.respond("a", status=600), ValueError,
-         "respond(): status=600 is out of range; give an HTTP status from 100 to 599"),
+         "respond(): status=600 is out of range; give an HTTP status from 200 to 599"),
         (lambda s: s.respond("a", status=99), ValueError, "respond(): status=99 is out of range"),
+        (lambda s: s.respond("a", status=101), ValueError, "respond(): status=101 is out of range"),
+        (lambda s: s.inject("a", status=100), ValueError, "inject(): status=100 is out of range"),
+        (lambda s: s.respond("a", body="abcdef", headers={"Content-Length": "1"}), ValueError,
+         "respond(): header 'Content-Length' frames the body"),
+        (lambda s: s.respond("a", headers={"transfer-encoding": "chunked"}), ValueError,
+         "respond(): header 'transfer-encoding' frames the body"),
+        (lambda s: s.respond("a", json=nested(100_000)), ValueError,
+         "respond(): json is nested too deeply to encode"),
         (lambda s: s.respond("a", times=0), ValueError, "respond(): times=0 is out of range"),
         (lambda s: s.respond("a", body=3), TypeError, "respond(): body=3 is a int, not bytes or str"),
         (lambda s: s.respond("a", json={1j}), TypeError, "respond(): json={1j} is not a JSON value"),
@@ -196,7 +205,10 @@ def test_a_reply_can_be_cleared_early(http_server, served_dir):
         (lambda s: s.require_auth(), ValueError, "require_auth(): no credentials were given"),
         (lambda s: s.require_auth("u"), ValueError, "require_auth(): user and password go together"),
         (lambda s: s.require_auth("a:b", "c"), ValueError, "require_auth(): user='a:b' cannot be sent"),
-        (lambda s: s.require_auth(token=5), TypeError, "require_auth(): token=5 is a int, not a str."),
+        (lambda s: s.require_auth(token=5), TypeError, "require_auth(): the token given is a int, not"),
+        (lambda s: s.require_auth("admin", "hunter2\n"), ValueError,
+         "require_auth(): the password given cannot be sent"),
+        (lambda s: s.require_auth(token="two words"), ValueError, "require_auth(): the token given cannot"),
     ],
 )
 def test_bad_arguments_raise_in_one_sentence(http_server, call, error, message):
@@ -204,6 +216,28 @@ def test_bad_arguments_raise_in_one_sentence(http_server, call, error, message):
         call(http_server)
     assert message in str(raised.value), str(raised.value)
     assert str(raised.value).count(". ") == 0  # one sentence
+    for secret in ("hunter2", "two words"):  # a refusal never shows a credential
+        assert secret not in str(raised.value)
+
+def nested(depth):
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+def test_a_bearer_header_that_is_no_utf8_is_refused_with_401(http_server, served_dir):
+    import http.client
+    (served_dir / "a.txt").write_text("a")
+    http_server.require_auth(token="secret")
+    connection = http.client.HTTPConnection("127.0.0.1", http_server.port, timeout=10)
+    connection.putrequest("GET", urlsplit(http_server.url_for("a.txt")).path)
+    connection.putheader("Authorization", b"Bearer \xff\xfe")
+    connection.endheaders()
+    response = connection.getresponse()
+    challenge = response.getheader("WWW-Authenticate")
+    assert (response.status, challenge) == (401, 'Bearer realm="pytest-jumpstarter-http"')
+    connection.close()
+    assert [r.status for r in http_server.requests] == [401]
 """
 
 #: Two files xdist gives to two workers: one scripts a reply and asks for credentials, and holds
@@ -256,7 +290,7 @@ def test_the_other_worker_never_sees_them(http_server, served_dir):
 LEAKS = ("test_leak_1_a_test_scripts_everything_and_leaves_it", "test_leak_2_the_next_test_sees_none_of_it")
 XDIST_ARGS = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "test_xa.py", "test_xb.py")
 #: The tests of SUITE, parametrized ones counted once per case.
-CASES = 29
+CASES = 37
 
 
 def write_suites(where: Path) -> Path:
