@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from .beneath import open_folders
 from .records import name_problem
 from .serving import INJECTED_KEY, TALK_KEY
@@ -238,11 +240,13 @@ class Talkback:
 
 
 class _Refused(Exception):
-    """An upload the server does not keep: its status and why, in one sentence."""
+    """An upload the server does not keep: its status and why, in one sentence, and what the
+    request log says of it."""
 
-    def __init__(self, status: int, why: str) -> None:
+    def __init__(self, status: int, why: str, talk: str = "upload refused") -> None:
         super().__init__(why)
         self.status = status
+        self.talk = talk
 
 
 class Written:
@@ -367,6 +371,11 @@ async def _receive(request: Request, found: _Found) -> list[Written]:
             await written[-1].take(_chunks_of(request.content), budget)
         for each in written:
             each.keep()
+    except ConnectionResetError:  # the device's doing, not the server failing (issue 26)
+        why = "the device closed the connection before the end of its upload"
+        raise _Refused(400, why, "upload cut short") from None
+    except HttpProcessingError:  # a NUL or a line break in a part's headers
+        raise _Refused(400, "the upload is a multipart form whose part headers are malformed") from None
     finally:
         for each in written:
             each.drop()
@@ -451,7 +460,7 @@ async def _store(request: Request, talk: Talkback, found: _Found) -> StreamRespo
     try:
         written = await _receive(request, found)
     except _Refused as refused:
-        request[TALK_KEY] = "upload refused"
+        request[TALK_KEY] = refused.talk
         request[INJECTED_KEY] = True
         response = web.Response(status=refused.status, text=f"{refused}\n")
         if refused.status == 413:

@@ -219,6 +219,28 @@ def test_bad_arguments_raise_in_one_sentence(http_server, call, error, message):
     for secret in ("hunter2", "two words"):  # a refusal never shows a credential
         assert secret not in str(raised.value)
 
+def test_a_cut_short_upload_and_a_malformed_form_are_the_device_s_400s(http_server):
+    import socket, time
+    http_server.accept_uploads()
+    base = urlsplit(http_server.url).path
+    device = socket.create_connection(("127.0.0.1", http_server.port), timeout=10)
+    device.sendall(f"PUT {base}/uploads/cut HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n".encode())
+    device.sendall(b"a" * 100)
+    time.sleep(0.2)
+    device.close()
+    assert http_server.wait_for_request("uploads/cut", timeout=10).status == 400
+    form = b'--B\r\nContent-Disposition: form-data; name="f"; filename="a\x00b"\r\n\r\nhi\r\n--B--\r\n'
+    head = (f"POST {base}/uploads/form HTTP/1.1\r\nHost: x\r\nContent-Length: {len(form)}\r\n"
+            "Content-Type: multipart/form-data; boundary=B\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", http_server.port), timeout=10) as device:
+        device.sendall(head.encode() + form)
+        assert device.recv(100).startswith(b"HTTP/1.1 400 ")
+    http_server.wait_for_request("uploads/form", timeout=10)
+    assert [(r.status, r.talk) for r in http_server.requests] == [
+        (400, "upload cut short"), (400, "upload refused")
+    ]
+    assert http_server.uploads == []
+
 def nested(depth):
     value = []
     for _ in range(depth):
@@ -290,7 +312,7 @@ def test_the_other_worker_never_sees_them(http_server, served_dir):
 LEAKS = ("test_leak_1_a_test_scripts_everything_and_leaves_it", "test_leak_2_the_next_test_sees_none_of_it")
 XDIST_ARGS = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "test_xa.py", "test_xb.py")
 #: The tests of SUITE, parametrized ones counted once per case.
-CASES = 37
+CASES = 38
 
 
 def write_suites(where: Path) -> Path:
