@@ -361,7 +361,8 @@ class HttpServerHandle(ABC):
         - ``status``: 100 to 599; a redirect is ``status=302, headers={"Location": url}``.
         - ``method`` is matched exactly (upper case); a ``GET`` reply also answers ``HEAD``, bodiless.
         - ``times``: answer that many requests, then the next reply for the same path and method
-          answers, and after the last one the file (or 404); default: every request.
+          answers, and after the last one the file (or 404; 405 for a method other than ``GET`` and
+          ``HEAD``, as for any request nothing scripted answers); default: every request.
 
         The reply ends with the test (or with ``Reply.clear()``); the request log marks the
         requests it answered ``[reply]``. Bad arguments raise ``ValueError`` or ``TypeError``.

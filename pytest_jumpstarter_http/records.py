@@ -322,7 +322,8 @@ def spec_path(where: str, name: str, path: Any) -> str:
         )
     if not path.strip("/"):
         raise ValueError(f"{where}: {name}={path!r} is empty; give a path relative to the server's URL.")
-    return check_name(path.strip("/") if name == "prefix" else path.lstrip("/"), where=f"{where} {name}")
+    # A leading or a trailing slash changes nothing: "/simple/pkg/" is "simple/pkg" (issue 26).
+    return check_name(path.strip("/"), where=f"{where} {name}")
 
 
 def _check_together(spec: FaultSpec) -> None:

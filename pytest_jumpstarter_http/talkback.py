@@ -422,13 +422,12 @@ class TalkbackMiddleware:
         found = talk.arriving(request.method, path)
         if found is not None:
             return await _store(request, talk, found)
-        if talk.elsewise(
-            request.method, path
-        ):  # as pytest-httpserver: a reply's path asked with another method
+        if talk.elsewise(request.method, path):  # a reply's path asked with another method
             from aiohttp import web
 
             request[TALK_KEY] = "reply: no such method"
-            return web.Response(status=404)
+            # What the server answers any method it has nothing for: a static server's 405 (issue 26).
+            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         return await handler(request)
 
 

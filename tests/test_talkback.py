@@ -76,12 +76,23 @@ def test_json_none_answers_json_null(http_server):
     assert "content-type: application/json" in answer.lower()
 
 
-def test_a_get_reply_answers_head_without_a_body_and_another_method_is_404(http_server):
+def test_a_get_reply_answers_head_without_a_body_and_another_method_is_405(http_server):
+    # 405 as for every request nothing scripted answers: one answer, which the docs give (issue 26).
     http_server.respond("status.json", json={"ok": True})
     head = curl("-I", http_server.url + "/status.json")
     assert b"200 OK" in head.stdout and b'{"ok"' not in head.stdout
-    assert code("-X", "POST", http_server.url + "/status.json") == "404"
-    assert code("-X", "DELETE", http_server.url + "/status.json") == "404"
+    assert code("-X", "POST", http_server.url + "/status.json") == "405"
+    assert code("-X", "DELETE", http_server.url + "/status.json") == "405"
+    http_server.respond("once", method="POST", times=1)
+    assert code("-X", "POST", http_server.url + "/once") == "200"
+    assert code("-X", "POST", http_server.url + "/once") == "405"  # its times used up
+    assert code("-X", "POST", http_server.url + "/unscripted") == "405"
+
+def test_a_reply_for_a_folder_url_answers_it_with_and_without_its_slash(http_server):
+    # A PEP 503 index's page is a folder URL: "simple/pkg/" (issue 26).
+    http_server.respond("/simple/pkg/", body="<a href='pkg-1.0.tar.gz'>pkg-1.0.tar.gz</a>")
+    assert curl(http_server.url + "/simple/pkg/").stdout.startswith(b"<a href=")
+    assert curl(http_server.url + "/simple/pkg").stdout.startswith(b"<a href=")
 
 def test_put_post_and_multipart_uploads_arrive_byte_for_byte(http_server, served_dir, tmp_path):
     http_server.accept_uploads()
@@ -312,7 +323,7 @@ def test_the_other_worker_never_sees_them(http_server, served_dir):
 LEAKS = ("test_leak_1_a_test_scripts_everything_and_leaves_it", "test_leak_2_the_next_test_sees_none_of_it")
 XDIST_ARGS = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "test_xa.py", "test_xb.py")
 #: The tests of SUITE, parametrized ones counted once per case.
-CASES = 38
+CASES = 39
 
 
 def write_suites(where: Path) -> Path:
