@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import posixpath
 import stat
 import sys
 import threading
@@ -352,6 +353,19 @@ class BeneathFiles:
         name = request.match_info["filename"]
         if name.startswith("/"):  # absolute, as the static route sees it: //host/share would be a UNC path
             raise web.HTTPNotFound()
+        found = await self._found(name)
+        if isinstance(found, web.StreamResponse):
+            return found
+        fd, name, root = found
+        return self._answer(request, fd, name, root, resource._chunk_size)
+
+    async def _found(self, name: str) -> tuple[int, str, Root] | web.StreamResponse:
+        """``name`` opened (O_PATH), with the name it was found as (a folder URL's index.html);
+        or the answer for a name that cannot be served."""
+        if not name or name.endswith("/"):  # a folder URL: its index.html, as nginx serves it
+            index = await self._index(name)
+            if index is not None:
+                return index
         try:
             # On the loop, not in an executor: an O_PATH lookup reads no data, and the thread hop
             # cost about 0.3 ms of a small file's 2.5 ms GET here.
@@ -365,13 +379,30 @@ class BeneathFiles:
                 raise web.HTTPNotFound() from None
             # What the static route answers for a missing file: FileResponse's bodiless 404.
             return web.StreamResponse(status=web.HTTPNotFound.status_code)
-        return self._answer(request, fd, name, root, resource._chunk_size)
+        return fd, name, root
+
+    async def _index(self, folder: str) -> tuple[int, str, Root] | None:
+        """The ``index.html`` of the folder URL ``folder`` (ending in ``/``, or the root's ``""``),
+        opened, with its name; None if it has none (a name that is no folder: a file's other spelling)."""
+        name = f"{folder}index.html"
+        try:
+            fd, root = await self._open(name)
+        except (OSError, ValueError):
+            return None
+        return fd, name, root
 
     def _answer(self, request: Request, fd: int, name: str, root: Root, chunk_size: int) -> StreamResponse:
-        """The answer for the opened ``fd``: 403 for a folder, else the file's."""
+        """The answer for the opened ``fd``: a folder asked without its slash is redirected to the
+        URL with it (its index.html is then served, if it has one), any other folder is 403; else
+        the file's."""
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             os.close(fd)
+            path, _, query = request.raw_path.partition("?")
+            if name and not path.endswith("/"):
+                target = posixpath.normpath(path)  # "/sub/." is "/sub/"
+                target += "" if target.endswith("/") else "/"
+                raise web.HTTPMovedPermanently(target + ("?" + query if query else ""))
             raise web.HTTPForbidden()  # show_index=False
         if _plain(request, st):
             small = _small_answer(fd, name, root, st)

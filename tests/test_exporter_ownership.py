@@ -575,3 +575,36 @@ def test_the_request_log_names_each_request_below_the_url_the_report_shows_once(
     long = [line for line in output.splitlines() if "/pytest-jumpstarter-http/ns/" in line]
     shown = [line for line in long if not line.startswith("http_server = <")]
     assert len(shown) == (backend.name == "exporter"), shown
+
+
+# --- 11. folder URLs: index.html, and the slash (issue 26) --------------------------------------
+
+FOLDERS = """
+ROOT = os.environ["ROOT"]
+
+
+@pytest.mark.http_server(root=ROOT)
+def test_a_folder_url_serves_its_index_and_one_without_its_slash_is_redirected(http_url):
+    index = (Path(ROOT) / "simple" / "pkg" / "index.html").read_bytes()
+    assert get(http_url + "/simple/pkg/") == (200, index)
+    with urllib.request.urlopen(http_url + "/simple/pkg?x=1", timeout=10) as response:
+        assert (response.url, response.read()) == (http_url + "/simple/pkg/?x=1", index)
+    assert get(http_url + "/simple/")[0] == 403  # a folder without an index.html
+
+
+def test_a_folder_written_during_the_test_serves_its_index(http_url, served_dir):
+    (served_dir / "pkg").mkdir()
+    (served_dir / "pkg" / "index.html").write_text("<a href='pkg-1.0.tar.gz'>pkg-1.0.tar.gz</a>")
+    assert get(http_url + "/pkg/") == (200, b"<a href='pkg-1.0.tar.gz'>pkg-1.0.tar.gz</a>")
+"""
+
+
+def test_a_folder_url_serves_its_index_html_on_both_backends(backend: Backend, tmp_path: Path) -> None:
+    work = suite(tmp_path / "work", "test_folders.py", FOLDERS)
+    root = tmp_path / "index-root"
+    user_root(root / "simple" / "pkg", **{"index.html": b"<a href='pkg-1.0.tar.gz'>pkg</a>"})
+    junit = run_pytest(work, env=backend.env(ROOT=str(root)), timeout=120)
+    junit.assert_passed(
+        "test_a_folder_url_serves_its_index_and_one_without_its_slash_is_redirected",
+        "test_a_folder_written_during_the_test_serves_its_index",
+    )
