@@ -29,6 +29,7 @@ from .records import (
     normalized,
     status_matches,
     url_path,
+    user_facing,
 )
 from .talk import NO_JSON
 
@@ -68,6 +69,7 @@ def format_url(host: str, port: int, scheme: str = "http") -> str:
     return f"{scheme}://{host}:{port}"
 
 
+@user_facing
 class HttpServerHandle(ABC):
     """A running HTTP server serving files to the device under test.
 
@@ -76,6 +78,10 @@ class HttpServerHandle(ABC):
     """
 
     backend: Literal["loopback", "exporter"]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        user_facing(cls)  # a backend's own public methods fail on a mistake in one sentence too
 
     def __init__(
         self,

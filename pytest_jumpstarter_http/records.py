@@ -13,16 +13,19 @@ on neither.
 from __future__ import annotations
 
 import copy
+import functools
 import glob
+import inspect
 import math
 import os
 import posixpath
 import re
 import time
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar, cast
 from urllib.parse import quote, unquote
 
 #: Everything the plugin puts on an exporter lives below this folder of its served root.
@@ -50,7 +53,63 @@ def plugin_version() -> str:
         return "unknown"
 
 
-class RequestLogUnavailable(RuntimeError):
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+#: The package: frames of its modules (their dataclasses' generated code too) are the plugin's.
+_PACKAGE = __name__.rpartition(".")[0] + "."
+
+
+def users_mistake(kinds: tuple[type[BaseException], ...]) -> Callable[[F], F]:
+    """Make ``method`` fail on a user's mistake (an exception of ``kinds``) with the sentence
+    alone: no frame of the plugin in the traceback, only the user's own (issue 27). Applied once
+    per class, to each public method and property, by :func:`user_facing`."""
+
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
+            try:
+                return method(*args, **kwargs)
+            except kinds as exc:
+                raise exc.with_traceback(_without_plugin_frames(exc.__traceback__)) from exc.__cause__
+
+        return cast(F, wrapper)
+
+    return wrap
+
+
+def _without_plugin_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` without the frames of this package (those of the libraries below it stay)."""
+    kept = []
+    while tb is not None:
+        if not str(tb.tb_frame.f_globals.get("__name__", "")).startswith(_PACKAGE):
+            kept.append(tb)
+        tb = tb.tb_next
+    rebuilt = None
+    for entry in reversed(kept):
+        rebuilt = types.TracebackType(rebuilt, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return rebuilt
+
+
+def user_facing(cls: type[T]) -> type[T]:
+    """Wrap the public methods and properties ``cls`` defines with :func:`users_mistake`, so that
+    a bad argument fails the test with its one sentence as pytest's own helpers do."""
+    wrap = users_mistake(MISTAKES)
+    for name, value in list(vars(cls).items()):
+        if name.startswith("_") and name != "__call__":
+            continue
+        if isinstance(value, property) and value.fget is not None:
+            setattr(cls, name, property(wrap(value.fget), value.fset, value.fdel, value.__doc__))
+        elif inspect.isfunction(value):
+            setattr(cls, name, wrap(value))
+    return cls
+
+
+class Unavailable(RuntimeError):
+    """The server cannot do what a test asked of it (an exporter with the stock HttpServer driver)."""
+
+
+class RequestLogUnavailable(Unavailable):
     """The server keeps no request log (an exporter with the stock HttpServer driver)."""
 
 
@@ -239,7 +298,7 @@ def url_path(name: str) -> str:
 # --- faults ---------------------------------------------------------------------------------
 
 
-class FaultsUnavailable(RuntimeError):
+class FaultsUnavailable(Unavailable):
     """The server cannot inject faults (an exporter with the stock HttpServer driver)."""
 
 
@@ -496,10 +555,24 @@ class Recorder(Protocol):
         ...
 
 
+#: What a test's own mistake raises from a public call: a bad argument, a file that is not there,
+#: a name that is taken, a server that cannot do it. Each is one sentence, and all the test needs.
+MISTAKES: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    HttpPublishError,
+    Unavailable,
+)
+
+
 #: The spec of something a test set on its server.
 S = TypeVar("S")
 
 
+@user_facing
 class Scripted(Generic[S]):
     """Something a test set on its server (a fault, a reply): how often it acted, and how to end
     it early. It ends by itself with the test that set it."""
@@ -531,6 +604,7 @@ class Scripted(Generic[S]):
             self._final_hits = self._recorder.end(self.id, self._namespace)
 
 
+@user_facing
 class Fault(Scripted["FaultSpec"]):
     """A fault injected by ``http_server.inject()``: how often it hit, and how to end it early.
 

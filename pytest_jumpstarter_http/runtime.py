@@ -19,6 +19,7 @@ import pytest
 
 from .markers import NO_EXPORTER, Choice
 from .options import Settings, tls_mode
+from .records import user_facing
 from .roots import Roots
 from .tls import Authority
 
@@ -234,6 +235,7 @@ class Runtime:
                 backend.close(failed=failed)
 
 
+@user_facing
 class HttpServerFactory:
     """Makes more servers inside one test; ``http_server_factory`` stops them all at teardown."""
 

@@ -20,10 +20,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 from urllib.parse import unquote
 
-from .records import MAX_WHOLE, Recorder, Scripted, ValueRange, bounded, normalized, shown, spec_path
+from .records import (
+    MAX_WHOLE,
+    Recorder,
+    Scripted,
+    Unavailable,
+    ValueRange,
+    bounded,
+    normalized,
+    shown,
+    spec_path,
+    user_facing,
+)
 
 
-class TalkbackUnavailable(RuntimeError):
+class TalkbackUnavailable(Unavailable):
     """The server cannot script replies, take uploads or ask for credentials (the stock driver)."""
 
 
@@ -317,6 +328,7 @@ class AuthSpec:
         return spec
 
 
+@user_facing
 class Reply(Scripted["ReplySpec"]):
     """A reply scripted by ``http_server.respond()``: how often it answered, and how to end it early.
 
@@ -328,6 +340,7 @@ class Reply(Scripted["ReplySpec"]):
         return f"<Reply {self.spec.method} {self.spec.path!r} {self.spec.status} {state}>"
 
 
+@user_facing
 @dataclass(frozen=True)
 class Upload:
     """A body a device PUT or POSTed below ``accept_uploads()``'s prefix, stored whole."""
