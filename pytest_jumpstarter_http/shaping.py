@@ -118,7 +118,7 @@ async def _hold(entry: _Entry, request: Any, seconds: float) -> None:
 
 
 class FaultMiddleware:
-    """The outermost middleware: applies the first matching fault to each request."""
+    """After the numbering, before all else: applies the first matching fault to each request."""
 
     __middleware_version__ = 1
 
