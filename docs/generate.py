@@ -383,21 +383,23 @@ def example(argument: str | None, here: Path) -> list[str]:
             "give --start-at, --start-after, --end-at or --end-before"
         )
     lines = path.read_text().splitlines()
+
+    def line_of(option: str) -> int:
+        """The first line of what is left of the file that holds the option's text."""
+        at = next((i for i, line in enumerate(lines) if cuts[option] in line), None)
+        if at is None:
+            raise ValueError(
+                f"'generated: example {argument}': no line of {path.name} holds {cuts[option]!r}"
+            )
+        return at
+
     for option, keep in (("start-at", True), ("start-after", False)):
         if option in cuts:
-            at = next((i for i, line in enumerate(lines) if cuts[option] in line), None)
-            if at is None:
-                raise ValueError(
-                    f"'generated: example {argument}': no line of {path.name} holds {cuts[option]!r}"
-                )
+            at = line_of(option)
             lines = lines[at if keep else at + 1 :]
     for option, keep in (("end-at", True), ("end-before", False)):
         if option in cuts:
-            at = next((i for i, line in enumerate(lines) if cuts[option] in line), None)
-            if at is None:
-                raise ValueError(
-                    f"'generated: example {argument}': no line of {path.name} holds {cuts[option]!r}"
-                )
+            at = line_of(option)
             lines = lines[: at + 1 if keep else at]
     fence = "```"
     while any(line.lstrip().startswith(fence) for line in lines):
