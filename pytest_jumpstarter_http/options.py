@@ -21,8 +21,11 @@ from .values import JUMPSTARTER_HOST, TLS_MODES, Keep, PortRange, TlsMode
 
 Scope = Literal["function", "session"]
 Backend = Literal["auto", "loopback", "exporter"]
+#: A report besides the terminal's that carries each test's request log.
+Report = Literal["junit", "html"]
 SCOPES: tuple[Scope, ...] = ("function", "session")
 BACKENDS: tuple[Backend, ...] = ("auto", "loopback", "exporter")
+REPORTS: tuple[Report, ...] = ("junit", "html")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Settings:
     timeout: float = 30.0
     fail_on: tuple[str, ...] = ()
     tls: TlsMode = "off"
+    report: tuple[Report, ...] = REPORTS
     #: ``JUMPSTARTER_HOST`` as the run started.
     jumpstarter_host: str | None = None
 
@@ -80,8 +84,15 @@ class Settings:
             "driver": self.driver,
             "fail-on": ",".join(self.fail_on),
             "tls": "" if self.tls == "off" else self.tls,
+            "report": self._changed_report(),
         }
         return line + "".join(f", {key}={value}" for key, value in extras.items() if value)
+
+    def _changed_report(self) -> str:
+        """``--http-report`` for the header, empty when it is the default."""
+        if self.report == REPORTS:
+            return ""
+        return ",".join(self.report) or "none"
 
 
 class Source:
@@ -278,22 +289,45 @@ def _statuses(value: str, source: Source) -> tuple[str, ...]:
         raise source.error(value, "give HTTP statuses or classes separated by commas, like 404,5xx") from None
 
 
+#: The words that turn an option on, and off, wherever it takes them (issue 27: one rule).
+YES = ("true", "yes", "on", "1")
+NO = ("false", "no", "off", "0")
+
+
+def _word(value: object) -> str:
+    """A word of a value as options read it: case and surrounding blanks do not count."""
+    return str(value).strip().lower()
+
+
 #: What ``--http-keep`` keeps, by the words a value may use.
 _KEEP: dict[str, Keep] = {
-    **dict.fromkeys(("all", "1", "true", "yes", "on"), "all"),
+    **dict.fromkeys(("all", *YES), "all"),
     "failed": "failed",
-    **dict.fromkeys(("none", "", "0", "false", "no", "off"), "none"),
+    **dict.fromkeys(("none", "", *NO), "none"),
 }
 
 
 def _keep(value: str, source: Source) -> Keep:
     """What to keep: ``all``, ``failed`` (a failed test's folders), ``none``; true and false still read."""
-    keep = _KEEP.get(str(value).strip().lower())
+    keep = _KEEP.get(_word(value))
     if keep is None:
         raise source.error(
             value, "use all, failed or none (on the command line --http-keep=failed; alone, it keeps all)"
         )
     return keep
+
+
+def _report(value: str, source: Source) -> tuple[Report, ...]:
+    """The reports that carry the request log: junit, html, both separated by a comma, or none."""
+    word = _word(value)
+    if word in YES:
+        return REPORTS
+    if word in ("none", *NO):
+        return ()
+    reports = {part.strip() for part in word.split(",")}
+    if not reports <= set(REPORTS):
+        raise source.error(value, "use junit, html, junit,html or none")
+    return tuple(report for report in REPORTS if report in reports)
 
 
 def parse_tls(value: object, source: Source) -> TlsMode:
@@ -397,6 +431,14 @@ OPTIONS: tuple[_Option, ...] = (
         "certificate of the run's test CA (default: off)",
         parse_tls,
         "MODE",
+    ),
+    _Option(
+        "report",
+        "Reports besides the terminal's that carry each test's request log, at most 100 requests a "
+        "server: junit (JUnit XML properties, or system-out as junit_logging asks), html "
+        "(pytest-html), junit,html or none (default: junit,html)",
+        _report,
+        "WHICH",
     ),
 )
 

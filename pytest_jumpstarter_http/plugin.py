@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import eventloop, markers, options, preflight
+from . import eventloop, markers, options, preflight, reports
 
 if TYPE_CHECKING:
     from .handle import HttpServerHandle
@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 _JUMPSTARTER_TEST = "jumpstarter_testing.pytest.JumpstarterTest"
 
 SETTINGS = pytest.StashKey[options.Settings]()
-#: Whether the terminal shows passing tests' report sections (-rP, -rA).
-SHOW_PASSED = pytest.StashKey[bool]()
+#: Who reads a test's request log: the terminal (-rP, -rA), JUnit XML, pytest-html.
+READERS = pytest.StashKey[reports.Readers]()
 #: The servers a test used, for its report.
 SERVERS: pytest.StashKey[list[HttpServerHandle]] = pytest.StashKey()
 #: Whether a test failed (in its set-up or call): ``--http-keep=failed`` keeps its folders.
@@ -43,7 +43,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
     config.stash[SETTINGS] = settings = options.resolve(config)
     preflight.check(settings, config)
-    config.stash[SHOW_PASSED] = any(char in (config.option.reportchars or "") for char in "PA")
+    config.stash[READERS] = readers = reports.Readers.of(config, settings)
+    if readers.html_without:
+        config.pluginmanager.register(reports.HtmlRows(), "jumpstarter_http_html")
     from .runtime import Runtime
 
     # xdist gives its workers the run's id; a run of its own makes one up.
@@ -62,10 +64,10 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
     servers = item.stash.get(SERVERS, [])
-    fail_on = item.config.stash[SETTINGS].fail_on
-    # A passing test's section shows only with -rP or -rA: reading the log for it is wasted time.
-    if call.when == "call" and servers and (not report.passed or fail_on or item.config.stash[SHOW_PASSED]):
-        _add_to_report(report, servers, fail_on)
+    if call.when == "call" and servers:
+        reports.add(item, report, servers, item.config.stash[SETTINGS], item.config.stash[READERS])
+    if call.when == "teardown":
+        reports.add_to_teardown(item, report)
     # As pytest's tmp_path records it for its retention policy; after --http-fail-on had its say.
     if report.failed:
         item.stash[FAILED] = True
@@ -242,27 +244,3 @@ def _watch(request: pytest.FixtureRequest, server: HttpServerHandle) -> HttpServ
     """Show the requests ``server`` answers during this test in the test's report."""
     request.node.stash.setdefault(SERVERS, []).append(server)
     return server
-
-
-def _add_to_report(
-    report: pytest.TestReport, servers: list[HttpServerHandle], fail_on: tuple[str, ...]
-) -> None:
-    """Add each server's requests to a test's report; fail it on a status of ``--http-fail-on``."""
-    from .records import RequestLogUnavailable, describe, status_matches
-
-    lines = []
-    for server in servers:
-        try:
-            entries = server.requests
-        except RequestLogUnavailable as exc:
-            lines.append(f"{server.label}: request log unavailable: {exc}")
-            continue
-        lines.append(f"{server.label}:\n{describe(entries)}")
-        # A status the test injected (a fault's) is not the server failing.
-        bad = [entry for entry in entries if not entry.injected and status_matches(entry.status, fail_on)]
-        if bad and report.passed:
-            report.outcome = "failed"
-            report.longrepr = f"--http-fail-on {','.join(fail_on)}: {server.label} answered " + "; ".join(
-                entry.line() for entry in bad
-            )
-    report.sections.append(("Captured HTTP requests", "\n".join(lines)))

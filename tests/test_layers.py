@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "pytest_jumpstarter_http"
 
 LAYERS = {
-    "pytest": {"plugin", "options", "preflight", "markers", "runtime"},
+    "pytest": {"plugin", "options", "preflight", "markers", "runtime", "reports"},
     "process": {
         "handle",
         "loopback",

@@ -138,6 +138,10 @@ def test_options_and_ini_keys_are_documented_in_help(pytester):
             "--http-url-host (command line): 'x/y?' is not valid; give a host name, an IPv4 address*",
         ),
         (
+            ["--http-report=xml"],
+            "--http-report (command line): 'xml' is not valid; use junit, html, junit,html or none.",
+        ),
+        (
             ["--http-selector=!!!=,="],
             "--http-selector (command line): '!!!=,=' is not valid; '!!!=' is no label requirement; "
             "give requirements separated by commas, like board=rpi4,!busy or board in (rpi4,rpi5).",
@@ -309,6 +313,16 @@ def test_a_setting_this_user_cannot_use_is_refused_before_any_test(args, ini, me
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
     pytest.LineMatcher(result.stderr.splitlines()).fnmatch_lines(["ERROR: " + message.format(**values)])
     assert "--http-host" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("junit", "report=junit"), ("HTML", "report=html"), ("html, junit", ""), ("none", "report=none")],
+)
+def test_http_report_takes_a_list_of_reports_and_the_header_shows_a_changed_one(pytester, value, shown):
+    pytester.makeini(f"[pytest]\nhttp_report = {value}\n")
+    header = [line for line in pytester.runpytest().outlines if line.startswith("jumpstarter-http:")]
+    assert header[0].endswith(shown) if shown else "report=" not in header[0]
 
 
 def test_an_ini_value_of_the_wrong_type_names_the_ini_key(pytester):
