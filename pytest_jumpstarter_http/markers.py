@@ -23,8 +23,8 @@ NO_EXPORTER = "http_exporter: "
 
 MARKERS = (
     "http_server(*, scope=None, root=None, tls=None): serve this test's http_server with this scope "
-    "(function or session), root directory and TLS (False, True or 'mutual'), overriding "
-    "--http-scope, --http-root and --http-tls",
+    "(function or session), root directory and TLS (False or True, or a value of --http-tls: 'off', "
+    "'on', 'mutual'), overriding --http-scope, --http-root and --http-tls",
     "http_loopback: serve this test's files from a local loopback server, even inside jmp shell",
     "http_exporter(selector=None, driver=None): serve this test's files from the HttpServer driver "
     "of a Jumpstarter exporter (the jmp shell one, or one leased by selector); driver picks it by path",
@@ -40,7 +40,7 @@ def http_server(
     *,
     scope: Scope | None = None,
     root: str | os.PathLike[str] | None = None,
-    tls: bool | Literal["mutual"] | None = None,
+    tls: bool | TlsMode | None = None,
 ) -> dict[str, Any]:
     return {"scope": scope, "root": root, "tls": tls}
 

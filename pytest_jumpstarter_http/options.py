@@ -115,9 +115,10 @@ def _shown(value: object) -> str:
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str, Source], str]:
     def parse(value: str, source: Source) -> str:
-        if value not in choices:
+        word = _word(value)
+        if word not in choices:
             raise source.error(value, "use one of " + ", ".join(choices))
-        return value
+        return word
 
     return parse
 
@@ -330,12 +331,21 @@ def _report(value: str, source: Source) -> tuple[Report, ...]:
     return tuple(report for report in REPORTS if report in reports)
 
 
+#: What ``--http-tls`` serves, by the words a value may use: the on and off words of every option.
+_TLS: dict[str, TlsMode] = {
+    **{mode: mode for mode in TLS_MODES},
+    **dict.fromkeys(YES, "on"),
+    **dict.fromkeys(NO, "off"),
+}
+
+
 def parse_tls(value: object, source: Source) -> TlsMode:
-    """``--http-tls``'s ``off``, ``on`` or ``mutual``; in Python (a marker, the factory) also
-    ``False`` and ``True``."""
+    """``off``, ``on`` or ``mutual``, where an on or off word (``true``, ``no``...) reads as ``on``
+    or ``off``: on the command line, in the ini file, in the marker and the factory alike, which
+    also take ``True`` and ``False``."""
     if isinstance(value, bool):
         return "on" if value else "off"
-    mode = next((mode for mode in TLS_MODES if mode == value), None)
+    mode = _TLS.get(_word(value)) if isinstance(value, str) else None
     if mode is None:
         raise source.error(value, "use off, on or mutual (in Python: False, True or 'mutual')")
     return mode

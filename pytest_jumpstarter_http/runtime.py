@@ -254,12 +254,13 @@ class HttpServerFactory:
         backend: Literal["loopback", "exporter"] = "loopback",
         selector: str | None = None,
         driver: str | None = None,
-        tls: bool | Literal["mutual"] = False,
+        tls: bool | Literal["off", "on", "mutual"] = False,
     ) -> HttpServerHandle:
         """Start a server on ``root`` (default: a fresh temporary directory) and return its handle.
 
-        ``tls=True`` serves HTTPS, ``tls="mutual"`` HTTPS that asks the device for a certificate
-        (``handle.client_cert``); a bad value is a ``ValueError``.
+        ``tls=True`` (or ``"on"``) serves HTTPS, ``tls="mutual"`` HTTPS that asks the device for a
+        certificate (``handle.client_cert``): the values ``--http-tls`` takes, read as it reads them;
+        a bad value is a ``ValueError``.
         """
         runtime = self._runtime
         mode = tls_mode(tls)

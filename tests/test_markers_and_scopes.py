@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# pytester drops the modules an in-process run imported, but cryptography's Rust bindings cannot
+# be imported twice in one interpreter: import the test CA's stack once, before any HTTPS run.
+import trustme  # noqa: F401
+
 
 def test_function_scope_gives_each_test_a_fresh_server_and_directory(pytester):
     pytester.makepyfile(
@@ -271,3 +275,30 @@ def test_a_finished_test_s_handle_keeps_its_own_requests_only(pytester):
         """
     )
     pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize(
+    ("value", "scheme"),
+    [
+        ("True", "https"),
+        ("'on'", "https"),
+        ("'Yes'", "https"),
+        ("'1'", "https"),
+        ("'off'", "http"),
+        ("'no'", "http"),
+    ],
+)
+def test_the_tls_marker_and_the_factory_take_what_http_tls_takes(pytester, value, scheme):
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.http_server(tls={value})
+        def test_marker(http_server):
+            assert http_server.scheme == {scheme!r}
+
+        def test_factory(http_server_factory):
+            assert http_server_factory(tls={value}).scheme == {scheme!r}
+        """
+    )
+    pytester.runpytest("--http-tls=mutual").assert_outcomes(passed=2)

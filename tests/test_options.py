@@ -434,3 +434,37 @@ def test_a_value_that_names_no_path_may_follow_its_option_as_a_second_argument(p
     pytester.makepyfile("def test_it(http_url): pass")
     result = pytester.runpytest("--http-scope", "session", "--http-port", "0")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("word", "settings"),
+    [
+        ("true", ("on", "all", ("junit", "html"))),
+        ("YES", ("on", "all", ("junit", "html"))),
+        (" on ", ("on", "all", ("junit", "html"))),
+        ("1", ("on", "all", ("junit", "html"))),
+        ("false", ("off", "none", ())),
+        ("No", ("off", "none", ())),
+        ("off", ("off", "none", ())),
+        ("0", ("off", "none", ())),
+    ],
+)
+def test_every_option_that_turns_something_on_reads_the_same_words(pytester, word, settings):
+    pytester.makeini(f"[pytest]\nhttp_tls = {word}\nhttp_report = {word}\n")
+    pytester.makepyfile(
+        f"""
+        from pytest_jumpstarter_http.plugin import SETTINGS
+
+        def test_it(pytestconfig):
+            settings = pytestconfig.stash[SETTINGS]
+            assert (settings.tls, settings.keep, settings.report) == {settings!r}
+        """
+    )
+    pytester.runpytest(f"--http-keep={word}").assert_outcomes(passed=1)
+
+
+def test_a_word_value_reads_the_same_in_any_case(pytester):
+    pytester.makepyfile("def test_it(http_server): pass")
+    result = pytester.runpytest("--http-scope=Session", "--http-backend=LOOPBACK", "--http-tls=Mutual")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["jumpstarter-http: backend=loopback, scope=session, *, tls=mutual"])
