@@ -32,6 +32,10 @@ FAILED = pytest.StashKey[bool]()
 CHOICE = pytest.StashKey[markers.Choice]()
 #: What the run keeps: its roots, backends and session servers.
 RUNTIME: pytest.StashKey[Runtime] = pytest.StashKey()
+#: The plugin's folder below pytest's basetemp, once the process made a root in it.
+FOLDER = pytest.StashKey[Path]()
+#: How many folders ``--http-keep`` kept, by the folder they are in: this process's and its workers'.
+KEPT = pytest.StashKey[dict[str, int]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,6 +50,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[READERS] = readers = reports.Readers.of(config, settings)
     if readers.html_without:
         config.pluginmanager.register(reports.HtmlRows(), "jumpstarter_http_html")
+    config.stash[KEPT] = {}
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(reports.XdistKept(config.stash[KEPT]), "jumpstarter_http_xdist")
     from .runtime import Runtime
 
     # xdist gives its workers the run's id; a run of its own makes one up.
@@ -79,6 +86,9 @@ def pytest_runtest_makereport(
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     for line in config.stash[RUNTIME].summary():
         terminalreporter.write_line(line)
+    keep = config.stash[SETTINGS].keep
+    if keep != "none":
+        terminalreporter.write_line(reports.kept_line(keep, config.stash[KEPT]))
     # Counted from the reports, which xdist brings back from its workers.
     reasons: dict[str, int] = {}
     for report in terminalreporter.stats.get("skipped", []):
@@ -94,7 +104,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    session.config.stash[RUNTIME].close(failed=session.testsfailed > 0)
+    config = session.config
+    config.stash[RUNTIME].close(failed=session.testsfailed > 0)
+    if config.stash[SETTINGS].keep != "none":
+        kept = reports.kept_in(config.stash.get(FOLDER, None))
+        config.stash[KEPT].update(kept)
+        # An xdist worker has no terminal: its controller prints what it kept.
+        getattr(config, "workeroutput", {})[reports.KEPT_OUTPUT] = kept
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -214,7 +230,8 @@ def _basetemp(config: pytest.Config) -> Path:
     # pytest attaches its TempPathFactory to the config in pytest_configure for plugins like this
     # one, which need it outside a fixture; tests/test_private_apis.py fails loudly if it moves.
     factory: pytest.TempPathFactory = config._tmp_path_factory  # type: ignore[attr-defined]
-    return factory.getbasetemp() / "http"
+    config.stash[FOLDER] = folder = factory.getbasetemp() / "http"
+    return folder
 
 
 def _terminal_lines(config: pytest.Config) -> Callable[[str], None] | None:

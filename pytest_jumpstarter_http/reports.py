@@ -1,4 +1,5 @@
-"""The request log in a test's report: the terminal's section, JUnit XML and pytest-html, each bounded.
+"""What the reports say of the servers: a test's request log (the terminal's section, JUnit XML
+and pytest-html, each bounded), and where ``--http-keep`` kept the run's folders.
 
 Where each reader finds it (issue 27):
 
@@ -15,8 +16,10 @@ Where each reader finds it (issue 27):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import pytest
@@ -25,6 +28,7 @@ from .options import Settings
 
 if TYPE_CHECKING:
     from .handle import HttpServerHandle
+    from .values import Keep
 
 #: The title of the terminal's section, which pytest-html shows too.
 SECTION = "Captured HTTP requests"
@@ -189,3 +193,41 @@ class HtmlRows:
         # pytest-html's own header line of a section (basereport.py's _process_logs).
         header = f"{' ' + SECTION + ' ':-^80}\n"
         data[:] = [entry for entry in data if not entry.startswith(header)]
+
+
+#: What an xdist worker kept, in the output it sends its controller as it ends.
+KEPT_OUTPUT = "jumpstarter_http_kept"
+
+
+def kept_in(folder: Path | None) -> dict[str, int]:
+    """How many folders are left in the plugin's ``folder`` (None: it made none) once its run has
+    removed its own: the ones ``--http-keep`` kept, as the folder is made fresh for each run."""
+    if folder is None or not folder.is_dir():
+        return {}
+    return {str(folder): sum(1 for _ in folder.iterdir())}
+
+
+def kept_line(keep: Keep, kept: dict[str, int]) -> str:
+    """The run summary's one line of where ``--http-keep`` kept folders, of every process of the run."""
+    where = sorted(path for path, count in kept.items() if count)
+    count = sum(kept.values())
+    if not where:
+        why = " (no test that had one failed)" if keep == "failed" else ""
+        return f"jumpstarter-http: --http-keep={keep} kept no folders{why}"
+    folders = "folder" if count == 1 else "folders"
+    if len(where) == 1:
+        return f"jumpstarter-http: --http-keep={keep} kept {count} {folders} in {where[0]}"
+    parent = os.path.commonpath(where)
+    each = ", ".join(os.path.relpath(path, parent) for path in where)
+    return f"jumpstarter-http: --http-keep={keep} kept {count} {folders} below {parent}, in {each}"
+
+
+class XdistKept:
+    """The controller's hook of pytest-xdist, registered only when xdist is present: it gathers
+    what each worker kept, for the one line of the run's summary."""
+
+    def __init__(self, kept: dict[str, int]) -> None:
+        self._kept = kept
+
+    def pytest_testnodedown(self, node: object, error: object) -> None:
+        self._kept.update(getattr(node, "workeroutput", {}).get(KEPT_OUTPUT, {}))
