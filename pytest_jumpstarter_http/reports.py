@@ -63,7 +63,7 @@ class Readers:
     def of(cls, config: pytest.Config, settings: Settings) -> Readers:
         html_report = bool(getattr(config.option, "htmlpath", None))
         junit: Literal["properties", "system-out"] | None = None
-        if config.option.xmlpath and "junit" in settings.report:
+        if getattr(config.option, "xmlpath", None) and "junit" in settings.report:
             junit = "system-out" if _junit_writes_system_out(config) else "properties"
         return cls(
             passed_sections=any(char in (config.option.reportchars or "") for char in "PA"),

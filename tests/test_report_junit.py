@@ -138,3 +138,8 @@ def test_xdist_workers_send_the_properties_back_to_the_xml(pytester):
     root = run_junit(pytester, "-n", "2")
     assert " GET /image.raw -> 404, " in properties(case_named(root, "test_flash"))[1][1]
     assert " GET /boot.scr -> 404, " in properties(case_named(root, "test_boot"))[1][1]
+
+
+def test_the_plugin_runs_without_pytests_junitxml(pytester):
+    pytester.makepyfile(FETCHING)
+    pytester.runpytest("-p", "no:junitxml").assert_outcomes(passed=2, failed=1)
