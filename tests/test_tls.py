@@ -282,8 +282,8 @@ def test_a_certificate_names_an_address_as_an_ip_san(http_server_factory: HttpSe
         ),
         (
             [],
-            "http_tls = true",
-            "ini key http_tls: 'true' is not valid; use off, on or mutual "
+            "http_tls = both",
+            "ini key http_tls: 'both' is not valid; use off, on or mutual "
             "(in Python: False, True or 'mutual').",
         ),
     ],
