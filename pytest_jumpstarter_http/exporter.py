@@ -395,6 +395,8 @@ class ExporterServer(HttpServerHandle):
         #: The dotted path of the HttpServer driver on the exporter.
         self.driver = driver
         self._holding = used.holding
+        #: The names staged by reference, and their contents: copied into ``folder`` if it is kept.
+        self._linked: dict[str, str] = {}
         self._keep = keep
         self._http = http
         self._store = used.store
@@ -536,6 +538,7 @@ class ExporterServer(HttpServerHandle):
             digest = self._store.sent(fd, label)
             with _asking(self.connection, self.driver, "link()"):
                 self._http.link(self._namespace, name, digest)
+        self._linked[name] = digest
 
     def _put(self, fd: int, label: str, target: str) -> None:
         with self.connection.answering():
@@ -551,9 +554,20 @@ class ExporterServer(HttpServerHandle):
             self._close_namespace()
         # An exporter that is gone holds nothing to remove, and its tests were told already.
         keep = self._keep == "all" or (failed and self._keep == "failed")
-        if keep or self.connection.gone is not None:
+        if self.connection.gone is not None:
+            return
+        if keep:
+            self._keep_what_it_linked()
             return
         self._remove_what_it_wrote()
+
+    def _keep_what_it_linked(self) -> None:
+        """A copy of each name staged by reference into the handle's folder, which ``--http-keep``
+        keeps: the namespace that named them ends with the handle."""
+        linked, self._linked = self._linked, {}
+        with self.connection.answering():
+            for name, digest in sorted(linked.items()):
+                self._store.put_object(digest, f"{self.folder}/{name}")
 
     def _remove_what_it_wrote(self) -> None:
         if not self._wrote_folder:

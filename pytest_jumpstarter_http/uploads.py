@@ -130,6 +130,16 @@ class Store:
         self._ensure_object(fd, digest, label)
         return digest
 
+    def put_object(self, digest: str, target: str) -> None:
+        """Copy the object ``digest``, which this process sent or checked, to ``target`` on the
+        exporter, checked before its rename as every copy is."""
+        if not self._copy(f"{OBJECTS}/{digest}", digest, target):
+            raise SourceChanged(
+                f"object {OBJECTS}/{digest} on exporter {self._exporter!r} changed since it was checked; "
+                f"{target} was not kept."
+            )
+        self._placed[target] = digest
+
     def _holds(self, path: str, digest: str) -> bool:
         """Whether ``path`` on the exporter holds the content ``digest`` (a mirror kept from a past run)."""
         return bool(self._storage.exists(path)) and self._storage.hash(path, "sha256") == digest

@@ -608,3 +608,39 @@ def test_a_folder_url_serves_its_index_html_on_both_backends(backend: Backend, t
         "test_a_folder_url_serves_its_index_and_one_without_its_slash_is_redirected",
         "test_a_folder_written_during_the_test_serves_its_index",
     )
+
+
+# --- 12. --http-keep=failed keeps what a failed test staged by reference (issue 27) ---------------
+
+KEPT = """
+def test_stages_and_fails(http_server, tmp_path):
+    source = tmp_path / "kept.bin"
+    source.write_bytes(b"kept by --http-keep=failed")
+    assert get(http_server.stage(source, "deep/kept.bin")) == (200, source.read_bytes())
+    raise AssertionError("this test fails on purpose")
+
+
+def test_stages_and_passes(http_server, tmp_path):
+    source = tmp_path / "gone.bin"
+    source.write_bytes(b"not kept")
+    http_server.stage(source)
+"""
+
+
+def test_http_keep_failed_keeps_the_files_a_failed_test_staged_by_reference(
+    tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter]
+) -> None:
+    root_dir = tmp_path / "exporter-root"
+    root_dir.mkdir()
+    # The driver's own remove_created_on_close would remove them when the session ends (backends.md).
+    driver = {**http_driver(root_dir, remove_created_on_close=False), "type": RECORDING}
+    exporter = standalone_exporter(write_exporter_config(tmp_path / "exporter.yaml", {"http": driver}))
+    work = suite(tmp_path / "work", "test_kept.py", KEPT)
+    junit = run_pytest(work, "--http-keep=failed", env=exporter.env(), timeout=120)
+    assert junit.outcomes() == {
+        "test_kept::test_stages_and_fails": "failed",
+        "test_kept::test_stages_and_passes": "passed",
+    }
+    kept = sorted(root_dir.glob(f"{TOP}/runs/*/h-*/**/*.bin"))
+    assert [path.read_bytes() for path in kept] == [b"kept by --http-keep=failed"], kept
+    assert kept[0].relative_to(kept[0].parents[1]).as_posix() == "deep/kept.bin"
