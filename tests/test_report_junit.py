@@ -4,30 +4,18 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from test_report_html import FETCHING as HTML_FETCHING
 
 from pytest_jumpstarter_http.reports import MAX_REQUESTS
 
-FETCHING = """
-import urllib.error, urllib.request
-
-def fetch(url):
-    try:
-        with urllib.request.urlopen(url) as response:
-            return response.read()
-    except urllib.error.HTTPError as error:
-        error.close()
-        return error.code
-
-def test_flash(http_url):
-    fetch(http_url + "/image.raw")
-
-def test_boot(http_url):
-    fetch(http_url + "/boot.scr")
-    assert False, "the board did not boot"
-
+# The inner suite of the pytest-html tests, and one test that uses no server.
+FETCHING = (
+    HTML_FETCHING
+    + """
 def test_no_server():
     pass
 """
+)
 
 
 def run_junit(pytester: pytest.Pytester, *args: str) -> ET.Element:
