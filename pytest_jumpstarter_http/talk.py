@@ -17,7 +17,7 @@ import json as jsonlib
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import unquote
 
 from .records import (
@@ -49,6 +49,12 @@ _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 _BODILESS = (204, 304)
 #: A 1xx is no final answer: a client would wait for the one after it.
 _STATUS_RANGE = ValueRange("an HTTP status", 200, 599, optional=False)
+#: What the request log says of a request an ordered reply answered in its turn, and of one that
+#: matched an ordered reply out of its turn (answered 500, not as the test's own answer: it shows).
+ORDERED: Final = "reply: ordered"
+OUT_OF_ORDER: Final = "reply: out of order"
+#: What the request log says of a request for a reply's path with another method (405).
+NO_SUCH_METHOD: Final = "reply: no such method"
 #: What frames a body on the wire: the server sets them for the body it sends (issue 26).
 _FRAMING = ("content-length", "transfer-encoding")
 _TIMES_RANGE = ValueRange("a whole number of requests", 1, MAX_WHOLE)
@@ -119,6 +125,15 @@ def _headers(headers: Any) -> dict[str, str]:
     return dict(headers)
 
 
+def _times(times: Any, ordered: Any) -> int | None:
+    """``respond()``'s ``times``, checked: a step of a sequence (``ordered``) answers once unless
+    it says more."""
+    bounded("respond()", "times", times, _TIMES_RANGE)
+    if not isinstance(ordered, bool):
+        raise TypeError(f"respond(): ordered={shown(ordered)} is not a bool; give True or False.")
+    return 1 if ordered and times is None else cast(int | None, times)
+
+
 def _has(headers: Mapping[str, str], name: str) -> bool:
     return any(key.lower() == name for key in headers)
 
@@ -129,7 +144,8 @@ class ReplySpec:
 
     ``payload`` is the body as sent (a JSON value encoded); with none, a 2xx reply to ``GET``
     serves the file at ``path`` with ``headers`` added. ``target`` places it below a handle's
-    URL (:meth:`under`).
+    URL (:meth:`under`). An ``ordered`` reply is a step of its handle's sequence, and answers
+    once unless ``times`` says more.
     """
 
     path: str
@@ -139,6 +155,7 @@ class ReplySpec:
     headers: Mapping[str, str] | None = None
     method: str = "GET"
     times: int | None = None
+    ordered: bool = False
     payload: bytes | None = field(default=None, init=False)
     #: The decoded URL path it answers, with a leading slash; set by :meth:`under`.
     target: str = field(default="", init=False)
@@ -147,7 +164,7 @@ class ReplySpec:
         set_ = object.__setattr__
         set_(self, "path", spec_path("respond()", "path", self.path))
         bounded("respond()", "status", self.status, _STATUS_RANGE)
-        bounded("respond()", "times", self.times, _TIMES_RANGE)
+        set_(self, "times", _times(self.times, self.ordered))
         if not isinstance(self.method, str) or not _METHOD.match(self.method.upper()):
             raise ValueError(
                 f"respond(): method={shown(self.method)} is no HTTP method; give one such as 'GET'."
@@ -193,6 +210,7 @@ class ReplySpec:
             "headers": dict(self.headers or {}),
             "method": self.method,
             "times": self.times,
+            "ordered": self.ordered,
             "target": self.target,
         }
 
@@ -209,6 +227,7 @@ class ReplySpec:
             headers={str(k): str(v) for k, v in dict(data.get("headers") or {}).items()},
             method=str(data["method"]),
             times=None if times is None else int(times),
+            ordered=bool(data.get("ordered", False)),
         )
         object.__setattr__(spec, "target", "/" + normalized(str(data["target"])))
         return spec

@@ -26,7 +26,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -34,13 +34,13 @@ from .beneath import open_folders
 from .records import name_problem
 from .serving import INJECTED_KEY, TALK_KEY
 from .shaping import PIECE
-from .talk import AuthSpec, ReplySpec, UploadSpec
+from .talk import NO_SUCH_METHOD, ORDERED, OUT_OF_ORDER, AuthSpec, ReplySpec, UploadSpec
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
     from aiohttp.web import Request, StreamResponse
 
-__all__ = ["Talkback", "TalkbackMiddleware", "Written"]
+__all__ = ["OutOfOrder", "Talkback", "TalkbackMiddleware", "Written"]
 
 #: What a multipart form may carry beyond ``max_bytes`` of files: its framing and other fields.
 FORM_SLACK: Final = 64 << 10
@@ -77,6 +77,15 @@ class _Found:
     spec: UploadSpec
     fd: int
     name: str
+
+
+class OutOfOrder(Exception):
+    """A request matched an ordered reply that is not the next step of its sequence."""
+
+    def __init__(self, expected: ReplySpec) -> None:
+        super().__init__(f"out of order: the next request expected is {expected.method} /{expected.path}")
+        #: The reply whose turn it is.
+        self.expected = expected
 
 
 class Talkback:
@@ -188,16 +197,33 @@ class Talkback:
         return [challenge for spec in asked for challenge in spec.challenges()]
 
     def reply(self, method: str, path: str) -> ReplySpec | None:
-        """The first reply with answers left for ``method`` on ``path``, counted as hit."""
+        """The first reply with answers left for ``method`` on ``path``, counted as hit; an
+        :class:`OutOfOrder` if it is an ordered reply whose turn has not come (or has passed)."""
         with self._lock:
             for entry in self._entries.values():
                 spec = entry.spec
                 if not isinstance(spec, ReplySpec) or not spec.answers(method, path):
                     continue
                 if spec.times is None or entry.hits < spec.times:
+                    if spec.ordered:
+                        self._in_turn(entry)
                     entry.hits += 1
                     return spec
         return None
+
+    def _in_turn(self, entry: _Entry) -> None:
+        """Raise :class:`OutOfOrder` unless ``entry`` is the next step of its namespace's sequence:
+        the first ordered reply set through it with answers left, in the order they were added."""
+        turn = next(
+            each
+            for each in self._entries.values()
+            if isinstance(each.spec, ReplySpec)
+            and each.spec.ordered
+            and each.namespace == entry.namespace
+            and each.hits < (each.spec.times or 1)
+        )
+        if turn is not entry:
+            raise OutOfOrder(cast(ReplySpec, turn.spec))
 
     def elsewise(self, method: str, path: str) -> bool:
         """Whether the replies scripted for ``path`` are all for methods other than ``method``."""
@@ -416,19 +442,27 @@ class TalkbackMiddleware:
         challenges = talk.refused(path, request.headers.get("Authorization", ""))
         if challenges:
             return _unauthorized(request, challenges)
-        reply = talk.reply(request.method, path)
-        if reply is not None:
-            return await _answer(request, handler, reply)
+        replied = await self._replied(request, handler, path)
+        if replied is not None:
+            return replied
         found = talk.arriving(request.method, path)
         if found is not None:
             return await _store(request, talk, found)
         if talk.elsewise(request.method, path):  # a reply's path asked with another method
             from aiohttp import web
 
-            request[TALK_KEY] = "reply: no such method"
+            request[TALK_KEY] = NO_SUCH_METHOD
             # What the server answers any method it has nothing for: a static server's 405 (issue 26).
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         return await handler(request)
+
+    async def _replied(self, request: Request, handler: Handler, path: str) -> StreamResponse | None:
+        """The answer of the scripted reply for the request, if one matches it."""
+        try:
+            reply = self.talkback.reply(request.method, path)
+        except OutOfOrder as out:
+            return _out_of_order(request, out)
+        return None if reply is None else await _answer(request, handler, reply)
 
 
 def _unauthorized(request: Request, challenges: list[str]) -> StreamResponse:
@@ -440,11 +474,19 @@ def _unauthorized(request: Request, challenges: list[str]) -> StreamResponse:
     return web.Response(status=401, headers=CIMultiDict(("WWW-Authenticate", c) for c in challenges))
 
 
+def _out_of_order(request: Request, out: OutOfOrder) -> StreamResponse:
+    """A 500, which the test did not ask for: logged as a server error, so that it shows."""
+    from aiohttp import web
+
+    request[TALK_KEY] = OUT_OF_ORDER
+    return web.Response(status=500, text=f"{out}\n")
+
+
 async def _answer(request: Request, handler: Handler, spec: ReplySpec) -> StreamResponse:
     """The reply: the file with its headers, or its own status, headers and body (none for HEAD)."""
     from aiohttp import web
 
-    request[TALK_KEY] = "reply"
+    request[TALK_KEY] = ORDERED if spec.ordered else "reply"
     if spec.serves_file:
         response = await handler(request)
         response.headers.update(spec.headers or {})
