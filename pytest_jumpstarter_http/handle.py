@@ -13,10 +13,10 @@ import dataclasses
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, cast
+from typing import TYPE_CHECKING, Any, Literal, Self, cast, overload
 from urllib.parse import unquote
 
 from .records import (
@@ -31,7 +31,7 @@ from .records import (
     url_path,
     user_facing,
 )
-from .talk import NO_JSON
+from .talk import NO_JSON, NO_SUCH_METHOD, ORDERED, OUT_OF_ORDER
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -224,26 +224,43 @@ class HttpServerHandle(ABC):
         entries = self.requests
         return [entry for entry in entries if wanted.matches(entry)], entries
 
-    def _wanted(
-        self, where: str, path: str, status: int | str | None, timeout: float | None = None
-    ) -> _Wanted:
-        """What the method ``where`` asks for; a bad ``status`` or ``timeout`` is a ``ValueError``."""
+    def _wanted(self, where: str, path: str, status: int | str | None) -> _Wanted:
+        """What the method ``where`` asks for; a bad ``status`` is a ``ValueError``."""
         __tracebackhide__ = True
-        return _Wanted(where, self._url_path(), path, status, timeout)
+        return _Wanted(where, self._url_path(), path, status)
 
-    def assert_requested(self, path: str, *, status: int | str | None = None) -> HttpRequest:
+    @overload
+    def assert_requested(
+        self, path: str, *, count: None = None, status: int | str | None = None
+    ) -> HttpRequest: ...
+
+    @overload
+    def assert_requested(
+        self, path: str, *, count: int, status: int | str | None = None
+    ) -> HttpRequest | None: ...
+
+    def assert_requested(
+        self, path: str, *, count: int | None = None, status: int | str | None = None
+    ) -> HttpRequest | None:
         """Assert the device requested ``path`` (relative to ``url``), answered with ``status`` if given.
 
         ``status`` is a status (``404``), a class (``"5xx"``) or a comma list of them (``"4xx,5xx"``),
-        as in ``--http-fail-on``. Returns the last matching request; the assertion message lists
-        everything requested instead.
+        as in ``--http-fail-on``. ``count``: exactly that many such requests during this test
+        (``count=0``: none). Returns the last matching request (None for none); the assertion
+        message lists everything requested instead.
         """
         __tracebackhide__ = True
         wanted = self._wanted("assert_requested()", path, status)
+        expected = None if count is None else _count("assert_requested()", count)
         hits, entries = self._matching(wanted)
-        if not hits:
-            raise wanted.missing(entries)
-        return hits[-1]
+        if expected is None and not hits:
+            raise _no_request([wanted], "", entries)
+        if expected is not None and len(hits) != expected:
+            raise AssertionError(
+                f"expected {expected} request(s) for {wanted.named}, not {len(hits)}; the server "
+                f"answered:\n{describe(entries)}"
+            )
+        return hits[-1] if hits else None
 
     #: Seconds between two looks at the request log while waiting (an exporter's is a remote call).
     _poll_interval = 0.02
@@ -259,25 +276,7 @@ class HttpServerHandle(ABC):
         under way, a progress line shows in the terminal (not under -q).
         """
         __tracebackhide__ = True
-        wanted = self._wanted("wait_for_request()", path, status, timeout)
-        while True:
-            hit, entries = self._poll(wanted)
-            if hit is not None:
-                return wanted.ended(hit, self.progress)
-            wanted.fail_if_late(entries)
-            time.sleep(self._poll_interval)
-
-    def _poll(self, wanted: _Wanted) -> tuple[HttpRequest | None, list[HttpRequest]]:
-        """One look at the log: the last request ``wanted`` matches (None yet), and all of this test's.
-
-        While none matches, it reports the progress of a large download of ``wanted``'s path.
-        """
-        hits, entries = self._matching(wanted)
-        if not hits and self.progress is not None:
-            in_flight = self._recorder.get_in_flight(self._prefix())
-            downloads = [p for p in in_flight if unquote(p.path) == wanted.path]
-            wanted.shown.report(self.progress, downloads, wanted.name)
-        return (hits[-1] if hits else None), entries
+        return self._waited(self._poll("wait_for_request()", (path,), timeout, status))[0]
 
     async def wait_for_request_async(
         self, path: str, *, timeout: float = 60.0, status: int | str | None = None
@@ -287,17 +286,101 @@ class HttpServerHandle(ABC):
         Cancelling it (``asyncio.wait_for``, Ctrl-C) ends it at once.
         """
         __tracebackhide__ = True
+        poll = self._poll("wait_for_request_async()", (path,), timeout, status)
+        return (await self._waited_async(poll))[0]
+
+    def wait_for_requests(self, *paths: str, timeout: float = 60.0) -> list[HttpRequest]:
+        """Wait until the device has requested each of ``paths`` and those responses have ended.
+
+        Returns one request per path, in the order of ``paths`` (the last one of each). With no
+        path, waits until every reply with ``times`` has answered them all, ordered ones included
+        (the sequence is complete), and returns this test's requests. After ``timeout`` seconds
+        it fails the test with what is missing, as pytest-httpserver's ``wait()`` does.
+        """
+        __tracebackhide__ = True
+        return self._waited(self._poll("wait_for_requests()", paths, timeout))
+
+    async def wait_for_requests_async(self, *paths: str, timeout: float = 60.0) -> list[HttpRequest]:
+        """:meth:`wait_for_requests` for ``async def`` tests: waits without blocking their event loop.
+
+        Cancelling it (``asyncio.wait_for``, Ctrl-C) ends it at once.
+        """
+        __tracebackhide__ = True
+        return await self._waited_async(self._poll("wait_for_requests_async()", paths, timeout))
+
+    def _poll(
+        self, where: str, paths: tuple[str, ...], timeout: float, status: int | str | None = None
+    ) -> _Poll:
+        """What the wait ``where`` looks for: a request of each path, or, with none, the replies'
+        answers; its arguments checked."""
+        __tracebackhide__ = True
+        wanted = [self._wanted(where, path, status) for path in paths]
+        seconds = _seconds(where, timeout)
+        return _Requests(self, wanted, seconds) if wanted else _Expectations(self, seconds)
+
+    def _waited(self, poll: _Poll) -> list[HttpRequest]:
+        """Look until ``poll`` has what it waits for; fail the test once its time is up."""
+        __tracebackhide__ = True
+        while (done := poll.once()) is None:
+            poll.fail_if_late()
+            time.sleep(self._poll_interval)
+        return done
+
+    async def _waited_async(self, poll: _Poll) -> list[HttpRequest]:
+        """:meth:`_waited` on the test's event loop."""
+        __tracebackhide__ = True
         import asyncio
 
-        wanted = self._wanted("wait_for_request_async()", path, status, timeout)
-        while True:
-            # Each look is one short read in a thread (an exporter's log is a network call) and the
-            # wait between looks is the loop's: a cancelled wait leaves nothing polling behind it.
-            hit, entries = await asyncio.to_thread(self._poll, wanted)
-            if hit is not None:
-                return wanted.ended(hit, self.progress)
-            wanted.fail_if_late(entries)
+        # Each look is one short read in a thread (an exporter's log is a network call) and the
+        # wait between looks is the loop's: a cancelled wait leaves nothing polling behind it.
+        while (done := await asyncio.to_thread(poll.once)) is None:
+            poll.fail_if_late()
             await asyncio.sleep(self._poll_interval)
+        return done
+
+    def _show_progress(self, wanted: _Wanted) -> None:
+        """Report the progress of a large download of ``wanted``'s path, if one is under way."""
+        if self.progress is not None:
+            in_flight = self._recorder.get_in_flight(self._prefix())
+            downloads = [p for p in in_flight if unquote(p.path) == wanted.path]
+            wanted.shown.report(self.progress, downloads, wanted.name)
+
+    def check(self) -> None:
+        """Fail unless this test's talk went as scripted, as ``--http-strict`` checks after each test.
+
+        The assertion lists: the requests nothing expected (answered 404 or 405 because they
+        matched no reply, no upload prefix and no served file; a download of a served file is
+        expected), the replies whose ``times`` were not used up, the ordered replies not reached,
+        and the requests out of order.
+        """
+        __tracebackhide__ = True
+        problems = self._problems(strict=True)
+        if problems:
+            raise AssertionError(f"http_server.check() of {self.label}: {problems}")
+
+    def _problems(self, *, strict: bool) -> str:
+        """What :meth:`check` lists (``strict``), or only the requests out of order; empty if none.
+
+        The report of each test asks it (``reports.check``): a request out of order fails the test
+        always, everything else under ``--http-strict``.
+        """
+        ordered = [reply for reply in self._replies if reply.spec.ordered and reply.active]
+        if not (strict or ordered):
+            return ""  # nothing to ask: on an exporter, asking is a remote call
+        entries = self.requests
+        problems = [*self._unexpected_and_left(entries)] if strict else []
+        return "\n".join([*problems, *_out_of_order(entries, ordered)])
+
+    def _unexpected_and_left(self, entries: list[HttpRequest]) -> Iterator[str]:
+        """The parts of :meth:`check`'s list besides the requests out of order, each with its title."""
+        unexpected = [entry for entry in entries if _unexpected(entry)]
+        if unexpected:
+            yield f"requests nothing expected (404 or 405):\n{describe(unexpected)}"
+        left = _not_used_up(self._replies, [reply.hits for reply in self._replies])
+        for kind in (_UNUSED, _UNREACHED):
+            lines = [line for each, line in left if each == kind]
+            if lines:
+                yield f"{kind}:\n" + "\n".join(lines)
 
     def inject(
         self,
@@ -356,6 +439,7 @@ class HttpServerHandle(ABC):
         headers: Mapping[str, str] | None = None,
         method: str = "GET",
         times: int | None = None,
+        ordered: bool = False,
     ) -> Reply:
         """Answer ``method`` requests for ``path`` (relative to ``url``) with a reply of the test's own.
 
@@ -369,6 +453,10 @@ class HttpServerHandle(ABC):
         - ``times``: answer that many requests, then the next reply for the same path and method
           answers, and after the last one the file (or 404; 405 for a method other than ``GET`` and
           ``HEAD``, as for any request nothing scripted answers); default: every request.
+        - ``ordered``: a step of this handle's sequence, in the order the steps were added; it
+          answers once (or ``times``). A request a step answers before its turn, or after it,
+          gets 500, logged ``[reply: out of order]``, and fails the test after it ends with the
+          expected and the actual sequence.
 
         The reply ends with the test (or with ``Reply.clear()``); the request log marks the
         requests it answered ``[reply]``. Bad arguments raise ``ValueError`` or ``TypeError``.
@@ -376,7 +464,8 @@ class HttpServerHandle(ABC):
         from .talk import Reply, ReplySpec
 
         # ReplySpec takes an os.PathLike too, and refuses any other type in one sentence.
-        spec = ReplySpec(cast(str, path), status, body, json, headers, method, times).under(self._url_path())
+        spec = ReplySpec(cast(str, path), status, body, json, headers, method, times, ordered)
+        spec = spec.under(self._url_path())
         recorder = self._recorder
         reply = Reply(recorder, recorder.add_reply(spec.as_dict(), self._namespace), spec, self._namespace)
         self._replies.append(reply)
@@ -506,11 +595,9 @@ class _Shown:
 
 
 class _Wanted:
-    """The request a test asks about, its arguments checked: the URL path, the statuses, the deadline."""
+    """The request a test asks about, its arguments checked: the URL path and the statuses."""
 
-    def __init__(
-        self, where: str, base: str, path: str, status: int | str | None, timeout: float | None
-    ) -> None:
+    def __init__(self, where: str, base: str, path: str, status: int | str | None) -> None:
         __tracebackhide__ = True
         #: The name asked for, relative to the handle's URL, as ``HttpRequest.name`` spells it.
         self.name = normalized(path)
@@ -519,33 +606,148 @@ class _Wanted:
         self.path = f"{base}/{self.name}"
         #: How a failure names the request: relative to the handle's URL, which the report shows.
         self.named = f"/{self.name}" + (f" answered {status}" if status is not None else "")
-        #: None for a look at the log now, not a wait.
-        self.timeout = None if timeout is None else _seconds(where, timeout)
-        self.deadline = time.monotonic() + (self.timeout or 0.0)
         self.shown = _Shown()
-
-    def ended(self, hit: HttpRequest, say: Callable[[str], None] | None) -> HttpRequest:
-        """``hit``, the request waited for, after the last progress line of its download."""
-        self.shown.ended(say, hit)
-        return hit
 
     def matches(self, entry: HttpRequest) -> bool:
         if entry.name != self.name:
             return False
         return self.codes is None or status_matches(entry.status, self.codes)
 
-    def missing(self, entries: list[HttpRequest]) -> AssertionError:
-        """The failure of a test whose device never made the request, listing what it made instead."""
-        within = "" if self.timeout is None else f" within {self.timeout:g} s"
-        return AssertionError(
-            f"no request for {self.named}{within}; the server answered:\n{describe(entries)}"
-        )
 
-    def fail_if_late(self, entries: list[HttpRequest]) -> None:
-        """Fail the test once the deadline has passed; ``entries`` are this test's requests."""
+def _no_request(wanted: list[_Wanted], within: str, entries: list[HttpRequest]) -> AssertionError:
+    """The failure of a test whose device never made the requests ``wanted``, listing what it made."""
+    named = ", ".join(each.named for each in wanted)
+    return AssertionError(f"no request for {named}{within}; the server answered:\n{describe(entries)}")
+
+
+class _Poll(ABC):
+    """What a wait looks for, one look at a time, until its deadline."""
+
+    def __init__(self, handle: HttpServerHandle, timeout: float) -> None:
+        self.handle = handle
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        #: This test's requests, as the last look saw them.
+        self.entries: list[HttpRequest] = []
+
+    @abstractmethod
+    def once(self) -> list[HttpRequest] | None:
+        """One look: what the wait returns, or None while it still waits."""
+
+    @abstractmethod
+    def missing(self) -> AssertionError:
+        """The failure of a wait that ran out of time: what is missing, and what the server answered."""
+
+    def fail_if_late(self) -> None:
+        """Fail the test once the deadline has passed."""
         __tracebackhide__ = True
         if time.monotonic() >= self.deadline:
-            raise self.missing(entries)
+            raise self.missing()
+
+
+class _Requests(_Poll):
+    """Waiting for a request of each path ``wanted``: the last one of each, in their order."""
+
+    def __init__(self, handle: HttpServerHandle, wanted: list[_Wanted], timeout: float) -> None:
+        super().__init__(handle, timeout)
+        self.wanted = wanted
+
+    def _waiting(self) -> list[_Wanted]:
+        return [each for each in self.wanted if not any(each.matches(entry) for entry in self.entries)]
+
+    def once(self) -> list[HttpRequest] | None:
+        self.entries = self.handle.requests
+        waiting = self._waiting()
+        if waiting:  # while one is missing, a large download of it shows its progress
+            self.handle._show_progress(waiting[0])
+            return None
+        hits = [[entry for entry in self.entries if each.matches(entry)][-1] for each in self.wanted]
+        for each, hit in zip(self.wanted, hits, strict=True):
+            each.shown.ended(self.handle.progress, hit)
+        return hits
+
+    def missing(self) -> AssertionError:
+        return _no_request(self._waiting(), f" within {self.timeout:g} s", self.entries)
+
+
+class _Expectations(_Poll):
+    """Waiting for every reply with ``times`` to answer them all, and for those answers to be logged."""
+
+    def __init__(self, handle: HttpServerHandle, timeout: float) -> None:
+        super().__init__(handle, timeout)
+        self.left: list[str] = []
+
+    def once(self) -> list[HttpRequest] | None:
+        replies = self.handle._replies
+        # Hits count as a request starts and the log has it as it ends: read the hits first.
+        hits = [reply.hits for reply in replies]
+        self.entries = self.handle.requests
+        self.left = [line for _, line in _not_used_up(replies, hits)]
+        logged = sum(entry.talk in ("reply", ORDERED) for entry in self.entries)
+        return None if self.left or logged < sum(hits) else self.entries
+
+    def missing(self) -> AssertionError:
+        left = "; ".join(self.left) or "their last answers were not logged yet"
+        return AssertionError(
+            f"the replies were not used up within {self.timeout:g} s: {left}; the server "
+            f"answered:\n{describe(self.entries)}"
+        )
+
+
+def _unexpected(entry: HttpRequest) -> bool:
+    """Whether the server answered ``entry`` as it answers what nothing scripted or served matches."""
+    usual = entry.talk is None or entry.talk == NO_SUCH_METHOD
+    return usual and not entry.injected and entry.status in (404, 405)
+
+
+def _out_of_order(entries: list[HttpRequest], ordered: list[Reply]) -> list[str]:
+    """The requests out of order among ``entries``, with the sequence of the ``ordered`` replies
+    and the one the requests made; empty if none was out of order."""
+    out_of_order = [entry for entry in entries if entry.talk == OUT_OF_ORDER]
+    if not out_of_order:
+        return []
+    expected = ", ".join(_step(reply) for reply in ordered)
+    actual = ", ".join(_answered(entry) for entry in entries if entry.talk in (ORDERED, OUT_OF_ORDER))
+    return [
+        f"requests out of order, answered 500:\n{describe(out_of_order)}\n"
+        f"the ordered replies expected: {expected}\nthe requests they got: {actual}"
+    ]
+
+
+def _step(reply: Reply) -> str:
+    """``GET /a``, or ``GET /a x2``: a reply as a step of a sequence."""
+    times = reply.spec.times or 1
+    return f"{reply.spec.method} /{reply.spec.path}" + (f" x{times}" if times > 1 else "")
+
+
+def _answered(entry: HttpRequest) -> str:
+    """``GET /a``, or ``GET /b (out of order)``: a request in the sequence it was answered in."""
+    return f"{entry.method} /{entry.name}" + (" (out of order)" if entry.talk == OUT_OF_ORDER else "")
+
+
+_UNUSED = "replies whose times were not used up"
+_UNREACHED = "ordered replies not reached"
+
+
+def _not_used_up(replies: list[Reply], hits: list[int]) -> list[tuple[str, str]]:
+    """The active replies with ``times`` left (``hits``: how often each answered so far): the kind
+    of each, and a line that says how far it got."""
+    return [
+        (
+            _UNREACHED if reply.spec.ordered else _UNUSED,
+            f"{_step(reply)} ({reply.spec.status}) answered {count} of {reply.spec.times}",
+        )
+        for reply, count in zip(replies, hits, strict=True)
+        if reply.active and reply.spec.times and count < reply.spec.times
+    ]
+
+
+def _count(where: str, count: object) -> int:
+    """``count`` as a number of requests, 0 or more."""
+    __tracebackhide__ = True
+    if type(count) is int and count >= 0:
+        return count
+    raise _refused(where, "count", count, "not a number of requests; give a whole number, 0 or more")
 
 
 def _statuses(where: str, status: object) -> tuple[str, ...]:

@@ -46,6 +46,8 @@ class Settings:
     fail_on: tuple[str, ...] = ()
     tls: TlsMode = "off"
     report: tuple[Report, ...] = REPORTS
+    #: Run ``http_server.check()`` after every test (``--http-strict``).
+    strict: bool = False
     #: ``JUMPSTARTER_HOST`` as the run started.
     jumpstarter_host: str | None = None
 
@@ -85,6 +87,7 @@ class Settings:
             "fail-on": ",".join(self.fail_on),
             "tls": "" if self.tls == "off" else self.tls,
             "report": self._changed_report(),
+            "strict": "on" if self.strict else "",
         }
         return line + "".join(f", {key}={value}" for key, value in extras.items() if value)
 
@@ -331,6 +334,14 @@ def _report(value: str, source: Source) -> tuple[Report, ...]:
     return tuple(report for report in REPORTS if report in reports)
 
 
+def _on_off(value: str, source: Source) -> bool:
+    """On or off, by the words every option reads as on and as off."""
+    word = _word(value)
+    if word not in (*YES, *NO):
+        raise source.error(value, "use on or off (or true, false, yes, no, 1, 0); given alone, it is on")
+    return word in YES
+
+
 #: What ``--http-tls`` serves, by the words a value may use: the on and off words of every option.
 _TLS: dict[str, TlsMode] = {
     **{mode: mode for mode in TLS_MODES},
@@ -449,6 +460,14 @@ OPTIONS: tuple[_Option, ...] = (
         "(pytest-html), junit,html or none (default: junit,html)",
         _report,
         "WHICH",
+    ),
+    _Option(
+        "strict",
+        "Fail each test whose servers got a request nothing expected (404 or 405) or kept replies "
+        "not used up, as http_server.check() does: on or off; given alone, on (default: off)",
+        _on_off,
+        "ON_OFF",
+        bare="on",
     ),
 )
 

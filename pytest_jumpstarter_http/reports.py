@@ -138,6 +138,22 @@ def read(
     return logs
 
 
+def check(report: pytest.TestReport, servers: list[HttpServerHandle], strict: bool) -> None:
+    """Fail a passing call's ``report`` on what a server's ``check()`` finds: a request out of order
+    always, and under ``--http-strict`` everything it lists, as ``--http-fail-on`` fails a test."""
+    from .records import RequestLogUnavailable
+
+    for server in servers:
+        try:
+            problems = server._problems(strict=strict)
+        except RequestLogUnavailable:
+            continue  # the stock driver: its report says the log is unavailable
+        if problems:
+            report.outcome = "failed"
+            report.longrepr = ("--http-strict: " if strict else "") + f"{server.label}: {problems}"
+            return
+
+
 def _bounded(lines: list[str]) -> tuple[str, ...]:
     """The first and last ``MAX_REQUESTS // 2`` lines, each cut at ``MAX_LINE`` characters."""
     cut = [line if len(line) <= MAX_LINE else line[: MAX_LINE - 1] + "…" for line in lines]
@@ -164,6 +180,8 @@ def add(
     readers: Readers,
 ) -> None:
     """Read the servers' logs for a call's ``report`` if a reader wants them, and give it to each."""
+    if report.passed:
+        check(report, servers, settings.strict)
     if report.passed and not (settings.fail_on or readers.read_passed):
         return  # a passing test whose log nobody reads: asking an exporter for it is wasted time
     logs = read(servers, settings.fail_on, report)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_jumpstarter_http import HttpServerFactory, HttpServerHandle, LoopbackServer
+from pytest_jumpstarter_http import HttpRequest, HttpServerFactory, HttpServerHandle, LoopbackServer
 
 
 def test_flash(http_url: str) -> None:
@@ -34,6 +34,25 @@ def test_request_log(http_server: HttpServerHandle) -> None:
     assert sent >= 0
     assert not_found.path
     assert all(statuses)
+
+
+def test_strict(http_server: HttpServerHandle) -> None:
+    twice = http_server.assert_requested("kernel.img", count=2)
+    never = http_server.assert_requested("typo.img", count=0)
+    first = http_server.respond("manifest.json", json={"v": 1}, ordered=True)
+    kernel, initrd = http_server.wait_for_requests("kernel.img", "initrd.img", timeout=5.0)
+    everything: list[HttpRequest] = http_server.wait_for_requests()
+    http_server.check()
+    assert twice is None or twice.status == 200
+    assert never is None
+    assert first.spec.ordered
+    assert kernel.name != initrd.name
+    assert everything
+
+
+async def test_strict_async(http_server: HttpServerHandle) -> None:
+    requests: list[HttpRequest] = await http_server.wait_for_requests_async("a", "b")
+    assert requests
 
 
 def test_factory(http_server_factory: HttpServerFactory, tmp_path: Path) -> None:
