@@ -19,6 +19,8 @@ plugin imports this module only when it starts a loopback server or builds a cli
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import os
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -165,20 +167,21 @@ class RecordingHttpServer(HttpServer):
         self._bound_port = 0
 
     @export
-    async def hold(self, folder: str, keep: bool = False) -> AsyncIterator[str | dict[str, str]]:
+    async def hold(self, folder: str, keep: bool = False) -> AsyncIterator[str | dict[str, Any]]:
         """Own ``folder`` (below ``pytest-jumpstarter-http/runs/``) for as long as this stream lasts.
 
         Yields the owner's token once, then each name a device asked of a namespace of the owner
         that lacks it (``{"namespace": ..., "name": ...}``), which the owner sends and answers
-        with :meth:`answer`. When the stream ends (the run's connection ended, however),
+        with :meth:`answer`, and each request a handler of the owner's answers (``{"namespace",
+        "call", "reply", "request"}``), which it answers with :meth:`answer_call`. When the
+        stream ends (the run's connection ended, however),
         the owner's namespaces and their faults end, and its folder is removed unless ``keep``.
         """
         owner = self.namespaces.add_owner(str(folder), keep=bool(keep))
         try:
             yield owner.token
             while True:  # until Jumpstarter cancels the stream
-                namespace, name = await owner.wants.get()
-                yield {"namespace": namespace, "name": name}
+                yield await owner.wants.get()
         finally:
             ended = set(self.namespaces.end_owner(owner))
             self.faults.clear_all(ended)
@@ -304,7 +307,21 @@ class RecordingHttpServer(HttpServer):
         """Answer with a reply (a ``ReplySpec`` as a dict) until it or ``namespace`` ends; its id."""
         reply = ReplySpec.from_dict(spec)
         token = self._scoped(namespace, [reply.target])
-        return self._while_open(token, self.talkback.add(reply, token))
+        handler = functools.partial(self.namespaces.call, token) if reply.handler_wait else None
+        return self._while_open(token, self.talkback.add(reply, token, handler))
+
+    @export
+    def answer_call(self, namespace: str, call: str, answer: dict[str, Any]) -> None:
+        """The owner of ``namespace`` answered a request its handler was handed (``hold``) with
+        ``answer``, an ``HttpResponse`` as a dict."""
+        self.namespaces.called(str(namespace), str(call), dict(answer))
+
+    @export
+    def get_body(self, seq: int, prefix: str) -> str:
+        """What the server read of the body of request ``seq`` below ``prefix``, a namespace's URL
+        path, in base64 (empty: none kept)."""
+        _within_a_namespace(str(prefix))
+        return base64.b64encode(self.request_log.body(int(seq), str(prefix))).decode()
 
     @export
     def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:

@@ -296,7 +296,11 @@ class Holding:
             raise
 
     def _wanted(self, want: dict[str, Any]) -> None:
-        """Send the name a device asked of one of this process's namespaces, and answer."""
+        """Send the name a device asked of one of this process's namespaces, and answer; or answer
+        a request with the test's handler."""
+        if "call" in want:
+            self._called(want)
+            return
         namespace, name = str(want["namespace"]), str(want["name"])
         send = self.senders.get(namespace)
         sent = False
@@ -309,6 +313,15 @@ class Holding:
         finally:
             with contextlib.suppress(Exception):  # the exporter may be gone meanwhile
                 self._http.answer(namespace, name, sent)
+
+    def _called(self, want: dict[str, Any]) -> None:
+        """Answer a request a device made of a reply with a handler of this process's."""
+        handler = self._http.handlers.get(str(want["reply"]))
+        answer: dict[str, Any] = {"status": 500, "payload": None, "headers": {}}  # its reply ended
+        if handler is not None:
+            answer = handler(dict(want["request"]))
+        with contextlib.suppress(Exception):  # the exporter may be gone meanwhile
+            self._http.answer_call(str(want["namespace"]), str(want["call"]), answer)
 
     def close(self) -> None:
         self._task.cancel()
@@ -400,6 +413,7 @@ class ExporterServer(HttpServerHandle):
         self._keep = keep
         self._http = http
         self._store = used.store
+        self.handler_wait = used.store.timeout
         self._url_host = url_host or self.host
         self._last_port = 0
         #: Whether anything was put in ``folder``: a handle that put nothing there removes nothing.

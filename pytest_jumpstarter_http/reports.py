@@ -164,6 +164,7 @@ def add(
     readers: Readers,
 ) -> None:
     """Read the servers' logs for a call's ``report`` if a reader wants them, and give it to each."""
+    _fail_on_handlers(item, report, servers)
     if report.passed and not (settings.fail_on or readers.read_passed):
         return  # a passing test whose log nobody reads: asking an exporter for it is wasted time
     logs = read(servers, settings.fail_on, report)
@@ -174,6 +175,25 @@ def add(
         item.user_properties.extend(prop for log in logs for prop in log.properties())
     elif readers.junit == "system-out":
         item.stash[SYSTEM_OUT] = text(logs)
+
+
+def _fail_on_handlers(item: pytest.Item, report: pytest.TestReport, servers: list[HttpServerHandle]) -> None:
+    """Fail the test whose handler raised (``respond(handler=)``), with the handler's traceback;
+    a test that failed already shows it in a section."""
+    errors = [error for server in servers for error in server.handler_errors]
+    if not errors:
+        return
+    shown = [
+        f"{type(error).__name__}: {error}"  # a mistake in what it returned: the sentence is all
+        if error.__traceback__ is None
+        else str(item.repr_failure(pytest.ExceptionInfo.from_exception(error)))
+        for error in errors
+    ]
+    if report.passed:
+        report.outcome = "failed"
+        report.longrepr = "a handler of respond() raised; the device got a 500:\n" + "\n\n".join(shown)
+    else:
+        report.sections.append(("a handler of respond() raised", "\n\n".join(shown)))
 
 
 def add_to_teardown(item: pytest.Item, report: pytest.TestReport) -> None:
