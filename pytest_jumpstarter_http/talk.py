@@ -368,8 +368,11 @@ class HttpResponse:
     payload: bytes | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # The one check of a reply's answer: respond()'s, word for word.
-        reply = ReplySpec("-", self.status, self.body, self.json, self.headers, method="POST")
+        # The one check of a reply's answer: respond()'s, its sentence naming this class.
+        try:
+            reply = ReplySpec("-", self.status, self.body, self.json, self.headers, method="POST")
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(str(exc).replace("respond():", "HttpResponse():", 1)) from None
         object.__setattr__(self, "payload", reply.payload)
         object.__setattr__(self, "headers", reply.headers)
 

@@ -293,6 +293,8 @@ def test_a_reply_can_be_cleared_early(http_server, served_dir):
         (lambda s: s.respond("a", match_json={2j}), TypeError,
          "respond(): match_json={2j} is not a JSON value"),
         (lambda s: s.respond("a", handler=3), TypeError, "respond(): handler=3 is not callable"),
+        (lambda s: HttpResponse(status=101), ValueError, "HttpResponse(): status=101 is out of range"),
+        (lambda s: HttpResponse(body="x", json=1), ValueError, "HttpResponse(): body and json were both"),
         (lambda s: s.respond("a", handler=print, body="x"), ValueError,
          "respond(): a handler answers with its own status, headers and body"),
     ],
@@ -326,6 +328,8 @@ def test_a_cut_short_upload_and_a_malformed_form_are_the_device_s_400s(http_serv
         (400, "upload cut short"), (400, "upload refused")
     ]
     assert http_server.uploads == []
+
+from pytest_jumpstarter_http import HttpResponse
 
 def nested(depth):
     value = []
@@ -400,7 +404,7 @@ def test_the_other_worker_never_sees_them(http_server, served_dir):
 LEAKS = ("test_leak_1_a_test_scripts_everything_and_leaves_it", "test_leak_2_the_next_test_sees_none_of_it")
 XDIST_ARGS = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "test_xa.py", "test_xb.py")
 #: The tests of SUITE, parametrized ones counted once per case.
-CASES = 51
+CASES = 53
 
 
 def write_suites(where: Path) -> Path:
