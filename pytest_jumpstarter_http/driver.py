@@ -38,7 +38,7 @@ from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
 from .talk import AuthSpec, ReplySpec, UploadSpec
 from .talkback import Talkback, TalkbackMiddleware, Written
-from .tlssites import TlsSites, lab_certificate, open_site, port_range
+from .tlssites import TlsSites, lab_certificate, open_site, port_range, refused_handshake
 
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
@@ -72,12 +72,13 @@ class RecordingHttpServer(HttpServer):
     #: The runs holding this server, and their handles' URL namespaces (see :mod:`.namespaces`).
     namespaces: Namespaces = field(init=False)
     #: The HTTPS sites of the app, one per holder that asked (see :mod:`.tlssites`).
-    tls: TlsSites = field(init=False, default_factory=TlsSites)
+    tls: TlsSites = field(init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.roots.append(Path(self.root_dir))
         self.namespaces = Namespaces(self.root_dir)
+        self.tls = TlsSites(self._refused)
         #: Where HTTPS sites go: the configured ports, or any free one (0).
         self._tls_ports: range | int = 0 if self.tls_ports is None else port_range(self.tls_ports)
         self._starting = asyncio.Lock()
@@ -208,6 +209,16 @@ class RecordingHttpServer(HttpServer):
             await self.tls.close(str(owner))
             raise
         return {"port": port, "ca_pem": ca_pem}
+
+    def _refused(self, holder: str, words: str) -> None:
+        """Log a handshake an HTTPS site of ``holder`` refused, which names no URL: in each namespace
+        the owner ``holder`` has open (its site serves them all), or at the root URL for a holder
+        that owns none (the loopback backend's site, the one of its one handle)."""
+        tokens = self.namespaces.open_of(holder)
+        paths = ["/"] if tokens is None else [f"/{NS}/{token}/" for token in tokens]
+        seq = self.request_log.start()
+        for path in paths:
+            self.request_log.add(refused_handshake(path, words, seq))
 
     @export
     def open_namespace(self, owner: str, folders: list[str], asks: float = 0.0) -> str:

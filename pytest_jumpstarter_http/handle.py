@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, cast
 from urllib.parse import unquote
 
 from .records import (
+    NO_REQUEST,
     PROGRESS_BYTES,
     HttpRequest,
     Progress,
@@ -620,7 +621,7 @@ class _Wanted:
         return hit
 
     def matches(self, entry: HttpRequest) -> bool:
-        if entry.name != self.name:
+        if entry.name != self.name or entry.method == NO_REQUEST:  # a refused handshake asked for nothing
             return False
         return self.codes is None or status_matches(entry.status, self.codes)
 

@@ -114,6 +114,12 @@ class Namespaces:
             raise NamespaceError(f"no owner {token!r} holds this server; it ended or never was")
         return owner
 
+    def open_of(self, owner_token: str) -> list[str] | None:
+        """The namespaces the owner ``owner_token`` has open; None if it is no owner (now)."""
+        with self._lock:
+            owner = self._owners.get(owner_token)
+            return None if owner is None else sorted(owner.namespaces)
+
     def open(self, owner_token: str, folders: list[str], asks: float = 0.0) -> str:
         """A new namespace of the owner ``owner_token`` that shows ``folders`` (its own); its token.
 

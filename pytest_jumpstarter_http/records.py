@@ -41,6 +41,9 @@ PROGRESS_BYTES: Final = 64 << 20
 #: The version of the server API (``RecordingHttpServer``'s exported calls) this code speaks. An
 #: exporter and its test runners are upgraded on their own schedules: they check it on connecting.
 API_VERSION: Final = 2
+#: The method and client of a request-log entry of a connection refused before it made any
+#: request: a TLS handshake an HTTPS site refused (issue 27). Its status is 0, its path the URL's.
+NO_REQUEST: Final = "-"
 
 
 def plugin_version() -> str:
@@ -183,6 +186,8 @@ class HttpRequest:
     name: str = ""
     #: What the test's scripted answers did with it: ``reply``, ``upload``, ``upload refused``,
     #: ``auth`` (refused for its credentials); None when the server answered as usual (issue 21).
+    #: For a connection refused before any request (``NO_REQUEST``), what was wrong:
+    #: ``TLS handshake failed: no client certificate``.
     talk: str | None = None
     #: The request's headers as the device sent them: ``headers["content-type"]``.
     headers: Fields = field(default_factory=lambda: Fields(any_case=True), repr=False, compare=False)
@@ -215,6 +220,8 @@ class HttpRequest:
 
     def line(self) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time % 1 * 1000):03d}"
+        if self.method == NO_REQUEST:  # a handshake refused: no request, no answer
+            return f"{stamp} {self.talk}"
         range_ = f" [{self.range}]" if self.range else ""
         return (
             f"{stamp} {self.client} {self.method} {self.path}{range_} -> {self.status}, "
