@@ -34,10 +34,12 @@ class RecordingHttpServerClient(HttpServerClient):
     def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         return str(self.call("inject_fault", spec, namespace))
 
-    def api(self) -> tuple[int, str]:
-        """The server API's version and the exporter's pytest-jumpstarter-http version."""
+    def api(self) -> tuple[int, str, bool | None]:
+        """The server API's version, the exporter's pytest-jumpstarter-http version, and whether its
+        storage removes what a session wrote when the session ends (None: a server too old to say)."""
         answer = self.call("api")
-        return int(answer["api"]), str(answer["version"])
+        removes = answer.get("remove_created_on_close")
+        return int(answer["api"]), str(answer["version"]), None if removes is None else bool(removes)
 
     def start_unless_running(self) -> int:
         return int(self.call("start_unless_running"))

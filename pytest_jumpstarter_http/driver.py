@@ -114,8 +114,11 @@ class RecordingHttpServer(HttpServer):
 
     @export
     def api(self) -> dict[str, Any]:
-        """The server API's version and the plugin's, which a client checks before any other call."""
-        return {"api": API_VERSION, "version": plugin_version()}
+        """The server API's version and the plugin's, which a client checks before any other call,
+        and whether its storage removes what a Jumpstarter session wrote when the session ends
+        (``remove_created_on_close``), which ``--http-keep`` cannot keep then."""
+        removes = bool(getattr(self.children.get("storage"), "remove_created_on_close", False))
+        return {"api": API_VERSION, "version": plugin_version(), "remove_created_on_close": removes}
 
     @export
     async def start_unless_running(self) -> int:

@@ -445,6 +445,9 @@ class LoopbackBackend:
     def summary(self) -> list[str]:
         return []
 
+    def removing(self) -> list[str]:
+        return []  # its driver's storage removes nothing (remove_created_on_close=False)
+
     def close(self, *, failed: bool = False) -> None:
         """Stop the kept driver; every other server stopped with its scope."""
         kept, self._kept, self._kept_by = self._kept, None, None
