@@ -382,7 +382,8 @@ class HttpServerHandle(ABC):
         handler: Callable[[HttpRequest], HttpResponse] | None = None,
     ) -> Reply:
         """Answer ``method`` requests for ``path`` (relative to ``url``; a glob such as
-        ``api/v1/*``) with a reply of the test's own.
+        ``api/v1/*``, whose ``*`` matches across ``/`` as ``inject()``'s does) with a reply of the
+        test's own.
 
         - ``body`` (bytes or str) or ``json`` (any JSON value, ``None`` for ``null`` too, sent as
           ``application/json``): what it answers, up to 1 MiB (stage a larger one as a file). With
@@ -390,7 +391,8 @@ class HttpServerHandle(ABC):
           serves the file at ``path`` as usual (ranges, ETags and all) with ``headers`` added, such
           as ``{"Content-Type": "application/efi"}``; any other answers an empty body.
         - ``status``: 100 to 599; a redirect is ``status=302, headers={"Location": url}``.
-        - ``method`` is matched exactly (upper case); a ``GET`` reply also answers ``HEAD``, bodiless.
+        - ``method`` is matched exactly (upper case), ``"*"`` matches any; a ``GET`` reply also
+          answers ``HEAD``, bodiless.
         - ``times``: answer that many requests, then the next reply for the same path and method
           answers, and after the last one the file (or 404; 405 for a method other than ``GET`` and
           ``HEAD``, as for any request nothing scripted answers); default: every request.
@@ -399,8 +401,10 @@ class HttpServerHandle(ABC):
         given); these are pytest-httpserver's names, with ``match_`` where this method's own
         ``headers`` and ``json`` already name what the reply sends:
 
-        - ``query_string``: the raw query (``"v=2&tag=a"``), or a dict of names to a value or a
-          list of values (``{"v": "2"}``), matched whole, in any order of names;
+        - ``query_string``: the query as a str (``"v=2&tag=a"``), compared whole as the device
+          sent it, percent-decoded, its order included; or a dict of names to a value or a list
+          of values (``{"v": "2"}``), matched whole, names in any order, a name's values in
+          order;
         - ``match_headers``: headers that must be there with these values (names in any case);
         - ``data``: the exact body (bytes or str); ``match_json``: a body that is this JSON
           value. The server reads the first 64 KiB of a body to match it: a longer one matches

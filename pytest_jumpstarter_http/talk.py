@@ -212,9 +212,10 @@ class ReplySpec:
         set_(self, "path", spec_path("respond()", "path", self.path))
         bounded("respond()", "status", self.status, _STATUS_RANGE)
         bounded("respond()", "times", self.times, _TIMES_RANGE)
-        if not isinstance(self.method, str) or not _METHOD.match(self.method.upper()):
+        if not isinstance(self.method, str) or not (_METHOD.match(self.method.upper()) or self.method == "*"):
             raise ValueError(
-                f"respond(): method={shown(self.method)} is no HTTP method; give one such as 'GET'."
+                f"respond(): method={shown(self.method)} is no HTTP method; give one such as 'GET', "
+                "or '*' for any."
             )
         set_(self, "method", self.method.upper())
         set_(self, "query_string", _query(self.query_string))
@@ -222,6 +223,11 @@ class ReplySpec:
         set_(self, "match_headers", _match_headers(self.match_headers))
         if self.match_json is not NO_JSON:
             _encoded("match_json", self.match_json)
+            if self.data is not None:
+                raise ValueError(
+                    "respond(): data and match_json were both given; a request has one body, so "
+                    "match it with one of them."
+                )
         if self.handler_wait and (self.body is not None or self.json is not NO_JSON or self.headers):
             raise ValueError(
                 "respond(): a handler answers with its own status, headers and body; give handler= "
@@ -247,7 +253,7 @@ class ReplySpec:
     def serves_file(self) -> bool:
         """Whether it serves the file at its path (with its headers) rather than a body of its own."""
         plain = self.payload is None and not self.handler_wait
-        return plain and 200 <= self.status < 300 and self.method == "GET"
+        return plain and 200 <= self.status < 300 and self.status != 204 and self.method == "GET"
 
     @property
     def reads_body(self) -> bool:
@@ -263,7 +269,7 @@ class ReplySpec:
 
     def answers(self, method: str, path: str) -> bool:
         """Whether it answers a ``method`` request for the decoded URL ``path``, however spelled."""
-        asked = method == self.method or (method == "HEAD" and self.method == "GET")
+        asked = self.method in (method, "*") or (method == "HEAD" and self.method == "GET")
         return asked and fnmatchcase("/" + normalized(path), self.target)
 
     def fits(self, asked: Asked) -> bool:

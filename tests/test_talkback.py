@@ -125,6 +125,13 @@ def test_the_request_log_has_what_the_device_sent(http_server):
     assert (small.json(), small.body_cut) == ({"temp": 41.5}, False)
     assert (large.body, large.body_cut) == (big[: 64 << 10], True)
 
+def test_a_reply_may_take_any_method_and_a_204_serves_no_file(http_server, served_dir):
+    (served_dir / "ping").write_text("a file")
+    http_server.respond("ping", status=204)
+    http_server.respond("any", method="*", body="any")
+    assert curl("-D", "-", http_server.url + "/ping").stdout.startswith(b"HTTP/1.1 204")
+    assert [curl("-X", m, http_server.url + "/any").stdout for m in ("GET", "PUT", "DELETE")] == [b"any"] * 3
+
 def test_a_reply_path_may_be_a_glob(http_server):
     http_server.respond("api/v1/*", json={"any": True})
     http_server.respond("api/v1/[ab].json", json={"ab": True}, times=None)
@@ -293,6 +300,8 @@ def test_a_reply_can_be_cleared_early(http_server, served_dir):
         (lambda s: s.respond("a", match_json={2j}), TypeError,
          "respond(): match_json={2j} is not a JSON value"),
         (lambda s: s.respond("a", handler=3), TypeError, "respond(): handler=3 is not callable"),
+        (lambda s: s.respond("a", data="x", match_json={}), ValueError,
+         "respond(): data and match_json were both given"),
         (lambda s: HttpResponse(status=101), ValueError, "HttpResponse(): status=101 is out of range"),
         (lambda s: HttpResponse(body="x", json=1), ValueError, "HttpResponse(): body and json were both"),
         (lambda s: s.respond("a", handler=print, body="x"), ValueError,
@@ -404,7 +413,7 @@ def test_the_other_worker_never_sees_them(http_server, served_dir):
 LEAKS = ("test_leak_1_a_test_scripts_everything_and_leaves_it", "test_leak_2_the_next_test_sees_none_of_it")
 XDIST_ARGS = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "test_xa.py", "test_xb.py")
 #: The tests of SUITE, parametrized ones counted once per case.
-CASES = 53
+CASES = 55
 
 
 def write_suites(where: Path) -> Path:
