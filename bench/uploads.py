@@ -1,12 +1,13 @@
 """Section 6: 17 tests staging the same file to a local exporter send it once, and a second run sends nothing.
 
-Inside one ``jmp shell`` on a local exporter (the exporter config of section 4): one plain
-``put_file`` of the file (the yardstick), then a suite of 17 function-scoped tests that each
-``http_server.stage()`` it. Then a second ``jmp shell`` on the same config, whose HttpServer keeps
-its files, runs the suite again, and then once more without the ``stage()`` calls (the baseline:
-what the fixtures alone say to the exporter). The bytes sent are counted by a relay on the
-shell's socket (``wirecount.py``) over each pytest session (``wirewindow.py``); nothing is
-subtracted from them. ``rpcclock.py`` times each exporter call, to show where the time goes.
+Inside one ``jmp shell`` on a local exporter (the exporter config of section 4, both drivers):
+one plain ``put_file`` of the file (the yardstick), then, on each driver, a suite of 17
+function-scoped tests that each ``http_server.stage()`` it. Then a second ``jmp shell`` on the
+same config, whose drivers keep their files, runs the suite again on each driver, and then once
+more without the ``stage()`` calls (the baseline: what the fixtures alone say to the exporter).
+The bytes sent are counted by a relay on the shell's socket (``wirecount.py``) over each pytest
+session (``wirewindow.py``); nothing is subtracted from them. ``rpcclock.py`` times each
+exporter call, to show where the time goes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from common import BENCH_DIR, PYTHON, Config, Figure, MiB, Section, at_most, child_env, run_checked
-from staging import JMP, STAGE_TESTS, in_shell, pytest_argv, write_exporter_config, write_stage_suite
+from staging import DRIVERS, JMP, STAGE_TESTS, in_shell, pytest_argv, write_exporter_config, write_stage_suite
 
 TESTS = 17
 KiB = 1024
@@ -38,7 +39,8 @@ def test_stage(http_server, n):
     if STAGE:
         http_server.stage(SOURCE, "image.raw")
 """
-#: The sessions measured, in the order they run, and whether their tests call stage().
+#: The sessions measured, in the order they run, and whether their tests call stage(); each but
+#: put_file once per driver, its name prefixed by the driver's (``rec first``).
 FIRST, PUT_FILE, SECOND, BASELINE = "first", "put_file", "second", "baseline"
 
 
@@ -51,7 +53,7 @@ def uploads(config: Config, workdir: Path) -> Section:
     folder = workdir / "uploads"
     folder.mkdir(parents=True)
     try:
-        exporter = write_exporter_config(folder)
+        exporter = write_exporter_config(folder, recording=True)
         source, timings = write_stage_suite(folder, config)
         (folder / "test_uploads.py").write_text(UPLOADS_SUITE)
         env = child_env(
@@ -65,12 +67,20 @@ def uploads(config: Config, workdir: Path) -> Section:
         put_file = pytest_argv(
             "-p", "no:jumpstarter_http", "-p", "wirewindow", f"{STAGE_TESTS}::test_put_file"
         )
-        shell(folder, exporter, env, [session(folder, PUT_FILE, put_file), suite(folder, FIRST, stage=True)])
-        # A second shell: a second exporter process on the same root, which kept the first's files.
-        shell(
-            folder, exporter, env, [suite(folder, SECOND, stage=True), suite(folder, BASELINE, stage=False)]
-        )
-        seen = {name: measured(folder, name) for name in (FIRST, PUT_FILE, SECOND, BASELINE)}
+        firsts = [suite(folder, driver, FIRST, stage=True) for driver in DRIVERS]
+        shell(folder, exporter, env, [session(folder, PUT_FILE, put_file), *firsts])
+        # A second shell: a second exporter process on the same roots, which kept the first's files.
+        seconds = [
+            run
+            for driver in DRIVERS
+            for run in (
+                suite(folder, driver, SECOND, stage=True),
+                suite(folder, driver, BASELINE, stage=False),
+            )
+        ]
+        shell(folder, exporter, env, seconds)
+        names = [f"{driver} {name}" for driver in DRIVERS for name in (FIRST, SECOND, BASELINE)]
+        seen = {name: measured(folder, name) for name in (PUT_FILE, *names)}
         put_file_s = float(json.loads(timings.read_text())["put_file_s"])
     finally:
         shutil.rmtree(folder)
@@ -78,10 +88,11 @@ def uploads(config: Config, workdir: Path) -> Section:
     return section
 
 
-def suite(folder: Path, name: str, *, stage: bool) -> list[str]:
-    """The command of one run of the uploads suite, measured as ``name``."""
+def suite(folder: Path, driver: str, name: str, *, stage: bool) -> list[str]:
+    """The command of one run of the uploads suite on ``driver``, measured as ``driver name``."""
     flags = ("-p", "wirewindow", "-p", "rpcclock", "-p", "benchclock", "--http-backend", "exporter")
-    command = session(folder, name, pytest_argv(*flags, "test_uploads.py"))
+    argv = pytest_argv(*flags, f"--http-driver={driver}", "test_uploads.py")
+    command = session(folder, f"{driver} {name}", argv)
     return ["env", f"BENCH_UPLOADS_STAGE={int(stage)}", *command]
 
 
@@ -114,14 +125,18 @@ def measured(folder: Path, name: str) -> dict[str, Any]:
 
 
 def report(section: Section, config: Config, seen: dict[str, dict[str, Any]], put_file_s: float) -> None:
-    first, second, baseline = seen[FIRST], seen[SECOND], seen[BASELINE]
-    section.figures["wire bytes / file size"] = at_most(first["up"] / config.stage_size, 1.1, "x")
-    section.figures[f"{TESTS} tests / one put_file time"] = at_most(first["seconds"] / put_file_s, 1.5, "x")
-    section.figures["second run wire KiB"] = at_most(second["up"] / KiB, 4, "KiB")
-    section.figures["no-stage baseline wire KiB"] = Figure(baseline["up"] / KiB, "KiB")
     section.figures["put_file wire bytes / file size"] = Figure(seen[PUT_FILE]["up"] / config.stage_size, "x")
+    for driver, label in DRIVERS.items():
+        first, second, baseline = (seen[f"{driver} {name}"] for name in (FIRST, SECOND, BASELINE))
+        figures = section.figures
+        figures[f"{label}: wire bytes / file size"] = at_most(first["up"] / config.stage_size, 1.1, "x")
+        figures[f"{label}: {TESTS} tests / one put_file time"] = at_most(
+            first["seconds"] / put_file_s, 1.5, "x"
+        )
+        figures[f"{label}: second run wire KiB"] = at_most(second["up"] / KiB, 4, "KiB")
+        figures[f"{label}: no-stage baseline wire KiB"] = Figure(baseline["up"] / KiB, "KiB")
     section.samples = {"put_file s": put_file_s}
-    for name in (FIRST, SECOND, BASELINE):
+    for name in (name for name in seen if name != PUT_FILE):
         run = seen[name]
         section.samples[f"{name}: wall s"] = run["seconds"]
         # The rest of the wall time is the session's start-up, collection and summary.

@@ -9,11 +9,12 @@ if TYPE_CHECKING:
     from .loopback import LoopbackServer
     from .records import Fault, HttpRequest
     from .runtime import HttpServerFactory
-    from .talk import Reply, Upload
+    from .talk import HttpResponse, Reply, Upload
 
 __all__ = [
     "Fault",
     "HttpRequest",
+    "HttpResponse",
     "HttpServerFactory",
     "HttpServerHandle",
     "LoopbackServer",
@@ -24,6 +25,7 @@ __all__ = [
 _HOMES = {
     "Fault": "records",
     "HttpRequest": "records",
+    "HttpResponse": "talk",
     "Reply": "talk",
     "Upload": "talk",
     "HttpServerHandle": "handle",

@@ -6,6 +6,7 @@ over gRPC on an exporter. Reading a request log does not import the server.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -14,12 +15,17 @@ from jumpstarter_driver_http.client import HttpServerClient
 from .records import HttpRequest, Progress
 
 if TYPE_CHECKING:
-    from .records import Recorder
+    from .records import Answerer, Recorder
 
 
 class RecordingHttpServerClient(HttpServerClient):
     """Client of :class:`RecordingHttpServer`: an ``HttpServerClient`` that reads its request log,
     injects network faults and scripts replies, uploads and credentials."""
+
+    @property
+    def handlers(self) -> dict[str, Answerer]:
+        """Reply id -> the test's handler that answers it (``respond(handler=)``)."""
+        return self.__dict__.setdefault("_handlers", {})  # type: ignore[no-any-return]
 
     def get_requests(self, start: int = 0, prefix: str = "") -> tuple[int, list[HttpRequest]]:
         started, entries = self.call("get_requests", start, prefix)
@@ -28,10 +34,12 @@ class RecordingHttpServerClient(HttpServerClient):
     def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         return str(self.call("inject_fault", spec, namespace))
 
-    def api(self) -> tuple[int, str]:
-        """The server API's version and the exporter's pytest-jumpstarter-http version."""
+    def api(self) -> tuple[int, str, bool | None]:
+        """The server API's version, the exporter's pytest-jumpstarter-http version, and whether its
+        storage removes what a session wrote when the session ends (None: a server too old to say)."""
         answer = self.call("api")
-        return int(answer["api"]), str(answer["version"])
+        removes = answer.get("remove_created_on_close")
+        return int(answer["api"]), str(answer["version"]), None if removes is None else bool(removes)
 
     def start_unless_running(self) -> int:
         return int(self.call("start_unless_running"))
@@ -69,8 +77,19 @@ class RecordingHttpServerClient(HttpServerClient):
         client's portal loop; ends when cancelled."""
         return self.streamingcall_async("hold", folder, keep)  # type: ignore[no-any-return]
 
-    def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
-        return str(self.call("add_reply", spec, namespace))
+    def add_reply(
+        self, spec: dict[str, Any], namespace: str | None = None, handler: Answerer | None = None
+    ) -> str:
+        talk_id = str(self.call("add_reply", spec, namespace))
+        if handler is not None:  # the server hands it requests through the owner's stream
+            self.handlers[talk_id] = handler
+        return talk_id
+
+    def answer_call(self, namespace: str, call: str, answer: dict[str, Any]) -> None:
+        self.call("answer_call", namespace, call, answer)
+
+    def get_body(self, seq: int, prefix: str) -> bytes:
+        return base64.b64decode(str(self.call("get_body", seq, prefix)))
 
     def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         return str(self.call("require_auth", spec, namespace))

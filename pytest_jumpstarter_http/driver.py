@@ -19,6 +19,8 @@ plugin imports this module only when it starts a loopback server or builds a cli
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import os
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -36,7 +38,7 @@ from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
 from .talk import AuthSpec, ReplySpec, UploadSpec
 from .talkback import Talkback, TalkbackMiddleware, Written
-from .tlssites import TlsSites, lab_certificate, open_site, port_range
+from .tlssites import TlsSites, lab_certificate, open_site, port_range, refused_handshake
 
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
@@ -70,12 +72,13 @@ class RecordingHttpServer(HttpServer):
     #: The runs holding this server, and their handles' URL namespaces (see :mod:`.namespaces`).
     namespaces: Namespaces = field(init=False)
     #: The HTTPS sites of the app, one per holder that asked (see :mod:`.tlssites`).
-    tls: TlsSites = field(init=False, default_factory=TlsSites)
+    tls: TlsSites = field(init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.roots.append(Path(self.root_dir))
         self.namespaces = Namespaces(self.root_dir)
+        self.tls = TlsSites(self._refused)
         #: Where HTTPS sites go: the configured ports, or any free one (0).
         self._tls_ports: range | int = 0 if self.tls_ports is None else port_range(self.tls_ports)
         self._starting = asyncio.Lock()
@@ -111,8 +114,11 @@ class RecordingHttpServer(HttpServer):
 
     @export
     def api(self) -> dict[str, Any]:
-        """The server API's version and the plugin's, which a client checks before any other call."""
-        return {"api": API_VERSION, "version": plugin_version()}
+        """The server API's version and the plugin's, which a client checks before any other call,
+        and whether its storage removes what a Jumpstarter session wrote when the session ends
+        (``remove_created_on_close``), which ``--http-keep`` cannot keep then."""
+        removes = bool(getattr(self.children.get("storage"), "remove_created_on_close", False))
+        return {"api": API_VERSION, "version": plugin_version(), "remove_created_on_close": removes}
 
     @export
     async def start_unless_running(self) -> int:
@@ -165,20 +171,21 @@ class RecordingHttpServer(HttpServer):
         self._bound_port = 0
 
     @export
-    async def hold(self, folder: str, keep: bool = False) -> AsyncIterator[str | dict[str, str]]:
+    async def hold(self, folder: str, keep: bool = False) -> AsyncIterator[str | dict[str, Any]]:
         """Own ``folder`` (below ``pytest-jumpstarter-http/runs/``) for as long as this stream lasts.
 
         Yields the owner's token once, then each name a device asked of a namespace of the owner
         that lacks it (``{"namespace": ..., "name": ...}``), which the owner sends and answers
-        with :meth:`answer`. When the stream ends (the run's connection ended, however),
+        with :meth:`answer`, and each request a handler of the owner's answers (``{"namespace",
+        "call", "reply", "request"}``), which it answers with :meth:`answer_call`. When the
+        stream ends (the run's connection ended, however),
         the owner's namespaces and their faults end, and its folder is removed unless ``keep``.
         """
         owner = self.namespaces.add_owner(str(folder), keep=bool(keep))
         try:
             yield owner.token
             while True:  # until Jumpstarter cancels the stream
-                namespace, name = await owner.wants.get()
-                yield {"namespace": namespace, "name": name}
+                yield await owner.wants.get()
         finally:
             ended = set(self.namespaces.end_owner(owner))
             self.faults.clear_all(ended)
@@ -205,6 +212,16 @@ class RecordingHttpServer(HttpServer):
             await self.tls.close(str(owner))
             raise
         return {"port": port, "ca_pem": ca_pem}
+
+    def _refused(self, holder: str, words: str) -> None:
+        """Log a handshake an HTTPS site of ``holder`` refused, which names no URL: in each namespace
+        the owner ``holder`` has open (its site serves them all), or at the root URL for a holder
+        that owns none (the loopback backend's site, the one of its one handle)."""
+        tokens = self.namespaces.open_of(holder)
+        paths = ["/"] if tokens is None else [f"/{NS}/{token}/" for token in tokens]
+        seq = self.request_log.start()
+        for path in paths:
+            self.request_log.add(refused_handshake(path, words, seq))
 
     @export
     def open_namespace(self, owner: str, folders: list[str], asks: float = 0.0) -> str:
@@ -304,7 +321,21 @@ class RecordingHttpServer(HttpServer):
         """Answer with a reply (a ``ReplySpec`` as a dict) until it or ``namespace`` ends; its id."""
         reply = ReplySpec.from_dict(spec)
         token = self._scoped(namespace, [reply.target])
-        return self._while_open(token, self.talkback.add(reply, token))
+        handler = functools.partial(self.namespaces.call, token) if reply.handler_wait else None
+        return self._while_open(token, self.talkback.add(reply, token, handler))
+
+    @export
+    def answer_call(self, namespace: str, call: str, answer: dict[str, Any]) -> None:
+        """The owner of ``namespace`` answered a request its handler was handed (``hold``) with
+        ``answer``, an ``HttpResponse`` as a dict."""
+        self.namespaces.called(str(namespace), str(call), dict(answer))
+
+    @export
+    def get_body(self, seq: int, prefix: str) -> str:
+        """What the server read of the body of request ``seq`` below ``prefix``, a namespace's URL
+        path, in base64 (empty: none kept)."""
+        _within_a_namespace(str(prefix))
+        return base64.b64encode(self.request_log.body(int(seq), str(prefix))).decode()
 
     @export
     def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:

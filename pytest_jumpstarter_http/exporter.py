@@ -81,6 +81,8 @@ class ExporterBackend:
         self._used: dict[int, Used] = {}
         #: What this process bound to, one line per HttpServer driver, for the run's summary.
         self._bound: list[str] = []
+        #: The servers it used whose storage removes what a Jumpstarter session wrote when it ends.
+        self._removing: list[str] = []
 
     def server(
         self,
@@ -126,6 +128,11 @@ class ExporterBackend:
         """One line per HttpServer this process used: its exporter, and where it listens."""
         return list(self._bound)
 
+    def removing(self) -> list[str]:
+        """The HttpServers this process used that said their storage removes, when the Jumpstarter
+        session ends, what it wrote (``remove_created_on_close``); the stock driver cannot say."""
+        return list(self._removing)
+
     def _use(self, connection: Connection, path: str, http: Any) -> Used:
         # By client object: a test's own client (http_exporter_client) reaches the same driver
         # through objects of its own, which end with it. The entry keeps ``http`` alive, so its
@@ -133,8 +140,10 @@ class ExporterBackend:
         key = id(http)
         if key not in self._used:
             recording = http.labels.get(CLIENT_LABEL) == RECORDING_CLIENT
-            if recording:
-                _speaks_our_api(connection, path, http)
+            if recording and _speaks_our_api(connection, path, http):
+                where = f"exporter {connection.name!r} (HttpServer {path!r})"
+                if where not in self._removing:
+                    self._removing.append(where)
             _start_unless_running(http, recording, self._timeout)
             line = f"{connection.describe()}: HttpServer {path!r} at {http.get_url()}"
             if line not in self._bound:
@@ -250,18 +259,20 @@ def _asking(connection: Connection, driver: str, call: str) -> Iterator[None]:
         ) from None
 
 
-def _speaks_our_api(connection: Connection, driver: str, http: Any) -> None:
+def _speaks_our_api(connection: Connection, driver: str, http: Any) -> bool | None:
     """An ``ExporterError`` naming both versions, and the side to upgrade, unless the exporter's
-    RecordingHttpServer speaks this process's server API."""
+    RecordingHttpServer speaks this process's server API; whether its storage removes what a
+    session wrote when the session ends (None: a server too old to say)."""
     ours = plugin_version()
+    removes: bool | None = None
     try:
-        api, theirs = http.api()
+        api, theirs, removes = http.api()
     except Exception as exc:
         if unavailable(exc) is not None:
             raise
         api, theirs = 1, "older than this check"  # from before api(): no such call
     if api == API_VERSION:
-        return
+        return removes
     side = "the exporter" if api < API_VERSION else "this machine"
     raise ExporterError(
         f"exporter {connection.name!r}: its RecordingHttpServer at {driver!r} runs pytest-jumpstarter-http "
@@ -296,7 +307,11 @@ class Holding:
             raise
 
     def _wanted(self, want: dict[str, Any]) -> None:
-        """Send the name a device asked of one of this process's namespaces, and answer."""
+        """Send the name a device asked of one of this process's namespaces, and answer; or answer
+        a request with the test's handler."""
+        if "call" in want:
+            self._called(want)
+            return
         namespace, name = str(want["namespace"]), str(want["name"])
         send = self.senders.get(namespace)
         sent = False
@@ -309,6 +324,15 @@ class Holding:
         finally:
             with contextlib.suppress(Exception):  # the exporter may be gone meanwhile
                 self._http.answer(namespace, name, sent)
+
+    def _called(self, want: dict[str, Any]) -> None:
+        """Answer a request a device made of a reply with a handler of this process's."""
+        handler = self._http.handlers.get(str(want["reply"]))
+        answer: dict[str, Any] = {"status": 500, "payload": None, "headers": {}}  # its reply ended
+        if handler is not None:
+            answer = handler(dict(want["request"]))
+        with contextlib.suppress(Exception):  # the exporter may be gone meanwhile
+            self._http.answer_call(str(want["namespace"]), str(want["call"]), answer)
 
     def close(self) -> None:
         self._task.cancel()
@@ -400,6 +424,7 @@ class ExporterServer(HttpServerHandle):
         self._keep = keep
         self._http = http
         self._store = used.store
+        self.handler_wait = used.store.timeout
         self._url_host = url_host or self.host
         self._last_port = 0
         #: Whether anything was put in ``folder``: a handle that put nothing there removes nothing.

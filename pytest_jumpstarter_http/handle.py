@@ -8,8 +8,10 @@ interface.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import functools
 import os
 import time
 from abc import ABC, abstractmethod
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, cast, overload
 from urllib.parse import unquote
 
 from .records import (
+    NO_REQUEST,
     PROGRESS_BYTES,
     HttpRequest,
     Progress,
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from .records import Fault, Recorder
-    from .talk import Reply, Upload
+    from .talk import HttpResponse, Reply, Upload
     from .tls import Tls
 
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
@@ -118,6 +121,11 @@ class HttpServerHandle(ABC):
         self.client_cert = None if tls is None else tls.client_cert
         #: ``https`` for a TLS server, else ``http``: how its URLs start.
         self.scheme = "http" if tls is None else "https"
+        #: What the test's handlers raised (``respond(handler=)``): each fails the test.
+        self.handler_errors: list[BaseException] = []
+
+    #: Seconds the server waits for a handler's answer before it answers 504 (``--http-timeout``).
+    handler_wait = 30.0
 
     @property
     @abstractmethod
@@ -188,6 +196,7 @@ class HttpServerHandle(ABC):
     def clear(self) -> None:
         """End this test's faults, replies, uploads and credentials, and start a new request window:
         the fixtures call it between tests."""
+        self.handler_errors.clear()
         try:
             try:
                 self.clear_faults()
@@ -209,15 +218,25 @@ class HttpServerHandle(ABC):
         ``"rootfs.img"``, on every backend. The report shows ``url`` once, above its requests.
         """
         prefix = self._prefix()
-        base = unquote(prefix)
         entries = self._recorder.get_requests(self._request_mark, prefix)[1]
-        return [
-            dataclasses.replace(
-                entry, name=normalized(path.removeprefix(base)), path="/" + entry.path.removeprefix(prefix)
-            )
-            for entry in entries
-            if (path := unquote(entry.path.split("?")[0])).startswith(base)
-        ]
+        return [placed for entry in entries if (placed := self._placed(entry)) is not None]
+
+    def _placed(self, entry: HttpRequest, body: Callable[[], bytes] | None = None) -> HttpRequest | None:
+        """``entry`` as its test sees it, relative to ``url``, its body read from the server when
+        asked for (or by ``body``); None for a request below another URL."""
+        prefix = self._prefix()
+        base = unquote(prefix)
+        path = unquote(entry.path.split("?")[0])
+        if not path.startswith(base):
+            return None
+        if body is None:
+            body = functools.partial(self._recorder.get_body, entry.seq, prefix)
+        return dataclasses.replace(
+            entry,
+            name=normalized(path.removeprefix(base)),
+            path="/" + entry.path.removeprefix(prefix),
+            _body=body,
+        )
 
     def _matching(self, wanted: _Wanted) -> tuple[list[HttpRequest], list[HttpRequest]]:
         """This test's requests that ``wanted`` matches, and all of this test's."""
@@ -440,8 +459,15 @@ class HttpServerHandle(ABC):
         method: str = "GET",
         times: int | None = None,
         ordered: bool = False,
+        query_string: str | Mapping[str, str | list[str]] | None = None,
+        match_headers: Mapping[str, str] | None = None,
+        data: bytes | str | None = None,
+        match_json: Any = NO_JSON,
+        handler: Callable[[HttpRequest], HttpResponse] | None = None,
     ) -> Reply:
-        """Answer ``method`` requests for ``path`` (relative to ``url``) with a reply of the test's own.
+        """Answer ``method`` requests for ``path`` (relative to ``url``; a glob such as
+        ``api/v1/*``, whose ``*`` matches across ``/`` as ``inject()``'s does) with a reply of the
+        test's own.
 
         - ``body`` (bytes or str) or ``json`` (any JSON value, ``None`` for ``null`` too, sent as
           ``application/json``): what it answers, up to 1 MiB (stage a larger one as a file). With
@@ -449,7 +475,8 @@ class HttpServerHandle(ABC):
           serves the file at ``path`` as usual (ranges, ETags and all) with ``headers`` added, such
           as ``{"Content-Type": "application/efi"}``; any other answers an empty body.
         - ``status``: 100 to 599; a redirect is ``status=302, headers={"Location": url}``.
-        - ``method`` is matched exactly (upper case); a ``GET`` reply also answers ``HEAD``, bodiless.
+        - ``method`` is matched exactly (upper case), ``"*"`` matches any; a ``GET`` reply also
+          answers ``HEAD``, bodiless.
         - ``times``: answer that many requests, then the next reply for the same path and method
           answers, and after the last one the file (or 404; 405 for a method other than ``GET`` and
           ``HEAD``, as for any request nothing scripted answers); default: every request.
@@ -458,18 +485,82 @@ class HttpServerHandle(ABC):
           gets 500, logged ``[reply: out of order]``, and fails the test after it ends with the
           expected and the actual sequence.
 
-        The reply ends with the test (or with ``Reply.clear()``); the request log marks the
-        requests it answered ``[reply]``. Bad arguments raise ``ValueError`` or ``TypeError``.
+        What the request must carry besides its method and path (all of them, when several are
+        given); these are pytest-httpserver's names, with ``match_`` where this method's own
+        ``headers`` and ``json`` already name what the reply sends:
+
+        - ``query_string``: the query as a str (``"v=2&tag=a"``), compared whole as the device
+          sent it, percent-decoded, its order included; or a dict of names to a value or a list
+          of values (``{"v": "2"}``), matched whole, names in any order, a name's values in
+          order;
+        - ``match_headers``: headers that must be there with these values (names in any case);
+        - ``data``: the exact body (bytes or str); ``match_json``: a body that is this JSON
+          value. The server reads the first 64 KiB of a body to match it: a longer one matches
+          neither.
+
+        ``handler``: answer from Python instead, ``handler(request) -> HttpResponse``, with the
+        :class:`HttpRequest` the device sent (``headers``, ``query``, ``body``). It runs in the
+        test's process on every backend, in a worker thread, while the device waits
+        (``--http-timeout`` at most, then a 504). If it raises, the device gets a 500 and the test
+        fails with the handler's traceback.
+
+        Replies on one path are tried in the order they were added: the first that matches and
+        has ``times`` left answers. The reply ends with the test (or with ``Reply.clear()``); the
+        request log marks the requests it answered ``[reply]`` (``[handler]``). Bad arguments
+        raise ``ValueError`` or ``TypeError``.
         """
         from .talk import Reply, ReplySpec
 
+        if handler is not None and not callable(handler):
+            raise TypeError(
+                f"respond(): handler={handler!r} is not callable; give a function of the request."
+            )
         # ReplySpec takes an os.PathLike too, and refuses any other type in one sentence.
-        spec = ReplySpec(cast(str, path), status, body, json, headers, method, times, ordered)
-        spec = spec.under(self._url_path())
+        spec = ReplySpec(
+            cast(str, path),
+            status,
+            body,
+            json,
+            headers,
+            method,
+            times,
+            ordered=ordered,
+            query_string=query_string,
+            data=data,
+            match_headers=match_headers,
+            match_json=match_json,
+            handler_wait=self.handler_wait if handler is not None else 0.0,
+        ).under(self._url_path())
+        answerer = None if handler is None else functools.partial(self._handled, handler)
         recorder = self._recorder
-        reply = Reply(recorder, recorder.add_reply(spec.as_dict(), self._namespace), spec, self._namespace)
+        ident = recorder.add_reply(spec.as_dict(), self._namespace, answerer)
+        reply = Reply(recorder, ident, spec, self._namespace)
         self._replies.append(reply)
         return reply
+
+    def _handled(
+        self, handler: Callable[[HttpRequest], HttpResponse], asked: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Run the test's ``handler`` on a request the server handed over: its answer, or a 500
+        and the error kept to fail the test."""
+        from .talk import HttpResponse
+
+        body = base64.b64decode(str(asked.get("body") or ""))
+        request = self._placed(HttpRequest.from_dict(asked), lambda: body)
+        try:
+            answer = handler(cast(HttpRequest, request))
+        except Exception as exc:
+            self.handler_errors.append(exc)
+            return _FAILED
+        if not isinstance(answer, HttpResponse):  # the user's mistake, not a frame of the plugin's
+            self.handler_errors.append(
+                TypeError(
+                    f"respond(): the handler returned {type(answer).__name__}, not an HttpResponse; "
+                    "return HttpResponse(status=..., body=... or json=..., headers=...)."
+                )
+            )
+            return _FAILED
+        return answer.as_dict()
 
     def clear_replies(self) -> None:
         """End every reply this handle scripted: the files are served as before."""
@@ -538,6 +629,10 @@ class HttpServerHandle(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend} {self.label} root={self.root}>"
+
+
+#: What the device gets when a handler failed.
+_FAILED: dict[str, Any] = {"status": 500, "payload": None, "headers": {}}
 
 
 def _relative(name: str) -> str:
@@ -609,7 +704,7 @@ class _Wanted:
         self.shown = _Shown()
 
     def matches(self, entry: HttpRequest) -> bool:
-        if entry.name != self.name:
+        if entry.name != self.name or entry.method == NO_REQUEST:  # a refused handshake asked for nothing
             return False
         return self.codes is None or status_matches(entry.status, self.codes)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from . import eventloop
 from .handle import HttpServerHandle, concrete_host, format_url
-from .records import FaultSpec, HttpRequest, Progress, TlsSpec, url_path
+from .records import Answerer, FaultSpec, HttpRequest, Progress, TlsSpec, url_path
 from .talk import AuthSpec, ReplySpec, UploadSpec
 from .values import PortRange, TlsMode
 
@@ -84,7 +84,7 @@ class LoopbackServer(HttpServerHandle):
         self._tls_port = 0
         self._ports = port
         self._url_base_host = url_host or concrete_host(host)
-        self._timeout = timeout
+        self._timeout = self.handler_wait = timeout
         self._staging = staging
         #: Called with a staging folder this server made (not one it was given) once it stops, and
         #: whether its test failed.
@@ -330,8 +330,19 @@ class _InProcess:
     def requests_started(self) -> int:
         return self._driver.request_log.started
 
-    def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
-        return self._driver.talkback.add(ReplySpec.from_dict(spec), namespace)
+    def add_reply(
+        self, spec: dict[str, Any], namespace: str | None = None, handler: Answerer | None = None
+    ) -> str:
+        call = None
+        if handler is not None:
+
+            async def call(reply: str, request: dict[str, Any]) -> dict[str, Any]:
+                return await asyncio.get_running_loop().run_in_executor(None, handler, request)
+
+        return self._driver.talkback.add(ReplySpec.from_dict(spec), namespace, call)
+
+    def get_body(self, seq: int, prefix: str) -> bytes:
+        return self._driver.request_log.body(seq, prefix)
 
     def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         return self._driver.talkback.add(AuthSpec.from_dict(spec), namespace)
@@ -433,6 +444,9 @@ class LoopbackBackend:
 
     def summary(self) -> list[str]:
         return []
+
+    def removing(self) -> list[str]:
+        return []  # its driver's storage removes nothing (remove_created_on_close=False)
 
     def close(self, *, failed: bool = False) -> None:
         """Stop the kept driver; every other server stopped with its scope."""

@@ -27,6 +27,7 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .beneath import open_folders
 from .records import NS, RUNS, TOP, check_name, normalized
@@ -46,9 +47,10 @@ class Owner:
     folder: str
     keep: bool
     namespaces: set[str] = field(default_factory=set)
-    #: Names its namespaces lack that a device asked for, ``(namespace, name)``: its stream
-    #: (``RecordingHttpServer.hold``) hands them to the run, which sends each one it has.
-    wants: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
+    #: What its stream (``RecordingHttpServer.hold``) hands the run: the names its namespaces
+    #: lack that a device asked for (``{"namespace", "name"}``), which it sends if it has them,
+    #: and the requests its handlers answer (``{"namespace", "call", "reply", "request"}``).
+    wants: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
 
 
 class Namespaces:
@@ -67,6 +69,8 @@ class Namespaces:
         self._asks: dict[str, float] = {}
         #: The names asked for and not answered yet: (namespace, name) -> whether it came.
         self._asked: dict[tuple[str, str], asyncio.Future[bool]] = {}
+        #: The requests handed to a handler and not answered yet: (namespace, call) -> the answer.
+        self._called: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
 
     def add_owner(self, folder: str, *, keep: bool) -> Owner:
         """A new owner of ``folder`` (below ``pytest-jumpstarter-http/runs/``)."""
@@ -93,6 +97,9 @@ class Namespaces:
         for key in [key for key in self._asked if key[0] == token]:
             future = self._asked.pop(key)
             future.get_loop().call_soon_threadsafe(_settle, future, False)
+        for key in [key for key in self._called if key[0] == token]:
+            called = self._called.pop(key)
+            called.get_loop().call_soon_threadsafe(_fail, called, NamespaceError(f"namespace {token} ended"))
 
     def remove_folder(self, owner: Owner) -> None:
         """Remove an ended owner's folder, unless it keeps it: a disk's work, for a worker thread."""
@@ -106,6 +113,12 @@ class Namespaces:
         if owner is None:
             raise NamespaceError(f"no owner {token!r} holds this server; it ended or never was")
         return owner
+
+    def open_of(self, owner_token: str) -> list[str] | None:
+        """The namespaces the owner ``owner_token`` has open; None if it is no owner (now)."""
+        with self._lock:
+            owner = self._owners.get(owner_token)
+            return None if owner is None else sorted(owner.namespaces)
 
     def open(self, owner_token: str, folders: list[str], asks: float = 0.0) -> str:
         """A new namespace of the owner ``owner_token`` that shows ``folders`` (its own); its token.
@@ -179,7 +192,7 @@ class Namespaces:
             future = self._asked.get(key)
             if future is None:
                 future = self._asked[key] = asyncio.get_running_loop().create_future()
-                owner.wants.put_nowait(key)
+                owner.wants.put_nowait({"namespace": key[0], "name": key[1]})
         return key, future, seconds
 
     def answered(self, token: str, name: str, *, sent: bool) -> None:
@@ -189,6 +202,33 @@ class Namespaces:
             future = self._asked.pop((token, name), None)
         if future is not None:
             _settle(future, sent)
+
+    async def call(self, token: str, reply: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Hand ``request`` to the owner of the namespace ``token``, whose handler of ``reply``
+        answers it in the test's process, and wait (on the server's loop) for the answer (a
+        ``NamespaceError`` if the owner ends first)."""
+        key = (token, secrets.token_hex(8))
+        with self._lock:
+            entry = self._shown.get(token)
+            owner = None if entry is None else self._owners.get(entry[0])
+            if owner is None:
+                raise NamespaceError(f"no namespace {token!r} on this server; it ended or never was")
+            future = self._called[key] = asyncio.get_running_loop().create_future()
+            owner.wants.put_nowait({"namespace": token, "call": key[1], "reply": reply, "request": request})
+        try:
+            answer: dict[str, Any] = await future
+            return answer
+        finally:
+            with self._lock:
+                self._called.pop(key, None)
+
+    def called(self, token: str, call: str, answer: dict[str, Any]) -> None:
+        """The owner of the namespace ``token`` answered the request it was handed as ``call``.
+        Called on the server's loop."""
+        with self._lock:
+            future = self._called.pop((token, call), None)
+        if future is not None and not future.done():
+            future.set_result(answer)
 
     def alive(self, token: str) -> bool:
         """Whether the namespace ``token`` is open."""
@@ -233,6 +273,11 @@ def _split(name: str) -> tuple[str, list[str]] | None:
         return None
     token, _, rest = name[len(NS) + 1 :].partition("/")
     return token, [part for part in rest.split("/") if part not in ("", ".")]
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 def _settle(future: asyncio.Future[bool], value: bool) -> None:

@@ -36,6 +36,9 @@ RUNTIME: pytest.StashKey[Runtime] = pytest.StashKey()
 FOLDER = pytest.StashKey[Path]()
 #: How many folders ``--http-keep`` kept, by the folder they are in: this process's and its workers'.
 KEPT = pytest.StashKey[dict[str, int]]()
+#: The exporters' servers that remove what ``--http-keep`` kept when the session ends: this
+#: process's and its workers'.
+REMOVING = pytest.StashKey[list[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,9 +53,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[READERS] = readers = reports.Readers.of(config, settings)
     if readers.html_without:
         config.pluginmanager.register(reports.HtmlRows(), "jumpstarter_http_html")
-    config.stash[KEPT] = {}
+    config.stash[KEPT], config.stash[REMOVING] = {}, []
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(reports.XdistKept(config.stash[KEPT]), "jumpstarter_http_xdist")
+        xdist_kept = reports.XdistKept(config.stash[KEPT], config.stash[REMOVING])
+        config.pluginmanager.register(xdist_kept, "jumpstarter_http_xdist")
     from .runtime import Runtime
 
     # xdist gives its workers the run's id; a run of its own makes one up.
@@ -89,6 +93,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     keep = config.stash[SETTINGS].keep
     if keep != "none":
         terminalreporter.write_line(reports.kept_line(keep, config.stash[KEPT]))
+        removing = reports.removing_line(config.stash[REMOVING])
+        if removing is not None:
+            terminalreporter.write_line(removing, yellow=True)
     # Counted from the reports, which xdist brings back from its workers.
     reasons: dict[str, int] = {}
     for report in terminalreporter.stats.get("skipped", []):
@@ -109,8 +116,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if config.stash[SETTINGS].keep != "none":
         kept = reports.kept_in(config.stash.get(FOLDER, None))
         config.stash[KEPT].update(kept)
+        removing = config.stash[RUNTIME].removing()
+        config.stash[REMOVING].extend(removing)
         # An xdist worker has no terminal: its controller prints what it kept.
         getattr(config, "workeroutput", {})[reports.KEPT_OUTPUT] = kept
+        getattr(config, "workeroutput", {})[reports.REMOVING_OUTPUT] = removing
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

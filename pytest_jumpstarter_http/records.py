@@ -22,8 +22,8 @@ import posixpath
 import re
 import time
 import types
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from fnmatch import fnmatchcase
 from typing import Any, Final, Generic, Protocol, TypeVar, cast
 from urllib.parse import quote, unquote
@@ -40,7 +40,12 @@ OBJECTS: Final = f"{TOP}/objects"
 PROGRESS_BYTES: Final = 64 << 20
 #: The version of the server API (``RecordingHttpServer``'s exported calls) this code speaks. An
 #: exporter and its test runners are upgraded on their own schedules: they check it on connecting.
-API_VERSION: Final = 2
+#: 3: a reply matches on its query, headers and body, is answered by a handler or is ordered;
+#: a server of 2 would ignore those keys and answer requests the reply does not match.
+API_VERSION: Final = 3
+#: The method and client of a request-log entry of a connection refused before it made any
+#: request: a TLS handshake an HTTPS site refused (issue 27). Its status is 0, its path the URL's.
+NO_REQUEST: Final = "-"
 
 
 def plugin_version() -> str:
@@ -113,9 +118,51 @@ class RequestLogUnavailable(Unavailable):
     """The server keeps no request log (an exporter with the stock HttpServer driver)."""
 
 
+#: The bytes of a request's body the server keeps for ``HttpRequest.body`` and for matching a reply.
+BODY_KEPT: Final = 64 << 10
+
+
+class Fields(Mapping[str, str]):
+    """Read-only name -> value pairs as a request carried them, in order: its headers (names in
+    any case) or its query. ``fields[name]`` is the first value, :meth:`getall` every one."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = (), *, any_case: bool = False) -> None:
+        self._pairs = tuple((str(name), str(value)) for name, value in pairs)
+        self._fold: Callable[[str], str] = str.lower if any_case else str
+        self._first: dict[str, str] = {}
+        for name, value in self._pairs:
+            self._first.setdefault(self._fold(name), value)
+
+    def __getitem__(self, name: str) -> str:
+        return self._first[self._fold(name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._first)
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def getall(self, name: str) -> list[str]:
+        """Every value of ``name``, in the order they came (empty if none)."""
+        key = self._fold(name)
+        return [value for each, value in self._pairs if self._fold(each) == key]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every name and value, as they came."""
+        return list(self._pairs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self._pairs)!r})"
+
+
 @dataclass(frozen=True)
 class HttpRequest:
-    """One request a server answered."""
+    """One request a server answered.
+
+    ``path`` is what the device sent, query included (``"/api/v1/status?v=2"``), as the request
+    log shows it; ``name`` is that path decoded, relative to the handle's URL, without the query
+    (``"api/v1/status"``); ``query`` is the query parsed (``query["v"] == "2"``).
+    """
 
     time: float
     client: str
@@ -141,10 +188,42 @@ class HttpRequest:
     name: str = ""
     #: What the test's scripted answers did with it: ``reply``, ``upload``, ``upload refused``,
     #: ``auth`` (refused for its credentials); None when the server answered as usual (issue 21).
+    #: For a connection refused before any request (``NO_REQUEST``), what was wrong:
+    #: ``TLS handshake failed: no client certificate``.
     talk: str | None = None
+    #: The request's headers as the device sent them: ``headers["content-type"]``.
+    headers: Fields = field(default_factory=lambda: Fields(any_case=True), repr=False, compare=False)
+    #: How many bytes of its body the server read (up to ``BODY_KEPT``); whether there was more.
+    body_size: int = 0
+    body_cut: bool = False
+    #: Reads the body from its server; set on the entries a handle gives its test.
+    _body: Callable[[], bytes] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def query(self) -> Fields:
+        """The query of ``path``, parsed: ``query["v"]``, ``query.getall("tag")``."""
+        from urllib.parse import parse_qsl
+
+        return Fields(parse_qsl(self.path.partition("?")[2], keep_blank_values=True))
+
+    @property
+    def body(self) -> bytes:
+        """The body the device sent, as far as the server read it: the first 64 KiB
+        (``body_cut`` says whether there was more) of a request a reply, a handler or an upload
+        folder took; empty for the others, whose body the server never reads. On an exporter it
+        is fetched when read."""
+        return b"" if self._body is None or not self.body_size else self._body()
+
+    def json(self) -> Any:
+        """The body parsed as JSON (a ``ValueError`` if it is not JSON)."""
+        import json
+
+        return json.loads(self.body)
 
     def line(self) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time % 1 * 1000):03d}"
+        if self.method == NO_REQUEST:  # a handshake refused: no request, no answer
+            return f"{stamp} {self.talk}"
         range_ = f" [{self.range}]" if self.range else ""
         return (
             f"{stamp} {self.client} {self.method} {self.path}{range_} -> {self.status}, "
@@ -155,7 +234,9 @@ class HttpRequest:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_body"}
+        data["headers"] = self.headers.pairs()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HttpRequest:
@@ -174,6 +255,9 @@ class HttpRequest:
             injected=bool(data.get("injected", False)),
             seq=int(data.get("seq", -1)),
             talk=None if data.get("talk") is None else str(data["talk"]),
+            headers=Fields(((str(k), str(v)) for k, v in data.get("headers") or ()), any_case=True),
+            body_size=int(data.get("body_size", 0)),
+            body_cut=bool(data.get("body_cut", False)),
         )
 
 
@@ -501,6 +585,11 @@ def _plain(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 
+#: A test's handler as its server's API calls it: the request (``HttpRequest.as_dict()`` with
+#: its body in base64) to the response (``HttpResponse.as_dict()``).
+Answerer = Callable[[dict[str, Any]], dict[str, Any]]
+
+
 class Recorder(Protocol):
     """What a handle asks of its server beyond serving: its request log and its faults.
 
@@ -530,8 +619,15 @@ class Recorder(Protocol):
         """How often a fault, reply, upload folder or credential set through ``namespace`` acted so far."""
         ...
 
-    def add_reply(self, spec: dict[str, Any], namespace: str | None = None) -> str:
-        """Answer with a scripted reply (``ReplySpec.as_dict()``) until it or ``namespace`` ends; its id."""
+    def add_reply(
+        self, spec: dict[str, Any], namespace: str | None = None, handler: Answerer | None = None
+    ) -> str:
+        """Answer with a scripted reply (``ReplySpec.as_dict()``) until it or ``namespace`` ends; its
+        id. ``handler`` answers a reply with a handler, in a worker thread of this process."""
+        ...
+
+    def get_body(self, seq: int, prefix: str) -> bytes:
+        """What the server read of the body of request ``seq`` below ``prefix``."""
         ...
 
     def accept_uploads(self, spec: dict[str, Any], namespace: str | None = None) -> str:

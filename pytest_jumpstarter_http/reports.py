@@ -180,6 +180,7 @@ def add(
     readers: Readers,
 ) -> None:
     """Read the servers' logs for a call's ``report`` if a reader wants them, and give it to each."""
+    _fail_on_handlers(item, report, servers)
     if report.passed:
         check(report, servers, settings.strict)
     if report.passed and not (settings.fail_on or readers.read_passed):
@@ -192,6 +193,25 @@ def add(
         item.user_properties.extend(prop for log in logs for prop in log.properties())
     elif readers.junit == "system-out":
         item.stash[SYSTEM_OUT] = text(logs)
+
+
+def _fail_on_handlers(item: pytest.Item, report: pytest.TestReport, servers: list[HttpServerHandle]) -> None:
+    """Fail the test whose handler raised (``respond(handler=)``), with the handler's traceback;
+    a test that failed already shows it in a section."""
+    errors = [error for server in servers for error in server.handler_errors]
+    if not errors:
+        return
+    shown = [
+        f"{type(error).__name__}: {error}"  # a mistake in what it returned: the sentence is all
+        if error.__traceback__ is None
+        else str(item.repr_failure(pytest.ExceptionInfo.from_exception(error)))
+        for error in errors
+    ]
+    if report.passed:
+        report.outcome = "failed"
+        report.longrepr = "a handler of respond() raised; the device got a 500:\n" + "\n\n".join(shown)
+    else:
+        report.sections.append(("a handler of respond() raised", "\n\n".join(shown)))
 
 
 def add_to_teardown(item: pytest.Item, report: pytest.TestReport) -> None:
@@ -215,6 +235,8 @@ class HtmlRows:
 
 #: What an xdist worker kept, in the output it sends its controller as it ends.
 KEPT_OUTPUT = "jumpstarter_http_kept"
+#: The servers an xdist worker used that remove what it kept when the Jumpstarter session ends.
+REMOVING_OUTPUT = "jumpstarter_http_removing"
 
 
 def kept_in(folder: Path | None) -> dict[str, int]:
@@ -240,12 +262,28 @@ def kept_line(keep: Keep, kept: dict[str, int]) -> str:
     return f"jumpstarter-http: --http-keep={keep} kept {count} {folders} below {parent}, in {each}"
 
 
+def removing_line(removing: list[str]) -> str | None:
+    """The run summary's one sentence, after ``kept_line``, saying that what ``--http-keep`` kept on
+    these exporters' servers goes when the Jumpstarter session ends; None for none."""
+    if not removing:
+        return None
+    where = " and ".join(sorted(set(removing)))
+    return (
+        f"jumpstarter-http: what --http-keep keeps on {where} is removed when the Jumpstarter "
+        "session ends, by the driver's remove_created_on_close; set remove_created_on_close: false "
+        "in the exporter config to keep it."
+    )
+
+
 class XdistKept:
     """The controller's hook of pytest-xdist, registered only when xdist is present: it gathers
-    what each worker kept, for the one line of the run's summary."""
+    what each worker kept, and where that is removed, for the lines of the run's summary."""
 
-    def __init__(self, kept: dict[str, int]) -> None:
+    def __init__(self, kept: dict[str, int], removing: list[str]) -> None:
         self._kept = kept
+        self._removing = removing
 
     def pytest_testnodedown(self, node: object, error: object) -> None:
-        self._kept.update(getattr(node, "workeroutput", {}).get(KEPT_OUTPUT, {}))
+        output = getattr(node, "workeroutput", {})
+        self._kept.update(output.get(KEPT_OUTPUT, {}))
+        self._removing.extend(output.get(REMOVING_OUTPUT, []))

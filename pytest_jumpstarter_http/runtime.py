@@ -61,6 +61,11 @@ class Backend(Protocol):
         """Lines for the run's summary."""
         ...
 
+    def removing(self) -> list[str]:
+        """The servers it used whose storage removes, when the Jumpstarter session ends, what the
+        session wrote there (what ``--http-keep`` kept too), each as the run's summary names it."""
+        ...
+
     def close(self, *, failed: bool = False) -> None:
         """Let go of everything it holds, at the end of the run (``failed``: a test of it failed)."""
         ...
@@ -218,6 +223,11 @@ class Runtime:
         return [
             f"jumpstarter-http: {line}" for backend in self._backends.values() for line in backend.summary()
         ]
+
+    def removing(self) -> list[str]:
+        """The servers this process used that remove what ``--http-keep`` kept there when the
+        Jumpstarter session ends (see ``Backend.removing``)."""
+        return [where for backend in self._backends.values() for where in backend.removing()]
 
     def close(self, *, failed: bool = False) -> None:
         """Stop the session's servers, newest first, remove the session's roots, let go of the

@@ -36,7 +36,7 @@ from aiohttp.web_urldispatcher import StaticResource
 
 from .beneath import PROBE, EscapesRoot, Root, open_beneath
 from .namespaces import Namespaces
-from .records import OBJECTS, HttpRequest, Progress
+from .records import OBJECTS, Fields, HttpRequest, Progress
 
 if TYPE_CHECKING:
     from aiohttp.abc import AbstractStreamWriter
@@ -73,6 +73,9 @@ class RequestLog:
         self.started = 0
         self._lock = threading.Lock()
         self._running: dict[int, Progress] = {}
+        #: Request number -> the part of its body the server read, oldest first.
+        self._bodies: dict[int, bytes] = {}
+        self._body_bytes = 0
 
     def start(self) -> int:
         """Number a request that starts now."""
@@ -94,9 +97,23 @@ class RequestLog:
         with self._lock:
             return list(self._running.values())
 
-    def add(self, entry: HttpRequest) -> None:
+    def add(self, entry: HttpRequest, body: bytes = b"") -> None:
+        """Log ``entry``, and keep the part of its body the server read (the newest 16 MiB of them)."""
         with self._lock:
             self._entries.append((self.started, entry))
+            if body:
+                self._bodies[entry.seq] = body
+                self._body_bytes += len(body)
+                while self._body_bytes > BODIES_KEPT:
+                    self._body_bytes -= len(self._bodies.pop(next(iter(self._bodies))))
+
+    def body(self, seq: int, prefix: str = "") -> bytes:
+        """What the server read of the body of request ``seq`` below ``prefix`` (empty: none kept)."""
+        with self._lock:
+            found = [
+                entry for _, entry in self._entries if entry.seq == seq and entry.path.startswith(prefix)
+            ]
+            return self._bodies.get(seq, b"") if found else b""
 
     def since(self, start: int, prefix: str = "") -> list[HttpRequest]:
         """The kept entries of requests numbered ``start`` or later whose raw path starts with ``prefix``.
@@ -131,6 +148,11 @@ PROGRESS_KEY: Final = RequestKey("pytest_jumpstarter_http.progress", Progress)
 SEQ_KEY: Final = RequestKey("pytest_jumpstarter_http.seq", int)
 #: Request-mapping key of the label of the fault a request hit, for the request log.
 FAULT_KEY: Final = RequestKey("pytest_jumpstarter_http.fault", str)
+#: Request-mapping key of the part of the body the server read (``BODY_KEPT`` bytes at most),
+#: and whether the body was longer.
+BODY_KEY: Final = RequestKey("pytest_jumpstarter_http.body", tuple[bytes, bool])
+#: The bodies' bytes a server's request log keeps, the newest first.
+BODIES_KEPT: Final = 16 << 20
 #: Request-mapping key set when a fault answered the request with its own status.
 INJECTED_KEY: Final = RequestKey("pytest_jumpstarter_http.injected", bool)
 #: Request-mapping key of what a test's scripted answers did with the request (``reply``...).
@@ -564,7 +586,7 @@ def access_logger_class(log: RequestLog) -> type:
 
     class Recorder(AbstractAccessLogger):
         def log(self, request: Any, response: Any, duration: float) -> None:
-            log.add(record(request, response, duration, log))
+            log.add(record(request, response, duration, log), request.get(BODY_KEY, (b"",))[0])
 
         @property
         def enabled(self) -> bool:
@@ -575,6 +597,7 @@ def access_logger_class(log: RequestLog) -> type:
 
 def record(request: Any, response: Any, duration: float, log: RequestLog) -> HttpRequest:
     seq = request.get(SEQ_KEY)
+    body = request.get(BODY_KEY, (b"", False))
     progress = getattr(response, "progress", None)  # serving.ServedFile's, once prepared
     return HttpRequest(
         time=time.time() - duration,
@@ -591,9 +614,17 @@ def record(request: Any, response: Any, duration: float, log: RequestLog) -> Htt
         fault=fault_of(request),
         injected=bool(request.get(INJECTED_KEY, False)),
         talk=request.get(TALK_KEY),
+        headers=Fields(((name, text(value)) for name, value in request.headers.items()), any_case=True),
+        body_size=len(body[0]),
+        body_cut=body[1],
         # A request aiohttp refused before any middleware ran is numbered as it ends.
         seq=log.start() if seq is None else seq,
     )
+
+
+def text(value: str) -> str:
+    """A header's value as text any wire carries: bytes that were no UTF-8 become U+FFFD."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def install(runner: Any, log: RequestLog) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import glob
 import hmac
 import json as jsonlib
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Final, cast
 from urllib.parse import unquote
 
@@ -78,18 +80,7 @@ def _payload(body: Any, json: Any) -> bytes | None:
             "respond(): body and json were both given; a reply has one body, so give one of them."
         )
     if json is not NO_JSON:
-        try:
-            return jsonlib.dumps(json, allow_nan=False).encode()
-        except RecursionError:  # repr() of the value would recurse as deep: not shown
-            raise ValueError(
-                "respond(): json is nested too deeply to encode; give a JSON value of fewer levels, "
-                "or body= with its text."
-            ) from None
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"respond(): json={shown(json)} is not a JSON value ({exc}); give dicts, lists, "
-                "strings, numbers, booleans or None."
-            ) from None
+        return _encoded("json", json)
     if body is None or isinstance(body, bytes):
         return body
     if isinstance(body, str):
@@ -98,6 +89,22 @@ def _payload(body: Any, json: Any) -> bytes | None:
         f"respond(): body={shown(body)} is a {type(body).__name__}, not bytes or str; give bytes "
         "or str, or json= for a JSON value."
     )
+
+
+def _encoded(name: str, value: Any) -> bytes:
+    """The JSON value ``value`` of the argument ``name``, encoded; checked."""
+    try:
+        return jsonlib.dumps(value, allow_nan=False).encode()
+    except RecursionError:  # repr() of the value would recurse as deep: not shown
+        raise ValueError(
+            f"respond(): {name} is nested too deeply to encode; give a JSON value of fewer levels, "
+            "or body= with its text."
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"respond(): {name}={shown(value)} is not a JSON value ({exc}); give dicts, lists, "
+            "strings, numbers, booleans or None."
+        ) from None
 
 
 def _headers(headers: Any) -> dict[str, str]:
@@ -139,13 +146,63 @@ def _has(headers: Mapping[str, str], name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Asked:
+    """A request as a reply matches it: its method, decoded URL path, raw query, headers, and
+    the part of its body the server read (None: not read)."""
+
+    method: str
+    path: str
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+
+
+def _query(query: Any) -> str | dict[str, list[str]] | None:
+    """``query_string=``: a raw query (its leading ``?`` dropped), or names to a value or a list of them."""
+    if query is None:
+        return None
+    if isinstance(query, str):
+        return query.removeprefix("?")
+    if isinstance(query, Mapping) and all(isinstance(name, str) for name in query):
+        values = {name: [value] if isinstance(value, str) else value for name, value in query.items()}
+        if all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in values.values()):
+            return values
+    raise TypeError(
+        f"respond(): query_string={shown(query)} is no query; give a str such as 'v=2&tag=a', or a "
+        "dict of names to a str or a list of str."
+    )
+
+
+def _data(data: Any) -> bytes | None:
+    if data is None or isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode()
+    raise TypeError(f"respond(): data={shown(data)} is a {type(data).__name__}, not bytes or str.")
+
+
+def _match_headers(headers: Any) -> dict[str, str]:
+    """``match_headers=``, checked as a reply's own headers are, names folded to lower case."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise TypeError(
+            f"respond(): match_headers={shown(headers)} is not a dict of str header names to str values."
+        )
+    return {name.lower(): value for name, value in headers.items()}
+
+
+@dataclass(frozen=True)
 class ReplySpec:
     """A scripted reply, checked as it is made: its fields are ``respond()``'s arguments.
 
     ``payload`` is the body as sent (a JSON value encoded); with none, a 2xx reply to ``GET``
     serves the file at ``path`` with ``headers`` added. ``target`` places it below a handle's
-    URL (:meth:`under`). An ``ordered`` reply is a step of its handle's sequence, and answers
-    once unless ``times`` says more.
+    URL (:meth:`under`). ``query_string``, ``data``, ``match_headers`` and ``match_json`` are what
+    the request must carry besides its method and path. An ``ordered`` reply is a step of its
+    handle's sequence, and answers once unless ``times`` says more.
     """
 
     path: str
@@ -156,8 +213,15 @@ class ReplySpec:
     method: str = "GET"
     times: int | None = None
     ordered: bool = False
+    query_string: str | Mapping[str, Any] | None = None
+    data: bytes | str | None = None
+    match_headers: Mapping[str, str] | None = None
+    match_json: Any = NO_JSON
+    #: Seconds the server waits for the test's handler (``respond(handler=)``); 0: none.
+    handler_wait: float = 0.0
     payload: bytes | None = field(default=None, init=False)
-    #: The decoded URL path it answers, with a leading slash; set by :meth:`under`.
+    #: The ``fnmatch`` pattern of the decoded URL path it answers, with a leading slash; set by
+    #: :meth:`under`.
     target: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
@@ -165,11 +229,27 @@ class ReplySpec:
         set_(self, "path", spec_path("respond()", "path", self.path))
         bounded("respond()", "status", self.status, _STATUS_RANGE)
         set_(self, "times", _times(self.times, self.ordered))
-        if not isinstance(self.method, str) or not _METHOD.match(self.method.upper()):
+        if not isinstance(self.method, str) or not (_METHOD.match(self.method.upper()) or self.method == "*"):
             raise ValueError(
-                f"respond(): method={shown(self.method)} is no HTTP method; give one such as 'GET'."
+                f"respond(): method={shown(self.method)} is no HTTP method; give one such as 'GET', "
+                "or '*' for any."
             )
         set_(self, "method", self.method.upper())
+        set_(self, "query_string", _query(self.query_string))
+        set_(self, "data", _data(self.data))
+        set_(self, "match_headers", _match_headers(self.match_headers))
+        if self.match_json is not NO_JSON:
+            _encoded("match_json", self.match_json)
+            if self.data is not None:
+                raise ValueError(
+                    "respond(): data and match_json were both given; a request has one body, so "
+                    "match it with one of them."
+                )
+        if self.handler_wait and (self.body is not None or self.json is not NO_JSON or self.headers):
+            raise ValueError(
+                "respond(): a handler answers with its own status, headers and body; give handler= "
+                "without body, json or headers."
+            )
         payload = _payload(self.body, self.json)
         headers = _headers(self.headers)
         if payload is not None and len(payload) > MAX_REPLY_BODY:
@@ -189,48 +269,146 @@ class ReplySpec:
     @property
     def serves_file(self) -> bool:
         """Whether it serves the file at its path (with its headers) rather than a body of its own."""
-        return self.payload is None and 200 <= self.status < 300 and self.method == "GET"
+        plain = self.payload is None and not self.handler_wait
+        return plain and 200 <= self.status < 300 and self.status != 204 and self.method == "GET"
+
+    @property
+    def reads_body(self) -> bool:
+        """Whether it matches on the request's body, which the server must read first."""
+        return self.data is not None or self.match_json is not NO_JSON
 
     def under(self, prefix: str) -> ReplySpec:
         """This reply below the percent-encoded URL path ``prefix`` of a handle."""
         placed = copy.copy(self)
-        object.__setattr__(placed, "target", "/" + normalized(f"{unquote(prefix)}/{self.path}"))
+        base = glob.escape("/" + normalized(unquote(prefix)))
+        object.__setattr__(placed, "target", "/" + normalized(f"{base}/{self.path}"))
         return placed
 
     def answers(self, method: str, path: str) -> bool:
         """Whether it answers a ``method`` request for the decoded URL ``path``, however spelled."""
-        asked = method == self.method or (method == "HEAD" and self.method == "GET")
-        return asked and "/" + normalized(path) == self.target
+        asked = self.method in (method, "*") or (method == "HEAD" and self.method == "GET")
+        return asked and fnmatchcase("/" + normalized(path), self.target)
+
+    def fits(self, asked: Asked) -> bool:
+        """Whether ``asked`` carries the query, headers and body it matches on (its method and
+        path: :meth:`answers`)."""
+        if not self.answers(asked.method, asked.path):
+            return False
+        if isinstance(self.query_string, str) and asked.query != self.query_string:
+            return False
+        if isinstance(self.query_string, dict) and _parsed(asked.query) != self.query_string:
+            return False
+        if any(asked.headers.get(name) != value for name, value in (self.match_headers or {}).items()):
+            return False
+        if self.data is not None and asked.body != self.data:
+            return False
+        return self.match_json is NO_JSON or _json_of(asked.body) == (True, self.match_json)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "status": self.status,
-            "payload": None if self.payload is None else base64.b64encode(self.payload).decode(),
+            "payload": _b64(self.payload),
             "headers": dict(self.headers or {}),
             "method": self.method,
             "times": self.times,
             "ordered": self.ordered,
             "target": self.target,
+            "query_string": self.query_string,
+            "data": _b64(self.data if isinstance(self.data, bytes) else None),
+            "match_headers": dict(self.match_headers or {}),
+            # JSON text: Jumpstarter's wire would carry its numbers as floats.
+            "match_json": None
+            if self.match_json is NO_JSON
+            else _encoded("match_json", self.match_json).decode(),
+            "handler_wait": self.handler_wait,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReplySpec:
-        """Rebuild a spec sent over Jumpstarter's wire (numbers as floats, the body in base64);
+        """Rebuild a spec sent over Jumpstarter's wire (numbers as floats, bodies in base64);
         checked again."""
-        payload = data.get("payload")
         times = data.get("times")
+        query = data.get("query_string")
+        match_json = data.get("match_json")
         spec = cls(
             str(data["path"]),
             status=int(data["status"]),
-            body=None if payload is None else base64.b64decode(str(payload)),
+            body=_unb64(data.get("payload")),
             headers={str(k): str(v) for k, v in dict(data.get("headers") or {}).items()},
             method=str(data["method"]),
             times=None if times is None else int(times),
             ordered=bool(data.get("ordered", False)),
+            query_string=query
+            if query is None or isinstance(query, str)
+            else {str(k): [str(x) for x in v] for k, v in dict(query).items()},
+            data=_unb64(data.get("data")),
+            match_headers={str(k): str(v) for k, v in dict(data.get("match_headers") or {}).items()},
+            match_json=NO_JSON if match_json is None else jsonlib.loads(str(match_json)),
+            handler_wait=float(data.get("handler_wait") or 0.0),
         )
         object.__setattr__(spec, "target", "/" + normalized(str(data["target"])))
         return spec
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def _unb64(text: Any) -> bytes | None:
+    return None if text is None else base64.b64decode(str(text))
+
+
+def _parsed(query: str) -> dict[str, list[str]]:
+    """A raw query as names to their values, in order."""
+    from urllib.parse import parse_qsl
+
+    parsed: dict[str, list[str]] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        parsed.setdefault(name, []).append(value)
+    return parsed
+
+
+def _json_of(body: bytes | None) -> tuple[bool, Any]:
+    """Whether ``body`` is JSON, and its value."""
+    try:
+        return True, jsonlib.loads(body or b"")
+    except (ValueError, RecursionError):
+        return False, None
+
+
+@user_facing
+@dataclass(frozen=True)
+class HttpResponse:
+    """What a handler of ``respond(path, handler=fn)`` returns: ``fn(request) -> HttpResponse``.
+
+    ``body`` (bytes or str) or ``json`` (any JSON value, sent as ``application/json``), up to
+    1 MiB; ``status`` 200 to 599; ``headers`` without the framing ones, which the server sets.
+    """
+
+    status: int = 200
+    body: bytes | str | None = None
+    json: Any = NO_JSON
+    headers: Mapping[str, str] | None = None
+    payload: bytes | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # The one check of a reply's answer: respond()'s, its sentence naming this class.
+        try:
+            reply = ReplySpec("-", self.status, self.body, self.json, self.headers, method="POST")
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(str(exc).replace("respond():", "HttpResponse():", 1)) from None
+        object.__setattr__(self, "payload", reply.payload)
+        object.__setattr__(self, "headers", reply.headers)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "payload": _b64(self.payload), "headers": dict(self.headers or {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HttpResponse:
+        """Rebuild an answer sent over Jumpstarter's wire; checked again."""
+        headers = {str(k): str(v) for k, v in dict(data.get("headers") or {}).items()}
+        return cls(int(data["status"]), _unb64(data.get("payload")), headers=headers)
 
 
 @dataclass(frozen=True)

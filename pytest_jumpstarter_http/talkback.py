@@ -16,14 +16,17 @@ server; never imports pytest.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import itertools
 import os
 import secrets
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -31,14 +34,18 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .beneath import open_folders
-from .records import name_problem
-from .serving import INJECTED_KEY, TALK_KEY
+from .records import BODY_KEPT, name_problem
+from .serving import BODY_KEY, INJECTED_KEY, SEQ_KEY, TALK_KEY, text
 from .shaping import PIECE
-from .talk import NO_SUCH_METHOD, ORDERED, OUT_OF_ORDER, AuthSpec, ReplySpec, UploadSpec
+from .talk import NO_SUCH_METHOD, ORDERED, OUT_OF_ORDER, Asked, AuthSpec, HttpResponse, ReplySpec, UploadSpec
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
     from aiohttp.web import Request, StreamResponse
+
+#: What answers a reply with a handler: given the reply's id and the request as a dict, the
+#: response as a dict (``HttpResponse.as_dict()``).
+HandlerCall = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 __all__ = ["OutOfOrder", "Talkback", "TalkbackMiddleware", "Written"]
 
@@ -52,9 +59,20 @@ class _Entry:
     """One scripted answer on a server: its spec, its hits, and an upload folder's descriptor."""
 
     def __init__(
-        self, spec: ReplySpec | UploadSpec | AuthSpec, namespace: str | None, fd: int = -1, folder: str = ""
+        self,
+        talk_id: str,
+        spec: ReplySpec | UploadSpec | AuthSpec,
+        namespace: str | None,
+        *,
+        fd: int = -1,
+        folder: str = "",
+        handler: HandlerCall | None = None,
     ) -> None:
+        self.talk_id = talk_id
         self.spec = spec
+        #: What answers a reply made with ``respond(handler=)``: the test's function, reached
+        #: in this process or through its owner's stream.
+        self.handler = handler
         #: The namespace it came through, which it ends with; None for the whole server.
         self.namespace = namespace
         self.hits = 0
@@ -103,12 +121,18 @@ class Talkback:
         """Whether nothing is scripted: most requests of most servers pass straight through."""
         return not self._entries
 
-    def add(self, spec: ReplySpec | AuthSpec, namespace: str | None = None) -> str:
-        """Start answering with a reply, or asking for credentials, until ``namespace`` ends; its id."""
+    def add(
+        self, spec: ReplySpec | AuthSpec, namespace: str | None = None, handler: HandlerCall | None = None
+    ) -> str:
+        """Start answering with a reply, or asking for credentials, until ``namespace`` ends; its id.
+
+        ``handler`` answers a reply that has one (:attr:`ReplySpec.handler_wait`): it gets the
+        reply's id and the request (``HttpRequest.as_dict()``, its body in base64), and returns
+        an ``HttpResponse.as_dict()``."""
         kind = "reply" if isinstance(spec, ReplySpec) else "auth"
         with self._lock:
             talk_id = f"{kind}-{next(self._ids)}"
-            self._entries[talk_id] = _Entry(spec, namespace)
+            self._entries[talk_id] = _Entry(talk_id, spec, namespace, handler=handler)
         return talk_id
 
     def accept(self, spec: UploadSpec, namespace: str | None, base: Path, folder: str) -> str:
@@ -122,7 +146,7 @@ class Talkback:
         finally:
             os.close(top)
         with self._lock:
-            self._entries[talk_id] = _Entry(spec, namespace, fd, made)
+            self._entries[talk_id] = _Entry(talk_id, spec, namespace, fd=fd, folder=made)
         return talk_id
 
     def clear(self, talk_id: str, namespace: str | None) -> int:
@@ -196,19 +220,31 @@ class Talkback:
             return []
         return [challenge for spec in asked for challenge in spec.challenges()]
 
-    def reply(self, method: str, path: str) -> ReplySpec | None:
-        """The first reply with answers left for ``method`` on ``path``, counted as hit; an
+    def reads_body(self, method: str, path: str) -> bool:
+        """Whether a reply or an upload folder may take a ``method`` request for ``path``: the
+        server reads the first part of its body, to match and to log."""
+        with self._lock:
+            specs = [entry.spec for entry in self._entries.values()]
+        for spec in specs:
+            if isinstance(spec, ReplySpec) and spec.answers(method, path):
+                return True
+            if isinstance(spec, UploadSpec) and method in ("PUT", "POST") and spec.name_of(path) is not None:
+                return True
+        return False
+
+    def reply(self, asked: Asked) -> _Entry | None:
+        """The first reply added that matches ``asked`` and has answers left, counted as hit; an
         :class:`OutOfOrder` if it is an ordered reply whose turn has not come (or has passed)."""
         with self._lock:
             for entry in self._entries.values():
                 spec = entry.spec
-                if not isinstance(spec, ReplySpec) or not spec.answers(method, path):
+                if not isinstance(spec, ReplySpec) or not spec.fits(asked):
                     continue
                 if spec.times is None or entry.hits < spec.times:
                     if spec.ordered:
                         self._in_turn(entry)
                     entry.hits += 1
-                    return spec
+                    return entry
         return None
 
     def _in_turn(self, entry: _Entry) -> None:
@@ -377,13 +413,25 @@ async def _part_chunks(part: Any) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _receive(request: Request, found: _Found) -> list[Written]:
+async def _chained(head: bytes, stream: Any) -> AsyncIterator[bytes]:
+    """The body's first part, read already, then the rest of it."""
+    if head:
+        yield head
+    async for chunk in _chunks_of(stream):
+        yield chunk
+
+
+def _is_form(request: Request) -> bool:
+    return request.method == "POST" and request.content_type == "multipart/form-data"
+
+
+async def _receive(request: Request, found: _Found, head: bytes) -> list[Written]:
     """Write the request's body (or each file part of a multipart POST) below the upload folder.
 
     ``max_bytes`` bounds what is stored: a multipart form may be larger by its framing and other
     fields, up to ``FORM_SLACK`` bytes, which are read and dropped.
     """
-    form = request.method == "POST" and request.content_type == "multipart/form-data"
+    form = _is_form(request)
     length = request.content_length
     if length is not None and length > found.spec.max_bytes + (FORM_SLACK if form else 0):
         raise _Refused(413, "the upload is larger than accept_uploads()'s max_bytes")
@@ -394,7 +442,7 @@ async def _receive(request: Request, found: _Found) -> list[Written]:
             await _receive_parts(request, found, budget, written)
         else:
             written.append(Written(found.fd, found.name))
-            await written[-1].take(_chunks_of(request.content), budget)
+            await written[-1].take(_chained(head, request.content), budget)
         for each in written:
             each.keep()
     except ConnectionResetError:  # the device's doing, not the server failing (issue 26)
@@ -427,7 +475,7 @@ async def _receive_parts(request: Request, found: _Found, budget: list[int], wri
 
 
 class TalkbackMiddleware:
-    """After the faults, before the files: credentials, then scripted replies, then uploads."""
+    """After the faults, before the files: credentials, then scripted replies and uploads."""
 
     __middleware_version__ = 1
 
@@ -438,31 +486,54 @@ class TalkbackMiddleware:
         talk = self.talkback
         if talk.idle:
             return await handler(request)
-        path = request.path
-        challenges = talk.refused(path, request.headers.get("Authorization", ""))
+        challenges = talk.refused(request.path, request.headers.get("Authorization", ""))
         if challenges:
             return _unauthorized(request, challenges)
-        replied = await self._replied(request, handler, path)
-        if replied is not None:
-            return replied
-        found = talk.arriving(request.method, path)
-        if found is not None:
-            return await _store(request, talk, found)
-        if talk.elsewise(request.method, path):  # a reply's path asked with another method
-            from aiohttp import web
+        return await _talk(request, handler, talk)
 
-            request[TALK_KEY] = NO_SUCH_METHOD
-            # What the server answers any method it has nothing for: a static server's 405 (issue 26).
-            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
-        return await handler(request)
 
-    async def _replied(self, request: Request, handler: Handler, path: str) -> StreamResponse | None:
-        """The answer of the scripted reply for the request, if one matches it."""
-        try:
-            reply = self.talkback.reply(request.method, path)
-        except OutOfOrder as out:
-            return _out_of_order(request, out)
-        return None if reply is None else await _answer(request, handler, reply)
+async def _talk(request: Request, handler: Handler, talk: Talkback) -> StreamResponse:
+    """A reply, an upload, both (the reply answers once the body is stored), or the files."""
+    method, path = request.method, request.path
+    found = talk.arriving(method, path)
+    reads = request.body_exists and not (found and _is_form(request)) and talk.reads_body(method, path)
+    try:
+        head = await _head(request) if reads else b""
+    except ConnectionResetError:  # the device's doing, as in _receive
+        cut = "upload cut short" if found else "body cut short"
+        return _refused(
+            request, _Refused(400, "the device closed the connection before the end of its body", cut)
+        )
+    asked = Asked(method, path, request.query_string, request.headers, head[:BODY_KEPT])
+    try:
+        reply = talk.reply(asked if len(head) <= BODY_KEPT else dataclasses.replace(asked, body=None))
+    except OutOfOrder as out:
+        return _out_of_order(request, out)
+    if found is not None:
+        stored = await _store(request, talk, found, head)
+        if reply is None or stored.status != 201:
+            return stored
+    if reply is not None:
+        return await _answer(request, handler, reply)
+    if talk.elsewise(method, path):  # a reply's path asked with another method
+        from aiohttp import web
+
+        request[TALK_KEY] = NO_SUCH_METHOD
+        # What the server answers any method it has nothing for: a static server's 405 (issue 26).
+        return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+    return await handler(request)
+
+
+async def _head(request: Request) -> bytes:
+    """The body's first ``BODY_KEPT`` bytes, and one more if there are more; logged with the request."""
+    head = bytearray()
+    while len(head) <= BODY_KEPT:
+        chunk = await request.content.read(BODY_KEPT + 1 - len(head))
+        if not chunk:
+            break
+        head += chunk
+    request[BODY_KEY] = (bytes(head[:BODY_KEPT]), len(head) > BODY_KEPT)
+    return bytes(head)
 
 
 def _unauthorized(request: Request, challenges: list[str]) -> StreamResponse:
@@ -482,31 +553,72 @@ def _out_of_order(request: Request, out: OutOfOrder) -> StreamResponse:
     return web.Response(status=500, text=f"{out}\n")
 
 
-async def _answer(request: Request, handler: Handler, spec: ReplySpec) -> StreamResponse:
-    """The reply: the file with its headers, or its own status, headers and body (none for HEAD)."""
+async def _answer(request: Request, handler: Handler, entry: _Entry) -> StreamResponse:
+    """The reply: the file with its headers, its own status, headers and body (none for HEAD),
+    or what its handler answers."""
     from aiohttp import web
 
+    spec = entry.spec
+    assert isinstance(spec, ReplySpec)
     request[TALK_KEY] = ORDERED if spec.ordered else "reply"
     if spec.serves_file:
         response = await handler(request)
         response.headers.update(spec.headers or {})
         return response
     request[INJECTED_KEY] = True  # the test asked for this status: --http-fail-on skips it
-    return web.Response(status=spec.status, body=spec.payload, headers=spec.headers)
+    if entry.handler is None:
+        return web.Response(status=spec.status, body=spec.payload, headers=spec.headers)
+    request[TALK_KEY] = "handler"
+    try:
+        asked = entry.handler(entry.talk_id, _asked_of(request))
+        answer = HttpResponse.from_dict(await asyncio.wait_for(asked, spec.handler_wait))
+    except TimeoutError:
+        request[TALK_KEY] = "handler: no answer in time"
+        return web.Response(status=504, text="the test's handler did not answer in time\n")
+    except Exception as exc:  # its owner failed it, with the handler's traceback, in the test
+        request[TALK_KEY] = f"handler: {type(exc).__name__}"
+        return web.Response(status=500, text="the test's handler failed\n")
+    return web.Response(status=answer.status, body=answer.payload, headers=answer.headers)
 
 
-async def _store(request: Request, talk: Talkback, found: _Found) -> StreamResponse:
+def _asked_of(request: Request) -> dict[str, Any]:
+    """The request as a handler gets it: ``HttpRequest.as_dict()``, with its body in base64."""
+    body, cut = request.get(BODY_KEY, (b"", False))
+    return {
+        "time": time.time(),
+        "client": str(request.remote),
+        "method": request.method,
+        "path": request.raw_path,
+        "range": request.headers.get("Range"),
+        "status": 0,
+        "bytes_sent": 0,
+        "duration": 0.0,
+        "seq": request.get(SEQ_KEY, -1),
+        "headers": [(name, text(value)) for name, value in request.headers.items()],
+        "body_size": len(body),
+        "body_cut": cut,
+        "body": base64.b64encode(body).decode(),
+    }
+
+
+def _refused(request: Request, refused: _Refused) -> StreamResponse:
+    from aiohttp import web
+
+    request[TALK_KEY] = refused.talk
+    request[INJECTED_KEY] = True
+    response = web.Response(status=refused.status, text=f"{refused}\n")
+    if refused.status == 413:
+        response.force_close()  # the rest of the body is not read
+    return response
+
+
+async def _store(request: Request, talk: Talkback, found: _Found, head: bytes) -> StreamResponse:
     from aiohttp import web
 
     try:
-        written = await _receive(request, found)
+        written = await _receive(request, found, head)
     except _Refused as refused:
-        request[TALK_KEY] = refused.talk
-        request[INJECTED_KEY] = True
-        response = web.Response(status=refused.status, text=f"{refused}\n")
-        if refused.status == 413:
-            response.force_close()  # the rest of the body is not read
-        return response
+        return _refused(request, refused)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -7,6 +7,10 @@ the running ``AppRunner``. The same app answers on it, so namespaces, the reques
 faults are the plain server's. A site closes when its holder lets go (:meth:`TlsSites.close`)
 or when the server stops, whose runner closes every site it has.
 
+A handshake a site refuses (plain HTTP sent to its port, a client certificate missing or of
+another CA, a client that does not trust the server's) reaches no handler, so the site's context
+tells its holder what was wrong (:class:`SiteContext`), for the request log (issue 27).
+
 The key is loaded from memory (a ``memfd``): it never touches the exporter's disk. This module
 runs in the server and never imports pytest.
 """
@@ -18,10 +22,12 @@ import os
 import ssl
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
-from .records import TlsSpec
+from .records import NO_REQUEST, HttpRequest, TlsSpec
 
 
 def port_range(text: str) -> range:
@@ -57,14 +63,105 @@ def lab_certificate(
     return TlsSpec(chain, key, spec.client_ca_pem), Path(ca_file).read_text()
 
 
-def server_context(spec: TlsSpec) -> ssl.SSLContext:
+#: What was wrong with a handshake, by OpenSSL's reason for refusing it: the mistakes a device's
+#: client makes, in a few words. Any other reason is given in OpenSSL's own words.
+_REASONS: Final = {
+    "HTTP_REQUEST": "plain HTTP sent to the HTTPS port",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust the server's CA (give it ca_cert)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the client refused the server's certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the client refused the server's certificate",
+}
+#: OpenSSL's verify codes of a certificate no CA the server trusts has issued (X509_V_ERR_...).
+_UNKNOWN_ISSUER: Final = frozenset({2, 18, 19, 20, 21})
+
+
+def refusal(exc: ssl.SSLError) -> str:
+    """What was wrong with a handshake the server refused with ``exc``, in a few words."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in _UNKNOWN_ISSUER:
+            return "client certificate not signed by the test CA"
+        return f"client certificate refused: {exc.verify_message}"
+    reason = str(exc.reason or "")
+    return _REASONS.get(reason) or reason.lower().replace("_", " ") or str(exc)
+
+
+def refused_handshake(path: str, words: str, seq: int) -> HttpRequest:
+    """The request log's entry of a handshake refused for ``words``, numbered ``seq``, at the URL
+    path ``path`` of a handle the site served: a handshake names no path of its own."""
+    return HttpRequest(
+        time=time.time(),
+        client=NO_REQUEST,  # the SSL object that refused knows no address
+        method=NO_REQUEST,
+        path=path,
+        range=None,
+        status=0,
+        bytes_sent=0,
+        duration=0.0,
+        talk=f"TLS handshake failed: {words}",
+        seq=seq,
+    )
+
+
+class _Noted(ssl.SSLObject):
+    """One connection's TLS, as asyncio drives it: a handshake it refuses is told to its context."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # not refused: more bytes to come
+        except ssl.SSLError as exc:
+            context = self.context
+            if isinstance(context, SiteContext):
+                context.refused(refusal(exc))
+            raise
+
+
+def _python_s_own() -> type[ssl.SSLContext]:
+    """Python's own ``ssl.SSLContext``, even where truststore replaced it, as jumpstarter-cli does
+    in every exporter: a truststore context loads the system's CAs into each connection's, so a
+    mutual-TLS site would take a client certificate of any CA the exporter trusts."""
+    return next(
+        kind for kind in ssl.SSLContext.__mro__ if (kind.__module__, kind.__name__) == ("ssl", "SSLContext")
+    )
+
+
+if TYPE_CHECKING:
+    _SSLContext = ssl.SSLContext
+else:
+    _SSLContext = _python_s_own()
+
+
+class SiteContext(_SSLContext):
+    """The server context of one HTTPS site, which calls ``refused`` with what was wrong with each
+    handshake it refuses, on the server's loop. Only the handshake is watched: the bytes of a
+    download go through OpenSSL as with any context. It trusts the client CA it is given and no
+    other, wherever it runs."""
+
+    sslobject_class = _Noted
+
+    def __init__(self, protocol: int, *, refused: Callable[[str], None]) -> None:
+        # ssl.SSLContext takes its protocol in __new__, which ignores ``refused``.
+        self.refused = refused
+
+    def demand_certificate(self, ca_pem: str) -> None:
+        """Refuse a client without a certificate that the CA ``ca_pem`` signed."""
+        # ssl.SSLContext's own setter names the ssl module's SSLContext, which truststore replaced
+        # (and recurses for ever then): set it on the class below, as that setter does.
+        vars(_SSLContext.__mro__[1])["verify_mode"].__set__(self, ssl.CERT_REQUIRED)
+        self.load_verify_locations(cadata=ca_pem)
+
+
+def server_context(spec: TlsSpec, refused: Callable[[str], None] = lambda words: None) -> ssl.SSLContext:
     """The server side of ``spec``: its certificate and key, and a client certificate demanded if
-    it names a client CA."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    it names a client CA; ``refused`` hears what was wrong with each handshake it refuses."""
+    # What ssl.create_default_context(Purpose.CLIENT_AUTH) makes (but for SSLKEYLOGFILE), of a
+    # class that notes refusals.
+    context = SiteContext(ssl.PROTOCOL_TLS_SERVER, refused=refused)
     _load_chain(context, spec.cert_pem, spec.key_pem)
     if spec.client_ca_pem is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cadata=spec.client_ca_pem)
+        context.demand_certificate(spec.client_ca_pem)
     return context
 
 
@@ -123,12 +220,16 @@ async def _open_first(
 
 
 class TlsSites:
-    """The TLS sites of one server, by holder; changed from the server's loop, read from any thread."""
+    """The TLS sites of one server, by holder; changed from the server's loop, read from any thread.
 
-    def __init__(self) -> None:
+    ``refused`` is called with the holder of a site and what was wrong with a handshake it refused.
+    """
+
+    def __init__(self, refused: Callable[[str, str], None] = lambda holder, words: None) -> None:
         self._lock = threading.Lock()
         #: Holder -> its (runner, site) pairs: a site belongs to the runner it was added to.
         self._sites: dict[str, list[tuple[Any, Any]]] = {}
+        self._refused = refused
 
     async def add(
         self, runner: Any, host: str | None, holder: str, spec: TlsSpec, ports: range | int = 0
@@ -136,7 +237,8 @@ class TlsSites:
         """Serve ``runner``'s app over TLS with ``spec`` on ``host`` and the first free port of
         ``ports`` (0: any free one) until ``holder`` lets go; the port. An ``OSError`` if every one
         is taken."""
-        site, bound = await _open_first(runner, host, ports, server_context(spec))
+        context = server_context(spec, lambda words: self._refused(holder, words))
+        site, bound = await _open_first(runner, host, ports, context)
         with self._lock:
             self._sites.setdefault(holder, []).append((runner, site))
         return bound

@@ -1,9 +1,13 @@
 """--http-keep says where it kept the run's folders, in one line of the run's summary (issue 27)."""
 
+import fnmatch
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from jumpstarter_helpers import JMP, RECORDING, StandaloneExporter, http_driver, write_exporter_config
+from subprocess_runs import plain_pytest, run
 
 TESTS = """
 def test_passes(served_dir, http_server):
@@ -62,3 +66,65 @@ def test_under_xdist_the_controller_says_once_where_each_worker_kept_its_folders
     assert match, line
     folders = [Path(match[1]) / part for part in match[2].split(", ")] if match[2] else [Path(match[1])]
     assert sum(len(list(folder.iterdir())) for folder in folders) == 8
+
+
+#: RecordingHttpServer of this API from before api() said whether its storage removes what a
+#: session wrote: it cannot tell the run.
+OLDER = """
+from jumpstarter.driver import export
+
+from pytest_jumpstarter_http.driver import RecordingHttpServer
+from pytest_jumpstarter_http.records import API_VERSION
+
+
+class Silent(RecordingHttpServer):
+    @export
+    def api(self):
+        return {"api": API_VERSION, "version": "0.0.9"}
+"""
+
+STAGES = """
+def test_stages(http_server, tmp_path):
+    (tmp_path / "image.raw").write_text("image")
+    http_server.stage(tmp_path / "image.raw")
+"""
+
+#: The one line the run's summary adds when the exporter's driver removes what --http-keep kept.
+REMOVED = (
+    "jumpstarter-http: what --http-keep keeps on exporter '*' (HttpServer 'removes') is removed when "
+    "the Jumpstarter session ends, by the driver's remove_created_on_close; set "
+    "remove_created_on_close: false in the exporter config to keep it."
+)
+
+
+def test_http_keep_on_an_exporter_that_removes_what_a_session_wrote_says_so_once(
+    tmp_path: Path, standalone_exporter: Callable[..., StandaloneExporter]
+) -> None:
+    if not Path(JMP).exists():
+        pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
+    (tmp_path / "older.py").write_text(OLDER)
+    drivers = {
+        "removes": {**http_driver(tmp_path / "removes"), "type": RECORDING},  # on by default
+        "keeps": {**http_driver(tmp_path / "keeps", remove_created_on_close=False), "type": RECORDING},
+        "silent": {**http_driver(tmp_path / "silent"), "type": "older.Silent"},
+    }
+    exporter = standalone_exporter(
+        write_exporter_config(tmp_path / "exporter.yaml", drivers), PYTHONPATH=str(tmp_path)
+    )
+    (tmp_path / "test_stages.py").write_text(STAGES)
+
+    def said(*args: str) -> list[str]:
+        done = run(
+            plain_pytest("-p", "no:cacheprovider", *args, "test_stages.py"), cwd=tmp_path, env=exporter.env()
+        )
+        assert done.returncode == 0, done.stdout
+        return [line for line in done.stdout.splitlines() if "remove_created_on_close" in line]
+
+    (line,) = said("--http-keep=all", "--http-driver=removes")
+    assert fnmatch.fnmatch(line, REMOVED), line
+    pytest.importorskip("xdist")
+    (line,) = said("--http-keep=failed", "--http-driver=removes", "-p", "xdist", "-n", "2")  # once for both
+    assert fnmatch.fnmatch(line, REMOVED), line
+    assert said("--http-driver=removes") == []  # nothing kept, nothing to say
+    assert said("--http-keep=all", "--http-driver=keeps") == []
+    assert said("--http-keep=all", "--http-driver=silent") == []  # a server that cannot tell

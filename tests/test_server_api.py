@@ -114,13 +114,13 @@ def test_serves(http_server):
         (
             "Older",
             "*: its RecordingHttpServer at 'http' runs pytest-jumpstarter-http older than this check "
-            "(server API 1) and this machine * (server API 2); upgrade pytest-jumpstarter-http on the "
+            "(server API 1) and this machine * (server API 3); upgrade pytest-jumpstarter-http on the "
             "exporter.",
         ),
         (
             "Newer",
             "*: its RecordingHttpServer at 'http' runs pytest-jumpstarter-http 9.0 (server API 99) and "
-            "this machine * (server API 2); upgrade pytest-jumpstarter-http on this machine.",
+            "this machine * (server API 3); upgrade pytest-jumpstarter-http on this machine.",
         ),
     ],
 )

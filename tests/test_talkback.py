@@ -23,8 +23,8 @@ import hashlib, json, os, subprocess
 from urllib.parse import urlsplit
 import pytest
 
-def curl(*args):
-    return subprocess.run(["curl", "-sS", *map(str, args)], capture_output=True, timeout=60)
+def curl(*args, input=None):
+    return subprocess.run(["curl", "-sS", *map(str, args)], capture_output=True, timeout=60, input=input)
 
 def code(*args):
     return curl("-o", os.devnull, "-w", "%{http_code}", *args).stdout.decode()
@@ -93,6 +93,79 @@ def test_a_reply_for_a_folder_url_answers_it_with_and_without_its_slash(http_ser
     http_server.respond("/simple/pkg/", body="<a href='pkg-1.0.tar.gz'>pkg-1.0.tar.gz</a>")
     assert curl(http_server.url + "/simple/pkg/").stdout.startswith(b"<a href=")
     assert curl(http_server.url + "/simple/pkg").stdout.startswith(b"<a href=")
+
+def test_replies_match_on_query_headers_and_body_first_added_first(http_server):
+    # Issue 26: the request side's own words, tried in the order the replies were added.
+    url = http_server.url + "/api/login"
+    http_server.respond("api/login", method="POST", match_json={"user": "a"}, json={"token": "A"})
+    http_server.respond("api/login", method="POST", data="user=b", body="form B")
+    http_server.respond("api/login", method="POST", match_headers={"X-Board": "rpi4"}, body="rpi4")
+    http_server.respond("api/login", method="POST", query_string={"v": ["2", "3"]}, body="v2 v3")
+    http_server.respond("api/login", method="POST", query_string="raw=1", body="raw")
+    http_server.respond("api/login", method="POST", status=403, body="nobody")
+    assert curl("-d", '{"user": "a"}', url).stdout == b'{"token": "A"}'
+    assert curl("-d", '{"user": "a", "x": 1}', url).stdout == b"nobody"
+    assert curl("-d", "user=b", url).stdout == b"form B"
+    assert curl("-d", "{}", "-H", "x-board: rpi4", url).stdout == b"rpi4"
+    assert curl("-d", "{}", url + "?v=2&v=3").stdout == b"v2 v3"
+    assert curl("-d", "{}", url + "?v=3&v=2").stdout == b"nobody"  # a name's values in order
+    assert curl("-d", "{}", url + "?raw=1").stdout == b"raw"
+    assert curl("-d", '{"user": "a"}', "-H", "x-board: rpi4", url).stdout == b'{"token": "A"}'
+
+def test_the_request_log_has_what_the_device_sent(http_server):
+    http_server.respond("api/report", method="POST", status=204)
+    big = b"x" * (70 << 10)
+    curl("-d", '{"temp": 41.5}', "-H", "Content-Type: application/json", "-H", "X-Serial: 0042",
+         http_server.url + "/api/report?tag=a&tag=b&empty=")
+    curl("--data-binary", "@-", http_server.url + "/api/report", input=big)
+    small, large = http_server.requests
+    assert (small.path, small.name) == ("/api/report?tag=a&tag=b&empty=", "api/report")
+    assert (small.query["tag"], small.query.getall("tag"), small.query["empty"]) == ("a", ["a", "b"], "")
+    assert small.headers["x-serial"] == small.headers["X-SERIAL"] == "0042"
+    assert (small.json(), small.body_cut) == ({"temp": 41.5}, False)
+    assert (large.body, large.body_cut) == (big[: 64 << 10], True)
+
+def test_a_reply_may_take_any_method_and_a_204_serves_no_file(http_server, served_dir):
+    (served_dir / "ping").write_text("a file")
+    http_server.respond("ping", status=204)
+    http_server.respond("any", method="*", body="any")
+    assert curl("-D", "-", http_server.url + "/ping").stdout.startswith(b"HTTP/1.1 204")
+    assert [curl("-X", m, http_server.url + "/any").stdout for m in ("GET", "PUT", "DELETE")] == [b"any"] * 3
+
+def test_a_reply_path_may_be_a_glob(http_server):
+    http_server.respond("api/v1/*", json={"any": True})
+    http_server.respond("api/v1/[ab].json", json={"ab": True}, times=None)
+    assert curl(http_server.url + "/api/v1/devices/42").stdout == b'{"any": true}'
+    assert curl(http_server.url + "/api/v2/x").stdout != b'{"any": true}'
+
+def test_a_handler_answers_in_the_test_process(http_server):
+    from pytest_jumpstarter_http import HttpResponse
+    seen = []
+    def handler(request):
+        seen.append((os.getpid(), request.name, request.query["id"], request.json()))
+        return HttpResponse(status=201, json={"echo": request.json()}, headers={"X-Seen": str(len(seen))})
+    http_server.respond("api/devices", method="POST", handler=handler)
+    answer = curl("-D", "-", "-d", '{"n": 1}', http_server.url + "/api/devices?id=7").stdout.decode()
+    assert answer.startswith("HTTP/1.1 201") and "x-seen: 1" in answer.lower()
+    assert answer.endswith('{"echo": {"n": 1}}')
+    assert seen == [(os.getpid(), "api/devices", "7", {"n": 1})]
+    assert [(r.status, r.talk) for r in http_server.requests] == [(201, "handler")]
+
+def test_a_handler_that_raises_gives_the_device_a_500_and_is_kept_to_fail_the_test(http_server):
+    def handler(request):
+        raise LookupError("no such device")
+    http_server.respond("api/devices", handler=handler)
+    assert code(http_server.url + "/api/devices") == "500"
+    [error] = http_server.handler_errors
+    assert isinstance(error, LookupError)
+    http_server.handler_errors.clear()  # checked here; test_handler_failures reads the report
+
+def test_a_post_reply_and_an_upload_folder_on_one_path_store_the_body_and_answer(http_server):
+    http_server.accept_uploads("logs/")
+    http_server.respond("logs/*", method="POST", json={"stored": True})
+    assert curl("--data-binary", "boot ok", http_server.url + "/logs/boot.log").stdout == b'{"stored": true}'
+    assert [(u.name, u.read_bytes()) for u in http_server.uploads] == [("boot.log", b"boot ok")]
+    assert [r.talk for r in http_server.requests] == ["reply"]
 
 def test_put_post_and_multipart_uploads_arrive_byte_for_byte(http_server, served_dir, tmp_path):
     http_server.accept_uploads()
@@ -220,6 +293,19 @@ def test_a_reply_can_be_cleared_early(http_server, served_dir):
         (lambda s: s.require_auth("admin", "hunter2\n"), ValueError,
          "require_auth(): the password given cannot be sent"),
         (lambda s: s.require_auth(token="two words"), ValueError, "require_auth(): the token given cannot"),
+        (lambda s: s.respond("a", query_string=3), TypeError, "respond(): query_string=3 is no query"),
+        (lambda s: s.respond("a", match_headers=["x"]), TypeError,
+         "respond(): match_headers=['x'] is not a dict of str header names to str"),
+        (lambda s: s.respond("a", data=1), TypeError, "respond(): data=1 is a int, not bytes or str"),
+        (lambda s: s.respond("a", match_json={2j}), TypeError,
+         "respond(): match_json={2j} is not a JSON value"),
+        (lambda s: s.respond("a", handler=3), TypeError, "respond(): handler=3 is not callable"),
+        (lambda s: s.respond("a", data="x", match_json={}), ValueError,
+         "respond(): data and match_json were both given"),
+        (lambda s: HttpResponse(status=101), ValueError, "HttpResponse(): status=101 is out of range"),
+        (lambda s: HttpResponse(body="x", json=1), ValueError, "HttpResponse(): body and json were both"),
+        (lambda s: s.respond("a", handler=print, body="x"), ValueError,
+         "respond(): a handler answers with its own status, headers and body"),
     ],
 )
 def test_bad_arguments_raise_in_one_sentence(http_server, call, error, message):
@@ -252,6 +338,8 @@ def test_a_cut_short_upload_and_a_malformed_form_are_the_device_s_400s(http_serv
     ]
     assert http_server.uploads == []
 
+from pytest_jumpstarter_http import HttpResponse
+
 def nested(depth):
     value = []
     for _ in range(depth):
@@ -270,7 +358,9 @@ def test_a_bearer_header_that_is_no_utf8_is_refused_with_401(http_server, served
     challenge = response.getheader("WWW-Authenticate")
     assert (response.status, challenge) == (401, 'Bearer realm="pytest-jumpstarter-http"')
     connection.close()
-    assert [r.status for r in http_server.requests] == [401]
+    assert [(r.status, r.headers["authorization"]) for r in http_server.requests] == [
+        (401, "Bearer \ufffd\ufffd")
+    ]
 """
 
 #: Two files xdist gives to two workers: one scripts a reply and asks for credentials, and holds
@@ -323,7 +413,7 @@ def test_the_other_worker_never_sees_them(http_server, served_dir):
 LEAKS = ("test_leak_1_a_test_scripts_everything_and_leaves_it", "test_leak_2_the_next_test_sees_none_of_it")
 XDIST_ARGS = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "test_xa.py", "test_xb.py")
 #: The tests of SUITE, parametrized ones counted once per case.
-CASES = 39
+CASES = 55
 
 
 def write_suites(where: Path) -> Path:
@@ -410,12 +500,36 @@ def test_a_reply_crosses_the_wire_and_answers_every_spelling_of_its_path() -> No
         b"\xff\x00",
         201,
         2,
-        "/ns/t[x]/boot/x.efi",
+        "/ns/t[[]x]/boot/x.efi",  # a glob of the path, the handle's URL taken as it is
     )
     assert back.answers("GET", "/ns/t[x]//boot/./x.efi")
     assert back.answers("HEAD", "/ns/t[x]/boot/x.efi")
     assert not back.answers("POST", "/ns/t[x]/boot/x.efi")
     assert not back.answers("GET", "/ns/other/boot/x.efi")
+    assert not back.answers("GET", "/ns/tx/boot/x.efi")
+
+
+def test_what_a_reply_matches_on_crosses_the_wire() -> None:
+    from pytest_jumpstarter_http.talk import Asked
+
+    spec = ReplySpec(
+        "api/*",
+        method="POST",
+        query_string={"v": "2"},
+        match_headers={"X-Board": "rpi4"},
+        match_json={"n": 1, "f": 0.5},
+        handler_wait=3,
+    ).under("/ns/a")
+    back = ReplySpec.from_dict({**spec.as_dict(), "handler_wait": 3.0})
+    assert back == spec
+    asked = Asked("POST", "/ns/a/api/x", "v=2", {"x-board": "rpi4"}, b'{"f": 0.5, "n": 1}')
+    assert back.fits(asked)
+    assert not back.fits(Asked("POST", "/ns/a/api/x", "v=2", {"x-board": "rpi4"}, b'{"n": 1.5}'))
+    assert not back.fits(Asked("POST", "/ns/a/api/x", "v=3", {"x-board": "rpi4"}, asked.body))
+    assert not back.fits(Asked("POST", "/ns/a/api/x", "v=2", {}, asked.body))
+    assert (
+        ReplySpec.from_dict(ReplySpec("a", method="PUT", data=b"\xff").under("/n").as_dict()).data == b"\xff"
+    )
 
 
 def test_an_upload_folder_and_credentials_cross_the_wire() -> None:
@@ -435,3 +549,8 @@ def test_the_request_log_shows_what_the_talkback_did() -> None:
     entry = HttpRequest(0.0, "127.0.0.1", "GET", "/a", None, 302, 0, 0.001, talk="reply")
     assert entry.line().endswith("-> 302, 0 bytes in 1.0 ms [reply]")
     assert HttpRequest.from_dict(entry.as_dict()) == entry
+    sent = HttpRequest.from_dict(
+        {**entry.as_dict(), "headers": [["X-A", "1"], ["x-a", "2"]], "body_size": 3.0}
+    )
+    assert (sent.headers["x-A"], sent.headers.getall("X-A"), sent.body_size) == ("1", ["1", "2"], 3)
+    assert sent.body == b""  # read from the server through a handle only

@@ -22,7 +22,7 @@ from pytest_jumpstarter_http.records import TlsSpec
 
 #: Run with ``--http-tls=on``: every test without a marker gets HTTPS from the option.
 SUITE = """
-import hashlib, os, ssl, subprocess, urllib.request
+import hashlib, os, ssl, subprocess, time, urllib.request
 import pytest
 
 BACKEND = os.environ.get("TLS_FACTORY_BACKEND", "loopback")
@@ -62,11 +62,49 @@ def test_ranges_and_etags_work_over_tls(http_server, served_dir, tmp_path):
     assert again.stdout == "304"
     assert [r.status for r in mine(http_server, "fw.bin")] == [206, 200, 304]
 
+# What the log says of the handshakes the server refused, once it holds count of them: a client
+# that refuses the server's certificate may end before the server read its alert.
+def refused(http_server, count):
+    deadline = time.monotonic() + 10
+    while True:
+        said = [r.talk for r in http_server.requests if (r.method, r.path, r.status) == ("-", "/", 0)]
+        if len(said) >= count or time.monotonic() > deadline:
+            return said
+        time.sleep(0.05)
+
 def test_curl_without_the_ca_fails_verification(http_server, served_dir):
     (served_dir / "a.txt").write_text("a")
     done = curl("-o", os.devnull, http_server.url_for("a.txt"))
     assert done.returncode == 60, done.stderr  # CURLE_PEER_FAILED_VERIFICATION
-    assert http_server.requests == []  # refused in the handshake, before any request
+    # Refused in the handshake, before any request: the log says why (issue 27).
+    said = "TLS handshake failed: the client does not trust the server's CA (give it ca_cert)"
+    assert refused(http_server, 1) == [said]
+    assert mine(http_server, "a.txt") == []
+
+def test_plain_http_to_the_https_port_is_in_the_log_and_matches_no_request(http_server, served_dir):
+    (served_dir / "index.html").write_text("index")
+    done = curl("-f", http_server.url_for("index.html").replace("https://", "http://"))
+    assert done.returncode in (52, 56), done  # the server hangs up: an empty reply, or a reset
+    assert refused(http_server, 1) == ["TLS handshake failed: plain HTTP sent to the HTTPS port"]
+    (entry,) = http_server.requests
+    assert entry.line().endswith(" TLS handshake failed: plain HTTP sent to the HTTPS port")
+    with pytest.raises(AssertionError, match="plain HTTP sent to the HTTPS port"):
+        http_server.assert_requested("/")  # no request was made, not even for the URL's /
+
+@pytest.mark.http_server(tls="mutual")
+def test_a_client_without_a_certificate_or_with_another_ca_s_is_in_the_log(http_server, served_dir):
+    (served_dir / "m.txt").write_text("m")
+    url = http_server.url_for("m.txt")
+    assert curl("-f", "--cacert", http_server.ca_cert, url).returncode in (35, 52, 56)
+    # Signed by a CA the machine trusts (on the exporter, SSL_CERT_FILE names it), not the test CA.
+    stranger = os.path.join(os.path.dirname(__file__), "stranger", "client.pem")
+    again = curl("-f", "--cacert", http_server.ca_cert, "--cert", stranger, url)
+    assert again.returncode in (35, 52, 56), again
+    assert refused(http_server, 2) == [
+        "TLS handshake failed: no client certificate",
+        "TLS handshake failed: client certificate not signed by the test CA",
+    ]
+    assert mine(http_server, "m.txt") == []
 
 def test_wget_verifies_the_server_with_the_ca(http_server, served_dir, tmp_path):
     (served_dir / "w.txt").write_text("from wget")
@@ -164,9 +202,19 @@ def test_plain_and_tls_servers_live_in_one_test(http_server_factory):
 CASES = SUITE.count("\ndef test_")
 
 
-def write_suite(where: Path) -> None:
+def write_suite(where: Path) -> Path:
+    """``SUITE`` in ``where``, and a stranger's CA beside it: the CA certificate (the file returned)
+    and a client certificate of it, ``stranger/client.pem``, which mutual TLS must refuse."""
+    import trustme
+
     (where / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
     (where / "test_device.py").write_text(SUITE)
+    (where / "stranger").mkdir()
+    stranger = trustme.CA(organization_name="a CA the machine trusts")
+    client = stranger.issue_cert("device.invalid")
+    client.private_key_and_cert_chain_pem.write_to_path(str(where / "stranger" / "client.pem"))
+    stranger.cert_pem.write_to_path(str(where / "stranger" / "ca.pem"))
+    return where / "stranger" / "ca.pem"
 
 
 def check_device_run(report: JUnit) -> None:
@@ -228,6 +276,7 @@ def test_the_test_ca_key_is_never_written_and_the_client_key_is_private(
     basetemp = tmp_path_factory.getbasetemp()
     assert http_server.ca_cert.is_relative_to(basetemp)
     keys = [path for path in basetemp.rglob("*.pem") if b"PRIVATE KEY" in path.read_bytes()]
+    keys = [path for path in keys if "stranger" not in path.parts]  # write_suite()'s, for the device
     assert keys == [http_server.client_cert]
     assert http_server.client_cert.stat().st_mode & 0o777 == 0o600
     assert http_server.ca_cert.parent.stat().st_mode & 0o777 == 0o700
@@ -349,3 +398,40 @@ def test_a_plain_run_never_imports_trustme(pytester: pytest.Pytester) -> None:
     )
     # A subprocess: this process imported trustme for the tests before.
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_a_refused_handshake_is_in_the_report_and_no_status_for_http_fail_on(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import contextlib, http.client
+        import pytest
+
+        def knock(server):  # plain HTTP to the HTTPS port: the server hangs up
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            with contextlib.suppress(http.client.RemoteDisconnected, ConnectionResetError):
+                connection.request("GET", "/image.raw")
+                connection.getresponse()
+            connection.close()
+
+        @pytest.mark.http_server(tls=True)
+        def test_passes(http_server):
+            knock(http_server)
+
+        @pytest.mark.http_server(tls=True)
+        def test_fails(http_server):
+            knock(http_server)
+            assert False
+        """
+    )
+    result = pytester.runpytest("--http-fail-on=4xx,5xx")
+    result.assert_outcomes(passed=1, failed=1)  # status 0: no answer, so no status --http-fail-on lists
+    result.stdout.fnmatch_lines(
+        [
+            "*- Captured HTTP requests -*",
+            "https://127.0.0.1:*:",
+            "??:??:??.??? TLS handshake failed: plain HTTP sent to the HTTPS port",
+        ]
+    )
+    assert "(no requests)" not in result.stdout.str()

@@ -20,7 +20,7 @@ from jumpstarter_helpers import (
     write_driver_port,
     write_exporter_config,
 )
-from subprocess_runs import PYTHON, JUnit, python_pytest
+from subprocess_runs import PYTHON, JUnit, clean_env, python_pytest
 from test_tls import check_device_run, write_suite
 
 #: Run inside the shell after the runs: whether a port the runs' TLS sites had still listens.
@@ -91,7 +91,7 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     if not Path(JMP).exists():
         pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
     where = tmp_path_factory.mktemp("tls-exporter")
-    write_suite(where)
+    stranger_ca = write_suite(where)
     (where / "conftest.py").write_text(CONFTEST)
     (where / "probe.py").write_text(PROBE)
     lab = write_lab_certificate(where / "lab")
@@ -138,7 +138,9 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Runs:
             ),
         ],
         cwd=where,
-        env=None,
+        # The exporter trusts the stranger's CA, as a lab's trusts public CAs: its mutual-TLS sites
+        # still take the test CA's client certificates only (jumpstarter-cli injects truststore).
+        env=clean_env(SSL_CERT_FILE=str(stranger_ca)),
         timeout=600,
     )
     ports = tuple((where / f"rec.{action}.port").read_text() for action in ("start", "show"))
