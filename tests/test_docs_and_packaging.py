@@ -40,6 +40,9 @@ CA_CLIENTS = {
     "test_ca_clients::test_apt_takes_the_ca_from_acquire_https_cainfo": "/usr/lib/apt/apt-helper",
     "test_ca_clients::test_curl_and_wget_take_the_one_client_cert_file_twice_for_mutual_tls": "wget",
 }
+#: A pytest-httpserver suite and its port to this plugin, test by test (docs/from-pytest-httpserver.md).
+ORIGINAL = "test_pytest_httpserver_original.py"
+PORT = "test_from_pytest_httpserver.py"
 #: A user's install, then the developers' (.ci/run runs what the README says).
 README_COMMANDS = (
     "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/pytest examples",
@@ -130,11 +133,33 @@ def test_the_jmp_shell_recipe_runs_the_doc_examples_on_the_documented_exporter(t
     assert "root_dir: /home/lab/jumpstarter-http" in config
     exporter = tmp_path / "exporter.yaml"
     exporter.write_text(config.replace("/home/lab/jumpstarter-http", str(tmp_path / "www")))
-    result = run_doc_examples(junit=tmp_path / "report.xml", shell=exporter).outcomes()
+    # The stock driver scripts no replies: the port of a pytest-httpserver suite runs on the
+    # RecordingHttpServer below instead.
+    result = run_doc_examples(f"--ignore={PORT}", junit=tmp_path / "report.xml", shell=exporter).outcomes()
     pop_absent_clients(result)
     assert result["test_markers::test_only_on_a_board"] == "passed", result
     assert result[f"{BOARD_CLASS}::test_the_board_serves_its_image"] == "passed", result
     assert set(result.values()) == {"passed"}
+    assert (tmp_path / "www" / "pytest-jumpstarter-http").is_dir()
+
+
+def test_the_port_of_a_pytest_httpserver_suite_runs_unchanged_in_jmp_shell_on_a_recording_server(tmp_path):
+    # docs/from-pytest-httpserver.md promises the port runs on both backends: on loopback it runs
+    # with every other example; here it runs on the documented RecordingHttpServer config.
+    if not Path(JMP).exists():
+        pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
+    config = (DOC_EXAMPLES / "exporter-recording.yaml").read_text()
+    served = "root_dir: /home/lab/jumpstarter-http, host: 203.0.113.1, port: 8080"
+    assert served in config
+    exporter = tmp_path / "exporter.yaml"
+    exporter.write_text(config.replace(served, f"root_dir: {tmp_path / 'www'}, host: 127.0.0.1, port: 0"))
+    report = run_doc_examples(PORT, junit=tmp_path / "report.xml", shell=exporter)
+    assert "jumpstarter-http: backend=exporter (jmp shell at " in report.output
+    names = [name.partition("::")[2] for name in report.outcomes()]
+    original = re.findall(r"^def (test_\w+)", (DOC_EXAMPLES / ORIGINAL).read_text(), re.MULTILINE)
+    assert sorted(names) == sorted(original), "the port has the original's tests, by name"
+    assert len(names) >= 12
+    assert set(report.outcomes().values()) == {"passed"}
     assert (tmp_path / "www" / "pytest-jumpstarter-http").is_dir()
 
 
