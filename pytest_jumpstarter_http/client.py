@@ -72,10 +72,10 @@ class RecordingHttpServerClient(HttpServerClient):
         ca_pem = answer.get("ca_pem")
         return int(answer["port"]), None if ca_pem is None else str(ca_pem)
 
-    def hold_async(self, folder: str, keep: bool) -> AsyncIterator[Any]:
-        """The owner stream of ``hold`` (its token, then the names devices want), to iterate on the
+    def own_async(self, folder: str, keep: bool) -> AsyncIterator[Any]:
+        """The owner stream of ``own`` (its id, then what the server asks of it), to iterate on the
         client's portal loop; ends when cancelled."""
-        return self.streamingcall_async("hold", folder, keep)  # type: ignore[no-any-return]
+        return self.streamingcall_async("own", folder, keep)  # type: ignore[no-any-return]
 
     def add_reply(
         self, spec: dict[str, Any], namespace: str | None = None, handler: Answerer | None = None

@@ -62,16 +62,17 @@ class RecordingHttpServer(HttpServer):
     #: it holds the server. Unset: any free port.
     tls_ports: str | None = None
     request_log: RequestLog = field(init=False, default_factory=lambda: RequestLog(MAX_REQUESTS))
-    #: The folders served, first holder of a name wins: ``root_dir``, then any the owner adds
+    #: The folders served, first folder to hold a name wins: ``root_dir``, then any the owner adds
     #: (the loopback backend adds one for files staged beside a root that must not be written).
     roots: list[Path] = field(init=False, default_factory=list)
     #: The network faults tests injected (see :mod:`.shaping`).
     faults: FaultRegistry = field(init=False, default_factory=FaultRegistry)
     #: The scripted replies, upload folders and credentials tests asked for (see :mod:`.talkback`).
     talkback: Talkback = field(init=False, default_factory=Talkback)
-    #: The runs holding this server, and their handles' URL namespaces (see :mod:`.namespaces`).
+    #: The runs that own a folder on this server (its owners), and their handles' URL namespaces
+    #: (see :mod:`.namespaces`).
     namespaces: Namespaces = field(init=False)
-    #: The HTTPS sites of the app, one per holder that asked (see :mod:`.tlssites`).
+    #: The HTTPS sites of the app, one per owner that asked (see :mod:`.tlssites`).
     tls: TlsSites = field(init=False)
 
     def __post_init__(self) -> None:
@@ -171,10 +172,10 @@ class RecordingHttpServer(HttpServer):
         self._bound_port = 0
 
     @export
-    async def hold(self, folder: str, keep: bool = False) -> AsyncIterator[str | dict[str, Any]]:
+    async def own(self, folder: str, keep: bool = False) -> AsyncIterator[str | dict[str, Any]]:
         """Own ``folder`` (below ``pytest-jumpstarter-http/runs/``) for as long as this stream lasts.
 
-        Yields the owner's token once, then each name a device asked of a namespace of the owner
+        Yields the owner's id once, then each name a device asked of a namespace of the owner
         that lacks it (``{"namespace": ..., "name": ...}``), which the owner sends and answers
         with :meth:`answer`, and each request a handler of the owner's answers (``{"namespace",
         "call", "reply", "request"}``), which it answers with :meth:`answer_call`. When the
@@ -183,7 +184,7 @@ class RecordingHttpServer(HttpServer):
         """
         owner = self.namespaces.add_owner(str(folder), keep=bool(keep))
         try:
-            yield owner.token
+            yield owner.id
             while True:  # until Jumpstarter cancels the stream
                 yield await owner.wants.get()
         finally:
@@ -193,7 +194,7 @@ class RecordingHttpServer(HttpServer):
             # In a thread, unawaited: a run's images take a while to remove, and every download of
             # every other run is answered on this loop meanwhile.
             asyncio.get_running_loop().run_in_executor(None, self.namespaces.remove_folder, owner)
-            await self.tls.close(owner.token)
+            await self.tls.close(owner.id)
 
     @export
     async def serve_tls(self, owner: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -213,11 +214,11 @@ class RecordingHttpServer(HttpServer):
             raise
         return {"port": port, "ca_pem": ca_pem}
 
-    def _refused(self, holder: str, words: str) -> None:
-        """Log a handshake an HTTPS site of ``holder`` refused, which names no URL: in each namespace
-        the owner ``holder`` has open (its site serves them all), or at the root URL for a holder
+    def _refused(self, owner: str, words: str) -> None:
+        """Log a handshake an HTTPS site of ``owner`` refused, which names no URL: in each namespace
+        the owner ``owner`` has open (its site serves them all), or at the root URL for an owner
         that owns none (the loopback backend's site, the one of its one handle)."""
-        tokens = self.namespaces.open_of(holder)
+        tokens = self.namespaces.open_of(owner)
         paths = ["/"] if tokens is None else [f"/{NS}/{token}/" for token in tokens]
         seq = self.request_log.start()
         for path in paths:
@@ -326,7 +327,7 @@ class RecordingHttpServer(HttpServer):
 
     @export
     def answer_call(self, namespace: str, call: str, answer: dict[str, Any]) -> None:
-        """The owner of ``namespace`` answered a request its handler was handed (``hold``) with
+        """The owner of ``namespace`` answered a request its handler was handed (``own``) with
         ``answer``, an ``HttpResponse`` as a dict."""
         self.namespaces.called(str(namespace), str(call), dict(answer))
 

@@ -4,8 +4,8 @@ The server belongs to the exporter, and every connection to it drives the same d
 plugin starts it only when it is not running, never restarts it and never stops it. Jumpstarter
 stops it when the lease ends or the ``jmp shell`` exits.
 
-Everything this process puts on a server is below a folder of its own there, which it holds
-(:class:`Holding`) for as long as it is connected: on a ``RecordingHttpServer`` the server
+Everything this process puts on a server is below a folder of its own there, which it owns
+(:class:`OwnerStream`) for as long as it is connected: on a ``RecordingHttpServer`` the server
 removes it, and ends the process's namespaces and faults, when that connection ends (see
 :mod:`.namespaces`). Each handle serves through a namespace of its own; files get there through
 :mod:`.uploads`.
@@ -108,7 +108,7 @@ class ExporterBackend:
             path, http = connection.http(driver)
             used = self._use(connection, path, http)
             mirror = None if owned else used.mirror(root)
-            kind = ExporterServer if used.holding is not None else StockServer
+            kind = ExporterServer if used.owner is not None else StockServer
             server = kind(
                 used,
                 driver=path,
@@ -151,21 +151,21 @@ class ExporterBackend:
                 log.info("%s: %s", self._worker, line)
             folder = f"{RUNS}/{self._run_id}-{self._worker}-{uuid.uuid4().hex[:8]}"
             # With --http-keep=failed the server keeps the folder: a failed test's part of it stays.
-            holding = None
+            owner = None
             if recording:
-                with _asking(connection, path, "hold()"):
-                    holding = Holding(http, folder, self._keep != "none", self._timeout)
+                with _asking(connection, path, "own()"):
+                    owner = OwnerStream(http, folder, self._keep != "none", self._timeout)
             store = Store(
                 http,
                 connection.name,
                 self._digests,
                 self._timeout,
                 self._progress,
-                # The server removes a holder's folder, partial files and all, when it ends; the stock
+                # The server removes an owner's folder, partial files and all, when it ends; the stock
                 # driver cannot, so its partials go where the next run of this machine sweeps them.
-                parts=f"{folder}/.parts" if holding is not None else None,
+                parts=f"{folder}/.parts" if owner is not None else None,
             )
-            self._used[key] = Used(connection, http, path, store, folder, holding)
+            self._used[key] = Used(connection, http, path, store, folder, owner)
         return self._used[key]
 
     def close(self, *, failed: bool = False) -> None:
@@ -192,20 +192,21 @@ class Used:
     store: Store
     #: This process's folder below the exporter's root; everything it puts there is inside.
     folder: str
-    #: This process's hold on a RecordingHttpServer, which owns ``folder`` for it; None on the stock driver.
-    holding: Holding | None
+    #: This process as an owner of a RecordingHttpServer, which owns ``folder`` for it; None on
+    #: the stock driver.
+    owner: OwnerStream | None
     #: The exporter folder mirroring each user's directory served.
     mirrors: dict[Path, str] = field(default_factory=dict)
     #: The HTTPS site the server added for each certificate this process asked for: its port, and
     #: the lab's CA (PEM) if the driver serves a lab certificate of its own instead.
     tls_sites: dict[TlsSpec, tuple[int, str | None]] = field(default_factory=dict)
 
-    def serve_tls(self, holding: Holding, spec: TlsSpec) -> tuple[int, str | None]:
+    def serve_tls(self, owner: OwnerStream, spec: TlsSpec) -> tuple[int, str | None]:
         """Where the server serves HTTPS with ``spec`` for this process, added on first use; it closes
-        when this process's hold ends, never touching the plain server others share."""
+        when this process's owner stream ends, never touching the plain server others share."""
         if spec not in self.tls_sites:
             with self.connection.answering(), _asking(self.connection, self.driver, "serve_tls()"):
-                self.tls_sites[spec] = self.http.serve_tls(holding.token, spec.as_dict())
+                self.tls_sites[spec] = self.http.serve_tls(owner.id, spec.as_dict())
         return self.tls_sites[spec]
 
     def mirror(self, root: Path) -> str:
@@ -216,13 +217,13 @@ class Used:
 
     def close(self, *, keep: bool) -> None:
         """Let go of the server, and of this process's folder there unless ``keep``."""
-        if self.holding is not None and (keep or not self.holding.keeps):
-            self.holding.close()  # the server removes the folder unless it was told to keep it
+        if self.owner is not None and (keep or not self.owner.keeps):
+            self.owner.close()  # the server removes the folder unless it was told to keep it
             return
         if not keep and self.connection.gone is None:
             self._remove_folder()
-        if self.holding is not None:
-            self.holding.close()
+        if self.owner is not None:
+            self.owner.close()
 
     def _remove_folder(self) -> None:
         # The stock driver cannot see this process end, nor does a RecordingHttpServer told to
@@ -281,8 +282,8 @@ def _speaks_our_api(connection: Connection, driver: str, http: Any) -> bool | No
     )
 
 
-class Holding:
-    """This process's hold on a RecordingHttpServer: a stream that makes it an owner there.
+class OwnerStream:
+    """This process as an owner of a RecordingHttpServer: the stream (``own``) that makes it one.
 
     The server ends everything the owner set (namespaces, faults, its folder) when the stream
     ends, which Jumpstarter sees however this process ends: a clean exit, a SIGKILL, a lost lease.
@@ -292,16 +293,16 @@ class Holding:
     """
 
     def __init__(self, http: Any, folder: str, keep: bool, timeout: float) -> None:
-        #: Whether the server keeps the folder when the hold ends.
+        #: Whether the server keeps the folder when the stream ends.
         self.keeps = keep
         #: Namespace token -> the function that sends a name of it, True if it had that name.
         self.senders: dict[str, Callable[[str], bool]] = {}
         self._http = http
         ready: concurrent.futures.Future[str] = concurrent.futures.Future()
-        self._task = http.portal.start_task_soon(_hold, http, folder, keep, ready, self._wanted)
+        self._task = http.portal.start_task_soon(_own, http, folder, keep, ready, self._wanted)
         try:
-            #: The owner's token on the server, which this process's namespaces name.
-            self.token = ready.result(timeout)
+            #: The owner's id on the server, which this process's namespaces name.
+            self.id = ready.result(timeout)
         except BaseException:
             self._task.cancel()
             raise
@@ -338,7 +339,7 @@ class Holding:
         self._task.cancel()
 
 
-async def _hold(
+async def _own(
     http: Any,
     folder: str,
     keep: bool,
@@ -347,7 +348,7 @@ async def _hold(
 ) -> None:
     loop = asyncio.get_running_loop()
     try:
-        async for item in http.hold_async(folder, keep):
+        async for item in http.own_async(folder, keep):
             if not ready.done():
                 ready.set_result(str(item))
             else:  # a blocking send: not on the portal's loop, which its calls go through
@@ -418,7 +419,7 @@ class ExporterServer(HttpServerHandle):
         self.connection = connection
         #: The dotted path of the HttpServer driver on the exporter.
         self.driver = driver
-        self._holding = used.holding
+        self._owner = used.owner
         #: The names staged by reference, and their contents: copied into ``folder`` if it is kept.
         self._linked: dict[str, str] = {}
         self._keep = keep
@@ -438,12 +439,12 @@ class ExporterServer(HttpServerHandle):
         """The handle's own URL namespace on the server, showing its folder over ``mirror``; a
         name it lacks is asked of this process, which sends it from ``root`` if it is there now
         (no ``publish()`` needed), for ``--http-timeout`` at most."""
-        holding = used.holding
-        assert holding is not None  # a RecordingHttpServer's: StockServer has none
+        owner = used.owner
+        assert owner is not None  # a RecordingHttpServer's: StockServer has none
         shown = [self.folder] if mirror is None else [self.folder, mirror]
         with _asking(used.connection, driver, "open_namespace()"):
-            namespace = str(used.http.open_namespace(holding.token, shown, used.store.timeout))
-        holding.senders[namespace] = self._send_wanted
+            namespace = str(used.http.open_namespace(owner.id, shown, used.store.timeout))
+        owner.senders[namespace] = self._send_wanted
         return namespace
 
     def _send_wanted(self, name: str) -> bool:
@@ -465,9 +466,9 @@ class ExporterServer(HttpServerHandle):
 
     def _serve_tls(self, used: Used, tls: Tls, lab_ca: Callable[[str], Path]) -> int:
         """The port of this process's HTTPS site on the server, added on first use."""
-        assert used.holding is not None  # _certified refused TLS of the stock driver
+        assert used.owner is not None  # _certified refused TLS of the stock driver
         try:
-            port, ca_pem = used.serve_tls(used.holding, tls.spec)
+            port, ca_pem = used.serve_tls(used.owner, tls.spec)
         except BaseException:
             self._close_namespace()
             raise
@@ -606,8 +607,8 @@ class ExporterServer(HttpServerHandle):
     def _close_namespace(self) -> None:
         if self._namespace is None or self.connection.gone is not None:
             return
-        if self._holding is not None:
-            self._holding.senders.pop(self._namespace, None)
+        if self._owner is not None:
+            self._owner.senders.pop(self._namespace, None)
         with self.connection.answering():
             self._http.close_namespace(self._namespace)
 
@@ -671,7 +672,7 @@ def _certified(
             "address a device can use; give the address the device reaches with --http-url-host."
         )
     tls = certify(url_host or host)
-    if tls is not None and used.holding is None:
+    if tls is not None and used.owner is None:
         raise ExporterError(
             f"exporter {name!r}: the HttpServer driver at {driver!r} serves plain HTTP only; "
             f"{_RECORDING} to serve HTTPS."

@@ -672,7 +672,7 @@ class _Shown:
         self._last, self._sent = now, download.sent
         mib, total = download.sent / (1 << 20), (download.total or 1) / (1 << 20)
         say(
-            f"jumpstarter-http: {download.client} is downloading {name}: {mib:.1f} of "
+            f"jumpstarter-http: {download.remote} is downloading {name}: {mib:.1f} of "
             f"{total:.1f} MiB ({100 * mib / total:.0f} %)"
             + (f", {rate / (1 << 20):.0f} MiB/s" if rate else "")
         )
@@ -684,7 +684,7 @@ class _Shown:
         mib = hit.bytes_sent / (1 << 20)
         how = "downloaded" if hit.complete else "stopped downloading"
         say(
-            f"jumpstarter-http: {hit.client} {how} {hit.name} ({hit.status}): {mib:.1f} MiB in "
+            f"jumpstarter-http: {hit.remote} {how} {hit.name} ({hit.status}): {mib:.1f} MiB in "
             f"{hit.duration:.1f} s"
         )
 

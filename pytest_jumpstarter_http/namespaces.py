@@ -1,7 +1,7 @@
 """Who owns what on a shared server: owners (one per connected run) and their URL namespaces.
 
 An exporter's ``RecordingHttpServer`` is shared by every run, xdist worker and host that reaches
-it. Each of them *holds* it through a stream of its own (``RecordingHttpServer.hold``) and is an
+it. Each of them *holds* it through a stream of its own (``RecordingHttpServer.own``) and is an
 :class:`Owner` for as long as that stream lasts: Jumpstarter ends the stream when the run's
 connection ends, however it ends (a clean exit, SIGKILL, a lost lease), and everything the owner
 set on the server goes with it: its namespaces, their faults, replies, uploads and credentials,
@@ -43,11 +43,12 @@ class NamespaceError(ValueError):
 class Owner:
     """One connected run: its folder below the root, and whether to keep that folder when it ends."""
 
-    token: str
+    #: Its id, which its calls give: a secret of the run's.
+    id: str
     folder: str
     keep: bool
     namespaces: set[str] = field(default_factory=set)
-    #: What its stream (``RecordingHttpServer.hold``) hands the run: the names its namespaces
+    #: What its stream (``RecordingHttpServer.own``) hands the run: the names its namespaces
     #: lack that a device asked for (``{"namespace", "name"}``), which it sends if it has them,
     #: and the requests its handlers answer (``{"namespace", "call", "reply", "request"}``).
     wants: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
@@ -60,7 +61,7 @@ class Namespaces:
         self._root = Path(root)
         self._lock = threading.Lock()
         self._owners: dict[str, Owner] = {}
-        #: Namespace token -> (owner token, the folders it shows, first holder wins).
+        #: Namespace token -> (owner id, the folders it shows, the first to hold a name wins).
         self._shown: dict[str, tuple[str, tuple[str, ...]]] = {}
         #: Namespace token -> its names served by reference: name -> a path below the root (an object).
         self._linked: dict[str, dict[str, str]] = {}
@@ -77,13 +78,13 @@ class Namespaces:
         folder = _owned_folder(folder)
         owner = Owner(secrets.token_hex(16), folder, keep)
         with self._lock:
-            self._owners[owner.token] = owner
+            self._owners[owner.id] = owner
         return owner
 
     def end_owner(self, owner: Owner) -> list[str]:
         """Forget ``owner`` and its namespaces; return the namespaces (its folder: :meth:`remove_folder`)."""
         with self._lock:
-            self._owners.pop(owner.token, None)
+            self._owners.pop(owner.id, None)
             ended = sorted(owner.namespaces)
             for token in ended:
                 self._forget(token)
@@ -106,33 +107,33 @@ class Namespaces:
         if not owner.keep:
             _remove_beneath(self._root, owner.folder)
 
-    def owner(self, token: str) -> Owner:
-        """The owner ``token``; a ``NamespaceError`` if it ended or never was."""
+    def owner(self, owner_id: str) -> Owner:
+        """The owner ``owner_id``; a ``NamespaceError`` if it ended or never was."""
         with self._lock:
-            owner = self._owners.get(token)
+            owner = self._owners.get(owner_id)
         if owner is None:
-            raise NamespaceError(f"no owner {token!r} holds this server; it ended or never was")
+            raise NamespaceError(f"no owner {owner_id!r} holds this server; it ended or never was")
         return owner
 
-    def open_of(self, owner_token: str) -> list[str] | None:
-        """The namespaces the owner ``owner_token`` has open; None if it is no owner (now)."""
+    def open_of(self, owner_id: str) -> list[str] | None:
+        """The namespaces the owner ``owner_id`` has open; None if it is no owner (now)."""
         with self._lock:
-            owner = self._owners.get(owner_token)
+            owner = self._owners.get(owner_id)
             return None if owner is None else sorted(owner.namespaces)
 
-    def open(self, owner_token: str, folders: list[str], asks: float = 0.0) -> str:
-        """A new namespace of the owner ``owner_token`` that shows ``folders`` (its own); its token.
+    def open(self, owner_id: str, folders: list[str], asks: float = 0.0) -> str:
+        """A new namespace of the owner ``owner_id`` that shows ``folders`` (its own); its token.
 
         ``asks``: seconds a request for a name it lacks waits while its owner is asked for that
         name (the owner serves a local folder through it); 0: it never asks.
         """
         with self._lock:
-            owner = self._owners.get(owner_token)
+            owner = self._owners.get(owner_id)
             if owner is None:
-                raise NamespaceError(f"no owner {owner_token!r} holds this server; it ended or never was")
+                raise NamespaceError(f"no owner {owner_id!r} holds this server; it ended or never was")
             shown = tuple(_inside(owner.folder, folder) for folder in folders)
             token = secrets.token_hex(16)
-            self._shown[token] = (owner.token, shown)
+            self._shown[token] = (owner.id, shown)
             owner.namespaces.add(token)
             if asks > 0:
                 self._asks[token] = asks

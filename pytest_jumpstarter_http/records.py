@@ -43,7 +43,7 @@ PROGRESS_BYTES: Final = 64 << 20
 #: 3: a reply matches on its query, headers and body, is answered by a handler or is ordered;
 #: a server of 2 would ignore those keys and answer requests the reply does not match.
 API_VERSION: Final = 3
-#: The method and client of a request-log entry of a connection refused before it made any
+#: The method and remote of a request-log entry of a connection refused before it made any
 #: request: a TLS handshake an HTTPS site refused (issue 27). Its status is 0, its path the URL's.
 NO_REQUEST: Final = "-"
 
@@ -165,7 +165,8 @@ class HttpRequest:
     """
 
     time: float
-    client: str
+    #: The device's address (the peer of the connection).
+    remote: str
     method: str
     #: What the device asked for, as it sent it, query included: below the URL of the handle that
     #: read it (``"/rootfs.img?v=2"``); in the server's own log, the whole path.
@@ -226,7 +227,7 @@ class HttpRequest:
             return f"{stamp} {self.talk}"
         range_ = f" [{self.range}]" if self.range else ""
         return (
-            f"{stamp} {self.client} {self.method} {self.path}{range_} -> {self.status}, "
+            f"{stamp} {self.remote} {self.method} {self.path}{range_} -> {self.status}, "
             f"{self.bytes_sent} bytes in {self.duration * 1000:.1f} ms"
             + ("" if self.complete else " (cut short)")
             + (f" [fault: {self.fault}]" if self.fault else "")
@@ -243,7 +244,7 @@ class HttpRequest:
         """Rebuild an entry sent over Jumpstarter's wire, where numbers arrive as floats."""
         return cls(
             time=float(data["time"]),
-            client=str(data["client"]),
+            remote=str(data["remote"]),
             method=str(data["method"]),
             path=str(data["path"]),
             range=data.get("range"),
@@ -271,7 +272,7 @@ class Progress:
 
     method: str
     path: str
-    client: str
+    remote: str
     sent: int = 0
     total: int | None = None
     complete: bool = False

@@ -601,7 +601,7 @@ def record(request: Any, response: Any, duration: float, log: RequestLog) -> Htt
     progress = getattr(response, "progress", None)  # serving.ServedFile's, once prepared
     return HttpRequest(
         time=time.time() - duration,
-        client=str(request.remote),
+        remote=str(request.remote),
         method=request.method,
         path=request.raw_path,
         range=request.headers.get("Range"),

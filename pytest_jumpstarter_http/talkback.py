@@ -586,7 +586,7 @@ def _asked_of(request: Request) -> dict[str, Any]:
     body, cut = request.get(BODY_KEY, (b"", False))
     return {
         "time": time.time(),
-        "client": str(request.remote),
+        "remote": str(request.remote),
         "method": request.method,
         "path": request.raw_path,
         "range": request.headers.get("Range"),

@@ -1,15 +1,15 @@
-"""HTTPS beside a running server: a TLS site of the same app, on a port of its own, per holder.
+"""HTTPS beside a running server: a TLS site of the same app, on a port of its own, per owner.
 
 An exporter's server is shared by every run that reaches it, each with a CA of its own, so TLS
-never replaces the plain site: each holder (a run's owner token, or a loopback handle) gets a
+never replaces the plain site: each owner (a run, or a loopback handle) gets a
 site of its own with its certificate (an ``aiohttp.web.TCPSite`` with an SSL context) added to
 the running ``AppRunner``. The same app answers on it, so namespaces, the request log and
-faults are the plain server's. A site closes when its holder lets go (:meth:`TlsSites.close`)
+faults are the plain server's. A site closes when its owner ends (:meth:`TlsSites.close`)
 or when the server stops, whose runner closes every site it has.
 
 A handshake a site refuses (plain HTTP sent to its port, a client certificate missing or of
 another CA, a client that does not trust the server's) reaches no handler, so the site's context
-tells its holder what was wrong (:class:`SiteContext`), for the request log (issue 27).
+tells its owner what was wrong (:class:`SiteContext`), for the request log (issue 27).
 
 The key is loaded from memory (a ``memfd``): it never touches the exporter's disk. This module
 runs in the server and never imports pytest.
@@ -91,7 +91,7 @@ def refused_handshake(path: str, words: str, seq: int) -> HttpRequest:
     path ``path`` of a handle the site served: a handshake names no path of its own."""
     return HttpRequest(
         time=time.time(),
-        client=NO_REQUEST,  # the SSL object that refused knows no address
+        remote=NO_REQUEST,  # the SSL object that refused knows no address
         method=NO_REQUEST,
         path=path,
         range=None,
@@ -220,33 +220,33 @@ async def _open_first(
 
 
 class TlsSites:
-    """The TLS sites of one server, by holder; changed from the server's loop, read from any thread.
+    """The TLS sites of one server, by owner; changed from the server's loop, read from any thread.
 
-    ``refused`` is called with the holder of a site and what was wrong with a handshake it refused.
+    ``refused`` is called with the owner of a site and what was wrong with a handshake it refused.
     """
 
-    def __init__(self, refused: Callable[[str, str], None] = lambda holder, words: None) -> None:
+    def __init__(self, refused: Callable[[str, str], None] = lambda owner, words: None) -> None:
         self._lock = threading.Lock()
         #: Holder -> its (runner, site) pairs: a site belongs to the runner it was added to.
         self._sites: dict[str, list[tuple[Any, Any]]] = {}
         self._refused = refused
 
     async def add(
-        self, runner: Any, host: str | None, holder: str, spec: TlsSpec, ports: range | int = 0
+        self, runner: Any, host: str | None, owner: str, spec: TlsSpec, ports: range | int = 0
     ) -> int:
         """Serve ``runner``'s app over TLS with ``spec`` on ``host`` and the first free port of
-        ``ports`` (0: any free one) until ``holder`` lets go; the port. An ``OSError`` if every one
+        ``ports`` (0: any free one) until ``owner`` ends; the port. An ``OSError`` if every one
         is taken."""
-        context = server_context(spec, lambda words: self._refused(holder, words))
+        context = server_context(spec, lambda words: self._refused(owner, words))
         site, bound = await _open_first(runner, host, ports, context)
         with self._lock:
-            self._sites.setdefault(holder, []).append((runner, site))
+            self._sites.setdefault(owner, []).append((runner, site))
         return bound
 
-    async def close(self, holder: str) -> None:
-        """Stop listening on ``holder``'s sites; its connections end with their requests."""
+    async def close(self, owner: str) -> None:
+        """Stop listening on ``owner``'s sites; its connections end with their requests."""
         with self._lock:
-            sites = self._sites.pop(holder, [])
+            sites = self._sites.pop(owner, [])
         for runner, site in sites:
             if site in runner.sites:  # a stopped server's runner closed it already
                 await site.stop()  # no await inside: a cancelled caller still stops it

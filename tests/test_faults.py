@@ -362,7 +362,7 @@ def test_a_fault_crosses_the_wire_unchanged() -> None:
 def test_an_old_request_log_entry_has_no_fault_and_a_new_one_shows_it() -> None:
     entry = {
         "time": 0.0,
-        "client": "127.0.0.1",
+        "remote": "127.0.0.1",
         "method": "GET",
         "path": "/a",
         "range": None,

@@ -49,7 +49,7 @@ def test_requests_lists_what_this_test_fetched_in_order(http_server, served_dir)
     )
     assert (ranged.status, ranged.bytes_sent, ranged.range) == (206, 10, "bytes=0-9")
     assert (missing.path, missing.status) == ("/missing", 404)
-    assert first.client == "127.0.0.1"
+    assert first.remote == "127.0.0.1"
     assert first.duration >= 0
 
 

@@ -20,7 +20,7 @@ from test_exporter_ownership import recording_exporter
 TWO_OWNERS = """
 import json, urllib.request
 from jumpstarter.common.utils import env
-from pytest_jumpstarter_http.exporter import Holding
+from pytest_jumpstarter_http.exporter import OwnerStream
 from pytest_jumpstarter_http.records import NS, RUNS, FaultSpec
 from pytest_jumpstarter_http.talk import ReplySpec, UploadSpec
 
@@ -33,10 +33,10 @@ def attempt(call, *args):
 with env() as client:
     http = client.children["http"]
     http.start_unless_running()
-    a = Holding(http, f"{RUNS}/run-a", False, 30)
-    b = Holding(http, f"{RUNS}/run-b", False, 30)
-    ns_a = http.open_namespace(a.token, [f"{RUNS}/run-a"])
-    ns_b = http.open_namespace(b.token, [f"{RUNS}/run-b"])
+    a = OwnerStream(http, f"{RUNS}/run-a", False, 30)
+    b = OwnerStream(http, f"{RUNS}/run-b", False, 30)
+    ns_a = http.open_namespace(a.id, [f"{RUNS}/run-a"])
+    ns_b = http.open_namespace(b.id, [f"{RUNS}/run-b"])
     base = f"/{NS}/{ns_a}"
     reply = http.add_reply(ReplySpec("hello", body=b"from a").under(base).as_dict(), ns_a)
     fault = http.inject_fault(FaultSpec("slow", rate=1e6).under((base,)).as_dict(), ns_a)

@@ -37,8 +37,8 @@ def test_a_fault_sent_without_a_namespace_is_refused(server):
 
 
 def test_a_fault_aimed_below_another_namespace_is_refused(server, owner):
-    mine = server._driver.open_namespace(owner.token, [f"{RUNS}/run-a"])
-    theirs = server._driver.open_namespace(owner.token, [f"{RUNS}/run-a"])
+    mine = server._driver.open_namespace(owner.id, [f"{RUNS}/run-a"])
+    theirs = server._driver.open_namespace(owner.id, [f"{RUNS}/run-a"])
     spec = FaultSpec("*", status=503).under((f"/pytest-jumpstarter-http/ns/{theirs}",))
     with pytest.raises(NamespaceError, match="is not below the namespace's URL"):
         server._driver.inject_fault(spec.as_dict(), mine)
@@ -48,7 +48,7 @@ def test_a_fault_aimed_below_another_namespace_is_refused(server, owner):
 
 
 def test_a_fault_of_an_ended_namespace_is_refused(server, owner):
-    ended = server._driver.open_namespace(owner.token, [f"{RUNS}/run-a"])
+    ended = server._driver.open_namespace(owner.id, [f"{RUNS}/run-a"])
     server._driver.close_namespace(ended)
     spec = FaultSpec("a.raw", status=503).under((f"/pytest-jumpstarter-http/ns/{ended}",))
     with pytest.raises(NamespaceError, match="ended or never was"):
