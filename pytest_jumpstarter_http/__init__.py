@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .deviceapi import HttpResponse, Reply, Upload
     from .handle import HttpServerHandle
     from .loopback import LoopbackServer
     from .records import Fault, HttpRequest
     from .runtime import HttpServerFactory
-    from .talk import HttpResponse, Reply, Upload
 
 __all__ = [
     "Fault",
@@ -25,9 +25,9 @@ __all__ = [
 _HOMES = {
     "Fault": "records",
     "HttpRequest": "records",
-    "HttpResponse": "talk",
-    "Reply": "talk",
-    "Upload": "talk",
+    "HttpResponse": "deviceapi",
+    "Reply": "deviceapi",
+    "Upload": "deviceapi",
     "HttpServerHandle": "handle",
     "LoopbackServer": "loopback",
     "HttpServerFactory": "runtime",

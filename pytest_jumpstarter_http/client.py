@@ -80,10 +80,10 @@ class RecordingHttpServerClient(HttpServerClient):
     def add_reply(
         self, spec: dict[str, Any], namespace: str | None = None, handler: Answerer | None = None
     ) -> str:
-        talk_id = str(self.call("add_reply", spec, namespace))
+        api_id = str(self.call("add_reply", spec, namespace))
         if handler is not None:  # the server hands it requests through the owner's stream
-            self.handlers[talk_id] = handler
-        return talk_id
+            self.handlers[api_id] = handler
+        return api_id
 
     def answer_call(self, namespace: str, call: str, answer: dict[str, Any]) -> None:
         self.call("answer_call", namespace, call, answer)
@@ -103,10 +103,10 @@ class RecordingHttpServerClient(HttpServerClient):
     def hits(self, ident: str, namespace: str | None = None) -> int:
         return int(self.call("hits", ident, namespace))
 
-    def get_uploads(self, talk_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
+    def get_uploads(self, api_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
         return [
             {**entry, "size": int(entry["size"])}  # numbers cross Jumpstarter's wire as floats
-            for entry in self.call("get_uploads", talk_id, namespace)
+            for entry in self.call("get_uploads", api_id, namespace)
         ]
 
     def requests_started(self) -> int:

@@ -2,7 +2,7 @@
 
 :class:`RecordingHttpServer` keeps a log of the requests it answered and serves only what is
 beneath its root, even while a folder in it is swapped for a link (see :mod:`.serving`). It
-injects faults (:mod:`.shaping`), scripted replies, uploads and credentials (:mod:`.talkback`)
+injects faults (:mod:`.shaping`), scripted replies, uploads and credentials (:mod:`.answering`)
 and HTTPS sites (:mod:`.tlssites`), each for one owner's namespace (:mod:`.namespaces`). The
 loopback backend runs it in the test's process; lab admins put it in an exporter config instead
 of the stock driver::
@@ -32,12 +32,12 @@ from jumpstarter.driver import export
 from jumpstarter_driver_http.driver import HttpServer
 from pydantic.dataclasses import dataclass
 
+from .answering import DeviceApi, DeviceApiMiddleware, Written
+from .deviceapi import AuthSpec, ReplySpec, UploadSpec
 from .namespaces import NamespaceError, Namespaces
 from .records import API_VERSION, NS, OBJECTS, FaultSpec, TlsSpec, check_name, plugin_version
 from .serving import Numbered, RequestLog, beneath_middleware, install
 from .shaping import FaultMiddleware, FaultRegistry
-from .talk import AuthSpec, ReplySpec, UploadSpec
-from .talkback import Talkback, TalkbackMiddleware, Written
 from .tlssites import TlsSites, lab_certificate, open_site, port_range, refused_handshake
 
 #: Requests kept; the oldest go first.
@@ -67,8 +67,8 @@ class RecordingHttpServer(HttpServer):
     roots: list[Path] = field(init=False, default_factory=list)
     #: The network faults tests injected (see :mod:`.shaping`).
     faults: FaultRegistry = field(init=False, default_factory=FaultRegistry)
-    #: The scripted replies, upload folders and credentials tests asked for (see :mod:`.talkback`).
-    talkback: Talkback = field(init=False, default_factory=Talkback)
+    #: The scripted replies, upload folders and credentials tests asked for (see :mod:`.answering`).
+    device_api: DeviceApi = field(init=False, default_factory=DeviceApi)
     #: The runs that own a folder on this server (its owners), and their handles' URL namespaces
     #: (see :mod:`.namespaces`).
     namespaces: Namespaces = field(init=False)
@@ -89,7 +89,7 @@ class RecordingHttpServer(HttpServer):
         # Then a delay or a refusal, before the static route looks at anything.
         self.app.middlewares.append(FaultMiddleware(self.faults))
         # Then what a test scripted: credentials, replies, uploads; the rest goes on to the files.
-        self.app.middlewares.append(TalkbackMiddleware(self.talkback))
+        self.app.middlewares.append(DeviceApiMiddleware(self.device_api))
         self.app.middlewares.append(files)
         self.app.on_cleanup.append(files.on_cleanup)
 
@@ -133,7 +133,7 @@ class RecordingHttpServer(HttpServer):
     async def stop(self) -> None:
         # A stalled response would hold the graceful shutdown for its whole grace period.
         self.faults.clear_all()
-        self.talkback.clear_all()
+        self.device_api.clear_all()
         try:
             await super().stop()
         finally:
@@ -158,7 +158,7 @@ class RecordingHttpServer(HttpServer):
         what it serves next is set before it listens again.
         """
         self.faults.clear_all()
-        self.talkback.clear_all()
+        self.device_api.clear_all()
         runner = self.runner
         if runner is not None:
             for site in list(runner.sites):
@@ -190,7 +190,7 @@ class RecordingHttpServer(HttpServer):
         finally:
             ended = set(self.namespaces.end_owner(owner))
             self.faults.clear_all(ended)
-            self.talkback.clear_all(ended)
+            self.device_api.clear_all(ended)
             # In a thread, unawaited: a run's images take a while to remove, and every download of
             # every other run is answered on this loop meanwhile.
             asyncio.get_running_loop().run_in_executor(None, self.namespaces.remove_folder, owner)
@@ -271,7 +271,7 @@ class RecordingHttpServer(HttpServer):
         """End a namespace and the faults injected through it."""
         self.namespaces.close(str(namespace))
         self.faults.clear_all({str(namespace)})
-        self.talkback.clear_all({str(namespace)})
+        self.device_api.clear_all({str(namespace)})
 
     def _scoped(self, namespace: str | None, places: Sequence[str]) -> str:
         """The namespace a call over the wire acts in: open, and every one of ``places`` (URL paths,
@@ -323,7 +323,7 @@ class RecordingHttpServer(HttpServer):
         reply = ReplySpec.from_dict(spec)
         token = self._scoped(namespace, [reply.target])
         handler = functools.partial(self.namespaces.call, token) if reply.handler_wait else None
-        return self._while_open(token, self.talkback.add(reply, token, handler))
+        return self._while_open(token, self.device_api.add(reply, token, handler))
 
     @export
     def answer_call(self, namespace: str, call: str, answer: dict[str, Any]) -> None:
@@ -344,7 +344,7 @@ class RecordingHttpServer(HttpServer):
         dict); its id."""
         auth = AuthSpec.from_dict(spec)
         token = self._scoped(namespace, [auth.target])
-        return self._while_open(token, self.talkback.add(auth, token))
+        return self._while_open(token, self.device_api.add(auth, token))
 
     @export
     def accept_uploads(self, spec: dict[str, Any], namespace: str) -> str:
@@ -353,11 +353,11 @@ class RecordingHttpServer(HttpServer):
         upload = UploadSpec.from_dict(spec)
         token = self._scoped(namespace, [upload.target])
         folder = self.namespaces.folder_of(token)
-        talk_id = self.talkback.accept(upload, token, Path(self.root_dir), f"{folder}/uploads")
-        return self._while_open(token, talk_id)
+        api_id = self.device_api.accept(upload, token, Path(self.root_dir), f"{folder}/uploads")
+        return self._while_open(token, api_id)
 
-    def _registry(self, ident: str) -> FaultRegistry | Talkback:
-        return self.faults if ident.startswith("fault-") else self.talkback
+    def _registry(self, ident: str) -> FaultRegistry | DeviceApi:
+        return self.faults if ident.startswith("fault-") else self.device_api
 
     @export
     def end(self, ident: str, namespace: str | None = None) -> int:
@@ -372,10 +372,10 @@ class RecordingHttpServer(HttpServer):
         return self._registry(str(ident)).hits(str(ident), _token(namespace))
 
     @export
-    def get_uploads(self, talk_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
+    def get_uploads(self, api_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """The uploads an upload folder of ``namespace`` stored, in arrival order; ``stored`` is each
         one's path below the root, for the driver's storage to read."""
-        return self.talkback.uploads(str(talk_id), _token(namespace))
+        return self.device_api.uploads(str(api_id), _token(namespace))
 
     @export
     def requests_started(self) -> int:

@@ -695,12 +695,12 @@ class _Refusing:
         self._what = what
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        from .talk import TalkbackUnavailable
+        from .deviceapi import DeviceApiUnavailable
 
         what = self._what
         if name in ("add_reply", "accept_uploads", "require_auth"):
             method = {"add_reply": "respond"}.get(name, name)
-            problem: Exception = TalkbackUnavailable(
+            problem: Exception = DeviceApiUnavailable(
                 f"{what} cannot script replies, uploads or credentials; {_RECORDING} to use {method}()."
             )
         elif name == "inject_fault":

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, cast, overload
 from urllib.parse import unquote
 
+from .deviceapi import NO_JSON, NO_SUCH_METHOD, ORDERED, OUT_OF_ORDER
 from .records import (
     NO_REQUEST,
     PROGRESS_BYTES,
@@ -34,13 +35,12 @@ from .records import (
     url_path,
     user_facing,
 )
-from .talk import NO_JSON, NO_SUCH_METHOD, ORDERED, OUT_OF_ORDER
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from .deviceapi import HttpResponse, Reply, Upload
     from .records import Fault, Recorder
-    from .talk import HttpResponse, Reply, Upload
     from .tls import Tls
 
 WILDCARDS = ("", "0.0.0.0", "::", "[::]")
@@ -201,7 +201,7 @@ class HttpServerHandle(ABC):
             try:
                 self.clear_faults()
             finally:
-                self.clear_talk()
+                self.clear_device_api()
         finally:
             with contextlib.suppress(RequestLogUnavailable):
                 self._request_mark = self._recorder.requests_started()
@@ -365,7 +365,7 @@ class HttpServerHandle(ABC):
             wanted.shown.report(self.progress, downloads, wanted.name)
 
     def check(self) -> None:
-        """Fail unless this test's talk went as scripted, as ``--http-strict`` checks after each test.
+        """Fail unless this test's device API went as scripted, as ``--http-strict`` checks after each test.
 
         The assertion lists: the requests nothing expected (answered 404 or 405 because they
         matched no reply, no upload prefix and no served file; a download of a served file is
@@ -509,7 +509,7 @@ class HttpServerHandle(ABC):
         request log marks the requests it answered ``[reply]`` (``[handler]``). Bad arguments
         raise ``ValueError`` or ``TypeError``.
         """
-        from .talk import Reply, ReplySpec
+        from .deviceapi import Reply, ReplySpec
 
         if handler is not None and not callable(handler):
             raise TypeError(
@@ -543,7 +543,7 @@ class HttpServerHandle(ABC):
     ) -> dict[str, Any]:
         """Run the test's ``handler`` on a request the server handed over: its answer, or a 500
         and the error kept to fail the test."""
-        from .talk import HttpResponse
+        from .deviceapi import HttpResponse
 
         body = base64.b64decode(str(asked.get("body") or ""))
         request = self._placed(HttpRequest.from_dict(asked), lambda: body)
@@ -576,7 +576,7 @@ class HttpServerHandle(ABC):
         into the served root; a name that would lead out of it (``..``, a link) gets 400. They
         are in :attr:`uploads` until the test ends.
         """
-        from .talk import UploadSpec
+        from .deviceapi import UploadSpec
 
         spec = UploadSpec(prefix, max_bytes).under(self._url_path())
         self._upload_folders.append(self._recorder.accept_uploads(spec.as_dict(), self._namespace))
@@ -584,13 +584,13 @@ class HttpServerHandle(ABC):
     @property
     def uploads(self) -> list[Upload]:
         """What the device uploaded during this test, in arrival order (see :meth:`accept_uploads`)."""
-        from .talk import Upload
+        from .deviceapi import Upload
 
         recorder = self._recorder
         return [
             Upload.from_entry(recorder, entry, self._namespace)
-            for talk_id in self._upload_folders
-            for entry in recorder.get_uploads(talk_id, self._namespace)
+            for api_id in self._upload_folders
+            for entry in recorder.get_uploads(api_id, self._namespace)
         ]
 
     def require_auth(
@@ -599,12 +599,12 @@ class HttpServerHandle(ABC):
         """From now on, every request to this server (below ``url``) needs HTTP Basic credentials
         ``user`` and ``password``, or ``Authorization: Bearer <token>``; others get 401 with
         ``WWW-Authenticate``. It ends with the test."""
-        from .talk import AuthSpec
+        from .deviceapi import AuthSpec
 
         spec = AuthSpec(user, password, token).under(self._url_path())
         self._credentials.append(self._recorder.require_auth(spec.as_dict(), self._namespace))
 
-    def clear_talk(self) -> None:
+    def clear_device_api(self) -> None:
         """End every reply, upload folder and credential of this handle; the fixtures call it as
         each test ends."""
         recorder = self._recorder
@@ -778,7 +778,7 @@ class _Expectations(_Poll):
         hits = [reply.hits for reply in replies]
         self.entries = self.handle.requests
         self.left = [line for _, line in _not_used_up(replies, hits)]
-        logged = sum(entry.talk in ("reply", ORDERED) for entry in self.entries)
+        logged = sum(entry.answered_by in ("reply", ORDERED) for entry in self.entries)
         return None if self.left or logged < sum(hits) else self.entries
 
     def missing(self) -> AssertionError:
@@ -791,18 +791,18 @@ class _Expectations(_Poll):
 
 def _unexpected(entry: HttpRequest) -> bool:
     """Whether the server answered ``entry`` as it answers what nothing scripted or served matches."""
-    usual = entry.talk is None or entry.talk == NO_SUCH_METHOD
+    usual = entry.answered_by is None or entry.answered_by == NO_SUCH_METHOD
     return usual and not entry.injected and entry.status in (404, 405)
 
 
 def _out_of_order(entries: list[HttpRequest], ordered: list[Reply]) -> list[str]:
     """The requests out of order among ``entries``, with the sequence of the ``ordered`` replies
     and the one the requests made; empty if none was out of order."""
-    out_of_order = [entry for entry in entries if entry.talk == OUT_OF_ORDER]
+    out_of_order = [entry for entry in entries if entry.answered_by == OUT_OF_ORDER]
     if not out_of_order:
         return []
     expected = ", ".join(_step(reply) for reply in ordered)
-    actual = ", ".join(_answered(entry) for entry in entries if entry.talk in (ORDERED, OUT_OF_ORDER))
+    actual = ", ".join(_answered(entry) for entry in entries if entry.answered_by in (ORDERED, OUT_OF_ORDER))
     return [
         f"requests out of order, answered 500:\n{describe(out_of_order)}\n"
         f"the ordered replies expected: {expected}\nthe requests they got: {actual}"
@@ -817,7 +817,7 @@ def _step(reply: Reply) -> str:
 
 def _answered(entry: HttpRequest) -> str:
     """``GET /a``, or ``GET /b (out of order)``: a request in the sequence it was answered in."""
-    return f"{entry.method} /{entry.name}" + (" (out of order)" if entry.talk == OUT_OF_ORDER else "")
+    return f"{entry.method} /{entry.name}" + (" (out of order)" if entry.answered_by == OUT_OF_ORDER else "")
 
 
 _UNUSED = "replies whose times were not used up"

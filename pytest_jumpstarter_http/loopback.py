@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from . import eventloop
+from .deviceapi import AuthSpec, ReplySpec, UploadSpec
 from .handle import HttpServerHandle, concrete_host, format_url
 from .records import Answerer, FaultSpec, HttpRequest, Progress, TlsSpec, url_path
-from .talk import AuthSpec, ReplySpec, UploadSpec
 from .values import PortRange, TlsMode
 
 if TYPE_CHECKING:
@@ -339,13 +339,13 @@ class _InProcess:
             async def call(reply: str, request: dict[str, Any]) -> dict[str, Any]:
                 return await asyncio.get_running_loop().run_in_executor(None, handler, request)
 
-        return self._driver.talkback.add(ReplySpec.from_dict(spec), namespace, call)
+        return self._driver.device_api.add(ReplySpec.from_dict(spec), namespace, call)
 
     def get_body(self, seq: int, prefix: str) -> bytes:
         return self._driver.request_log.body(seq, prefix)
 
     def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
-        return self._driver.talkback.add(AuthSpec.from_dict(spec), namespace)
+        return self._driver.device_api.add(AuthSpec.from_dict(spec), namespace)
 
     def accept_uploads(self, spec: dict[str, Any], namespace: str | None = None) -> str:
         if self.uploads_folder is None:
@@ -355,13 +355,13 @@ class _InProcess:
                     "give LoopbackServer(..., uploads=FUNCTION) that makes one."
                 )
             self.uploads_folder = self._uploads()
-        return self._driver.talkback.accept(UploadSpec.from_dict(spec), namespace, self.uploads_folder, "")
+        return self._driver.device_api.accept(UploadSpec.from_dict(spec), namespace, self.uploads_folder, "")
 
-    def get_uploads(self, talk_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        return list(self._driver.get_uploads(talk_id, namespace))
+    def get_uploads(self, api_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return list(self._driver.get_uploads(api_id, namespace))
 
     def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
-        return self._driver.talkback.read(str(entry["talk"]), str(entry["name"]), namespace)
+        return self._driver.device_api.read(str(entry["api_id"]), str(entry["name"]), namespace)
 
 
 def _same_file(a: Path, b: Path) -> bool:

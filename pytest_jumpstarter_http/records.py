@@ -4,7 +4,7 @@ What a request was (:class:`HttpRequest`, :class:`Progress`), which statuses a t
 (``"404,5xx"``), which file names are served (checked once, then percent-encoded), and the specs
 of what a test sets on its server, each checked once as it is made: a fault (:class:`FaultSpec`,
 seen by the test as a :class:`Fault`) and TLS (:class:`TlsSpec`); replies, upload folders and
-credentials are in :mod:`.talk`, built on the checks here (:class:`ValueRange`, :func:`bounded`,
+credentials are in :mod:`.deviceapi`, built on the checks here (:class:`ValueRange`, :func:`bounded`,
 :func:`spec_path`, :class:`Scripted`). :class:`Recorder` is what a handle asks of its server.
 Nothing here imports pytest or aiohttp: the server and the test process both build on it, and it
 on neither.
@@ -191,7 +191,7 @@ class HttpRequest:
     #: ``auth`` (refused for its credentials); None when the server answered as usual (issue 21).
     #: For a connection refused before any request (``NO_REQUEST``), what was wrong:
     #: ``TLS handshake failed: no client certificate``.
-    talk: str | None = None
+    answered_by: str | None = None
     #: The request's headers as the device sent them: ``headers["content-type"]``.
     headers: Fields = field(default_factory=lambda: Fields(any_case=True), repr=False, compare=False)
     #: How many bytes of its body the server read (up to ``BODY_KEPT``); whether there was more.
@@ -224,14 +224,14 @@ class HttpRequest:
     def line(self) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time % 1 * 1000):03d}"
         if self.method == NO_REQUEST:  # a handshake refused: no request, no answer
-            return f"{stamp} {self.talk}"
+            return f"{stamp} {self.answered_by}"
         range_ = f" [{self.range}]" if self.range else ""
         return (
             f"{stamp} {self.remote} {self.method} {self.path}{range_} -> {self.status}, "
             f"{self.bytes_sent} bytes in {self.duration * 1000:.1f} ms"
             + ("" if self.complete else " (cut short)")
             + (f" [fault: {self.fault}]" if self.fault else "")
-            + (f" [{self.talk}]" if self.talk else "")
+            + (f" [{self.answered_by}]" if self.answered_by else "")
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -255,7 +255,7 @@ class HttpRequest:
             fault=None if data.get("fault") is None else str(data["fault"]),
             injected=bool(data.get("injected", False)),
             seq=int(data.get("seq", -1)),
-            talk=None if data.get("talk") is None else str(data["talk"]),
+            answered_by=None if data.get("answered_by") is None else str(data["answered_by"]),
             headers=Fields(((str(k), str(v)) for k, v in data.get("headers") or ()), any_case=True),
             body_size=int(data.get("body_size", 0)),
             body_cut=bool(data.get("body_cut", False)),
@@ -639,7 +639,7 @@ class Recorder(Protocol):
         """Refuse requests without the credentials of ``AuthSpec.as_dict()``; its id."""
         ...
 
-    def get_uploads(self, talk_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
+    def get_uploads(self, api_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """What an ``accept_uploads`` id of ``namespace`` stored: ``Upload`` fields, and where each is."""
         ...
 

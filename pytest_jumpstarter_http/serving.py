@@ -156,7 +156,7 @@ BODIES_KEPT: Final = 16 << 20
 #: Request-mapping key set when a fault answered the request with its own status.
 INJECTED_KEY: Final = RequestKey("pytest_jumpstarter_http.injected", bool)
 #: Request-mapping key of what a test's scripted answers did with the request (``reply``...).
-TALK_KEY: Final = RequestKey("pytest_jumpstarter_http.talk", str)
+ANSWERED_BY_KEY: Final = RequestKey("pytest_jumpstarter_http.deviceapi", str)
 
 
 def fault_of(request: Any) -> str | None:
@@ -613,7 +613,7 @@ def record(request: Any, response: Any, duration: float, log: RequestLog) -> Htt
         complete=progress.complete if progress else True,
         fault=fault_of(request),
         injected=bool(request.get(INJECTED_KEY, False)),
-        talk=request.get(TALK_KEY),
+        answered_by=request.get(ANSWERED_BY_KEY),
         headers=Fields(((name, text(value)) for name, value in request.headers.items()), any_case=True),
         body_size=len(body[0]),
         body_cut=body[1],

@@ -98,7 +98,7 @@ def refused_handshake(path: str, words: str, seq: int) -> HttpRequest:
         status=0,
         bytes_sent=0,
         duration=0.0,
-        talk=f"TLS handshake failed: {words}",
+        answered_by=f"TLS handshake failed: {words}",
         seq=seq,
     )
 

@@ -1,6 +1,6 @@
 """Issue 26: a handler of ``respond(handler=)`` that fails fails its test, with its own traceback;
 one that takes longer than ``--http-timeout`` gets the device a 504. The same handlers answer on an
-exporter (``test_talkback.py``'s suite, run by ``test_talkback_exporter.py``)."""
+exporter (``test_device_api.py``'s suite, run by ``test_device_api_exporter.py``)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_fails_itself_and_its_handler_raised(http_server):
 def test_slow(http_server):
     http_server.respond("api/board", handler=lambda request: time.sleep(3) or HttpResponse())
     assert status(http_server.url + "/api/board") == 504
-    assert [(r.status, r.talk) for r in http_server.requests] == [(504, "handler: no answer in time")]
+    assert [(r.status, r.answered_by) for r in http_server.requests] == [(504, "handler: no answer in time")]
 
 def test_answers(http_server):
     http_server.respond("api/board", handler=lambda request: HttpResponse(body=str(lookup(request))))

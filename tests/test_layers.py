@@ -28,8 +28,8 @@ LAYERS = {
         "eventloop",
         "tls",
     },
-    "records": {"records", "talk", "beneath", "values"},
-    "server": {"driver", "serving", "shaping", "talkback", "tlssites", "namespaces"},
+    "records": {"records", "deviceapi", "beneath", "values"},
+    "server": {"driver", "serving", "shaping", "answering", "tlssites", "namespaces"},
 }
 #: The layers each layer may import from.
 ALLOWED = {

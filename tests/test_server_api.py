@@ -22,7 +22,7 @@ import json, urllib.request
 from jumpstarter.common.utils import env
 from pytest_jumpstarter_http.exporter import OwnerStream
 from pytest_jumpstarter_http.records import NS, RUNS, FaultSpec
-from pytest_jumpstarter_http.talk import ReplySpec, UploadSpec
+from pytest_jumpstarter_http.deviceapi import ReplySpec, UploadSpec
 
 def attempt(call, *args):
     try:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from pytest_jumpstarter_http import LoopbackServer
+from pytest_jumpstarter_http.deviceapi import ReplySpec
 from pytest_jumpstarter_http.namespaces import NamespaceError
 from pytest_jumpstarter_http.records import RUNS, FaultSpec
-from pytest_jumpstarter_http.talk import ReplySpec
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from subprocess_runs import JUnit, python_pytest, run
 
-from pytest_jumpstarter_http.talk import ReplySpec
+from pytest_jumpstarter_http.deviceapi import ReplySpec
 
 SUITE = r"""
 import asyncio, os, subprocess, threading, time
@@ -70,7 +70,7 @@ def test_ordered_replies_answer_in_their_turn(http_server, served_dir):
     assert body(http_server.url + "/manifest.json") == "again 200"
     # The sequence is complete: its paths are answered as if nothing were scripted.
     assert body(http_server.url + "/image.raw") == "image 200"
-    assert [r.talk for r in http_server.requests] == ["reply: ordered"] * 5 + [None]
+    assert [r.answered_by for r in http_server.requests] == ["reply: ordered"] * 5 + [None]
     http_server.check()
 
 def test_an_ordered_reply_asked_out_of_its_turn_gets_500_and_fails_the_test(http_server):
@@ -82,7 +82,7 @@ def test_an_ordered_reply_asked_out_of_its_turn_gets_500_and_fails_the_test(http
     assert body(http_server.url + "/other") == "any time 200"
     assert body(http_server.url + "/first") == "1 200"
     assert body(http_server.url + "/second") == "2 200"
-    assert http_server.requests[0].talk == "reply: out of order"
+    assert http_server.requests[0].answered_by == "reply: out of order"
     assert not http_server.requests[0].injected  # a 500 the test did not ask for shows
 
 def test_check_lists_what_was_not_expected_and_what_is_left(http_server, served_dir, tmp_path):

@@ -67,7 +67,7 @@ def test_ranges_and_etags_work_over_tls(http_server, served_dir, tmp_path):
 def refused(http_server, count):
     deadline = time.monotonic() + 10
     while True:
-        said = [r.talk for r in http_server.requests if (r.method, r.path, r.status) == ("-", "/", 0)]
+        said = [r.answered_by for r in http_server.requests if (r.method, r.path, r.status) == ("-", "/", 0)]
         if len(said) >= count or time.monotonic() > deadline:
             return said
         time.sleep(0.05)

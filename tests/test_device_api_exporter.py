@@ -1,4 +1,4 @@
-"""The device talks back on an exporter: the suite of ``test_talkback.py``, run inside one real
+"""The device talks back on an exporter: the suite of ``test_device_api.py``, run inside one real
 ``jmp shell`` on a ``RecordingHttpServer``, and what the stock driver says instead. The shell exits
 0 whatever its commands do (jumpstarter#1099): the runs' JUnit reports are what the tests read.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from jumpstarter_helpers import JMP, DeviceRuns, run_device_suite
-from test_talkback import LEAKS, XDIST_ARGS, check_device_run, write_suites
+from test_device_api import LEAKS, XDIST_ARGS, check_device_run, write_suites
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> DeviceRuns:
         pytest.skip("curl is the device here: apt-get install -y curl")
     if not Path(JMP).exists():
         pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
-    where = tmp_path_factory.mktemp("talkback-exporter")
+    where = tmp_path_factory.mktemp("device-api-exporter")
     sync = write_suites(where)
     return run_device_suite(
         where, sync=("TALK_SYNC", sync), xdist_args=XDIST_ARGS, stock_tests="manifest or leak_1"

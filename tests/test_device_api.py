@@ -2,7 +2,7 @@
 the device.
 
 The device-facing tests are written once, in ``SUITE`` and ``XDIST_SUITE``; this module runs them
-on loopback, ``test_talkback_exporter.py`` inside a real ``jmp shell`` on a ``RecordingHttpServer``.
+on loopback, ``test_device_api_exporter.py`` inside a real ``jmp shell`` on a ``RecordingHttpServer``.
 They run in a subprocess: they start servers, clients and threads of their own.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from subprocess_runs import JUnit, clean_env, run_pytest
 
+from pytest_jumpstarter_http.deviceapi import AuthSpec, ReplySpec, UploadSpec
 from pytest_jumpstarter_http.records import HttpRequest
-from pytest_jumpstarter_http.talk import AuthSpec, ReplySpec, UploadSpec
 
 SUITE = r"""
 import hashlib, json, os, subprocess
@@ -42,7 +42,7 @@ def test_a_manifest_then_a_redirect_then_the_file(http_server, served_dir, tmp_p
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "image.raw").read_bytes() == b"image v2"
     http_server.wait_for_request("image-v2.raw", status=200)
-    assert [(r.name, r.status, r.talk) for r in http_server.requests] == [
+    assert [(r.name, r.status, r.answered_by) for r in http_server.requests] == [
         ("manifest.json", 200, "reply"), ("latest", 302, "reply"), ("image-v2.raw", 200, None)
     ]
     assert http_server.requests[0].line().endswith("[reply]")
@@ -149,7 +149,7 @@ def test_a_handler_answers_in_the_test_process(http_server):
     assert answer.startswith("HTTP/1.1 201") and "x-seen: 1" in answer.lower()
     assert answer.endswith('{"echo": {"n": 1}}')
     assert seen == [(os.getpid(), "api/devices", "7", {"n": 1})]
-    assert [(r.status, r.talk) for r in http_server.requests] == [(201, "handler")]
+    assert [(r.status, r.answered_by) for r in http_server.requests] == [(201, "handler")]
 
 def test_a_handler_that_raises_gives_the_device_a_500_and_is_kept_to_fail_the_test(http_server):
     def handler(request):
@@ -165,7 +165,7 @@ def test_a_post_reply_and_an_upload_folder_on_one_path_store_the_body_and_answer
     http_server.respond("logs/*", method="POST", json={"stored": True})
     assert curl("--data-binary", "boot ok", http_server.url + "/logs/boot.log").stdout == b'{"stored": true}'
     assert [(u.name, u.read_bytes()) for u in http_server.uploads] == [("boot.log", b"boot ok")]
-    assert [r.talk for r in http_server.requests] == ["reply"]
+    assert [r.answered_by for r in http_server.requests] == ["reply"]
 
 def test_put_post_and_multipart_uploads_arrive_byte_for_byte(http_server, served_dir, tmp_path):
     http_server.accept_uploads()
@@ -185,7 +185,7 @@ def test_put_post_and_multipart_uploads_arrive_byte_for_byte(http_server, served
     assert uploads[0].read_bytes() == log.read_bytes() == uploads[2].read_bytes()
     assert uploads[1].read_bytes() == core.read_bytes() and uploads[1].sha256 == sha(core.read_bytes())
     assert sorted(served_dir.rglob("*")) == before
-    assert [r.talk for r in http_server.requests] == ["upload"] * 3
+    assert [r.answered_by for r in http_server.requests] == ["upload"] * 3
 
 def test_an_upload_over_max_bytes_is_413_and_nothing_is_kept(http_server, tmp_path):
     http_server.accept_uploads("dumps/", max_bytes=1000)
@@ -223,7 +223,7 @@ def test_basic_auth_refuses_wrong_credentials(http_server, served_dir):
     assert " 401 " in refused and 'www-authenticate: basic realm=' in refused.lower()
     assert code("-u", "device:wrong", url) == "401"
     assert code("-u", "device:s3cret", url) == "200"
-    assert http_server.requests[0].talk == "auth"
+    assert http_server.requests[0].answered_by == "auth"
 
 def test_bearer_auth_refuses_a_wrong_token(http_server, served_dir):
     (served_dir / "secret.txt").write_text("s")
@@ -333,7 +333,7 @@ def test_a_cut_short_upload_and_a_malformed_form_are_the_device_s_400s(http_serv
         device.sendall(head.encode() + form)
         assert device.recv(100).startswith(b"HTTP/1.1 400 ")
     http_server.wait_for_request("uploads/form", timeout=10)
-    assert [(r.status, r.talk) for r in http_server.requests] == [
+    assert [(r.status, r.answered_by) for r in http_server.requests] == [
         (400, "upload cut short"), (400, "upload refused")
     ]
     assert http_server.uploads == []
@@ -469,7 +469,7 @@ class Runs:
 def loopback(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     if shutil.which("curl") is None:
         pytest.skip("curl is the device here: apt-get install -y curl")
-    where = tmp_path_factory.mktemp("talkback")
+    where = tmp_path_factory.mktemp("device-api")
     sync = write_suites(where)
     device = run_pytest(where, "test_device.py", f"--basetemp={where / 'tmp'}", name="device", timeout=240)
     session = run_pytest(where, "test_device.py", "--http-scope=session", "-k", "leak", name="session")
@@ -510,7 +510,7 @@ def test_a_reply_crosses_the_wire_and_answers_every_spelling_of_its_path() -> No
 
 
 def test_what_a_reply_matches_on_crosses_the_wire() -> None:
-    from pytest_jumpstarter_http.talk import Asked
+    from pytest_jumpstarter_http.deviceapi import Asked
 
     spec = ReplySpec(
         "api/*",
@@ -545,8 +545,8 @@ def test_an_upload_folder_and_credentials_cross_the_wire() -> None:
     assert not auth.covers("/ns/b/x")
 
 
-def test_the_request_log_shows_what_the_talkback_did() -> None:
-    entry = HttpRequest(0.0, "127.0.0.1", "GET", "/a", None, 302, 0, 0.001, talk="reply")
+def test_the_request_log_shows_what_the_device_api_did() -> None:
+    entry = HttpRequest(0.0, "127.0.0.1", "GET", "/a", None, 302, 0, 0.001, answered_by="reply")
     assert entry.line().endswith("-> 302, 0 bytes in 1.0 ms [reply]")
     assert HttpRequest.from_dict(entry.as_dict()) == entry
     sent = HttpRequest.from_dict(

@@ -1,8 +1,8 @@
 """The device talks back: the server's side of ``respond()``, ``accept_uploads()`` and ``require_auth()``.
 
-:class:`Talkback` holds a server's scripted answers (replies, upload folders, credentials), each
+:class:`DeviceApi` holds a server's scripted answers (replies, upload folders, credentials), each
 for as long as the namespace it came through (see :mod:`.namespaces`), as ``FaultRegistry``
-holds faults. :class:`TalkbackMiddleware` runs after the faults and before the files: it refuses
+holds faults. :class:`DeviceApiMiddleware` runs after the faults and before the files: it refuses
 a request without the credentials asked for, answers a scripted reply, or stores an upload;
 anything else goes on to the static route as before (issue 21).
 
@@ -34,10 +34,19 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .beneath import open_folders
+from .deviceapi import (
+    NO_SUCH_METHOD,
+    ORDERED,
+    OUT_OF_ORDER,
+    Asked,
+    AuthSpec,
+    HttpResponse,
+    ReplySpec,
+    UploadSpec,
+)
 from .records import BODY_KEPT, name_problem
-from .serving import BODY_KEY, INJECTED_KEY, SEQ_KEY, TALK_KEY, text
+from .serving import ANSWERED_BY_KEY, BODY_KEY, INJECTED_KEY, SEQ_KEY, text
 from .shaping import PIECE
-from .talk import NO_SUCH_METHOD, ORDERED, OUT_OF_ORDER, Asked, AuthSpec, HttpResponse, ReplySpec, UploadSpec
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
@@ -47,7 +56,7 @@ if TYPE_CHECKING:
 #: response as a dict (``HttpResponse.as_dict()``).
 HandlerCall = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
-__all__ = ["OutOfOrder", "Talkback", "TalkbackMiddleware", "Written"]
+__all__ = ["DeviceApi", "DeviceApiMiddleware", "OutOfOrder", "Written"]
 
 #: What a multipart form may carry beyond ``max_bytes`` of files: its framing and other fields.
 FORM_SLACK: Final = 64 << 10
@@ -60,7 +69,7 @@ class _Entry:
 
     def __init__(
         self,
-        talk_id: str,
+        api_id: str,
         spec: ReplySpec | UploadSpec | AuthSpec,
         namespace: str | None,
         *,
@@ -68,7 +77,7 @@ class _Entry:
         folder: str = "",
         handler: HandlerCall | None = None,
     ) -> None:
-        self.talk_id = talk_id
+        self.api_id = api_id
         self.spec = spec
         #: What answers a reply made with ``respond(handler=)``: the test's function, reached
         #: in this process or through its owner's stream.
@@ -91,7 +100,7 @@ class _Entry:
 class _Found:
     """An upload arriving: its folder's id, spec and descriptor (a copy of its own), and its name."""
 
-    talk_id: str
+    api_id: str
     spec: UploadSpec
     fd: int
     name: str
@@ -106,7 +115,7 @@ class OutOfOrder(Exception):
         self.expected = expected
 
 
-class Talkback:
+class DeviceApi:
     """The scripted answers of one server; added and cleared from any thread, used on the server's loop."""
 
     def __init__(self) -> None:
@@ -131,33 +140,33 @@ class Talkback:
         an ``HttpResponse.as_dict()``."""
         kind = "reply" if isinstance(spec, ReplySpec) else "auth"
         with self._lock:
-            talk_id = f"{kind}-{next(self._ids)}"
-            self._entries[talk_id] = _Entry(talk_id, spec, namespace, handler=handler)
-        return talk_id
+            api_id = f"{kind}-{next(self._ids)}"
+            self._entries[api_id] = _Entry(api_id, spec, namespace, handler=handler)
+        return api_id
 
     def accept(self, spec: UploadSpec, namespace: str | None, base: Path, folder: str) -> str:
         """Store uploads below ``spec``'s prefix in a new folder below ``folder`` of ``base``; its id."""
         with self._lock:
-            talk_id = f"uploads-{next(self._ids)}"
-        made = f"{folder}/{talk_id}".lstrip("/")
+            api_id = f"uploads-{next(self._ids)}"
+        made = f"{folder}/{api_id}".lstrip("/")
         top = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fd = open_folders(top, made.split("/"), create=True)
         finally:
             os.close(top)
         with self._lock:
-            self._entries[talk_id] = _Entry(talk_id, spec, namespace, fd=fd, folder=made)
-        return talk_id
+            self._entries[api_id] = _Entry(api_id, spec, namespace, fd=fd, folder=made)
+        return api_id
 
-    def clear(self, talk_id: str, namespace: str | None) -> int:
+    def clear(self, api_id: str, namespace: str | None) -> int:
         """End a scripted answer set through ``namespace``; how often it answered (0 if unknown:
         ended, never set, or another namespace's)."""
         with self._lock:
-            entry = self._entries.get(talk_id)
+            entry = self._entries.get(api_id)
             if entry is None or entry.namespace != namespace:
                 return 0
-            del self._entries[talk_id]
-            self._uploads = [upload for upload in self._uploads if upload["talk"] != talk_id]
+            del self._entries[api_id]
+            self._uploads = [upload for upload in self._uploads if upload["api_id"] != api_id]
         entry.close()
         return entry.hits
 
@@ -165,38 +174,38 @@ class Talkback:
         """End every scripted answer, or those that came through one of ``namespaces``."""
         with self._lock:
             ended = [
-                (talk_id, entry.namespace)
-                for talk_id, entry in self._entries.items()
+                (api_id, entry.namespace)
+                for api_id, entry in self._entries.items()
                 if namespaces is None or entry.namespace in namespaces
             ]
-        for talk_id, namespace in ended:
-            self.clear(talk_id, namespace)
+        for api_id, namespace in ended:
+            self.clear(api_id, namespace)
 
-    def _entry(self, talk_id: str, namespace: str | None) -> _Entry:
-        """The answer ``talk_id`` set through ``namespace``; a ``KeyError`` once it ended (or for
+    def _entry(self, api_id: str, namespace: str | None) -> _Entry:
+        """The answer ``api_id`` set through ``namespace``; a ``KeyError`` once it ended (or for
         another namespace's: one run never reads or ends another's)."""
-        entry = self._entries.get(talk_id)
+        entry = self._entries.get(api_id)
         if entry is None or entry.namespace != namespace:
-            raise KeyError(f"no reply, upload folder or credential {talk_id!r} on this server; it ended")
+            raise KeyError(f"no reply, upload folder or credential {api_id!r} on this server; it ended")
         return entry
 
-    def hits(self, talk_id: str, namespace: str | None) -> int:
+    def hits(self, api_id: str, namespace: str | None) -> int:
         """How many requests it answered; a ``KeyError`` once it was cleared."""
         with self._lock:
-            return self._entry(talk_id, namespace).hits
+            return self._entry(api_id, namespace).hits
 
-    def uploads(self, talk_id: str, namespace: str | None) -> list[dict[str, Any]]:
-        """The uploads the folder ``talk_id`` of ``namespace`` stored, in arrival order."""
+    def uploads(self, api_id: str, namespace: str | None) -> list[dict[str, Any]]:
+        """The uploads the folder ``api_id`` of ``namespace`` stored, in arrival order."""
         with self._lock:
-            self._entry(talk_id, namespace)
-            return [dict(upload) for upload in self._uploads if upload["talk"] == talk_id]
+            self._entry(api_id, namespace)
+            return [dict(upload) for upload in self._uploads if upload["api_id"] == api_id]
 
-    def read(self, talk_id: str, name: str, namespace: str | None) -> bytes:
-        """The content of the upload ``name`` of the folder ``talk_id``, read without following a link."""
+    def read(self, api_id: str, name: str, namespace: str | None) -> bytes:
+        """The content of the upload ``name`` of the folder ``api_id``, read without following a link."""
         with self._lock:
-            entry = self._entries.get(talk_id)
+            entry = self._entries.get(api_id)
             if entry is None or entry.fd < 0 or entry.namespace != namespace:
-                raise KeyError(f"no upload folder {talk_id!r} on this server; it ended with its test")
+                raise KeyError(f"no upload folder {api_id!r} on this server; it ended with its test")
             here = os.dup(entry.fd)
         *parents, last = name.split("/")
         try:
@@ -273,25 +282,25 @@ class Talkback:
         if method not in ("PUT", "POST"):
             return None
         with self._lock:
-            for talk_id, entry in self._entries.items():
+            for api_id, entry in self._entries.items():
                 spec = entry.spec
                 if not isinstance(spec, UploadSpec):
                     continue
                 name = spec.name_of(path)
                 if name is not None and entry.fd >= 0:
                     entry.hits += 1
-                    return _Found(talk_id, spec, os.dup(entry.fd), name)
+                    return _Found(api_id, spec, os.dup(entry.fd), name)
         return None
 
-    def stored(self, talk_id: str, written: Written, method: str) -> None:
+    def stored(self, api_id: str, written: Written, method: str) -> None:
         """List an upload that arrived whole; its folder may have ended meanwhile."""
         with self._lock:
-            entry = self._entries.get(talk_id)
+            entry = self._entries.get(api_id)
             if entry is None:
                 return
             self._uploads.append(
                 {
-                    "talk": talk_id,
+                    "api_id": api_id,
                     "name": written.name,
                     "size": written.size,
                     "sha256": written.sha256,
@@ -305,10 +314,10 @@ class _Refused(Exception):
     """An upload the server does not keep: its status and why, in one sentence, and what the
     request log says of it."""
 
-    def __init__(self, status: int, why: str, talk: str = "upload refused") -> None:
+    def __init__(self, status: int, why: str, answered_by: str = "upload refused") -> None:
         super().__init__(why)
         self.status = status
-        self.talk = talk
+        self.answered_by = answered_by
 
 
 class Written:
@@ -474,54 +483,63 @@ async def _receive_parts(request: Request, found: _Found, budget: list[int], wri
         await written[-1].take(_part_chunks(part), budget)
 
 
-class TalkbackMiddleware:
+class DeviceApiMiddleware:
     """After the faults, before the files: credentials, then scripted replies and uploads."""
 
     __middleware_version__ = 1
 
-    def __init__(self, talkback: Talkback) -> None:
-        self.talkback = talkback
+    def __init__(self, device_api: DeviceApi) -> None:
+        self.device_api = device_api
 
     async def __call__(self, request: Request, handler: Handler) -> StreamResponse:
-        talk = self.talkback
-        if talk.idle:
+        api = self.device_api
+        if api.idle:
             return await handler(request)
-        challenges = talk.refused(request.path, request.headers.get("Authorization", ""))
+        challenges = api.refused(request.path, request.headers.get("Authorization", ""))
         if challenges:
             return _unauthorized(request, challenges)
-        return await _talk(request, handler, talk)
+        return await _answer_device(request, handler, api)
 
 
-async def _talk(request: Request, handler: Handler, talk: Talkback) -> StreamResponse:
+async def _answer_device(request: Request, handler: Handler, api: DeviceApi) -> StreamResponse:
     """A reply, an upload, both (the reply answers once the body is stored), or the files."""
     method, path = request.method, request.path
-    found = talk.arriving(method, path)
-    reads = request.body_exists and not (found and _is_form(request)) and talk.reads_body(method, path)
-    try:
-        head = await _head(request) if reads else b""
-    except ConnectionResetError:  # the device's doing, as in _receive
-        cut = "upload cut short" if found else "body cut short"
-        return _refused(
-            request, _Refused(400, "the device closed the connection before the end of its body", cut)
-        )
+    found = api.arriving(method, path)
+    head = await _first_part(request, api, found)
+    if not isinstance(head, bytes):  # the device went away
+        return head
     asked = Asked(method, path, request.query_string, request.headers, head[:BODY_KEPT])
     try:
-        reply = talk.reply(asked if len(head) <= BODY_KEPT else dataclasses.replace(asked, body=None))
+        reply = api.reply(asked if len(head) <= BODY_KEPT else dataclasses.replace(asked, body=None))
     except OutOfOrder as out:
         return _out_of_order(request, out)
     if found is not None:
-        stored = await _store(request, talk, found, head)
+        stored = await _store(request, api, found, head)
         if reply is None or stored.status != 201:
             return stored
     if reply is not None:
         return await _answer(request, handler, reply)
-    if talk.elsewise(method, path):  # a reply's path asked with another method
+    if api.elsewise(method, path):  # a reply's path asked with another method
         from aiohttp import web
 
-        request[TALK_KEY] = NO_SUCH_METHOD
+        request[ANSWERED_BY_KEY] = NO_SUCH_METHOD
         # What the server answers any method it has nothing for: a static server's 405 (issue 26).
         return web.Response(status=405, headers={"Allow": "GET, HEAD"})
     return await handler(request)
+
+
+async def _first_part(request: Request, api: DeviceApi, found: _Found | None) -> bytes | StreamResponse:
+    """The body's first part, if a reply or an upload folder may take the request (a multipart
+    upload is read part by part instead); the answer if the device went away meanwhile."""
+    form = found is not None and _is_form(request)
+    if not request.body_exists or form or not api.reads_body(request.method, request.path):
+        return b""
+    try:
+        return await _head(request)
+    except ConnectionResetError:  # the device's doing, as in _receive
+        cut = "upload cut short" if found else "body cut short"
+        why = "the device closed the connection before the end of its body"
+        return _refused(request, _Refused(400, why, cut))
 
 
 async def _head(request: Request) -> bytes:
@@ -540,7 +558,7 @@ def _unauthorized(request: Request, challenges: list[str]) -> StreamResponse:
     from aiohttp import web
     from multidict import CIMultiDict
 
-    request[TALK_KEY] = "auth"
+    request[ANSWERED_BY_KEY] = "auth"
     request[INJECTED_KEY] = True
     return web.Response(status=401, headers=CIMultiDict(("WWW-Authenticate", c) for c in challenges))
 
@@ -549,7 +567,7 @@ def _out_of_order(request: Request, out: OutOfOrder) -> StreamResponse:
     """A 500, which the test did not ask for: logged as a server error, so that it shows."""
     from aiohttp import web
 
-    request[TALK_KEY] = OUT_OF_ORDER
+    request[ANSWERED_BY_KEY] = OUT_OF_ORDER
     return web.Response(status=500, text=f"{out}\n")
 
 
@@ -560,7 +578,7 @@ async def _answer(request: Request, handler: Handler, entry: _Entry) -> StreamRe
 
     spec = entry.spec
     assert isinstance(spec, ReplySpec)
-    request[TALK_KEY] = ORDERED if spec.ordered else "reply"
+    request[ANSWERED_BY_KEY] = ORDERED if spec.ordered else "reply"
     if spec.serves_file:
         response = await handler(request)
         response.headers.update(spec.headers or {})
@@ -568,15 +586,15 @@ async def _answer(request: Request, handler: Handler, entry: _Entry) -> StreamRe
     request[INJECTED_KEY] = True  # the test asked for this status: --http-fail-on skips it
     if entry.handler is None:
         return web.Response(status=spec.status, body=spec.payload, headers=spec.headers)
-    request[TALK_KEY] = "handler"
+    request[ANSWERED_BY_KEY] = "handler"
     try:
-        asked = entry.handler(entry.talk_id, _asked_of(request))
+        asked = entry.handler(entry.api_id, _asked_of(request))
         answer = HttpResponse.from_dict(await asyncio.wait_for(asked, spec.handler_wait))
     except TimeoutError:
-        request[TALK_KEY] = "handler: no answer in time"
+        request[ANSWERED_BY_KEY] = "handler: no answer in time"
         return web.Response(status=504, text="the test's handler did not answer in time\n")
     except Exception as exc:  # its owner failed it, with the handler's traceback, in the test
-        request[TALK_KEY] = f"handler: {type(exc).__name__}"
+        request[ANSWERED_BY_KEY] = f"handler: {type(exc).__name__}"
         return web.Response(status=500, text="the test's handler failed\n")
     return web.Response(status=answer.status, body=answer.payload, headers=answer.headers)
 
@@ -604,7 +622,7 @@ def _asked_of(request: Request) -> dict[str, Any]:
 def _refused(request: Request, refused: _Refused) -> StreamResponse:
     from aiohttp import web
 
-    request[TALK_KEY] = refused.talk
+    request[ANSWERED_BY_KEY] = refused.answered_by
     request[INJECTED_KEY] = True
     response = web.Response(status=refused.status, text=f"{refused}\n")
     if refused.status == 413:
@@ -612,7 +630,7 @@ def _refused(request: Request, refused: _Refused) -> StreamResponse:
     return response
 
 
-async def _store(request: Request, talk: Talkback, found: _Found, head: bytes) -> StreamResponse:
+async def _store(request: Request, api: DeviceApi, found: _Found, head: bytes) -> StreamResponse:
     from aiohttp import web
 
     try:
@@ -622,11 +640,11 @@ async def _store(request: Request, talk: Talkback, found: _Found, head: bytes) -
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        request[TALK_KEY] = "upload refused"
+        request[ANSWERED_BY_KEY] = "upload refused"
         return web.Response(status=507, text="the server's disk is full\n")
     finally:
         os.close(found.fd)
     for each in written:
-        talk.stored(found.talk_id, each, request.method)
-    request[TALK_KEY] = "upload"
+        api.stored(found.api_id, each, request.method)
+    request[ANSWERED_BY_KEY] = "upload"
     return web.Response(status=201)

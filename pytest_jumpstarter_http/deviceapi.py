@@ -36,7 +36,7 @@ from .records import (
 )
 
 
-class TalkbackUnavailable(Unavailable):
+class DeviceApiUnavailable(Unavailable):
     """The server cannot script replies, take uploads or ask for credentials (the stock driver)."""
 
 
@@ -159,18 +159,22 @@ class Asked:
 
 def _query(query: Any) -> str | dict[str, list[str]] | None:
     """``query_string=``: a raw query (its leading ``?`` dropped), or names to a value or a list of them."""
-    if query is None:
-        return None
-    if isinstance(query, str):
-        return query.removeprefix("?")
-    if isinstance(query, Mapping) and all(isinstance(name, str) for name in query):
-        values = {name: [value] if isinstance(value, str) else value for name, value in query.items()}
-        if all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in values.values()):
-            return values
-    raise TypeError(
-        f"respond(): query_string={shown(query)} is no query; give a str such as 'v=2&tag=a', or a "
-        "dict of names to a str or a list of str."
-    )
+    if query is None or isinstance(query, str):
+        return None if query is None else query.removeprefix("?")
+    values = _query_values(query) if isinstance(query, Mapping) else None
+    if values is None:
+        raise TypeError(
+            f"respond(): query_string={shown(query)} is no query; give a str such as 'v=2&tag=a', or "
+            "a dict of names to a str or a list of str."
+        )
+    return values
+
+
+def _query_values(query: Mapping[Any, Any]) -> dict[str, list[str]] | None:
+    """A query's names to their lists of values; None unless every name and value is a str."""
+    values = {name: [value] if isinstance(value, str) else value for name, value in query.items()}
+    ok = all(isinstance(name, str) and isinstance(v, list) for name, v in values.items())
+    return values if ok and all(isinstance(x, str) for v in values.values() for x in v) else None
 
 
 def _data(data: Any) -> bytes | None:
@@ -235,21 +239,16 @@ class ReplySpec:
                 "or '*' for any."
             )
         set_(self, "method", self.method.upper())
-        set_(self, "query_string", _query(self.query_string))
-        set_(self, "data", _data(self.data))
-        set_(self, "match_headers", _match_headers(self.match_headers))
-        if self.match_json is not NO_JSON:
-            _encoded("match_json", self.match_json)
-            if self.data is not None:
-                raise ValueError(
-                    "respond(): data and match_json were both given; a request has one body, so "
-                    "match it with one of them."
-                )
+        self._check_matching()
         if self.handler_wait and (self.body is not None or self.json is not NO_JSON or self.headers):
             raise ValueError(
                 "respond(): a handler answers with its own status, headers and body; give handler= "
                 "without body, json or headers."
             )
+        self._check_answer()
+
+    def _check_answer(self) -> None:
+        """Check what it answers (``body`` or ``json``, ``headers``), and set ``payload``."""
         payload = _payload(self.body, self.json)
         headers = _headers(self.headers)
         if payload is not None and len(payload) > MAX_REPLY_BODY:
@@ -263,8 +262,24 @@ class ReplySpec:
             )
         if self.json is not NO_JSON and not _has(headers, "content-type"):
             headers["Content-Type"] = "application/json"
-        set_(self, "payload", payload)
-        set_(self, "headers", headers)
+        object.__setattr__(self, "payload", payload)
+        object.__setattr__(self, "headers", headers)
+
+    def _check_matching(self) -> None:
+        """Check what the request must carry (``query_string``, ``data``, ``match_headers``,
+        ``match_json``), each in its one form."""
+        set_ = object.__setattr__
+        set_(self, "query_string", _query(self.query_string))
+        set_(self, "data", _data(self.data))
+        set_(self, "match_headers", _match_headers(self.match_headers))
+        if self.match_json is NO_JSON:
+            return
+        _encoded("match_json", self.match_json)
+        if self.data is not None:
+            raise ValueError(
+                "respond(): data and match_json were both given; a request has one body, so "
+                "match it with one of them."
+            )
 
     @property
     def serves_file(self) -> bool:
@@ -292,17 +307,23 @@ class ReplySpec:
     def fits(self, asked: Asked) -> bool:
         """Whether ``asked`` carries the query, headers and body it matches on (its method and
         path: :meth:`answers`)."""
-        if not self.answers(asked.method, asked.path):
-            return False
-        if isinstance(self.query_string, str) and asked.query != self.query_string:
-            return False
-        if isinstance(self.query_string, dict) and _parsed(asked.query) != self.query_string:
-            return False
-        if any(asked.headers.get(name) != value for name, value in (self.match_headers or {}).items()):
-            return False
-        if self.data is not None and asked.body != self.data:
-            return False
-        return self.match_json is NO_JSON or _json_of(asked.body) == (True, self.match_json)
+        headers = self.match_headers or {}
+        return (
+            self.answers(asked.method, asked.path)
+            and self._query_fits(asked.query)
+            and all(asked.headers.get(name) == value for name, value in headers.items())
+            and self._body_fits(asked.body)
+        )
+
+    def _query_fits(self, query: str) -> bool:
+        if isinstance(self.query_string, dict):
+            return _parsed(query) == self.query_string
+        return self.query_string is None or query == self.query_string
+
+    def _body_fits(self, body: bytes | None) -> bool:
+        if self.data is not None:
+            return body == self.data
+        return self.match_json is NO_JSON or _json_of(body) == (True, self.match_json)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -329,26 +350,34 @@ class ReplySpec:
         """Rebuild a spec sent over Jumpstarter's wire (numbers as floats, bodies in base64);
         checked again."""
         times = data.get("times")
-        query = data.get("query_string")
         match_json = data.get("match_json")
         spec = cls(
             str(data["path"]),
             status=int(data["status"]),
             body=_unb64(data.get("payload")),
-            headers={str(k): str(v) for k, v in dict(data.get("headers") or {}).items()},
+            headers=_strings(data.get("headers")),
             method=str(data["method"]),
             times=None if times is None else int(times),
             ordered=bool(data.get("ordered", False)),
-            query_string=query
-            if query is None or isinstance(query, str)
-            else {str(k): [str(x) for x in v] for k, v in dict(query).items()},
+            query_string=_query_of_wire(data.get("query_string")),
             data=_unb64(data.get("data")),
-            match_headers={str(k): str(v) for k, v in dict(data.get("match_headers") or {}).items()},
+            match_headers=_strings(data.get("match_headers")),
             match_json=NO_JSON if match_json is None else jsonlib.loads(str(match_json)),
             handler_wait=float(data.get("handler_wait") or 0.0),
         )
         object.__setattr__(spec, "target", "/" + normalized(str(data["target"])))
         return spec
+
+
+def _strings(mapping: Any) -> dict[str, str]:
+    """A mapping of str to str as Jumpstarter's wire carried it (None: empty)."""
+    return {str(k): str(v) for k, v in dict(mapping or {}).items()}
+
+
+def _query_of_wire(query: Any) -> str | dict[str, list[str]] | None:
+    if query is None or isinstance(query, str):
+        return query
+    return {str(k): [str(x) for x in v] for k, v in dict(query).items()}
 
 
 def _b64(data: bytes | None) -> str | None:
