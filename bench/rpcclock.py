@@ -26,7 +26,7 @@ TIMED = (
         ("exists", "hash", "copy", "rename", "write_from_path", "remove_all", "delete"),
     ),
     ("jumpstarter_driver_http.client", "HttpServerClient", ("get_port", "get_host", "get_url", "start")),
-    ("pytest_jumpstarter_http.uploads", "Digests", ("of",)),
+    ("pytest_jumpstarter_http.store", "Digests", ("of",)),
 )
 _spent: dict[str, list[float]] = {}
 

@@ -8,7 +8,7 @@ Everything this process puts on a server is below a folder of its own there, whi
 (:class:`OwnerStream`) for as long as it is connected: on a ``RecordingHttpServer`` the server
 removes it, and ends the process's namespaces and faults, when that connection ends (see
 :mod:`.namespaces`). Each handle serves through a namespace of its own; files get there through
-:mod:`.uploads`.
+:mod:`.store`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .records import (
     plugin_version,
     url_path,
 )
-from .uploads import Digests, Store, open_to_send
+from .store import Digests, Store, open_to_send
 from .values import Keep, TlsMode
 
 if TYPE_CHECKING:

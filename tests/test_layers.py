@@ -22,7 +22,7 @@ LAYERS = {
         "exporter",
         "connect",
         "client",
-        "uploads",
+        "store",
         "roots",
         "locks",
         "eventloop",

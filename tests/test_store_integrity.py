@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pytest_jumpstarter_http import LoopbackServer, locks
-from pytest_jumpstarter_http.uploads import OBJECTS, Digests, SourceChanged, Store
+from pytest_jumpstarter_http.store import OBJECTS, Digests, SourceChanged, Store
 
 PARTS = "pytest-jumpstarter-http/runs/run/gw0/.parts"
 BIG = 64 << 20

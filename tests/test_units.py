@@ -21,7 +21,7 @@ from pytest_jumpstarter_http.markers import Choice, choose
 from pytest_jumpstarter_http.options import Settings
 from pytest_jumpstarter_http.records import check_name, url_path
 from pytest_jumpstarter_http.roots import Roots
-from pytest_jumpstarter_http.uploads import Digests
+from pytest_jumpstarter_http.store import Digests
 from pytest_jumpstarter_http.values import PortRange
 
 # --- the package ----------------------------------------------------------------------------------
@@ -458,7 +458,7 @@ def test_the_lock_of_a_process_killed_with_sigkill_is_free(key):
     lock.close()
 
 
-# --- uploads.Digests ------------------------------------------------------------------------------
+# --- store.Digests ------------------------------------------------------------------------------
 
 
 def digest(digests: Digests, path: Path) -> str:

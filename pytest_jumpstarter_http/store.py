@@ -1,4 +1,4 @@
-"""Files to an exporter: each content crosses the wire once, then is copied on the exporter itself.
+"""Files pushed to an exporter: each content crosses the wire once, then is copied on the exporter itself.
 
 The exporter keeps every content the plugin sent under ``objects/<sha256>`` of its served root.
 Putting a file at a served name is then a copy made by the exporter (``storage.copy``): across
@@ -6,11 +6,11 @@ tests, xdist workers and runs, a content is sent once per exporter for as long a
 
 Every write and every copy goes to a short partial name outside the served names and is
 renamed into place: a reader never sees half a file, a killed copy leaves nothing at a served
-name, two uploads of one name never interleave (Jumpstarter's storage would mix their bytes),
+name, two pushes of one name never interleave (Jumpstarter's storage would mix their bytes),
 and a name as long as the storage allows (255 bytes a part) leaves room for the partial's.
 Partials go to the ``parts`` folder a Store is given, which belongs to its process alone and is
 removed by its owner; without one, to ``objects/`` as ``.part-<token>-<host>``, which the next
-process of this machine removes if the upload that made it was killed (its lock is free).
+process of this machine removes if the push that made it was killed (its lock is free).
 
 Nothing on the exporter is trusted unchecked. What was sent is hashed on the exporter
 (``storage.hash``) before the rename that publishes it as ``objects/<sha256>``: a local file
@@ -21,7 +21,7 @@ object is sent again from the local file, and copied again.
 
 Processes of this machine that want the same content take turns (``locks.held``): the second
 finds the object there and sends nothing. A lock is only that optimisation: one held by a
-stranger is gone without after ``timeout``, at the cost of a second upload.
+stranger is gone without after ``timeout``, at the cost of a second push.
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from . import locks
 from .beneath import PROBE, EscapesRoot, open_beneath
 from .records import OBJECTS, PROGRESS_BYTES, HttpPublishError, name_problem
 
-log = logging.getLogger("pytest_jumpstarter_http.uploads")
+log = logging.getLogger("pytest_jumpstarter_http.store")
 
 #: A file changed less than this long before it was hashed may change again unseen by its ctime.
 _RACY_NS = 100_000_000
-#: Tells this machine's partial uploads from another's, which this machine's locks know nothing of.
+#: Tells this machine's partial pushes from another's, which this machine's locks know nothing of.
 _HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
@@ -153,7 +153,7 @@ class Store:
         if digest in self._objects:
             return
         obj = f"{OBJECTS}/{digest}"
-        with locks.held(self._lock_prefix + digest, self.timeout, purpose=f"upload of {label}"):
+        with locks.held(self._lock_prefix + digest, self.timeout, purpose=f"push of {label}"):
             if self._holds(obj, digest):
                 self._objects.add(digest)
                 return
@@ -245,7 +245,7 @@ class Store:
             say(f"jumpstarter-http: staged {label} in {took:.1f} s ({mib / took:.0f} MiB/s)")
 
     def _sweep_partials(self) -> None:
-        """Remove what an upload from this machine left when it was killed half-way."""
+        """Remove what a push from this machine left when it was killed half-way."""
         if not self._storage.exists(f"{OBJECTS}/"):
             return
         for path in list(self._storage.list(f"{OBJECTS}/")):
@@ -257,7 +257,7 @@ class Store:
             if lock is not None:  # nobody on this machine is sending it now
                 with lock:
                     self._storage.delete(path)
-                log.info("removed %s, left by an upload that was killed", path)
+                log.info("removed %s, left by a push that was killed", path)
 
 
 #: What a file that is not a regular one is, for messages.
