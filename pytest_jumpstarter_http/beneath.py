@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Final
 
-__all__ = ["PROBE", "EscapesRoot", "Root", "open_beneath"]
+__all__ = ["PROBE", "EscapesRoot", "OpenFolder", "open_beneath"]
 
 #: ``openat2`` is 437 in the generic system call table, which x86_64 and aarch64 share for it.
 _OPENAT2: Final = {"x86_64": 437, "aarch64": 437, "arm64": 437}.get(platform.machine())
@@ -63,7 +63,7 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-class Root:
+class OpenFolder:
     """A root folder held open: its descriptor and the real path absolute links are compared to.
 
     Open it once per server and ``close()`` it when the server stops; a context manager too.
@@ -102,14 +102,14 @@ class Root:
         if now:
             os.close(self.fd)
 
-    def __enter__(self) -> Root:
+    def __enter__(self) -> OpenFolder:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Root({self.real!r}, fd={self.fd})"
+        return f"OpenFolder({self.real!r}, fd={self.fd})"
 
 
 def _real_path(fd: int, path: str | os.PathLike[str]) -> str:
@@ -140,22 +140,24 @@ def open_folders(fd: int, parts: list[str], *, create: bool = False) -> int:
     return here
 
 
-def open_beneath(root: Root | int | str | os.PathLike[str], relpath: str, flags: int = os.O_RDONLY) -> int:
+def open_beneath(
+    root: OpenFolder | int | str | os.PathLike[str], relpath: str, flags: int = os.O_RDONLY
+) -> int:
     """Open ``relpath`` below ``root`` with ``flags``; return the new descriptor (close-on-exec).
 
     ``relpath`` is always below the root, even with a leading "/"; empty and "." components
-    are dropped, as ``pathlib`` does. ``root`` is a :class:`Root`, a folder's path, or a descriptor
+    are dropped, as ``pathlib`` does. ``root`` is an :class:`OpenFolder`, a folder's path, or a descriptor
     of a folder (then an absolute link is an escape, its real path being unknown). Raises
     :class:`EscapesRoot` for a name that leaves the root and the usual ``OSError``
     (``FileNotFoundError``, ``NotADirectoryError``, ``ELOOP``...) otherwise. Pass ``PROBE``
     (``O_PATH`` on Linux) to open a FIFO or a device without effect.
     """
-    if isinstance(root, Root):
+    if isinstance(root, OpenFolder):
         with root.held() as fd:
             return _open(fd, root.real, relpath, flags)
     if isinstance(root, int):
         return _open(root, None, relpath, flags)
-    with Root(root) as held, held.held() as fd:
+    with OpenFolder(root) as held, held.held() as fd:
         return _open(fd, held.real, relpath, flags)
 
 

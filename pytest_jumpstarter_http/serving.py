@@ -34,7 +34,7 @@ from aiohttp.web import FileResponse, RequestKey, Response, StreamResponse
 from aiohttp.web_fileresponse import CONTENT_TYPES, ENCODING_EXTENSIONS, FALLBACK_CONTENT_TYPE
 from aiohttp.web_urldispatcher import StaticResource
 
-from .beneath import PROBE, EscapesRoot, Root, open_beneath
+from .beneath import PROBE, EscapesRoot, OpenFolder, open_beneath
 from .namespaces import Namespaces
 from .records import OBJECTS, Fields, HttpRequest, Progress
 
@@ -187,7 +187,7 @@ class ServedFile(FileResponse):
     """
 
     def __init__(
-        self, fd: int, name: str, *, root: Root, chunk_size: int, log: RequestLog | None = None
+        self, fd: int, name: str, *, root: OpenFolder, chunk_size: int, log: RequestLog | None = None
     ) -> None:
         super().__init__(f"{_FD_DIR}/{fd}", chunk_size=chunk_size)
         self._fd = fd
@@ -364,7 +364,7 @@ class BeneathFiles:
         self.roots = roots
         self.log = log
         self.namespaces = namespaces
-        self._held: dict[Path, Root] = {}
+        self._held: dict[Path, OpenFolder] = {}
         self._lock = threading.Lock()
 
     async def __call__(self, request: Request, handler: Handler) -> StreamResponse:
@@ -381,7 +381,7 @@ class BeneathFiles:
         fd, name, root = found
         return self._answer(request, fd, name, root, resource._chunk_size)
 
-    async def _found(self, name: str) -> tuple[int, str, Root] | web.StreamResponse:
+    async def _found(self, name: str) -> tuple[int, str, OpenFolder] | web.StreamResponse:
         """``name`` opened (O_PATH), with the name it was found as (a folder URL's index.html);
         or the answer for a name that cannot be served."""
         if not name or name.endswith("/"):  # a folder URL: its index.html, as nginx serves it
@@ -403,7 +403,7 @@ class BeneathFiles:
             return web.StreamResponse(status=web.HTTPNotFound.status_code)
         return fd, name, root
 
-    async def _index(self, folder: str) -> tuple[int, str, Root] | None:
+    async def _index(self, folder: str) -> tuple[int, str, OpenFolder] | None:
         """The ``index.html`` of the folder URL ``folder`` (ending in ``/``, or the root's ``""``),
         opened, with its name; None if it has none (a name that is no folder: a file's other spelling)."""
         name = f"{folder}index.html"
@@ -413,7 +413,9 @@ class BeneathFiles:
             return None
         return fd, name, root
 
-    def _answer(self, request: Request, fd: int, name: str, root: Root, chunk_size: int) -> StreamResponse:
+    def _answer(
+        self, request: Request, fd: int, name: str, root: OpenFolder, chunk_size: int
+    ) -> StreamResponse:
         """The answer for the opened ``fd``: a folder asked without its slash is redirected to the
         URL with it (its index.html is then served, if it has one), any other folder is 403; else
         the file's."""
@@ -432,7 +434,7 @@ class BeneathFiles:
                 return small
         return ServedFile(fd, name, root=root, chunk_size=chunk_size, log=self.log)
 
-    async def _open(self, name: str) -> tuple[int, Root]:
+    async def _open(self, name: str) -> tuple[int, OpenFolder]:
         """The name opened (O_PATH); one a namespace lacks is asked of its owner first, once."""
         try:
             return self._lookup(name)
@@ -448,7 +450,7 @@ class BeneathFiles:
             return [(path, name) for path in list(self.roots)]
         return [(self.roots[0], place) for place in shown]
 
-    def _lookup(self, name: str) -> tuple[int, Root]:
+    def _lookup(self, name: str) -> tuple[int, OpenFolder]:
         """The name opened (O_PATH) in the first place that holds it."""
         absent: OSError | None = None
         for path, place in self._places(name):
@@ -461,11 +463,11 @@ class BeneathFiles:
                 absent = absent or exc
         raise absent or FileNotFoundError(errno.ENOENT, "no root to serve from", name)
 
-    def _root(self, path: Path) -> Root:
+    def _root(self, path: Path) -> OpenFolder:
         with self._lock:
             root = self._held.get(path)
             if root is None:
-                root = self._held[path] = Root(path)
+                root = self._held[path] = OpenFolder(path)
             return root
 
     def close(self) -> None:
@@ -527,7 +529,7 @@ _CONDITIONAL: Final = (
 )
 
 
-def _small_answer(fd: int, name: str, root: Root, st: os.stat_result) -> Response | None:
+def _small_answer(fd: int, name: str, root: OpenFolder, st: os.stat_result) -> Response | None:
     """``FileResponse``'s answer to a :func:`_plain` request, without its machinery: the file read in
     one go on the loop (a page-cache read), the same headers. About a third of a small file's GET
     was ``FileResponse``'s own work (issue 19). None if the file cannot be read: ``ServedFile``
@@ -559,7 +561,7 @@ def _close_all(fds: list[int]) -> None:
             os.close(fds.pop())
 
 
-def _real_name(fd: int, root: Root) -> str | None:
+def _real_name(fd: int, root: OpenFolder) -> str | None:
     """Where the open file is now, relative to the root; None when that is unknown."""
     if sys.platform != "linux":
         return None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_jumpstarter_http import beneath
-from pytest_jumpstarter_http.beneath import EscapesRoot, Root, open_beneath
+from pytest_jumpstarter_http.beneath import EscapesRoot, OpenFolder, open_beneath
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX descriptors only")
 
@@ -38,12 +38,12 @@ def tree(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def held(tree: Path) -> Iterator[Root]:
-    with Root(tree) as root:
+def held(tree: Path) -> Iterator[OpenFolder]:
+    with OpenFolder(tree) as root:
         yield root
 
 
-def read(root: Root | Path | int, name: str) -> str:
+def read(root: OpenFolder | Path | int, name: str) -> str:
     fd = open_beneath(root, name)
     with os.fdopen(fd) as file:
         return file.read()
@@ -64,14 +64,14 @@ def read(root: Root | Path | int, name: str) -> str:
         ("abs-in", "deep"),
     ],
 )
-def test_names_below_the_root_open(lookup: str, held: Root, name: str, content: str) -> None:
+def test_names_below_the_root_open(lookup: str, held: OpenFolder, name: str, content: str) -> None:
     assert read(held, name) == content
 
 
 @pytest.mark.parametrize(
     "name", ["..", "../outside/f", "d/../../outside/f", "abs-out", "rel-out", "dir-out/f"]
 )
-def test_names_leading_out_of_the_root_escape(lookup: str, held: Root, name: str) -> None:
+def test_names_leading_out_of_the_root_escape(lookup: str, held: OpenFolder, name: str) -> None:
     with pytest.raises(EscapesRoot) as caught:
         open_beneath(held, name)
     assert caught.value.errno == errno.EXDEV
@@ -81,18 +81,18 @@ def test_names_leading_out_of_the_root_escape(lookup: str, held: Root, name: str
     ("name", "error"),
     [("missing", FileNotFoundError), ("missing/f", FileNotFoundError), ("f/x", NotADirectoryError)],
 )
-def test_missing_names_raise_the_usual_errors(lookup: str, held: Root, name: str, error: type) -> None:
+def test_missing_names_raise_the_usual_errors(lookup: str, held: OpenFolder, name: str, error: type) -> None:
     with pytest.raises(error):
         open_beneath(held, name)
 
 
-def test_a_link_loop_is_eloop(lookup: str, held: Root) -> None:
+def test_a_link_loop_is_eloop(lookup: str, held: OpenFolder) -> None:
     with pytest.raises(OSError, match="loop") as caught:
         open_beneath(held, "loop")
     assert caught.value.errno == errno.ELOOP
 
 
-def test_the_root_itself_opens_as_a_folder(lookup: str, held: Root) -> None:
+def test_the_root_itself_opens_as_a_folder(lookup: str, held: OpenFolder) -> None:
     fd = open_beneath(held, "", beneath.PROBE | os.O_DIRECTORY)
     try:
         assert os.path.samestat(os.fstat(fd), os.stat(held.real))
@@ -100,7 +100,7 @@ def test_the_root_itself_opens_as_a_folder(lookup: str, held: Root) -> None:
         os.close(fd)
 
 
-def test_o_nofollow_opens_a_final_link_itself(lookup: str, held: Root) -> None:
+def test_o_nofollow_opens_a_final_link_itself(lookup: str, held: OpenFolder) -> None:
     if not hasattr(os, "O_PATH"):
         pytest.skip("O_PATH is Linux's")
     fd = open_beneath(held, "to-f", os.O_PATH | os.O_NOFOLLOW)
@@ -128,7 +128,7 @@ def test_a_path_root_is_opened_for_the_call_only(lookup: str, tree: Path) -> Non
         assert len(os.listdir("/proc/self/fd")) == before
 
 
-def test_a_nul_in_the_name_is_refused(lookup: str, held: Root) -> None:
+def test_a_nul_in_the_name_is_refused(lookup: str, held: OpenFolder) -> None:
     with pytest.raises(ValueError, match="NUL"):
         open_beneath(held, "f\0")
 
@@ -140,7 +140,7 @@ def test_the_kernel_and_the_walk_agree_on_every_name(tree: Path, monkeypatch: py
 
     def outcomes() -> list[str]:
         found = []
-        with Root(tree) as root:
+        with OpenFolder(tree) as root:
             for name in names:
                 try:
                     fd = open_beneath(root, name, beneath.PROBE)
@@ -157,7 +157,7 @@ def test_the_kernel_and_the_walk_agree_on_every_name(tree: Path, monkeypatch: py
 
 
 def test_closing_a_root_waits_for_the_lookup_holding_it(tree: Path) -> None:
-    root = Root(tree)
+    root = OpenFolder(tree)
     with root.held() as fd:
         root.close()
         assert read(fd, "f") == "inside"  # still the root's descriptor
