@@ -80,7 +80,7 @@ class Connection:
         name = f"exporter {self.name!r}" if self.name != ADOPTED else ADOPTED
         return f"{name} (labels {labels or 'none'})"
 
-    def http(self, driver: str | None) -> tuple[str, Any]:
+    def http(self, driver_path: str | None) -> tuple[str, Any]:
         """The HttpServer driver client at dotted path ``driver`` (or the only one), with its path."""
         found: dict[str, tuple[str, Any]] = {}
         everything: list[str] = []
@@ -89,21 +89,21 @@ class Connection:
             everything.append(f"{path} ({kind or type(child).__name__})")
             if kind not in HTTP_CLIENTS:
                 continue
-            if path == driver:
+            if path == driver_path:
                 return path, _usable(path, child)
             # A ``ref:`` shows one driver under two paths: the first one is its home.
             found.setdefault(str(child.uuid), (path, child))
-        path, http = self._the_one(driver, list(found.values()), everything)
+        path, http = self._the_one(driver_path, list(found.values()), everything)
         return path, _usable(path, http)
 
     def _the_one(
-        self, driver: str | None, found: list[tuple[str, Any]], everything: list[str]
+        self, driver_path: str | None, found: list[tuple[str, Any]], everything: list[str]
     ) -> tuple[str, Any]:
         """The one HttpServer of ``found`` when no ``driver`` path was given (or it names none)."""
         paths = ", ".join(path for path, _ in found)
-        if driver is not None:
+        if driver_path is not None:
             raise ExporterError(
-                f"exporter {self.name!r} has no HttpServer driver at {driver!r} (--http-driver or the "
+                f"exporter {self.name!r} has no HttpServer driver at {driver_path!r} (--http-driver or the "
                 f"http_exporter marker's driver=); its HttpServer drivers: {paths or 'none'}."
             )
         if not found:

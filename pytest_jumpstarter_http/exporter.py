@@ -90,7 +90,7 @@ class ExporterBackend:
         *,
         owned: bool,
         selector: str | None = None,
-        driver: str | None = None,
+        driver_path: str | None = None,
         exporter_client: Any = None,
         tls: TlsMode = "off",
         reuse: bool = False,
@@ -105,13 +105,13 @@ class ExporterBackend:
         """
         connection = self.connections.get(selector, exporter_client)
         with connection.answering():
-            path, http = connection.http(driver)
+            path, http = connection.http(driver_path)
             used = self._use(connection, path, http)
             mirror = None if owned else used.mirror(root)
             kind = ExporterServer if used.owner is not None else StockServer
             server = kind(
                 used,
-                driver=path,
+                driver_path=path,
                 root=root,
                 mirror=mirror,
                 keep=self._keep,
@@ -188,7 +188,7 @@ class Used:
     connection: Connection
     http: Any
     #: The dotted path of the HttpServer driver on the exporter.
-    driver: str
+    driver_path: str
     store: Store
     #: This process's folder below the exporter's root; everything it puts there is inside.
     folder: str
@@ -205,7 +205,7 @@ class Used:
         """Where the server serves HTTPS with ``spec`` for this process, added on first use; it closes
         when this process's owner stream ends, never touching the plain server others share."""
         if spec not in self.tls_sites:
-            with self.connection.answering(), _asking(self.connection, self.driver, "serve_tls()"):
+            with self.connection.answering(), _asking(self.connection, self.driver_path, "serve_tls()"):
                 self.tls_sites[spec] = self.http.serve_tls(owner.id, spec.as_dict())
         return self.tls_sites[spec]
 
@@ -235,7 +235,7 @@ class Used:
 
 
 @contextlib.contextmanager
-def _asking(connection: Connection, driver: str, call: str) -> Iterator[None]:
+def _asking(connection: Connection, driver_path: str, call: str) -> Iterator[None]:
     """Turn a RecordingHttpServer call that fails into one ``ExporterError`` naming the call.
 
     Jumpstarter reports a driver's exception as a ``DriverError`` with the server's traceback; the
@@ -248,19 +248,20 @@ def _asking(connection: Connection, driver: str, call: str) -> Iterator[None]:
         raise
     except concurrent.futures.TimeoutError:
         raise ExporterError(
-            f"exporter {connection.name!r}: {call} of the HttpServer at {driver!r} did not answer within "
-            "--http-timeout; is the exporter overloaded or stuck?"
+            f"exporter {connection.name!r}: {call} of the HttpServer at {driver_path!r} did not answer "
+            "within --http-timeout; is the exporter overloaded or stuck?"
         ) from None
     except Exception as exc:
         if unavailable(exc) is not None:  # the exporter went away: Connection.answering() says so
             raise
         raise ExporterError(
-            f"exporter {connection.name!r}: {call} of the HttpServer at {driver!r} failed ({exc}); run the "
-            "same version of pytest-jumpstarter-http on the exporter as here, and check its driver config."
+            f"exporter {connection.name!r}: {call} of the HttpServer at {driver_path!r} failed ({exc}); "
+            "run the same version of pytest-jumpstarter-http on the exporter as here, and check its "
+            "driver config."
         ) from None
 
 
-def _speaks_our_api(connection: Connection, driver: str, http: Any) -> bool | None:
+def _speaks_our_api(connection: Connection, driver_path: str, http: Any) -> bool | None:
     """An ``ExporterError`` naming both versions, and the side to upgrade, unless the exporter's
     RecordingHttpServer speaks this process's server API; whether its storage removes what a
     session wrote when the session ends (None: a server too old to say)."""
@@ -276,9 +277,9 @@ def _speaks_our_api(connection: Connection, driver: str, http: Any) -> bool | No
         return removes
     side = "the exporter" if api < API_VERSION else "this machine"
     raise ExporterError(
-        f"exporter {connection.name!r}: its RecordingHttpServer at {driver!r} runs pytest-jumpstarter-http "
-        f"{theirs} (server API {api}) and this machine {ours} (server API {API_VERSION}); upgrade "
-        f"pytest-jumpstarter-http on {side}."
+        f"exporter {connection.name!r}: its RecordingHttpServer at {driver_path!r} runs "
+        f"pytest-jumpstarter-http {theirs} (server API {api}) and this machine {ours} "
+        f"(server API {API_VERSION}); upgrade pytest-jumpstarter-http on {side}."
     )
 
 
@@ -390,7 +391,7 @@ class ExporterServer(HttpServerHandle):
         self,
         used: Used,
         *,
-        driver: str,
+        driver_path: str,
         root: Path,
         mirror: str | None,
         keep: Keep,
@@ -401,16 +402,16 @@ class ExporterServer(HttpServerHandle):
     ) -> None:
         connection, http = used.connection, used.http
         host = http.get_host()
-        tls = _certified(used, driver, host, url_host, certify)
+        tls = _certified(used, driver_path, host, url_host, certify)
         #: The exporter folder ``stage()`` sends to, removed at ``stop()`` unless ``--http-keep``.
         self.folder = f"{used.folder}/h-{uuid.uuid4().hex[:8]}"
         #: The exporter folder ``publish()`` sends ``root`` to: the mirror of a user's root, else ``folder``.
         self.served = mirror or self.folder
-        namespace = self._namespace_of(used, driver, mirror)
+        namespace = self._namespace_of(used, driver_path, mirror)
         super().__init__(
             root,
             host,
-            recorder=self._recorder_of(used, driver),
+            recorder=self._recorder_of(used, driver_path),
             namespace=namespace,
             progress=progress,
             tls=tls,
@@ -418,7 +419,7 @@ class ExporterServer(HttpServerHandle):
         #: The connection to the exporter whose server this is.
         self.connection = connection
         #: The dotted path of the HttpServer driver on the exporter.
-        self.driver = driver
+        self.driver_path = driver_path
         self._owner = used.owner
         #: The names staged by reference, and their contents: copied into ``folder`` if it is kept.
         self._linked: dict[str, str] = {}
@@ -435,14 +436,14 @@ class ExporterServer(HttpServerHandle):
         #: The port of this process's HTTPS site on the server (0: plain HTTP).
         self._tls_port = 0 if tls is None else self._serve_tls(used, tls, lab_ca)
 
-    def _namespace_of(self, used: Used, driver: str, mirror: str | None) -> str | None:
+    def _namespace_of(self, used: Used, driver_path: str, mirror: str | None) -> str | None:
         """The handle's own URL namespace on the server, showing its folder over ``mirror``; a
         name it lacks is asked of this process, which sends it from ``root`` if it is there now
         (no ``publish()`` needed), for ``--http-timeout`` at most."""
         owner = used.owner
         assert owner is not None  # a RecordingHttpServer's: StockServer has none
         shown = [self.folder] if mirror is None else [self.folder, mirror]
-        with _asking(used.connection, driver, "open_namespace()"):
+        with _asking(used.connection, driver_path, "open_namespace()"):
             namespace = str(used.http.open_namespace(owner.id, shown, used.store.timeout))
         owner.senders[namespace] = self._send_wanted
         return namespace
@@ -461,7 +462,7 @@ class ExporterServer(HttpServerHandle):
             os.close(fd)
         return True
 
-    def _recorder_of(self, used: Used, driver: str) -> Recorder:
+    def _recorder_of(self, used: Used, driver_path: str) -> Recorder:
         return cast("Recorder", _Answering(used.http, used.connection))
 
     def _serve_tls(self, used: Used, tls: Tls, lab_ca: Callable[[str], Path]) -> int:
@@ -484,8 +485,8 @@ class ExporterServer(HttpServerHandle):
         self._last_port = port or self._last_port
         if port == 0:
             raise ExporterError(
-                f"the HttpServer at {self.driver!r} of exporter {self.connection.name!r} is not running: "
-                "someone stopped it during the run; start it again with its client's start()."
+                f"the HttpServer at {self.driver_path!r} of exporter {self.connection.name!r} is not "
+                "running: someone stopped it during the run; start it again with its client's start()."
             )
         return self._tls_port or port
 
@@ -562,7 +563,7 @@ class ExporterServer(HttpServerHandle):
         content's object, sent once and verified once by this process; nothing is copied."""
         with self.connection.answering():
             digest = self._store.sent(fd, label)
-            with _asking(self.connection, self.driver, "link()"):
+            with _asking(self.connection, self.driver_path, "link()"):
                 self._http.link(self._namespace, name, digest)
         self._linked[name] = digest
 
@@ -628,12 +629,13 @@ class StockServer(ExporterServer):
         #: The names ``stage()`` sent into a user's mirror, which ``stop()`` removes from it.
         self._staged: set[str] = set()
 
-    def _namespace_of(self, used: Used, driver: str, mirror: str | None) -> None:
+    def _namespace_of(self, used: Used, driver_path: str, mirror: str | None) -> None:
         return None
 
-    def _recorder_of(self, used: Used, driver: str) -> Recorder:
+    def _recorder_of(self, used: Used, driver_path: str) -> Recorder:
         return cast(
-            "Recorder", _Refusing(f"the HttpServer driver at {driver!r} of exporter {used.connection.name!r}")
+            "Recorder",
+            _Refusing(f"the HttpServer driver at {driver_path!r} of exporter {used.connection.name!r}"),
         )
 
     def _stage_open(self, fd: int, label: str, name: str) -> None:
@@ -661,20 +663,20 @@ class StockServer(ExporterServer):
 
 
 def _certified(
-    used: Used, driver: str, host: str, url_host: str | None, certify: Callable[[str], Tls | None]
+    used: Used, driver_path: str, host: str, url_host: str | None, certify: Callable[[str], Tls | None]
 ) -> Tls | None:
     """The certificate of a server whose URLs name ``url_host`` or its ``host`` (None: plain HTTP);
     an ``ExporterError`` for a host no device can use, or TLS asked of the stock driver."""
     name = used.connection.name
     if url_host is None and host in WILDCARDS:
         raise ExporterError(
-            f"exporter {name!r}: its HttpServer at {driver!r} listens on {host!r}, which is no "
+            f"exporter {name!r}: its HttpServer at {driver_path!r} listens on {host!r}, which is no "
             "address a device can use; give the address the device reaches with --http-url-host."
         )
     tls = certify(url_host or host)
     if tls is not None and used.owner is None:
         raise ExporterError(
-            f"exporter {name!r}: the HttpServer driver at {driver!r} serves plain HTTP only; "
+            f"exporter {name!r}: the HttpServer driver at {driver_path!r} serves plain HTTP only; "
             f"{_RECORDING} to serve HTTPS."
         )
     return tls

@@ -74,7 +74,7 @@ class Choice:
     scope: Scope
     backend: Literal["loopback", "exporter"]
     selector: str | None = None
-    driver: str | None = None
+    driver_path: str | None = None
     #: The run asked for an exporter: not reaching one fails the test instead of skipping it.
     required: bool = False
     #: Plain HTTP, HTTPS, or HTTPS that asks the device for a certificate.
@@ -143,7 +143,7 @@ def _unmarked(settings: Settings) -> Choice:
         scope=settings.scope,
         backend=settings.run_backend,
         selector=settings.selector,
-        driver=settings.driver,
+        driver_path=settings.driver,
         required=settings.wants_exporter,
         tls=settings.tls,
     )
@@ -164,7 +164,7 @@ def _where(node: pytest.Item, settings: Settings, exporter_client: Any) -> Choic
         scope=scope,
         backend="exporter",
         selector=_parsed(node, marker, "selector") or settings.selector,
-        driver=_parsed(node, marker, "driver") or settings.driver,
+        driver_path=_parsed(node, marker, "driver") or settings.driver,
         required=settings.wants_exporter,
     )
 
@@ -183,7 +183,7 @@ def _next_to_the_board(
     return Choice(
         scope="function",
         backend="exporter",
-        driver=driver or settings.driver,
+        driver_path=driver or settings.driver,
         required=True,
         exporter_client=exporter_client,
     )

@@ -259,12 +259,12 @@ DRIVER_TESTS = """
 import pytest
 
 def test_default(http_server):
-    print("DRIVER", http_server.driver)
+    print("DRIVER", http_server.driver_path)
     assert http_server.backend == "exporter"
 
 @pytest.mark.http_exporter(driver="alias")
 def test_marker(http_server):
-    assert http_server.driver == "alias"
+    assert http_server.driver_path == "alias"
 """
 
 

@@ -93,7 +93,7 @@ def test_the_closest_backend_marker_wins(pytester):
 def test_http_exporter_without_arguments_takes_the_selector_and_driver_of_the_settings(pytester):
     node = item(pytester, "import pytest\n@pytest.mark.http_exporter\ndef test_func(): pass")
     choice = choose(node, Settings(selector="board=rpi4", driver="flasher.http"))
-    assert (choice.backend, choice.selector, choice.driver) == ("exporter", "board=rpi4", "flasher.http")
+    assert (choice.backend, choice.selector, choice.driver_path) == ("exporter", "board=rpi4", "flasher.http")
 
 
 def test_http_exporter_s_own_selector_and_driver_beat_the_settings(pytester):
@@ -104,7 +104,7 @@ def test_http_exporter_s_own_selector_and_driver_beat_the_settings(pytester):
         "def test_func(): pass",
     )
     choice = choose(node, Settings(selector="board=rpi4", driver="flasher.http"))
-    assert (choice.selector, choice.driver) == ("board=rpi5", "http")
+    assert (choice.selector, choice.driver_path) == ("board=rpi5", "http")
 
 
 def test_the_http_server_marker_s_scope_beats_the_settings_and_its_absence_keeps_them(pytester):
