@@ -1,6 +1,7 @@
 """--http-keep says where it kept the run's folders, in one line of the run's summary (issue 27)."""
 
 import fnmatch
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -108,8 +109,10 @@ def test_http_keep_on_an_exporter_that_removes_what_a_session_wrote_says_so_once
         "keeps": {**http_driver(tmp_path / "keeps", remove_created_on_close=False), "type": RECORDING},
         "silent": {**http_driver(tmp_path / "silent"), "type": "older.Silent"},
     }
+    # The exporter imports older.py, and the plugin from where this run does.
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     exporter = standalone_exporter(
-        write_exporter_config(tmp_path / "exporter.yaml", drivers), PYTHONPATH=str(tmp_path)
+        write_exporter_config(tmp_path / "exporter.yaml", drivers), PYTHONPATH=path
     )
     (tmp_path / "test_stages.py").write_text(STAGES)
 
