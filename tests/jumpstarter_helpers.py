@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,6 +48,16 @@ with env() as client:
 Path(f"{path}.{action}.port").write_text(str(port))
 print(f"{path} {action}-port={port}", flush=True)
 """
+
+
+def require(*tools: str) -> None:
+    """Skip unless ``jmp`` (jumpstarter-cli, in the test extra) and each device tool are installed;
+    ``.ci/run`` installs them all."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} play the device here: apt-get install -y {' '.join(missing)}")
+    if not Path(JMP).exists():
+        pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
 
 
 def http_driver(root: Path, **config: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from jumpstarter_helpers import JMP, jmp_shell
+from jumpstarter_helpers import jmp_shell, require
 from subprocess_runs import JUnit, clean_env, python_pytest, run
 
 import pytest_jumpstarter_http
@@ -126,8 +126,7 @@ def test_the_hardware_ini_errors_every_exporter_test_without_its_lab_client_conf
 
 
 def test_the_jmp_shell_recipe_runs_the_doc_examples_on_the_documented_exporter(tmp_path):
-    if not Path(JMP).exists():
-        pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
+    require()
     # The documented config, with its root_dir moved to a temporary directory.
     config = (DOC_EXAMPLES / "exporter.yaml").read_text()
     assert "root_dir: /home/lab/jumpstarter-http" in config
@@ -146,8 +145,7 @@ def test_the_jmp_shell_recipe_runs_the_doc_examples_on_the_documented_exporter(t
 def test_the_port_of_a_pytest_httpserver_suite_runs_unchanged_in_jmp_shell_on_a_recording_server(tmp_path):
     # docs/from-pytest-httpserver.md promises the port runs on both backends: on loopback it runs
     # with every other example; here it runs on the documented RecordingHttpServer config.
-    if not Path(JMP).exists():
-        pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
+    require()
     config = (DOC_EXAMPLES / "exporter-recording.yaml").read_text()
     served = "root_dir: /home/lab/jumpstarter-http, host: 203.0.113.1, port: 8080"
     assert served in config

@@ -30,7 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from jumpstarter_helpers import JMP, RECORDING, StandaloneExporter, http_driver, write_exporter_config
+from jumpstarter_helpers import (
+    RECORDING,
+    StandaloneExporter,
+    http_driver,
+    require,
+    write_exporter_config,
+)
 from subprocess_runs import JUnit, clean_env, python_pytest, run_pytest
 
 TOP = "pytest-jumpstarter-http"
@@ -79,8 +85,7 @@ class Backend:
 
 def recording_exporter(folder: Path, start: Callable[[Path], StandaloneExporter]) -> Backend:
     """A ``jmp run`` exporter serving ``folder/exporter-root`` with a RecordingHttpServer, as a lab's."""
-    if not Path(JMP).exists():
-        pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
+    require()
     root_dir = folder / "exporter-root"
     root_dir.mkdir(parents=True)
     config = write_exporter_config(

@@ -5,20 +5,14 @@ its commands do (jumpstarter#1099): the runs' JUnit reports are what the tests r
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
-from jumpstarter_helpers import JMP, DeviceRuns, run_device_suite
+from jumpstarter_helpers import DeviceRuns, require, run_device_suite
 from test_faults import LEAKS, XDIST_ARGS, check_device_run, write_suites
 
 
 @pytest.fixture(scope="module")
 def exporter(tmp_path_factory: pytest.TempPathFactory) -> DeviceRuns:
-    if shutil.which("curl") is None or shutil.which("wget") is None:
-        pytest.skip("curl and GNU wget are the device here: apt-get install -y curl wget")
-    if not Path(JMP).exists():
-        pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
+    require("curl", "wget")
     where = tmp_path_factory.mktemp("faults-exporter")
     sync = write_suites(where)
     return run_device_suite(

@@ -7,7 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from jumpstarter_helpers import JMP, RECORDING, StandaloneExporter, http_driver, write_exporter_config
+from jumpstarter_helpers import (
+    RECORDING,
+    StandaloneExporter,
+    http_driver,
+    require,
+    write_exporter_config,
+)
 from subprocess_runs import plain_pytest, run
 
 TESTS = """
@@ -101,8 +107,7 @@ REMOVED = (
 def test_http_keep_on_an_exporter_that_removes_what_a_session_wrote_says_so_once(
     tmp_path: Path, standalone_exporter: Callable[..., StandaloneExporter]
 ) -> None:
-    if not Path(JMP).exists():
-        pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
+    require()
     (tmp_path / "older.py").write_text(OLDER)
     drivers = {
         "removes": {**http_driver(tmp_path / "removes"), "type": RECORDING},  # on by default

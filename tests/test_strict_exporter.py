@@ -6,11 +6,8 @@ tests read.
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
-from jumpstarter_helpers import JMP, RECORDING, http_driver, jmp_shell, write_exporter_config
+from jumpstarter_helpers import RECORDING, http_driver, jmp_shell, require, write_exporter_config
 from subprocess_runs import python_pytest
 from test_strict import PASSING, RUNS, Runs, check_out_of_order, check_strict, write_suites
 
@@ -20,10 +17,7 @@ EXPORTER_LABEL = "http://127.0.0.1:"
 
 @pytest.fixture(scope="module")
 def exporter(tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    if shutil.which("curl") is None:
-        pytest.skip("curl is the device here: apt-get install -y curl")
-    if not Path(JMP).exists():
-        pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
+    require("curl")
     where = tmp_path_factory.mktemp("strict-exporter")
     write_suites(where)
     config = write_exporter_config(

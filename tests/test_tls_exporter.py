@@ -6,17 +6,16 @@ and the files its commands write, are what the tests read.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from jumpstarter_helpers import (
-    JMP,
     RECORDING,
     free_range,
     http_driver,
     jmp_shell,
+    require,
     write_driver_port,
     write_exporter_config,
 )
@@ -86,10 +85,7 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def exporter(tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    if shutil.which("curl") is None or shutil.which("wget") is None:
-        pytest.skip("curl and GNU wget are the device here: apt-get install -y curl wget")
-    if not Path(JMP).exists():
-        pytest.skip("jmp (jumpstarter-cli, in the test extra) is not installed")
+    require("curl", "wget")
     where = tmp_path_factory.mktemp("tls-exporter")
     stranger_ca = write_suite(where)
     (where / "conftest.py").write_text(CONFTEST)
