@@ -187,8 +187,9 @@ class HttpRequest:
     #: ``path`` relative to the base URL of the handle that read it (``"rootfs.img"``), decoded;
     #: empty in an entry no handle has read.
     name: str = ""
-    #: What the test's scripted answers did with it: ``reply``, ``upload``, ``upload refused``,
-    #: ``auth`` (refused for its credentials); None when the server answered as usual (issue 21).
+    #: Which part of the device API answered it: ``reply``, ``reply: ordered``, ``reply: out of
+    #: order``, ``reply: no such method``, ``handler``, ``upload``, ``upload refused``, ``upload cut
+    #: short``, ``auth`` (refused for its credentials); None when the server answered as usual.
     #: For a connection refused before any request (``NO_REQUEST``), what was wrong:
     #: ``TLS handshake failed: no client certificate``.
     answered_by: str | None = None
