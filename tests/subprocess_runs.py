@@ -18,6 +18,14 @@ from pathlib import Path
 PYTHON = sys.executable
 
 
+def write_inner_suite(where: Path, files: dict[str, str]) -> None:
+    """Write an inner suite's ``files`` (name -> text) into ``where``, with an ini file that makes
+    every warning an error."""
+    (where / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
+    for name, text in files.items():
+        (where / name).write_text(text)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment, plus ``extra``, without what would steer a run under test.
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from subprocess_runs import JUnit, clean_env, run_pytest
+from subprocess_runs import JUnit, clean_env, run_pytest, write_inner_suite
 
 from pytest_jumpstarter_http.records import FaultSpec, HttpRequest
 
@@ -257,10 +257,7 @@ NEVER_HANGS = 30
 
 def write_suites(where: Path) -> Path:
     """Write the suites and an ini file into ``where``; return the folder the xdist runs sync in."""
-    (where / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
-    (where / "test_device.py").write_text(SUITE)
-    for name, text in XDIST_SUITE.items():
-        (where / name).write_text(text)
+    write_inner_suite(where, {"test_device.py": SUITE, **XDIST_SUITE})
     sync = where / "sync"
     sync.mkdir()
     return sync

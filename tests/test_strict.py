@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from subprocess_runs import JUnit, python_pytest, run
+from subprocess_runs import JUnit, python_pytest, run, write_inner_suite
 
 from pytest_jumpstarter_http.deviceapi import ReplySpec
 
@@ -214,9 +214,7 @@ OUT_OF_ORDER = "test_an_ordered_reply_asked_out_of_its_turn_gets_500_and_fails_t
 
 
 def write_suites(where: Path) -> None:
-    (where / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
-    (where / "test_device.py").write_text(SUITE)
-    (where / "test_strict_run.py").write_text(STRICT_RUN)
+    write_inner_suite(where, {"test_device.py": SUITE, "test_strict_run.py": STRICT_RUN})
 
 
 @dataclass

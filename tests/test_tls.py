@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from subprocess_runs import JUnit, run_pytest
+from subprocess_runs import JUnit, run_pytest, write_inner_suite
 
 from pytest_jumpstarter_http import HttpServerFactory, HttpServerHandle
 from pytest_jumpstarter_http.records import TlsSpec
@@ -207,8 +207,7 @@ def write_suite(where: Path) -> Path:
     and a client certificate of it, ``stranger/client.pem``, which mutual TLS must refuse."""
     import trustme
 
-    (where / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
-    (where / "test_device.py").write_text(SUITE)
+    write_inner_suite(where, {"test_device.py": SUITE})
     (where / "stranger").mkdir()
     stranger = trustme.CA(organization_name="a CA the machine trusts")
     client = stranger.issue_cert("device.invalid")
