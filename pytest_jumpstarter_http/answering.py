@@ -44,8 +44,8 @@ from .deviceapi import (
     ReplySpec,
     UploadSpec,
 )
-from .records import BODY_KEPT, name_problem
-from .serving import ANSWERED_BY_KEY, BODY_KEY, INJECTED_KEY, SEQ_KEY, text
+from .records import BODY_KEPT, HttpRequest, name_problem
+from .serving import ANSWERED_BY_KEY, BODY_KEY, INJECTED_KEY, SEQ_KEY, sent
 from .shaping import PIECE
 
 if TYPE_CHECKING:
@@ -601,22 +601,10 @@ async def _answer(request: Request, handler: Handler, entry: _Entry) -> StreamRe
 
 def _asked_of(request: Request) -> dict[str, Any]:
     """The request as a handler gets it: ``HttpRequest.as_dict()``, with its body in base64."""
-    body, cut = request.get(BODY_KEY, (b"", False))
-    return {
-        "time": time.time(),
-        "remote": str(request.remote),
-        "method": request.method,
-        "path": request.raw_path,
-        "range": request.headers.get("Range"),
-        "status": 0,
-        "bytes_sent": 0,
-        "duration": 0.0,
-        "seq": request.get(SEQ_KEY, -1),
-        "headers": [(name, text(value)) for name, value in request.headers.items()],
-        "body_size": len(body),
-        "body_cut": cut,
-        "body": base64.b64encode(body).decode(),
-    }
+    asked = HttpRequest(
+        **sent(request), time=time.time(), status=0, bytes_sent=0, duration=0.0, seq=request.get(SEQ_KEY, -1)
+    )
+    return {**asked.as_dict(), "body": base64.b64encode(request.get(BODY_KEY, (b"",))[0]).decode()}
 
 
 def _refused(request: Request, refused: _Refused) -> StreamResponse:

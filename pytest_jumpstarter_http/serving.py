@@ -599,14 +599,10 @@ def access_logger_class(log: RequestLog) -> type:
 
 def record(request: Any, response: Any, duration: float, log: RequestLog) -> HttpRequest:
     seq = request.get(SEQ_KEY)
-    body = request.get(BODY_KEY, (b"", False))
     progress = getattr(response, "progress", None)  # serving.ServedFile's, once prepared
     return HttpRequest(
+        **sent(request),
         time=time.time() - duration,
-        remote=str(request.remote),
-        method=request.method,
-        path=request.raw_path,
-        range=request.headers.get("Range"),
         status=response.status,
         # With sendfile the writer never sees the file's bytes, so its counters hold only the
         # headers: a served file counts what it sent; for any other, the length it declared.
@@ -616,12 +612,23 @@ def record(request: Any, response: Any, duration: float, log: RequestLog) -> Htt
         fault=fault_of(request),
         injected=bool(request.get(INJECTED_KEY, False)),
         answered_by=request.get(ANSWERED_BY_KEY),
-        headers=Fields(((name, text(value)) for name, value in request.headers.items()), any_case=True),
-        body_size=len(body[0]),
-        body_cut=body[1],
         # A request aiohttp refused before any middleware ran is numbered as it ends.
         seq=log.start() if seq is None else seq,
     )
+
+
+def sent(request: Any) -> dict[str, Any]:
+    """What the device sent, as ``HttpRequest`` fields: the log's entry, and what a handler gets."""
+    body = request.get(BODY_KEY, (b"", False))
+    return {
+        "remote": str(request.remote),
+        "method": request.method,
+        "path": request.raw_path,
+        "range": request.headers.get("Range"),
+        "headers": Fields(((name, text(value)) for name, value in request.headers.items()), any_case=True),
+        "body_size": len(body[0]),
+        "body_cut": body[1],
+    }
 
 
 def text(value: str) -> str:
