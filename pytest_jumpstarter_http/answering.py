@@ -35,9 +35,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .beneath import open_folders
 from .deviceapi import (
+    HANDLED,
     NO_SUCH_METHOD,
     ORDERED,
     OUT_OF_ORDER,
+    REPLIED,
     Asked,
     AuthSpec,
     HttpResponse,
@@ -578,7 +580,7 @@ async def _answer(request: Request, handler: Handler, entry: _Entry) -> StreamRe
 
     spec = entry.spec
     assert isinstance(spec, ReplySpec)
-    request[ANSWERED_BY_KEY] = ORDERED if spec.ordered else "reply"
+    request[ANSWERED_BY_KEY] = ORDERED if spec.ordered else REPLIED
     if spec.serves_file:
         response = await handler(request)
         response.headers.update(spec.headers or {})
@@ -586,15 +588,15 @@ async def _answer(request: Request, handler: Handler, entry: _Entry) -> StreamRe
     request[INJECTED_KEY] = True  # the test asked for this status: --http-fail-on skips it
     if entry.handler is None:
         return web.Response(status=spec.status, body=spec.payload, headers=spec.headers)
-    request[ANSWERED_BY_KEY] = "handler"
+    request[ANSWERED_BY_KEY] = HANDLED
     try:
         asked = entry.handler(entry.api_id, _asked_of(request))
         answer = HttpResponse.from_dict(await asyncio.wait_for(asked, spec.handler_wait))
     except TimeoutError:
-        request[ANSWERED_BY_KEY] = "handler: no answer in time"
+        request[ANSWERED_BY_KEY] = f"{HANDLED}: no answer in time"
         return web.Response(status=504, text="the test's handler did not answer in time\n")
     except Exception as exc:  # its owner failed it, with the handler's traceback, in the test
-        request[ANSWERED_BY_KEY] = f"handler: {type(exc).__name__}"
+        request[ANSWERED_BY_KEY] = f"{HANDLED}: {type(exc).__name__}"
         return web.Response(status=500, text="the test's handler failed\n")
     return web.Response(status=answer.status, body=answer.payload, headers=answer.headers)
 

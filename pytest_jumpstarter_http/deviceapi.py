@@ -51,12 +51,23 @@ _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 _BODILESS = (204, 304)
 #: A 1xx is no final answer: a client would wait for the one after it.
 _STATUS_RANGE = ValueRange("an HTTP status", 200, 599, optional=False)
+#: What the request log says of a request a reply answered, and of one its handler answered (a
+#: handler's failure adds why: ``handler: no answer in time``).
+REPLIED: Final = "reply"
+HANDLED: Final = "handler"
 #: What the request log says of a request an ordered reply answered in its turn, and of one that
 #: matched an ordered reply out of its turn (answered 500, not as the test's own answer: it shows).
 ORDERED: Final = "reply: ordered"
 OUT_OF_ORDER: Final = "reply: out of order"
 #: What the request log says of a request for a reply's path with another method (405).
 NO_SUCH_METHOD: Final = "reply: no such method"
+
+
+def by_reply(answered_by: str | None) -> bool:
+    """Whether the request log's ``answered_by`` says a reply answered (its handler included)."""
+    return answered_by in (REPLIED, ORDERED) or (answered_by or "").startswith(HANDLED)
+
+
 #: What frames a body on the wire: the server sets them for the body it sends (issue 26).
 _FRAMING = ("content-length", "transfer-encoding")
 _TIMES_RANGE = ValueRange("a whole number of requests", 1, MAX_WHOLE)

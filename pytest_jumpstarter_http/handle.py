@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, cast, overload
 from urllib.parse import unquote
 
-from .deviceapi import NO_JSON, NO_SUCH_METHOD, ORDERED, OUT_OF_ORDER
+from .deviceapi import NO_JSON, NO_SUCH_METHOD, ORDERED, OUT_OF_ORDER, by_reply
 from .records import (
     NO_REQUEST,
     PROGRESS_BYTES,
@@ -778,7 +778,7 @@ class _Expectations(_Poll):
         hits = [reply.hits for reply in replies]
         self.entries = self.handle.requests
         self.left = [line for _, line in _not_used_up(replies, hits)]
-        logged = sum(entry.answered_by in ("reply", ORDERED) for entry in self.entries)
+        logged = sum(by_reply(entry.answered_by) for entry in self.entries)
         return None if self.left or logged < sum(hits) else self.entries
 
     def missing(self) -> AssertionError:

@@ -151,6 +151,12 @@ def test_a_handler_answers_in_the_test_process(http_server):
     assert seen == [(os.getpid(), "api/devices", "7", {"n": 1})]
     assert [(r.status, r.answered_by) for r in http_server.requests] == [(201, "handler")]
 
+def test_wait_for_requests_counts_what_a_handler_answered(http_server):
+    from pytest_jumpstarter_http import HttpResponse
+    http_server.respond("api/ping", handler=lambda request: HttpResponse(body="pong"), times=1)
+    assert curl(http_server.url + "/api/ping").stdout == b"pong"
+    assert [r.answered_by for r in http_server.wait_for_requests(timeout=10)] == ["handler"]
+
 def test_a_handler_that_raises_gives_the_device_a_500_and_is_kept_to_fail_the_test(http_server):
     def handler(request):
         raise LookupError("no such device")
@@ -413,7 +419,7 @@ def test_the_other_worker_never_sees_them(http_server, served_dir):
 LEAKS = ("test_leak_1_a_test_scripts_everything_and_leaves_it", "test_leak_2_the_next_test_sees_none_of_it")
 XDIST_ARGS = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "test_xa.py", "test_xb.py")
 #: The tests of SUITE, parametrized ones counted once per case.
-CASES = 55
+CASES = 56
 
 
 def write_suites(where: Path) -> Path:
