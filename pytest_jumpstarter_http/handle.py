@@ -474,7 +474,8 @@ class HttpServerHandle(ABC):
           neither, a 2xx reply to ``GET``
           serves the file at ``path`` as usual (ranges, ETags and all) with ``headers`` added, such
           as ``{"Content-Type": "application/efi"}``; any other answers an empty body.
-        - ``status``: 100 to 599; a redirect is ``status=302, headers={"Location": url}``.
+        - ``status``: 200 to 599 (a 1xx is no final answer); a redirect is
+          ``status=302, headers={"Location": url}``.
         - ``method`` is matched exactly (upper case), ``"*"`` matches any; a ``GET`` reply also
           answers ``HEAD``, bodiless.
         - ``times``: answer that many requests, then the next reply for the same path and method
