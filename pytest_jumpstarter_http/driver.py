@@ -236,7 +236,7 @@ class RecordingHttpServer(HttpServer):
     @export
     def answer(self, namespace: str, name: str, sent: bool) -> None:
         """The owner of ``namespace`` sent the name a device asked for (``link``), or has none."""
-        self.namespaces.answered(str(namespace), str(name), sent=bool(sent))
+        self.namespaces.settle(str(namespace), str(name), bool(sent))
 
     @export
     async def push(self, digest: str, src: Any) -> bool:
@@ -329,7 +329,7 @@ class RecordingHttpServer(HttpServer):
     def answer_call(self, namespace: str, call: str, answer: dict[str, Any]) -> None:
         """The owner of ``namespace`` answered a request its handler was handed (``own``) with
         ``answer``, an ``HttpResponse`` as a dict."""
-        self.namespaces.called(str(namespace), str(call), dict(answer))
+        self.namespaces.settle(str(namespace), f"call:{call}", dict(answer))
 
     @export
     def get_body(self, seq: int, prefix: str) -> str:

@@ -68,10 +68,9 @@ class Namespaces:
         #: Namespace token -> seconds a request waits for a name its owner is asked for (a
         #: namespace that shows the owner's local folder); absent: it never asks.
         self._asks: dict[str, float] = {}
-        #: The names asked for and not answered yet: (namespace, name) -> whether it came.
-        self._asked: dict[tuple[str, str], asyncio.Future[bool]] = {}
-        #: The requests handed to a handler and not answered yet: (namespace, call) -> the answer.
-        self._called: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        #: What the owners were asked and did not answer yet: (namespace, a name it lacks) ->
+        #: whether it came, (namespace, ``call:<id>``) -> a handler's answer.
+        self._pending: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
     def add_owner(self, folder: str, *, keep: bool) -> Owner:
         """A new owner of ``folder`` (below ``pytest-jumpstarter-http/runs/``)."""
@@ -95,12 +94,9 @@ class Namespaces:
         self._shown.pop(token, None)
         self._linked.pop(token, None)
         self._asks.pop(token, None)
-        for key in [key for key in self._asked if key[0] == token]:
-            future = self._asked.pop(key)
-            future.get_loop().call_soon_threadsafe(_settle, future, False)
-        for key in [key for key in self._called if key[0] == token]:
-            called = self._called.pop(key)
-            called.get_loop().call_soon_threadsafe(_fail, called, NamespaceError(f"namespace {token} ended"))
+        for key in [key for key in self._pending if key[0] == token]:
+            future = self._pending.pop(key)
+            future.get_loop().call_soon_threadsafe(_fail, future, NamespaceError(f"namespace {token} ended"))
 
     def remove_folder(self, owner: Owner) -> None:
         """Remove an ended owner's folder, unless it keeps it: a disk's work, for a worker thread."""
@@ -168,14 +164,16 @@ class Namespaces:
             return False
         key, future, seconds = asked
         try:
-            return await asyncio.wait_for(asyncio.shield(future), seconds)
+            return bool(await asyncio.wait_for(asyncio.shield(future), seconds))
         except TimeoutError:
             log.warning("the owner of namespace %s did not send %r within %g s", *key, seconds)
             return False
+        except NamespaceError:  # it ended meanwhile
+            return False
         finally:
             with self._lock:
-                if future.done() and self._asked.get(key) is future:
-                    del self._asked[key]
+                if future.done() and self._pending.get(key) is future:
+                    del self._pending[key]
 
     def _asking(self, url_name: str) -> tuple[tuple[str, str], asyncio.Future[bool], float] | None:
         """The question for ``url_name``'s owner (put to it unless it is already), and how long
@@ -185,51 +183,53 @@ class Namespaces:
             return None
         key = (split[0], "/".join(split[1]))
         with self._lock:
-            entry = self._shown.get(key[0])
-            owner = None if entry is None else self._owners.get(entry[0])
+            owner = self._owner_of(key[0])
             seconds = self._asks.get(key[0], 0.0)
             if owner is None or seconds <= 0:
                 return None
-            future = self._asked.get(key)
+            future = self._pending.get(key)
             if future is None:
-                future = self._asked[key] = asyncio.get_running_loop().create_future()
-                owner.wants.put_nowait({"namespace": key[0], "name": key[1]})
+                future = self._ask(owner, key, {"namespace": key[0], "name": key[1]})
         return key, future, seconds
 
-    def answered(self, token: str, name: str, *, sent: bool) -> None:
-        """The owner of the namespace ``token`` sent ``name`` (linked it), or has none: wake the
-        requests waiting for it. Called on the server's loop."""
+    def _owner_of(self, token: str) -> Owner | None:
+        """The owner of the namespace ``token`` (the lock held); None for an ended namespace."""
+        entry = self._shown.get(token)
+        return None if entry is None else self._owners.get(entry[0])
+
+    def _ask(self, owner: Owner, key: tuple[str, str], want: dict[str, Any]) -> asyncio.Future[Any]:
+        """Hand ``want`` to ``owner``'s stream; the future its answer settles (the lock held)."""
+        future = self._pending[key] = asyncio.get_running_loop().create_future()
+        owner.wants.put_nowait(want)
+        return future
+
+    def settle(self, token: str, what: str, answer: Any) -> None:
+        """The owner of the namespace ``token`` answered ``what`` it was asked (a name: whether it
+        sent it; ``call:<id>``: its handler's answer): wake who waits. Called on the server's loop."""
         with self._lock:
-            future = self._asked.pop((token, name), None)
-        if future is not None:
-            _settle(future, sent)
+            future = self._pending.pop((token, what), None)
+        if future is not None and not future.done():
+            future.set_result(answer)
 
     async def call(self, token: str, reply: str, request: dict[str, Any]) -> dict[str, Any]:
         """Hand ``request`` to the owner of the namespace ``token``, whose handler of ``reply``
         answers it in the test's process, and wait (on the server's loop) for the answer (a
         ``NamespaceError`` if the owner ends first)."""
-        key = (token, secrets.token_hex(8))
+        call = secrets.token_hex(8)
+        key = (token, f"call:{call}")
         with self._lock:
-            entry = self._shown.get(token)
-            owner = None if entry is None else self._owners.get(entry[0])
+            owner = self._owner_of(token)
             if owner is None:
                 raise NamespaceError(f"no namespace {token!r} on this server; it ended or never was")
-            future = self._called[key] = asyncio.get_running_loop().create_future()
-            owner.wants.put_nowait({"namespace": token, "call": key[1], "reply": reply, "request": request})
+            future = self._ask(
+                owner, key, {"namespace": token, "call": call, "reply": reply, "request": request}
+            )
         try:
             answer: dict[str, Any] = await future
             return answer
         finally:
             with self._lock:
-                self._called.pop(key, None)
-
-    def called(self, token: str, call: str, answer: dict[str, Any]) -> None:
-        """The owner of the namespace ``token`` answered the request it was handed as ``call``.
-        Called on the server's loop."""
-        with self._lock:
-            future = self._called.pop((token, call), None)
-        if future is not None and not future.done():
-            future.set_result(answer)
+                self._pending.pop(key, None)
 
     def alive(self, token: str) -> bool:
         """Whether the namespace ``token`` is open."""
@@ -239,8 +239,7 @@ class Namespaces:
     def folder_of(self, token: str) -> str:
         """The folder (below the root) of the owner of the namespace ``token``."""
         with self._lock:
-            entry = self._shown.get(token)
-            owner = None if entry is None else self._owners.get(entry[0])
+            owner = self._owner_of(token)
         if owner is None:
             raise NamespaceError(f"no namespace {token!r} on this server; it ended or never was")
         return owner.folder
@@ -279,11 +278,6 @@ def _split(name: str) -> tuple[str, list[str]] | None:
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
-
-
-def _settle(future: asyncio.Future[bool], value: bool) -> None:
-    if not future.done():
-        future.set_result(value)
 
 
 def _owned_folder(folder: str) -> str:
