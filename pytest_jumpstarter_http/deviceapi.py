@@ -63,6 +63,10 @@ OUT_OF_ORDER: Final = "reply: out of order"
 NO_SUCH_METHOD: Final = "reply: no such method"
 
 
+#: What a device gets when a handler could not answer: it failed, or its reply ended meanwhile.
+HANDLER_FAILED: Final[dict[str, Any]] = {"status": 500, "payload": None, "headers": {}}
+
+
 def by_reply(answered_by: str | None) -> bool:
     """Whether the request log's ``answered_by`` says a reply answered (its handler included)."""
     return answered_by in (REPLIED, ORDERED) or (answered_by or "").startswith(HANDLED)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from . import locks
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connection, Connections, ExporterError, unavailable
+from .deviceapi import HANDLER_FAILED
 from .handle import WILDCARDS, HttpServerHandle, format_url
 from .records import (
     API_VERSION,
@@ -330,9 +331,7 @@ class OwnerStream:
     def _called(self, want: dict[str, Any]) -> None:
         """Answer a request a device made of a reply with a handler of this process's."""
         handler = self._http.handlers.get(str(want["reply"]))
-        answer: dict[str, Any] = {"status": 500, "payload": None, "headers": {}}  # its reply ended
-        if handler is not None:
-            answer = handler(dict(want["request"]))
+        answer = HANDLER_FAILED if handler is None else handler(dict(want["request"]))
         with contextlib.suppress(Exception):  # the exporter may be gone meanwhile
             self._http.answer_call(str(want["namespace"]), str(want["call"]), answer)
 

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, cast, overload
 from urllib.parse import unquote
 
-from .deviceapi import NO_JSON, NO_SUCH_METHOD, ORDERED, OUT_OF_ORDER, by_reply
+from .deviceapi import HANDLER_FAILED, NO_JSON, NO_SUCH_METHOD, ORDERED, OUT_OF_ORDER, by_reply
 from .records import (
     NO_REQUEST,
     PROGRESS_BYTES,
@@ -552,7 +552,7 @@ class HttpServerHandle(ABC):
             answer = handler(cast(HttpRequest, request))
         except Exception as exc:
             self.handler_errors.append(exc)
-            return _FAILED
+            return HANDLER_FAILED
         if not isinstance(answer, HttpResponse):  # the user's mistake, not a frame of the plugin's
             self.handler_errors.append(
                 TypeError(
@@ -560,7 +560,7 @@ class HttpServerHandle(ABC):
                     "return HttpResponse(status=..., body=... or json=..., headers=...)."
                 )
             )
-            return _FAILED
+            return HANDLER_FAILED
         return answer.as_dict()
 
     def clear_replies(self) -> None:
@@ -630,10 +630,6 @@ class HttpServerHandle(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend} {self.label} root={self.root}>"
-
-
-#: What the device gets when a handler failed.
-_FAILED: dict[str, Any] = {"status": 500, "payload": None, "headers": {}}
 
 
 def _relative(name: str) -> str:
