@@ -98,6 +98,7 @@ class RecordingHttpServerClient(HttpServerClient):
         return str(self.call("accept_uploads", spec, namespace))
 
     def end(self, ident: str, namespace: str | None = None) -> int:
+        self.handlers.pop(ident, None)  # a reply's handler ends with it
         return int(self.call("end", ident, namespace))
 
     def hits(self, ident: str, namespace: str | None = None) -> int:
