@@ -26,6 +26,19 @@ def write_inner_suite(where: Path, files: dict[str, str]) -> None:
         (where / name).write_text(text)
 
 
+#: Two xdist workers, one file of a device suite's xdist pair each.
+XDIST_ARGS = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "test_xa.py", "test_xb.py")
+
+
+def write_device_suites(where: Path, suite: str, xdist: dict[str, str]) -> Path:
+    """Write a device ``suite`` (as ``test_device.py``) and its ``xdist`` pair into ``where``;
+    return the folder the two xdist workers meet in."""
+    write_inner_suite(where, {"test_device.py": suite, **xdist})
+    sync = where / "sync"
+    sync.mkdir()
+    return sync
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment, plus ``extra``, without what would steer a run under test.
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from subprocess_runs import JUnit, clean_env, run_pytest, write_inner_suite
+from subprocess_runs import XDIST_ARGS, JUnit, clean_env, run_pytest, write_device_suites
 
 from pytest_jumpstarter_http.deviceapi import AuthSpec, ReplySpec, UploadSpec
 from pytest_jumpstarter_http.records import HttpRequest
@@ -417,17 +417,13 @@ def test_the_other_worker_never_sees_them(http_server, served_dir):
 }
 
 LEAKS = ("test_leak_1_a_test_scripts_everything_and_leaves_it", "test_leak_2_the_next_test_sees_none_of_it")
-XDIST_ARGS = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "test_xa.py", "test_xb.py")
 #: The tests of SUITE, parametrized ones counted once per case.
 CASES = 56
 
 
 def write_suites(where: Path) -> Path:
     """Write the suites and an ini file into ``where``; return the folder the xdist runs sync in."""
-    write_inner_suite(where, {"test_device.py": SUITE, **XDIST_SUITE})
-    sync = where / "sync"
-    sync.mkdir()
-    return sync
+    return write_device_suites(where, SUITE, XDIST_SUITE)
 
 
 def check_device_run(report: JUnit, where: Path) -> None:

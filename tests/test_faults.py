@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from subprocess_runs import JUnit, clean_env, run_pytest, write_inner_suite
+from subprocess_runs import XDIST_ARGS, JUnit, clean_env, run_pytest, write_device_suites
 
 from pytest_jumpstarter_http.records import FaultSpec, HttpRequest
 
@@ -249,18 +249,13 @@ def test_the_other_worker_never_sees_it(http_server, served_dir):
 
 #: Every test of SUITE, by name; the leak tests are also run with a session-scoped server.
 LEAKS = ("test_leak_1_a_test_leaves_its_fault_injected", "test_leak_2_a_marked_test_leaves_its_fault")
-#: Two workers, one file each.
-XDIST_ARGS = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "test_xa.py", "test_xb.py")
 #: Seconds no run of the suite comes near; a stalled download held by a teardown would.
 NEVER_HANGS = 30
 
 
 def write_suites(where: Path) -> Path:
     """Write the suites and an ini file into ``where``; return the folder the xdist runs sync in."""
-    write_inner_suite(where, {"test_device.py": SUITE, **XDIST_SUITE})
-    sync = where / "sync"
-    sync.mkdir()
-    return sync
+    return write_device_suites(where, SUITE, XDIST_SUITE)
 
 
 def check_device_run(report: JUnit) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 from jumpstarter_helpers import DeviceRuns, require, run_device_suite
-from test_faults import LEAKS, XDIST_ARGS, check_device_run, write_suites
+from subprocess_runs import XDIST_ARGS
+from test_faults import LEAKS, check_device_run, write_suites
 
 
 @pytest.fixture(scope="module")
