@@ -7,20 +7,30 @@ over gRPC on an exporter. Reading a request log does not import the server.
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from jumpstarter_driver_http.client import HttpServerClient
 
+from .deviceapi import HANDLER_FAILED
 from .records import HttpRequest, Progress
 
 if TYPE_CHECKING:
     from .records import Answerer, Recorder
 
 
-class RecordingHttpServerClient(HttpServerClient):
-    """Client of :class:`RecordingHttpServer`: an ``HttpServerClient`` that reads its request log,
-    injects network faults and scripts replies, uploads and credentials."""
+class ServerApi:
+    """The server API of :class:`RecordingHttpServer` as a handle calls it, written once over
+    ``call(method, *args)``: Jumpstarter's call over gRPC on an exporter, the driver's own method
+    in the loopback's process. Numbers and specs cross as the wire carries them."""
+
+    if TYPE_CHECKING:  # each place has its own
+
+        def call(self, method: str, *args: Any) -> Any: ...
+
+        def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
+            """The content of an upload of :meth:`get_uploads`."""
 
     @property
     def handlers(self) -> dict[str, Answerer]:
@@ -50,16 +60,6 @@ class RecordingHttpServerClient(HttpServerClient):
     def answer(self, namespace: str, name: str, sent: bool) -> None:
         self.call("answer", namespace, name, sent)
 
-    def push(self, digest: str, fd: int) -> bool:
-        """Send the open local file ``fd`` as the object ``digest``; whether the exporter got that content."""
-        from jumpstarter_driver_opendal.adapter import OpendalAdapter
-        from opendal import Operator
-
-        # The file as it is open, whatever its name is now.
-        path = f"/proc/self/fd/{fd}"
-        with OpendalAdapter(client=self, operator=Operator("fs", root="/"), path=path) as handle:
-            return bool(self.call("push", digest, handle))
-
     def link(self, namespace: str, name: str, digest: str) -> None:
         self.call("link", namespace, name, digest)
 
@@ -72,11 +72,6 @@ class RecordingHttpServerClient(HttpServerClient):
         ca_pem = answer.get("ca_pem")
         return int(answer["port"]), None if ca_pem is None else str(ca_pem)
 
-    def own_async(self, folder: str, keep: bool) -> AsyncIterator[Any]:
-        """The owner stream of ``own`` (its id, then what the server asks of it), to iterate on the
-        client's portal loop; ends when cancelled."""
-        return self.streamingcall_async("own", folder, keep)  # type: ignore[no-any-return]
-
     def add_reply(
         self, spec: dict[str, Any], namespace: str | None = None, handler: Answerer | None = None
     ) -> str:
@@ -87,6 +82,13 @@ class RecordingHttpServerClient(HttpServerClient):
 
     def answer_call(self, namespace: str, call: str, answer: dict[str, Any]) -> None:
         self.call("answer_call", namespace, call, answer)
+
+    def answer_handed(self, want: dict[str, Any]) -> None:
+        """Answer a request the server handed this process (``own``) for a reply's handler."""
+        handler = self.handlers.get(str(want["reply"]))
+        answer = HANDLER_FAILED if handler is None else handler(dict(want["request"]))
+        with contextlib.suppress(Exception):  # the server may be gone meanwhile
+            self.answer_call(str(want["namespace"]), str(want["call"]), answer)
 
     def get_body(self, seq: int, prefix: str) -> bytes:
         return base64.b64decode(str(self.call("get_body", seq, prefix)))
@@ -113,15 +115,35 @@ class RecordingHttpServerClient(HttpServerClient):
     def requests_started(self) -> int:
         return int(self.call("requests_started"))
 
-    def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
-        """Read through the driver's storage: an upload may be larger than one call carries."""
-        return bytes(self.storage.read_bytes(str(entry["stored"])))
-
     def get_in_flight(self, prefix: str = "") -> list[Progress]:
         return [
             Progress(**{**entry, "sent": int(entry["sent"]), "total": _int_or_none(entry["total"])})
             for entry in self.call("get_in_flight", prefix)
         ]
+
+
+class RecordingHttpServerClient(ServerApi, HttpServerClient):
+    """Client of :class:`RecordingHttpServer`: an ``HttpServerClient`` that reads its request log,
+    injects network faults and scripts replies, uploads and credentials."""
+
+    def push(self, digest: str, fd: int) -> bool:
+        """Send the open local file ``fd`` as the object ``digest``; whether the exporter got that content."""
+        from jumpstarter_driver_opendal.adapter import OpendalAdapter
+        from opendal import Operator
+
+        # The file as it is open, whatever its name is now.
+        path = f"/proc/self/fd/{fd}"
+        with OpendalAdapter(client=self, operator=Operator("fs", root="/"), path=path) as handle:
+            return bool(self.call("push", digest, handle))
+
+    def own_async(self, folder: str, keep: bool) -> AsyncIterator[Any]:
+        """The owner stream of ``own`` (its id, then what the server asks of it), to iterate on the
+        client's portal loop; ends when cancelled."""
+        return self.streamingcall_async("own", folder, keep)  # type: ignore[no-any-return]
+
+    def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
+        """Read through the driver's storage: an upload may be larger than one call carries."""
+        return bytes(self.storage.read_bytes(str(entry["stored"])))
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -130,6 +152,6 @@ def _int_or_none(value: Any) -> int | None:
 
 if TYPE_CHECKING:
 
-    def _is_the_server_api(client: RecordingHttpServerClient) -> Recorder:
+    def _is_the_server_api(client: ServerApi) -> Recorder:
         """mypy checks the client's calls against the one server API a handle uses."""
         return client

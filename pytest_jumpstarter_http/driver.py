@@ -36,9 +36,9 @@ from .answering import DeviceApi, DeviceApiMiddleware, Written
 from .deviceapi import AuthSpec, ReplySpec, UploadSpec
 from .namespaces import NamespaceError, Namespaces
 from .records import API_VERSION, NS, OBJECTS, FaultSpec, TlsSpec, check_name, plugin_version
-from .serving import Numbered, RequestLog, beneath_middleware, install
+from .serving import Numbered, RequestLog, beneath_middleware, install, reach_by_port
 from .shaping import FaultMiddleware, FaultRegistry
-from .tlssites import TlsSites, lab_certificate, open_site, port_range, refused_handshake
+from .tlssites import TlsSites, lab_certificate, open_site, port_range, refused_handshake, server_context
 
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
@@ -62,9 +62,6 @@ class RecordingHttpServer(HttpServer):
     #: it holds the server. Unset: any free port.
     tls_ports: str | None = None
     request_log: RequestLog = field(init=False, default_factory=lambda: RequestLog(MAX_REQUESTS))
-    #: The folders served, first folder to hold a name wins: ``root_dir``, then any the owner adds
-    #: (the loopback backend adds one for files staged beside a root that must not be written).
-    roots: list[Path] = field(init=False, default_factory=list)
     #: The network faults tests injected (see :mod:`.shaping`).
     faults: FaultRegistry = field(init=False, default_factory=FaultRegistry)
     #: The scripted replies, upload folders and credentials tests asked for (see :mod:`.answering`).
@@ -77,13 +74,17 @@ class RecordingHttpServer(HttpServer):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.roots.append(Path(self.root_dir))
         self.namespaces = Namespaces(self.root_dir)
+        #: Port -> the URL path of the namespace a site of its own serves there (the loopback's).
+        self._reached: dict[int, str] = {}
+        #: Namespace token -> the sites of its own.
+        self._sites: dict[str, list[Any]] = {}
         self.tls = TlsSites(self._refused)
         #: Where HTTPS sites go: the configured ports, or any free one (0).
         self._tls_ports: range | int = 0 if self.tls_ports is None else port_range(self.tls_ports)
         self._starting = asyncio.Lock()
-        self._files = files = beneath_middleware(self.roots, log=self.request_log, namespaces=self.namespaces)
+        root = [Path(self.root_dir)]
+        self._files = files = beneath_middleware(root, log=self.request_log, namespaces=self.namespaces)
         # Outermost: a request is numbered as it starts, before a fault holds it.
         self.app.middlewares.append(Numbered(self.request_log))
         # Then a delay or a refusal, before the static route looks at anything.
@@ -112,6 +113,7 @@ class RecordingHttpServer(HttpServer):
             # by the driver; tests/test_private_apis.py fails loudly if it moves.
             self.runner._shutdown_timeout = self.shutdown_grace
         install(self.runner, self.request_log)
+        reach_by_port(self.runner, self._reached)
 
     @export
     def api(self) -> dict[str, Any]:
@@ -138,38 +140,55 @@ class RecordingHttpServer(HttpServer):
             await super().stop()
         finally:
             self.tls.forget_all()
+            self._sites.clear()  # its runner closed them
+            self._reached.clear()
 
-    async def listen(self, port: int) -> int:
-        """Listen on ``port`` (0: any free one) with the app and runner :meth:`pause` kept, or start
-        the server if it does not run; the port. For the loopback backend, which serves one test
-        after another from one server; never over the wire, where others may be downloading."""
+    async def serve_namespace(self, token: str, port: int, tls: TlsSpec | None = None) -> int:
+        """Serve the namespace ``token`` at the root of a site of its own, on ``port`` (0: any free
+        one), over HTTPS with ``tls``; the port. It closes when the namespace ends
+        (:meth:`end_namespace`). For the loopback backend, whose URLs have no prefix; never over
+        the wire, where the port is the exporter's to give."""
         if self.runner is None:
-            self.port = port
-            await self.start()
-            return int(self.get_port())
-        _, self._bound_port = await open_site(self.runner, self.host, port)
-        return self._bound_port
+            raise RuntimeError("serve_namespace(): the HTTP server is not running; start it first.")
+        url = f"/{NS}/{token}"
+        context = None
+        if tls is not None:  # a refused handshake names no path: log it at the namespace's URL
+            context = server_context(tls, lambda words: self._log_refused([url + "/"], words))
+        site, bound = await open_site(self.runner, self.host, port, context)
+        self._sites.setdefault(token, []).append(site)
+        self._reached[bound] = url
+        return bound
 
-    async def pause(self) -> None:
-        """Stop listening and end every connection, each after its request (downloads in flight get
-        ``shutdown_grace``), as :meth:`stop` does, but keep the app and runner for :meth:`listen`.
-
-        Nothing of what was served carries over: faults, replies and open roots end here, and
-        what it serves next is set before it listens again.
-        """
-        self.faults.clear_all()
-        self.device_api.clear_all()
+    def port_of(self, token: str) -> int:
+        """The port of the namespace's own site that opened last and still listens (0: none)."""
         runner = self.runner
-        if runner is not None:
-            for site in list(runner.sites):
-                await site.stop()
-            self.tls.forget_all()
+        live = [site for site in self._sites.get(token, []) if runner is not None and site in runner.sites]
+        return _port(live[-1]) if live else 0
+
+    async def end_namespace(self, token: str) -> None:
+        """End the namespace ``token`` (:meth:`close_namespace`) and its own sites: each of their
+        connections ends after its request, a download in flight given ``shutdown_grace``."""
+        self.close_namespace(token)  # first: its faults release the responses they stall
+        sites = self._sites.pop(token, [])
+        ports = {_port(site) for site in sites}
+        runner = self.runner
+        if runner is not None and sites:
+            for site in sites:
+                if site in runner.sites:  # a stopped server's runner closed it already
+                    await site.stop()
             await asyncio.sleep(0)  # as the runner's cleanup: requests accepted so far start first
-            if runner.server is not None:
-                runner.server.pre_shutdown()
-                await runner.server.shutdown(self.shutdown_grace)
-        self._files.close()
-        self._bound_port = 0
+            await self._end_connections(runner.server, ports)
+        for port in ports:
+            if self._reached.get(port) == f"/{NS}/{token}":  # the port may be another's already
+                del self._reached[port]
+        self._files.close()  # the folders it showed: the next request opens what it needs again
+
+    async def _end_connections(self, server: Any, ports: set[int]) -> None:
+        """End the connections that came in on ``ports``, each after its request."""
+        ended = [each for each in server.connections if _local_port(each) in ports]
+        for each in ended:
+            each.close()
+        await asyncio.gather(*(each.shutdown(self.shutdown_grace) for each in ended))
 
     @export
     async def own(self, folder: str, keep: bool = False) -> AsyncIterator[str | dict[str, Any]]:
@@ -216,10 +235,10 @@ class RecordingHttpServer(HttpServer):
 
     def _refused(self, owner: str, words: str) -> None:
         """Log a handshake an HTTPS site of ``owner`` refused, which names no URL: in each namespace
-        the owner ``owner`` has open (its site serves them all), or at the root URL for an owner
-        that owns none (the loopback backend's site, the one of its one handle)."""
-        tokens = self.namespaces.open_of(owner)
-        paths = ["/"] if tokens is None else [f"/{NS}/{token}/" for token in tokens]
+        the owner ``owner`` has open (its site serves them all)."""
+        self._log_refused([f"/{NS}/{token}/" for token in self.namespaces.open_of(owner) or []], words)
+
+    def _log_refused(self, paths: list[str], words: str) -> None:
         seq = self.request_log.start()
         for path in paths:
             self.request_log.add(refused_handshake(path, words, seq))
@@ -387,6 +406,17 @@ def _sha256(digest: str) -> str:
     if not _SHA256.fullmatch(str(digest)):
         raise ValueError(f"{str(digest)[:80]!r} is no sha256; give 64 lowercase hex digits")
     return str(digest)
+
+
+def _port(site: Any) -> int:
+    return int(site._server.sockets[0].getsockname()[1])  # as tlssites.open_site reads it
+
+
+def _local_port(connection: Any) -> int | None:
+    """The port a connection came in on; None for one that closed (a TLS one no longer knows)."""
+    transport = connection.transport
+    sockname = None if transport is None else transport.get_extra_info("sockname")
+    return None if not sockname else int(sockname[1])
 
 
 def _token(namespace: str | None) -> str | None:

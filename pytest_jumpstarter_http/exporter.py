@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from . import locks
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connection, Connections, ExporterError, unavailable
-from .deviceapi import HANDLER_FAILED
 from .handle import WILDCARDS, HttpServerHandle, format_url
 from .records import (
     API_VERSION,
@@ -94,11 +93,10 @@ class ExporterBackend:
         driver_path: str | None = None,
         exporter_client: Any = None,
         tls: TlsMode = "off",
-        reuse: bool = False,
     ) -> ExporterServer:
         """A handle on the exporter's server for ``root``: a folder of the plugin's own (``owned``)
         or a user's directory, mirrored once per process into this process's folder on the exporter.
-        Every handle is a namespace of its own on the exporter's one server, ``reuse`` or not.
+        Every handle is a namespace of its own on the exporter's one server.
 
         The exporter is the one of ``exporter_client`` (a client the test holds), else the
         ``jmp shell`` one, else one leased by ``selector``; ``driver`` is its HttpServer's path.
@@ -313,7 +311,7 @@ class OwnerStream:
         """Send the name a device asked of one of this process's namespaces, and answer; or answer
         a request with the test's handler."""
         if "call" in want:
-            self._called(want)
+            self._http.answer_handed(want)
             return
         namespace, name = str(want["namespace"]), str(want["name"])
         send = self.senders.get(namespace)
@@ -327,13 +325,6 @@ class OwnerStream:
         finally:
             with contextlib.suppress(Exception):  # the exporter may be gone meanwhile
                 self._http.answer(namespace, name, sent)
-
-    def _called(self, want: dict[str, Any]) -> None:
-        """Answer a request a device made of a reply with a handler of this process's."""
-        handler = self._http.handlers.get(str(want["reply"]))
-        answer = HANDLER_FAILED if handler is None else handler(dict(want["request"]))
-        with contextlib.suppress(Exception):  # the exporter may be gone meanwhile
-            self._http.answer_call(str(want["namespace"]), str(want["call"]), answer)
 
     def close(self) -> None:
         self._task.cancel()

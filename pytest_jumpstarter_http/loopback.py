@@ -1,12 +1,20 @@
-"""The loopback backend: Jumpstarter's own HttpServer driver, run in this process."""
+"""The loopback backend: the exporter's server, run in this process.
+
+One :class:`~pytest_jumpstarter_http.driver.RecordingHttpServer` per process (:class:`LocalServer`)
+serves every loopback handle, each an owner's namespace on it as on an exporter, showing the
+handle's local folders. A port of its own reaches the namespace, so that ``http_url`` stays
+``http://127.0.0.1:PORT``: a new port per function-scoped test, the app and runner kept.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
-import functools
+import inspect
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -14,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from . import eventloop
-from .deviceapi import AuthSpec, ReplySpec, UploadSpec
+from .client import ServerApi
 from .handle import HttpServerHandle, concrete_host, format_url
-from .records import Answerer, FaultSpec, HttpRequest, Progress, TlsSpec, url_path
+from .records import NS, RUNS, TlsSpec, url_path
 from .values import PortRange, TlsMode
 
 if TYPE_CHECKING:
@@ -36,6 +44,129 @@ class PortsExhausted(RuntimeError):
     """Every port of the configured range is taken."""
 
 
+class LocalApi(ServerApi):
+    """The server API of the process's own server: the driver's exported methods, called here
+    (a coroutine on the server's loop thread)."""
+
+    def __init__(self, driver: RecordingHttpServer) -> None:
+        self._driver = driver
+
+    def call(self, method: str, *args: Any) -> Any:
+        bound = getattr(self._driver, method)
+        if inspect.iscoroutinefunction(bound):
+            return eventloop.call(bound, *args)
+        return bound(*args)
+
+    def get_requests(self, start: int = 0, prefix: str = "") -> tuple[int, list[Any]]:
+        # A client can read a response before the server's task logs it; while a connection is
+        # open, let the loop catch up (a closed one has logged everything it answered).
+        runner = self._driver.runner
+        if runner is not None and runner.server is not None and runner.server.connections:
+            eventloop.call(_settle)
+        return super().get_requests(start, prefix)
+
+    def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
+        return self._driver.device_api.read(str(entry["api_id"]), str(entry["name"]), namespace)
+
+
+class LocalServer:
+    """The process's one RecordingHttpServer, on the loop thread, with this process as its owner.
+
+    ``root`` is the server's own folder: what devices upload goes below it, never into a served
+    root. Works on its own as a context manager; the loopback backend keeps one per process.
+    """
+
+    def __init__(self, host: str, root: Path, timeout: float = 30.0) -> None:
+        self.root = root
+        self.driver = new_driver(host, root)
+        #: The server API, as every handle of it calls it.
+        self.api = LocalApi(self.driver)
+        self.timeout = timeout
+        #: This process's id as the server's owner, once started.
+        self.owner = ""
+        self._task: asyncio.Task[None] | None = None
+        self._client: Any = None
+        self._client_stack = ExitStack()
+
+    def start(self) -> Self:
+        """Start the server and own it; the loop thread runs until :meth:`stop`."""
+        # Each running server holds the loop thread: used without pytest, the last stop() ends
+        # the thread, whose portal would otherwise hang the interpreter's exit.
+        eventloop.acquire()
+        try:
+            self.owner = eventloop.call(self._started, timeout=self.timeout)
+        except BaseException:
+            eventloop.release()
+            raise
+        return self
+
+    async def _started(self) -> str:
+        await self.driver.start_unless_running()
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._own(ready))
+        return await ready
+
+    async def _own(self, ready: asyncio.Future[str]) -> None:
+        """Own the server, as an exporter's run does through its stream, and answer the requests it
+        hands over for the test's handlers, each in a worker thread."""
+        loop = asyncio.get_running_loop()
+        # Kept: the backend removes the server's folder, as --http-keep says.
+        async for want in self.driver.own(f"{RUNS}/local", keep=True):
+            if not ready.done():
+                ready.set_result(str(want))
+            elif isinstance(want, dict) and "call" in want:
+                loop.run_in_executor(None, self.api.answer_handed, want)
+
+    def open(self, folders: list[Path]) -> str:
+        """A namespace of this process that shows the local ``folders``; its token."""
+        return self.driver.namespaces.open_local(self.owner, folders)
+
+    async def serve(self, token: str, port: int, tls: TlsSpec | None) -> int:
+        """Serve the namespace ``token`` on ``port``; started again first if a test stopped it
+        through its client."""
+        await self.driver.start_unless_running()
+        return await self.driver.serve_namespace(token, port, tls)
+
+    @property
+    def client(self) -> Any:
+        """A Jumpstarter ``HttpServerClient`` on this server, its storage the server's folder, as an
+        exporter's; through a local session opened on first use."""
+        if self._client is None:
+            from jumpstarter.common.utils import serve_async
+            from jumpstarter_driver_opendal.driver import Opendal
+
+            self.driver.children["storage"] = Opendal(  # type: ignore[abstract]
+                scheme="fs", kwargs={"root": str(self.root)}, remove_created_on_close=False
+            )
+            portal = eventloop.portal()
+            session = portal.wrap_async_context_manager(serve_async(self.driver, portal, self._client_stack))
+            self._client = self._client_stack.enter_context(session)
+        return self._client
+
+    def stop(self) -> None:
+        """End what this process owns on the server, and stop it."""
+        try:
+            self._client_stack.close()
+            eventloop.call(self._stopped, timeout=self.timeout)
+        finally:
+            self._client = None
+            eventloop.release()
+
+    async def _stopped(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.driver.runner is not None:
+            await self.driver.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 class LoopbackServer(HttpServerHandle):
     """Serve ``root`` from Jumpstarter's HttpServer driver on this machine.
 
@@ -46,7 +177,8 @@ class LoopbackServer(HttpServerHandle):
 
     ``stage()`` copies files into ``staging`` (a folder, or a function that makes one on first
     use), which is served beside ``root``: give ``staging=root`` for a root you own, a folder of
-    its own for a root that must not be written.
+    its own for a root that must not be written. ``server``: the process's server it is a
+    namespace of (default: one of its own, whose uploads go to a temporary folder).
     """
 
     backend: Literal["loopback"] = "loopback"
@@ -62,26 +194,16 @@ class LoopbackServer(HttpServerHandle):
         staging: Path | Callable[[], Path] | None = None,
         release: Callable[[Path, bool], object] | None = None,
         progress: Callable[[str], None] | None = None,
-        uploads: Callable[[], Path] | None = None,
         tls: Tls | None = None,
-        driver: RecordingHttpServer | None = None,
+        server: LocalServer | None = None,
     ) -> None:
-        #: Whether the driver outlives this server: one the backend keeps, given here to serve
-        #: ``root`` (on ``host``, which it was made with) from a new port; stop() only pauses it.
-        self._kept = driver is not None
-        if driver is None:
-            driver = new_driver(host, root)
-        driver.root_dir = str(root)
-        driver.roots[:] = [Path(root)]
-        self._driver = driver
-        #: Where device uploads go (``uploads``: makes a folder on first use), and what it made.
-        self._in_process = _InProcess(self._driver, uploads)
-        super().__init__(Path(root), host, recorder=self._in_process, progress=progress, tls=tls)
-        # A kept driver's log holds the requests of the tests before: this server's start here.
-        self._request_mark = driver.request_log.started
+        #: Whether it made the server it is a namespace of, which it stops with itself.
+        self._made_server = server is None
+        if server is None:
+            server = LocalServer(host, Path(tempfile.mkdtemp(prefix="pytest-jumpstarter-http-")), timeout)
+        self._server = server
+        super().__init__(Path(root), host, recorder=server.api, progress=progress, tls=tls)
         self._tls = tls
-        #: The port of its HTTPS site, beside the driver's plain one (0: plain HTTP).
-        self._tls_port = 0
         self._ports = port
         self._url_base_host = url_host or concrete_host(host)
         self._timeout = self.handler_wait = timeout
@@ -91,49 +213,36 @@ class LoopbackServer(HttpServerHandle):
         self._release = release
         self._staged: set[Path] = set()
         self._made_staging: Path | None = None
-        if isinstance(staging, Path) and staging != self.root:
-            self._driver.roots.append(staging)
         self._started = False
         self._stopped = False
         #: The port it last listened on: a stopped server's URL still names it, in its report.
         self._port = 0
         self._url, self._url_port = "", -1
-        self._client: Any = None
-        self._client_stack = ExitStack()
 
     def start(self) -> Self:
-        """Start the driver's server on a free port of the configured range."""
-        # Each running server holds the loop thread: used without pytest, the last stop() ends
-        # the thread, whose portal would otherwise hang the interpreter's exit.
-        eventloop.acquire()
-        try:
-            self._port = self._bind(self._start_on)
-        except BaseException:
-            eventloop.release()
-            raise
+        """Open its namespace on the server, on a free port of the configured range."""
+        server = self._server
+        if self._made_server:
+            server.start()
         self._started = True
-        if self._tls is not None:
-            try:
-                self._tls_port = self._bind(functools.partial(self._serve_tls_on, self._tls.spec))
-            except BaseException:
-                self.stop()
-                raise
+        try:
+            shown = [self.root]
+            if isinstance(self._staging, Path) and self._staging != self.root:
+                shown.append(self._staging)
+            self._namespace = server.open(shown)
+            self._request_mark = server.api.requests_started()
+            self._port = self._bind()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
-    def _start_on(self, port: int) -> int:
-        return eventloop.call(self._driver.listen, port, timeout=self._timeout)
-
-    def _serve_tls_on(self, spec: TlsSpec, port: int) -> int:
-        """Add an HTTPS site to the running app on ``port``, as an exporter's server does for a run."""
-        driver = self._driver
-        add = driver.tls.add
-        return eventloop.call(add, driver.runner, driver.host, "loopback", spec, port, timeout=self._timeout)
-
-    def _bind(self, listen: Callable[[int], int]) -> int:
-        """``listen`` on the first free port of the range; what it returns."""
+    def _bind(self) -> int:
+        """Serve its namespace on the first free port of the range; that port."""
+        spec = None if self._tls is None else self._tls.spec
         for port in _candidates(self._ports):
             try:
-                return listen(port)
+                return eventloop.call(self._server.serve, self._ns, port, spec, timeout=self._timeout)
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE or self._ports is None:
                     raise
@@ -141,6 +250,11 @@ class LoopbackServer(HttpServerHandle):
             f"--http-port: every port of {self._ports} on {self.host} is in use; "
             "widen the range, or give 0 for any free port."
         )
+
+    @property
+    def _ns(self) -> str:
+        assert self._namespace is not None  # opened by start()
+        return self._namespace
 
     @property
     def running(self) -> bool:
@@ -152,19 +266,19 @@ class LoopbackServer(HttpServerHandle):
         if not self._started:
             raise RuntimeError(f"{type(self).__name__} on {str(self.root)!r} was never started; start() it.")
         if not self._stopped:
-            self._port = self._listening()
+            driver = self._server.driver
+            port = driver.port_of(self._ns)
+            if not port and driver.runner is not None:  # a test restarted the server through its client
+                port = self._bind()
+            self._port = port or self._port
         return self._port
-
-    def _listening(self) -> int:
-        """The port its URLs name: the HTTPS site's, else the driver's (the last one once stopped)."""
-        return self._tls_port or int(self._driver.get_port()) or self._port
 
     @property
     def label(self) -> str:
         return format_url(self._url_base_host, self._port, self.scheme)
 
     def _url_path(self) -> str:
-        return ""
+        return url_path(f"{NS}/{self._ns}")
 
     @property
     def url(self) -> str:
@@ -175,22 +289,9 @@ class LoopbackServer(HttpServerHandle):
 
     @property
     def client(self) -> Any:
-        """A Jumpstarter ``HttpServerClient`` on this server, through a local session opened on first use."""
-        if self._client is None:
-            from jumpstarter.common.utils import serve_async
-            from jumpstarter_driver_opendal.driver import Opendal
-
-            # The driver's storage as the driver makes it, on this server's root: a kept driver's
-            # is still on the root of the test it was made for.
-            self._driver.children["storage"] = Opendal(  # type: ignore[abstract]
-                scheme="fs", kwargs={"root": str(self.root)}, remove_created_on_close=False
-            )
-            portal = eventloop.portal()
-            stack = self._client_stack
-            self._client = stack.enter_context(
-                portal.wrap_async_context_manager(serve_async(self._driver, portal, stack))
-            )
-        return self._client
+        """A Jumpstarter ``HttpServerClient`` on the process's server: ``stop()`` stops it for every
+        handle of the process, as on an exporter."""
+        return self._server.client
 
     def _stage(self, source: Path, name: str) -> str:
         """Copy ``source`` into the staging folder as ``name``.
@@ -238,38 +339,38 @@ class LoopbackServer(HttpServerHandle):
         if not isinstance(staging, Path):
             self._staging = staging = staging()
             self._made_staging = staging
-            self._driver.roots.append(staging)
+            self._server.driver.namespaces.show(self._ns, staging)
         return staging
 
     def publish(self, name: str | None = None) -> None:
         """Nothing to do: the server reads ``root`` directly."""
 
     def stop(self, *, failed: bool = False) -> None:
-        """Stop the server; a staging folder it made goes to ``release``, one it was given stays."""
+        """End its namespace and close its port; a staging folder it made goes to ``release``, one it
+        was given stays."""
         if self._stopped or not self._started:
             return
-        self._port = self._listening()  # its URL in the report names it
         self._stopped = True
         try:
-            self.clear_faults()  # the driver's stop() releases any other stalled response
-            if self._driver.runner is not None:
-                end = self._driver.pause if self._kept else self._driver.stop
-                eventloop.call(end, timeout=self._timeout)
+            if self._namespace is not None:
+                self._port = self._server.driver.port_of(self._namespace) or self._port
+                try:
+                    self.clear_faults()  # each keeps its last hits; the namespace ends the rest
+                finally:
+                    eventloop.call(self._server.driver.end_namespace, self._namespace, timeout=self._timeout)
         finally:
-            self._in_process.until = self._driver.request_log.started
             try:
-                self._client_stack.close()
+                if self._made_server:
+                    self._server.stop()
+                    shutil.rmtree(self._server.root, ignore_errors=True)
             finally:
-                self._client = None
-                eventloop.release()
-                for made in (self._made_staging, self._in_process.uploads_folder):
-                    if made is not None and self._release is not None:
-                        self._release(made, failed)
+                if self._made_staging is not None and self._release is not None:
+                    self._release(self._made_staging, failed)
 
 
 def new_driver(host: str, root: str | os.PathLike[str]) -> RecordingHttpServer:
-    """Jumpstarter's HttpServer driver (recording) for a loopback server on ``host``, not started,
-    serving ``root``: a server may give it another (``LoopbackServer(driver=...)``)."""
+    """Jumpstarter's HttpServer driver (recording) for the loopback's server on ``host``, not
+    started, its own folder ``root``."""
     from .driver import RecordingHttpServer
 
     # The driver's defaults bind the LAN address on port 8080 and serve /var/www; never use them.
@@ -283,85 +384,6 @@ def new_driver(host: str, root: str | os.PathLike[str]) -> RecordingHttpServer:
         log_level="WARNING",
         shutdown_grace=SHUTDOWN_GRACE,
     )
-
-
-class _InProcess:
-    """The recorder of a server in this process: its driver's log and faults, read directly."""
-
-    def __init__(self, driver: RecordingHttpServer, uploads: Callable[[], Path] | None = None) -> None:
-        self._driver = driver
-        self._uploads = uploads
-        #: The folder device uploads went to, made on first use; None before.
-        self.uploads_folder: Path | None = None
-        #: How many requests had started when its server stopped: a kept driver goes on to serve
-        #: later tests, whose requests are theirs. None while it serves.
-        self.until: int | None = None
-
-    def get_requests(self, start: int, prefix: str = "") -> tuple[int, list[HttpRequest]]:
-        log = self._driver.request_log
-        if start >= log.started:  # counting only (a new test's window): nothing to read
-            return log.started, []
-        if self.until is not None:
-            return log.started, [entry for entry in log.since(start, prefix) if entry.seq < self.until]
-        # A client can read a response before the server's task logs it; while a connection is
-        # open, let the loop catch up (a closed one has logged everything it answered).
-        runner = self._driver.runner
-        if runner is not None and runner.server is not None and runner.server.connections:
-            eventloop.call(_settle)
-        return log.started, log.since(start, prefix)
-
-    def get_in_flight(self, prefix: str = "") -> list[Progress]:
-        if self.until is not None:  # its stop ended what it was sending
-            return []
-        return [
-            progress for progress in self._driver.request_log.in_flight() if progress.path.startswith(prefix)
-        ]
-
-    # The registry takes its own lock: the server's loop thread matches while this thread adds.
-    def inject_fault(self, spec: dict[str, Any], namespace: str | None = None) -> str:
-        return self._driver.faults.add(FaultSpec.from_dict(spec), namespace)
-
-    def end(self, ident: str, namespace: str | None = None) -> int:
-        return int(self._driver.end(ident, namespace))
-
-    def hits(self, ident: str, namespace: str | None = None) -> int:
-        return int(self._driver.hits(ident, namespace))
-
-    def requests_started(self) -> int:
-        return self._driver.request_log.started
-
-    def add_reply(
-        self, spec: dict[str, Any], namespace: str | None = None, handler: Answerer | None = None
-    ) -> str:
-        call = None
-        if handler is not None:
-
-            async def call(reply: str, request: dict[str, Any]) -> dict[str, Any]:
-                return await asyncio.get_running_loop().run_in_executor(None, handler, request)
-
-        return self._driver.device_api.add(ReplySpec.from_dict(spec), namespace, call)
-
-    def get_body(self, seq: int, prefix: str) -> bytes:
-        return self._driver.request_log.body(seq, prefix)
-
-    def require_auth(self, spec: dict[str, Any], namespace: str | None = None) -> str:
-        return self._driver.device_api.add(AuthSpec.from_dict(spec), namespace)
-
-    def accept_uploads(self, spec: dict[str, Any], namespace: str | None = None) -> str:
-        if self.uploads_folder is None:
-            if self._uploads is None:
-                raise RuntimeError(
-                    "accept_uploads(): this LoopbackServer has no folder for uploads; "
-                    "give LoopbackServer(..., uploads=FUNCTION) that makes one."
-                )
-            self.uploads_folder = self._uploads()
-        return self._driver.device_api.accept(UploadSpec.from_dict(spec), namespace, self.uploads_folder, "")
-
-    def get_uploads(self, api_id: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        return list(self._driver.get_uploads(api_id, namespace))
-
-    def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
-        return self._driver.device_api.read(str(entry["api_id"]), str(entry["name"]), namespace)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -390,7 +412,8 @@ def _candidates(ports: PortRange | None) -> list[int]:
 
 
 class LoopbackBackend:
-    """Loopback servers for the fixtures: a new one per request, on the run's address and ports."""
+    """Loopback servers for the fixtures: each a namespace of the process's one server, on a port
+    of its own, on the run's address and ports."""
 
     def __init__(
         self,
@@ -410,21 +433,16 @@ class LoopbackBackend:
         self._timeout = timeout
         self._roots = roots
         self._progress = progress
-        #: The driver the servers of one test after another run on, made on first use, and the
-        #: server running on it now: a new port per test, the app and runner kept (issue 19).
-        self._kept: RecordingHttpServer | None = None
-        self._kept_by: LoopbackServer | None = None
+        #: The process's server, started on first use.
+        self._server: LocalServer | None = None
 
-    def server(
-        self, root: Path, *, owned: bool, tls: TlsMode = "off", reuse: bool = False, **where: Any
-    ) -> LoopbackServer:
-        """A started server on ``root``, HTTPS unless ``tls`` is off, on the kept driver if ``reuse``
-        and it is free; ``where`` (an exporter's selector, driver, client) is not for it."""
-        driver = None
-        if reuse and (self._kept_by is None or not self._kept_by.running):
-            driver = self._kept = self._kept or new_driver(self._host, root)
+    def server(self, root: Path, *, owned: bool, tls: TlsMode = "off", **where: Any) -> LoopbackServer:
+        """A started server on ``root``, HTTPS unless ``tls`` is off; ``where`` (an exporter's
+        selector, driver, client) is not for it."""
+        if self._server is None:
+            self._server = LocalServer(self._host, self._roots.make("server"), self._timeout).start()
         roots = self._roots
-        server = LoopbackServer(
+        return LoopbackServer(
             root,
             host=self._host,
             port=self._port,
@@ -434,13 +452,9 @@ class LoopbackBackend:
             staging=root if owned else lambda: roots.make("staged"),
             release=lambda staging, failed: roots.remove(staging, failed=failed),
             progress=self._progress,
-            uploads=lambda: roots.make("uploads"),
             tls=self._authority.tls(tls, self._url_host or concrete_host(self._host)),
-            driver=driver,
+            server=self._server,
         ).start()
-        if driver is not None:
-            self._kept_by = server
-        return server
 
     def summary(self) -> list[str]:
         return []
@@ -449,7 +463,13 @@ class LoopbackBackend:
         return []  # its driver's storage removes nothing (remove_created_on_close=False)
 
     def close(self, *, failed: bool = False) -> None:
-        """Stop the kept driver; every other server stopped with its scope."""
-        kept, self._kept, self._kept_by = self._kept, None, None
-        if kept is not None and kept.runner is not None:
-            eventloop.call(kept.stop, timeout=self._timeout)
+        """Stop the process's server; its folder (what devices uploaded) goes as ``--http-keep`` says."""
+        server, self._server = self._server, None
+        if server is not None:
+            try:
+                server.stop()
+            finally:
+                # Kept only if a device uploaded to it: an empty folder keeps nothing worth a line.
+                with contextlib.suppress(OSError):
+                    server.root.rmdir()
+                self._roots.remove(server.root, failed=failed)

@@ -8,9 +8,11 @@ set on the server goes with it: its namespaces, their faults, replies, uploads a
 its HTTPS site, and its folder below the root.
 
 A namespace is one handle's own URL prefix, ``/pytest-jumpstarter-http/ns/<token>/``, that shows
-some folders of the root, the first folder holding a name winning. Two handles serving the same
-content still have two prefixes, so each one's request log, faults and replies are its own. The
-plugin's folders are served through namespaces only, never at their own path.
+some folders, the first folder holding a name winning: on an exporter, folders below the root
+its owner sent there; in the loopback's server, the test process's own local folders, which a
+port of the namespace's own reaches (see ``RecordingHttpServer.serve_namespace``). Two handles
+serving the same content still have two prefixes, so each one's request log, faults and replies
+are its own. The plugin's folders are served through namespaces only, never at their own path.
 
 This module runs in the server and never imports pytest.
 """
@@ -25,6 +27,7 @@ import os
 import secrets
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,9 @@ from .beneath import open_folders
 from .records import NS, RUNS, TOP, check_name, normalized
 
 log = logging.getLogger("pytest_jumpstarter_http.namespaces")
+
+#: Where a file may be: a folder the server opens once, and a path below it.
+Place = tuple[Path, str]
 
 
 class NamespaceError(ValueError):
@@ -61,10 +67,11 @@ class Namespaces:
         self._root = Path(root)
         self._lock = threading.Lock()
         self._owners: dict[str, Owner] = {}
-        #: Namespace token -> (owner id, the folders it shows, the first to hold a name wins).
-        self._shown: dict[str, tuple[str, tuple[str, ...]]] = {}
-        #: Namespace token -> its names served by reference: name -> a path below the root (an object).
-        self._linked: dict[str, dict[str, str]] = {}
+        #: Namespace token -> (owner id, the folders it shows, the first to hold a name wins), each
+        #: as a place: a folder opened once, and a path below it.
+        self._shown: dict[str, tuple[str, tuple[Place, ...]]] = {}
+        #: Namespace token -> its names served by reference: name -> the place of a file (an object).
+        self._linked: dict[str, dict[str, Place]] = {}
         #: Namespace token -> seconds a request waits for a name its owner is asked for (a
         #: namespace that shows the owner's local folder); absent: it never asks.
         self._asks: dict[str, float] = {}
@@ -118,17 +125,30 @@ class Namespaces:
             return None if owner is None else sorted(owner.namespaces)
 
     def open(self, owner_id: str, folders: list[str], asks: float = 0.0) -> str:
-        """A new namespace of the owner ``owner_id`` that shows ``folders`` (its own); its token.
+        """A new namespace of the owner ``owner_id`` that shows ``folders`` (its own, below the
+        root); its token.
 
         ``asks``: seconds a request for a name it lacks waits while its owner is asked for that
         name (the owner serves a local folder through it); 0: it never asks.
         """
+        return self._open(
+            owner_id, lambda owner: [(self._root, _inside(owner.folder, folder)) for folder in folders], asks
+        )
+
+    def open_local(self, owner_id: str, folders: list[Path]) -> str:
+        """A new namespace of the owner ``owner_id`` that shows ``folders``, folders of the server's
+        own process (a loopback's roots); its token. Never over the wire: a caller there names
+        folders below the root only."""
+        return self._open(owner_id, lambda owner: [(Path(folder), "") for folder in folders])
+
+    def _open(self, owner_id: str, places: Callable[[Owner], list[Place]], asks: float = 0.0) -> str:
         with self._lock:
             owner = self._owners.get(owner_id)
             if owner is None:
                 raise NamespaceError(f"no owner {owner_id!r} holds this server; it ended or never was")
-            shown = tuple(_inside(owner.folder, folder) for folder in folders)
-            token = secrets.token_hex(16)
+            shown = tuple(places(owner))
+            # 64 random bits: no one guesses another's URL, and a URL stays short.
+            token = secrets.token_hex(8)
             self._shown[token] = (owner.id, shown)
             owner.namespaces.add(token)
             if asks > 0:
@@ -147,13 +167,20 @@ class Namespaces:
                 owner.namespaces.discard(token)
         return True
 
+    def show(self, token: str, folder: Path) -> None:
+        """Show the local ``folder`` too in the namespace ``token`` (of :meth:`open_local`), after
+        its folders: a loopback's folder of staged files, made when a test first stages one."""
+        with self._lock:
+            owner_id, shown = self._shown[token]
+            self._shown[token] = (owner_id, (*shown, (Path(folder), "")))
+
     def link(self, token: str, name: str, place: str) -> None:
         """Serve ``place`` (a path below the root the server made, an object) as ``name`` in the
         namespace ``token``, before its folders: a name staged by reference, nothing copied."""
         with self._lock:
             if token not in self._shown:
                 raise NamespaceError(f"no namespace {token!r} on this server; it ended or never was")
-            self._linked.setdefault(token, {})[name] = place
+            self._linked.setdefault(token, {})[name] = (self._root, place)
 
     async def ask(self, url_name: str) -> bool:
         """Ask the owner of the namespace of ``url_name`` for the name it lacks, and wait (on the
@@ -179,7 +206,7 @@ class Namespaces:
         """The question for ``url_name``'s owner (put to it unless it is already), and how long
         to wait for the answer; None for a name that is asked of no one."""
         split = _split(url_name)
-        if split is None or not split[1] or ".." in split[1]:
+        if split is None or not split[1]:
             return None
         key = (split[0], "/".join(split[1]))
         with self._lock:
@@ -205,11 +232,12 @@ class Namespaces:
 
     def settle(self, token: str, what: str, answer: Any) -> None:
         """The owner of the namespace ``token`` answered ``what`` it was asked (a name: whether it
-        sent it; ``call:<id>``: its handler's answer): wake who waits. Called on the server's loop."""
+        sent it; ``call:<id>``: its handler's answer): wake who waits. Called from any thread:
+        Jumpstarter runs an exported call that is no coroutine in a worker thread."""
         with self._lock:
             future = self._pending.pop((token, what), None)
-        if future is not None and not future.done():
-            future.set_result(answer)
+        if future is not None:
+            future.get_loop().call_soon_threadsafe(_settled, future, answer)
 
     async def call(self, token: str, reply: str, request: dict[str, Any]) -> dict[str, Any]:
         """Hand ``request`` to the owner of the namespace ``token``, whose handler of ``reply``
@@ -244,9 +272,9 @@ class Namespaces:
             raise NamespaceError(f"no namespace {token!r} on this server; it ended or never was")
         return owner.folder
 
-    def resolve(self, name: str) -> list[str] | None:
-        """Where below the root the URL name ``name`` may be: None for a name outside any namespace,
-        an empty list for one that no namespace shows (an ended one, or ``..``).
+    def resolve(self, name: str) -> list[Place] | None:
+        """Where the URL name ``name`` may be: None for a name outside any namespace, an empty list
+        for one that no namespace shows (an ended one, or one whose ``..`` leads out of it).
 
         The plugin's own folders are seen through namespaces only: a run's staged files and a
         device's uploads are not served at their folder's path, past the namespace's credentials
@@ -257,22 +285,36 @@ class Namespaces:
             top = normalized(name)
             return [] if top == TOP or top.startswith(TOP + "/") else None
         token, parts = split
+        rest = "/".join(parts or [])
         with self._lock:
             entry = self._shown.get(token)
-            linked = self._linked.get(token, {}).get("/".join(parts))
-        if entry is None or not parts or ".." in parts:
+            linked = self._linked.get(token, {}).get(rest)
+        if entry is None or not parts:
             return []
-        rest = "/".join(parts)
-        places = [f"{folder}/{rest}" for folder in entry[1]]
+        places = [(base, f"{folder}/{rest}" if folder else rest) for base, folder in entry[1]]
         return places if linked is None else [linked, *places]
 
 
-def _split(name: str) -> tuple[str, list[str]] | None:
-    """The namespace token of a URL name below ``NS/``, and the parts of the name in it."""
+def _split(name: str) -> tuple[str, list[str] | None] | None:
+    """The namespace token of a URL name below ``NS/``, and the parts of the name in it, its dot
+    segments resolved as a device's client resolves them; None for parts that lead out of it."""
     if not name.startswith(NS + "/"):
         return None
     token, _, rest = name[len(NS) + 1 :].partition("/")
-    return token, [part for part in rest.split("/") if part not in ("", ".")]
+    parts: list[str] = []
+    for part in rest.split("/"):
+        if part == "..":
+            if not parts:
+                return token, None
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return token, parts
+
+
+def _settled(future: asyncio.Future[Any], answer: Any) -> None:
+    if not future.done():
+        future.set_result(answer)
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:

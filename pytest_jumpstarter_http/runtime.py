@@ -47,14 +47,9 @@ class Backend(Protocol):
         driver_path: str | None = None,
         exporter_client: Any = None,
         tls: TlsMode = "off",
-        reuse: bool = False,
     ) -> HttpServerHandle:
         """A running server on ``root`` (``owned``: a folder of the plugin's own, which it may write),
-        serving HTTPS with a certificate of ``Runtime.authority`` unless ``tls`` is off.
-
-        ``reuse``: the server of one test, stopped before the next test's starts; the backend may
-        serve it from what it kept of the last one, on a new port.
-        """
+        serving HTTPS with a certificate of ``Runtime.authority`` unless ``tls`` is off."""
         ...
 
     def summary(self) -> list[str]:
@@ -124,7 +119,7 @@ class Runtime:
             finally:
                 server.clear()
             return
-        server = self.start(choice, root, reuse=True)
+        server = self.start(choice, root)
         try:
             yield server
         finally:
@@ -146,9 +141,8 @@ class Runtime:
             log.info("%s: session server %s serving %s", worker_id(), server.url, root)
         return server
 
-    def start(self, choice: Choice, root: Path, *, reuse: bool = False) -> HttpServerHandle:
-        """A new server on ``root`` for ``choice``; the caller stops it with :meth:`stop_all`
-        (``reuse``: before the next test's, see :meth:`Backend.server`).
+    def start(self, choice: Choice, root: Path) -> HttpServerHandle:
+        """A new server on ``root`` for ``choice``; the caller stops it with :meth:`stop_all`.
 
         An exporter that cannot be reached skips the test, or fails it when the run asked for one.
         """
@@ -162,7 +156,6 @@ class Runtime:
                 driver_path=choice.driver_path,
                 exporter_client=choice.exporter_client,
                 tls=choice.tls,
-                reuse=reuse,
             )
         except ExporterUnavailable as exc:
             if not choice.required:

@@ -155,6 +155,9 @@ BODY_KEY: Final = RequestKey("pytest_jumpstarter_http.body", tuple[bytes, bool])
 BODIES_KEPT: Final = 16 << 20
 #: Request-mapping key set when a fault answered the request with its own status.
 INJECTED_KEY: Final = RequestKey("pytest_jumpstarter_http.injected", bool)
+#: Request-mapping key of the URL path of the namespace a request reached by a port of its own,
+#: which the server put before the path the device sent (see ``reach_by_port``).
+REACHED_KEY: Final = RequestKey("pytest_jumpstarter_http.reached", str)
 #: Request-mapping key of what a test's scripted answers did with the request (``reply``...).
 ANSWERED_BY_KEY: Final = RequestKey("pytest_jumpstarter_http.deviceapi", str)
 
@@ -423,6 +426,8 @@ class BeneathFiles:
         if stat.S_ISDIR(st.st_mode):
             os.close(fd)
             path, _, query = request.raw_path.partition("?")
+            # As the device asked: a namespace reached by its own port has no prefix in its URLs.
+            path = path.removeprefix(request.get(REACHED_KEY, ""))
             if name and not path.endswith("/"):
                 target = posixpath.normpath(path)  # "/sub/." is "/sub/"
                 target += "" if target.endswith("/") else "/"
@@ -444,11 +449,11 @@ class BeneathFiles:
         return self._lookup(name)
 
     def _places(self, name: str) -> list[tuple[Path, str]]:
-        """Where the URL name may be: each root, or a namespace's folders in the first root."""
+        """Where the URL name may be: each root, or a namespace's places."""
         shown = self.namespaces.resolve(name) if self.namespaces is not None else None
         if shown is None:
             return [(path, name) for path in list(self.roots)]
-        return [(self.roots[0], place) for place in shown]
+        return shown
 
     def _lookup(self, name: str) -> tuple[int, OpenFolder]:
         """The name opened (O_PATH) in the first place that holds it."""
@@ -634,6 +639,32 @@ def sent(request: Any) -> dict[str, Any]:
 def text(value: str) -> str:
     """A header's value as text any wire carries: bytes that were no UTF-8 become U+FFFD."""
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def reach_by_port(runner: Any, namespaces: dict[int, str]) -> None:
+    """Let a port reach a namespace: a request that arrives on a port of ``namespaces`` (port ->
+    the namespace's URL path, read at each request) is the request of that path followed by the
+    path the device sent, before anything else sees it. Faults, replies, the files and the log
+    then answer it as they answer the same request through the namespace's prefix."""
+    from yarl import URL
+
+    server = runner.server
+    make = server.request_factory
+
+    def request_factory(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> Any:
+        transport = protocol.transport
+        sockname = None if transport is None else transport.get_extra_info("sockname")
+        reached = namespaces.get(sockname[1]) if sockname else None
+        if reached is not None:
+            url = message.url.relative() if message.url.absolute else message.url
+            url = URL.build(path=reached + url.raw_path, query_string=url.raw_query_string, encoded=True)
+            message = message._replace(path=str(url), url=url)
+        request = make(message, payload, protocol, writer, task)
+        if reached is not None:
+            request[REACHED_KEY] = reached
+        return request
+
+    server.request_factory = request_factory
 
 
 def install(runner: Any, log: RequestLog) -> None:

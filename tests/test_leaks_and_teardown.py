@@ -77,7 +77,7 @@ def test_500_function_scoped_servers_leave_fds_threads_and_sockets_as_they_found
 
         def test_b_baseline():
             BASELINE.update(resources())
-            assert BASELINE["listening sockets"] == 0
+            assert BASELINE["listening sockets"] == 1  # the process's server's own; the test's ended
 
         @pytest.mark.parametrize("n", range(500))
         def test_c_server(http_server, served_dir, n):
@@ -112,7 +112,7 @@ DEV_MODE_SUITE = """
     def test_stage_and_client(http_server, tmp_path):
         (tmp_path / "b.raw").write_bytes(b"b")
         assert fetch(http_server.stage(tmp_path / "b.raw", "deep/b.raw")) == b"b"
-        assert http_server.client.get_port() == http_server.port
+        assert http_server.client.get_port() not in (0, http_server.port)  # the process's server
 
     def test_factory(http_server_factory):
         servers = [http_server_factory() for _ in range(3)]

@@ -260,18 +260,47 @@ def test_a_file_response_decides_its_answer_in_the_private_steps_served_file_cal
     }, "aiohttp's _FileResponseResult changed: ServedFile._prepare_here in serving.py branches on it."
 
 
-# --- HttpServer._bound_port and aiohttp sites' _server (driver.py listen, tlssites.open_site) ---
+# --- aiohttp's Server.request_factory, sites' _server (serving.reach_by_port, tlssites.open_site) ---
 
 
-def test_the_stock_driver_reports_the_port_it_keeps_in_bound_port(tmp_path: Path):
-    from jumpstarter_driver_http.driver import HttpServer
+def test_a_request_factory_set_after_setup_makes_the_requests_of_new_connections(tmp_path: Path):
+    import urllib.request
 
-    driver = HttpServer(root_dir=str(tmp_path), host="127.0.0.1", port=0)  # type: ignore[abstract]
-    driver._bound_port = 43210
-    assert driver.get_port() == 43210, (
-        "HttpServer.get_port() no longer reads _bound_port: RecordingHttpServer.listen sets it for "
-        "the new port of a kept loopback driver, so http_server.client.get_port() would be wrong."
-    )
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=request.raw_path)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_route("GET", "/{tail:.*}", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            server: Any = runner.server
+            make = server.request_factory
+
+            def factory(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> Any:
+                seen.append(protocol.transport.get_extra_info("sockname")[1])
+                return make(message._replace(path="/moved" + message.path), payload, protocol, writer, task)
+
+            server.request_factory = factory
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            url = f"http://127.0.0.1:{port}/a?b"
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
+            assert (body, seen) == (b"/moved/a?b", [port]), (
+                "aiohttp no longer builds each request with Server.request_factory, read by a connection "
+                "as it opens, from a message with _replace(): serving.reach_by_port rewrites the path of "
+                "a request that arrives on a loopback namespace's own port there."
+            )
+        finally:
+            await runner.cleanup()
+
+    run(main)
 
 
 def test_a_site_started_on_a_kept_runner_listens_where_its_server_says(tmp_path: Path):

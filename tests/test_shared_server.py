@@ -13,54 +13,55 @@ from pathlib import Path
 
 import pytest
 
-from pytest_jumpstarter_http import LoopbackServer
 from pytest_jumpstarter_http.deviceapi import ReplySpec
+from pytest_jumpstarter_http.loopback import LocalServer
 from pytest_jumpstarter_http.namespaces import NamespaceError
 from pytest_jumpstarter_http.records import RUNS, FaultSpec
 
 
 @pytest.fixture
 def server(tmp_path: Path):
-    with LoopbackServer(tmp_path, staging=tmp_path).start() as running:
+    """The loopback's server, whose own folder is ``tmp_path``, as an exporter's with that root."""
+    with LocalServer("127.0.0.1", tmp_path) as running:
         yield running
 
 
 @pytest.fixture
 def owner(server):
-    return server._driver.namespaces.add_owner(f"{RUNS}/run-a", keep=False)
+    return server.driver.namespaces.add_owner(f"{RUNS}/run-a", keep=False)
 
 
 def test_a_fault_sent_without_a_namespace_is_refused(server):
     spec = FaultSpec("image.raw", status=503).under(("",))
     with pytest.raises(NamespaceError, match="no namespace None"):
-        server._driver.inject_fault(spec.as_dict(), None)
+        server.driver.inject_fault(spec.as_dict(), None)
 
 
 def test_a_fault_aimed_below_another_namespace_is_refused(server, owner):
-    mine = server._driver.open_namespace(owner.id, [f"{RUNS}/run-a"])
-    theirs = server._driver.open_namespace(owner.id, [f"{RUNS}/run-a"])
+    mine = server.driver.open_namespace(owner.id, [f"{RUNS}/run-a"])
+    theirs = server.driver.open_namespace(owner.id, [f"{RUNS}/run-a"])
     spec = FaultSpec("*", status=503).under((f"/pytest-jumpstarter-http/ns/{theirs}",))
     with pytest.raises(NamespaceError, match="is not below the namespace's URL"):
-        server._driver.inject_fault(spec.as_dict(), mine)
+        server.driver.inject_fault(spec.as_dict(), mine)
     reply = ReplySpec("a.raw", status=500).under(f"/pytest-jumpstarter-http/ns/{theirs}")
     with pytest.raises(NamespaceError, match="is not below the namespace's URL"):
-        server._driver.add_reply(reply.as_dict(), mine)
+        server.driver.add_reply(reply.as_dict(), mine)
 
 
 def test_a_fault_of_an_ended_namespace_is_refused(server, owner):
-    ended = server._driver.open_namespace(owner.id, [f"{RUNS}/run-a"])
-    server._driver.close_namespace(ended)
+    ended = server.driver.open_namespace(owner.id, [f"{RUNS}/run-a"])
+    server.driver.close_namespace(ended)
     spec = FaultSpec("a.raw", status=503).under((f"/pytest-jumpstarter-http/ns/{ended}",))
     with pytest.raises(NamespaceError, match="ended or never was"):
-        server._driver.inject_fault(spec.as_dict(), ended)
+        server.driver.inject_fault(spec.as_dict(), ended)
 
 
 @pytest.mark.parametrize("prefix", ["", "/", "/pytest-jumpstarter-http/", "/pytest-jumpstarter-http/ns/"])
 def test_no_call_over_the_wire_reads_requests_outside_one_namespace(server, prefix):
     with pytest.raises(NamespaceError, match="below no namespace's URL"):
-        server._driver.get_requests(0, prefix)
+        server.driver.get_requests(0, prefix)
     with pytest.raises(NamespaceError, match="below no namespace's URL"):
-        server._driver.get_in_flight(prefix)
+        server.driver.get_in_flight(prefix)
 
 
 def status(url: str) -> int:
@@ -86,5 +87,6 @@ def test_the_plugins_folders_are_not_served_at_their_own_path(server, tmp_path, 
     (tmp_path / "pytest-jumpstarter-http" / "objects").mkdir()
     (tmp_path / "pytest-jumpstarter-http" / "objects" / "abc").write_bytes(b"content")
     (tmp_path / "beside.bin").write_bytes(b"served")
-    assert status(f"{server.url}/beside.bin") == 200
-    assert status(f"{server.url}/{path}") == 404
+    url = f"http://127.0.0.1:{server.driver.get_port()}"
+    assert status(f"{url}/beside.bin") == 200
+    assert status(f"{url}/{path}") == 404

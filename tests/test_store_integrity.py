@@ -1,7 +1,7 @@
 """Issue 17: the exporter object store publishes only verified content, and never a partial at a served name.
 
 ``Store`` is driven against a real HttpServer driver's client: the loopback backend's own
-(``LoopbackServer.client``, a Jumpstarter session in this process), whose storage is a folder
+(``LocalServer.client``, a Jumpstarter session in this process), whose storage is a folder
 here, so that a test can change an object or the source under the store's feet as a stranger
 on the exporter would, and see every name the store ever writes.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_jumpstarter_http import LoopbackServer, locks
+from pytest_jumpstarter_http import locks
+from pytest_jumpstarter_http.loopback import LocalServer
 from pytest_jumpstarter_http.store import OBJECTS, Digests, SourceChanged, Store
 
 PARTS = "pytest-jumpstarter-http/runs/run/gw0/.parts"
@@ -36,7 +37,7 @@ def exporter_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def http(exporter_root: Path) -> Iterator[object]:
     """A real HttpServer driver client whose storage is ``exporter_root``."""
-    with LoopbackServer(exporter_root).start() as server:
+    with LocalServer("127.0.0.1", exporter_root) as server:
         yield server.client
 
 
