@@ -1,4 +1,5 @@
-"""The test process's client of :class:`~pytest_jumpstarter_http.driver.RecordingHttpServer`.
+"""The test process's client of :class:`~pytest_jumpstarter_http.driver.RecordingHttpServer`,
+and how a local file is streamed to a driver, this one's or a stock driver's storage.
 
 Jumpstarter builds it from the driver's ``client()`` path wherever a test talks to the driver:
 over gRPC on an exporter. Reading a request log does not import the server.
@@ -9,14 +10,26 @@ from __future__ import annotations
 import base64
 import contextlib
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, asynccontextmanager, closing
 from typing import TYPE_CHECKING, Any
 
+from anyio.abc import ObjectStream
+from jumpstarter.client import DriverClient
+from jumpstarter.common.resources import ResourceMetadata
+from jumpstarter.common.streams import ResourceStreamRequest, StreamRequestMetadata
+from jumpstarter.streams.common import forward_stream
+from jumpstarter.streams.metadata import MetadataStream, MetadataStreamAttributes
+from jumpstarter.streams.router import RouterStream
 from jumpstarter_driver_http.client import HttpServerClient
+from jumpstarter_driver_opendal.adapter import AsyncFileStream
+from opendal import AsyncOperator
 
 from .deviceapi import HANDLER_FAILED
 from .records import HttpRequest, Progress
 
 if TYPE_CHECKING:
+    from jumpstarter_driver_opendal.client import OpendalClient
+
     from .records import Answerer, Recorder
 
 
@@ -128,12 +141,7 @@ class RecordingHttpServerClient(ServerApi, HttpServerClient):
 
     def push(self, digest: str, fd: int) -> bool:
         """Send the open local file ``fd`` as the object ``digest``; whether the exporter got that content."""
-        from jumpstarter_driver_opendal.adapter import OpendalAdapter
-        from opendal import Operator
-
-        # The file as it is open, whatever its name is now.
-        path = f"/proc/self/fd/{fd}"
-        with OpendalAdapter(client=self, operator=Operator("fs", root="/"), path=path) as handle:
+        with file_resource(self, fd) as handle:
             return bool(self.call("push", digest, handle))
 
     def own_async(self, folder: str, keep: bool) -> AsyncIterator[Any]:
@@ -144,6 +152,43 @@ class RecordingHttpServerClient(ServerApi, HttpServerClient):
     def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
         """Read through the driver's storage: an upload may be larger than one call carries."""
         return bytes(self.storage.read_bytes(str(entry["stored"])))
+
+
+def write_from_fd(storage: OpendalClient, path: str, fd: int) -> None:
+    """``storage.write_from_path(path, ...)`` of the open local file ``fd``, without a progress bar."""
+    with closing(storage.open(path, "wb")) as remote, file_resource(storage, fd) as handle:
+        storage.call("file_write", remote.fd, handle)
+
+
+def file_resource(client: DriverClient, fd: int) -> AbstractContextManager[Any]:
+    """A handle through which a call to ``client``'s driver reads the open local file ``fd``:
+    Jumpstarter's ``OpendalAdapter`` on it, without a progress bar."""
+    return client.portal.wrap_async_context_manager(_file_resource(client, fd))
+
+
+@asynccontextmanager
+async def _file_resource(client: DriverClient, fd: int) -> AsyncIterator[Any]:
+    # The file as it is open, whatever its name is now.
+    file = await AsyncOperator("fs", root="/").open(f"/proc/self/fd/{fd}", "rb")
+    async with _resource(client, AsyncFileStream(file=file)) as handle:
+        yield handle
+
+
+@asynccontextmanager
+async def _resource(client: DriverClient, stream: ObjectStream[bytes]) -> AsyncIterator[Any]:
+    """``client.resource_async(stream)`` without the ``ProgressStream`` it wraps ``stream`` in.
+
+    That rich progress bar draws on the test's output, and only a TERM of "dumb" turns it off:
+    setting TERM would change it under every thread of the process (xdist's, the test's own).
+    """
+    request = StreamRequestMetadata.model_construct(request=ResourceStreamRequest(uuid=client.uuid))
+    context = client.stub.Stream(metadata=request.model_dump(mode="json", round_trip=True).items())
+    metadata = dict(list(await context.initial_metadata()))
+    async with MetadataStream(stream=RouterStream(context=context), metadata=metadata) as remote:
+        resource = ResourceMetadata.model_validate(remote.extra(MetadataStreamAttributes.metadata)).resource
+        # Sent as it is: resource_async compresses only for a content_encoding, which no caller gives.
+        async with forward_stream(stream, remote):
+            yield resource.model_dump(mode="json")
 
 
 def _int_or_none(value: Any) -> int | None:

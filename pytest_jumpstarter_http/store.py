@@ -40,6 +40,7 @@ from typing import Any
 
 from . import locks
 from .beneath import PROBE, EscapesRoot, open_beneath
+from .client import write_from_fd
 from .records import OBJECTS, PROGRESS_BYTES, HttpPublishError, name_problem
 
 log = logging.getLogger("pytest_jumpstarter_http.store")
@@ -172,7 +173,7 @@ class Store:
             return
         with self._partial() as partial:
             with self._progress_lines(label, os.fstat(fd).st_size):
-                self._storage.write_from_path(partial, f"/proc/self/fd/{fd}")
+                write_from_fd(self._storage, partial, fd)
             if not self._publish(partial, digest, obj):
                 raise self._changed(label, digest)
 
@@ -238,8 +239,7 @@ class Store:
         if say:
             say(f"jumpstarter-http: staging {label} ({mib:.1f} MiB) to {self._exporter} ...")
         began = time.monotonic()
-        with _quiet_progress():
-            yield
+        yield
         if say:
             took = max(time.monotonic() - began, 1e-6)
             say(f"jumpstarter-http: staged {label} in {took:.1f} s ({mib / took:.0f} MiB/s)")
@@ -298,17 +298,3 @@ def open_to_send(root: Path, name: str) -> int | None:
         raise HttpPublishError("this user may not read it") from None
     finally:
         os.close(probe)
-
-
-@contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """The Jumpstarter client draws a rich progress bar per transfer unless TERM is dumb."""
-    saved = os.environ.get("TERM")
-    os.environ["TERM"] = "dumb"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["TERM"]
-        else:
-            os.environ["TERM"] = saved

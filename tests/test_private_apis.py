@@ -183,6 +183,27 @@ def test_jumpstarter_s_client_still_decides_tcp_or_socket_with_is_tcp_address():
     )
 
 
+# --- jumpstarter's DriverClient.resource_async (client._resource, a copy less its progress bar) --
+
+
+def test_resource_async_still_opens_a_resource_stream_as_the_client_s_copy_of_it_does():
+    from jumpstarter.client.core import AsyncDriverClient
+
+    source = inspect.getsource(AsyncDriverClient.resource_async)
+    steps = [
+        "ResourceStreamRequest(uuid=self.uuid, x_jmp_content_encoding=content_encoding)",
+        "MetadataStream(stream=RouterStream(context=context), metadata=metadata)",
+        "ResourceMetadata(**rstream.extra(MetadataStreamAttributes.metadata))",
+        "forward_stream(ProgressStream(stream=stream), rstream)",
+        'metadata.resource.model_dump(mode="json")',
+    ]
+    changed = [step for step in steps if step not in source]
+    assert not changed, (
+        f"Jumpstarter's resource_async no longer does {changed}: client._resource() copies it, less "
+        "its ProgressStream, to send a file without a progress bar; read the new one and follow it."
+    )
+
+
 # --- aiohttp FileResponse._sendfile(request, fobj, offset, count) (serving.py) ------------------
 
 
