@@ -11,6 +11,7 @@ import base64
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, asynccontextmanager, closing
+from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 from anyio.abc import ObjectStream
@@ -151,13 +152,25 @@ class RecordingHttpServerClient(ServerApi, HttpServerClient):
 
     def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
         """Read through the driver's storage: an upload may be larger than one call carries."""
-        return bytes(self.storage.read_bytes(str(entry["stored"])))
+        return read_bytes(self.storage, str(entry["stored"]))
 
 
 def write_from_fd(storage: OpendalClient, path: str, fd: int) -> None:
     """``storage.write_from_path(path, ...)`` of the open local file ``fd``, without a progress bar."""
     with closing(storage.open(path, "wb")) as remote, file_resource(storage, fd) as handle:
         storage.call("file_write", remote.fd, handle)
+
+
+def read_bytes(storage: OpendalClient, path: str) -> bytes:
+    """``storage.read_bytes(path)``, without a progress bar."""
+    from jumpstarter_driver_opendal.client import BytesIOStream
+
+    into = BytesIO()
+    portal = storage.portal
+    sink = portal.wrap_async_context_manager(_resource(storage, BytesIOStream(buf=into)))
+    with closing(storage.open(path, "rb")) as remote, sink as handle:
+        storage.call("file_read", remote.fd, handle)
+    return into.getvalue()
 
 
 def file_resource(client: DriverClient, fd: int) -> AbstractContextManager[Any]:

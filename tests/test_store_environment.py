@@ -1,4 +1,5 @@
-"""Issue 25: a push to an exporter changes no environment variable and draws no progress bar.
+"""Issue 25: a push to an exporter, or a read of an upload, changes no environment variable and draws
+no progress bar.
 
 Jumpstarter's client wraps every stream it sends in a rich progress bar, unless TERM is dumb. A
 push used to set TERM to dumb for the whole process while it ran, under the feet of the test's
@@ -65,3 +66,17 @@ def test_a_push_sets_no_environment_variable_and_draws_no_progress_bar(
     assert environ.written == []
     assert "transfer" not in out + err
     assert (tmp_path / "exporter/served/image.raw").read_bytes() == DATA
+
+
+def test_reading_an_upload_sets_no_environment_variable_and_draws_no_progress_bar(
+    http, tmp_path, monkeypatch, capfd
+):
+    (tmp_path / "exporter" / "boot.log").write_bytes(DATA)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    environ = WritesRecorded(dict(os.environ))
+    monkeypatch.setattr(os, "environ", environ)
+    assert http.read_upload({"stored": "boot.log"}) == DATA
+    gc.collect()
+    out, err = capfd.readouterr()
+    assert environ.written == []
+    assert "transfer" not in out + err
