@@ -595,8 +595,10 @@ Answerer = Callable[[dict[str, Any]], dict[str, Any]]
 class Recorder(Protocol):
     """What a handle asks of its server beyond serving: its request log and its faults.
 
-    ``RecordingHttpServerClient`` answers over Jumpstarter's wire on an exporter; on loopback an
-    object of the handle's own answers from the driver in this process. Numbers and specs cross
+    ``client.ServerApi`` implements it once, over Jumpstarter's wire on an exporter
+    (``RecordingHttpServerClient``) and with the driver's own methods on loopback (``LocalApi``);
+    this typed view lets this layer's ``Fault``, ``Reply`` and ``Upload`` name it without importing
+    the test process's modules, and mypy checks ``ServerApi`` against it. Numbers and specs cross
     as the wire carries them.
     """
 

@@ -7,13 +7,7 @@ import http.client
 import urllib.error
 import urllib.request
 
-
-def status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
+from http_helpers import status
 
 
 def test_the_handles_of_a_process_are_namespaces_of_its_one_server_each_on_a_port_of_its_own(

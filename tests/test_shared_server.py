@@ -7,11 +7,10 @@ wire; the server is a real one on loopback.
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from http_helpers import status
 
 from pytest_jumpstarter_http.deviceapi import ReplySpec
 from pytest_jumpstarter_http.loopback import LocalServer
@@ -62,14 +61,6 @@ def test_no_call_over_the_wire_reads_requests_outside_one_namespace(server, pref
         server.driver.get_requests(0, prefix)
     with pytest.raises(NamespaceError, match="below no namespace's URL"):
         server.driver.get_in_flight(prefix)
-
-
-def status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 @pytest.mark.parametrize(
