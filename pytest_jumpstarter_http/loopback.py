@@ -257,11 +257,6 @@ class LoopbackServer(HttpServerHandle):
         return self._namespace
 
     @property
-    def running(self) -> bool:
-        """Whether it was started and not stopped yet."""
-        return self._started and not self._stopped
-
-    @property
     def port(self) -> int:
         if not self._started:
             raise RuntimeError(f"{type(self).__name__} on {str(self.root)!r} was never started; start() it.")

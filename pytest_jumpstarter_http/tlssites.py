@@ -1,9 +1,9 @@
 """HTTPS beside a running server: a TLS site of the same app, on a port of its own, per owner.
 
 An exporter's server is shared by every run that reaches it, each with a CA of its own, so TLS
-never replaces the plain site: each owner (a run, or a loopback handle) gets a
-site of its own with its certificate (an ``aiohttp.web.TCPSite`` with an SSL context) added to
-the running ``AppRunner``. The same app answers on it, so namespaces, the request log and
+never replaces the plain site: each owner (a run) gets a site of its own with its certificate
+(an ``aiohttp.web.TCPSite`` with an SSL context) added to the running ``AppRunner``; a loopback
+handle's namespace gets one in ``RecordingHttpServer.serve_namespace``. The same app answers on it, so namespaces, the request log and
 faults are the plain server's. A site closes when its owner ends (:meth:`TlsSites.close`)
 or when the server stops, whose runner closes every site it has.
 
