@@ -3,9 +3,10 @@
 An exporter's server is shared by every run that reaches it, each with a CA of its own, so TLS
 never replaces the plain site: each owner (a run) gets a site of its own with its certificate
 (an ``aiohttp.web.TCPSite`` with an SSL context) added to the running ``AppRunner``; a loopback
-handle's namespace gets one in ``RecordingHttpServer.serve_namespace``. The same app answers on it, so namespaces, the request log and
-faults are the plain server's. A site closes when its owner ends (:meth:`TlsSites.close`)
-or when the server stops, whose runner closes every site it has.
+handle's namespace gets one in ``RecordingHttpServer.serve_namespace``. The same app answers on
+it, so namespaces, the request log and faults are the plain server's. A site closes when its
+owner ends (:meth:`TlsSites.close`) or when the server stops, whose runner closes every site it
+has.
 
 A handshake a site refuses (plain HTTP sent to its port, a client certificate missing or of
 another CA, a client that does not trust the server's) reaches no handler, so the site's context
