@@ -200,6 +200,8 @@ class LoopbackServer(HttpServerHandle):
         #: Whether it made the server it is a namespace of, which it stops with itself.
         self._made_server = server is None
         if server is None:
+            # No pytest here to give a basetemp: a folder mkdtemp makes (0700, a name no one else
+            # can have made first) for what devices upload, removed at stop().
             server = LocalServer(host, Path(tempfile.mkdtemp(prefix="pytest-jumpstarter-http-")), timeout)
         self._server = server
         super().__init__(Path(root), host, recorder=server.api, progress=progress, tls=tls)
@@ -223,7 +225,11 @@ class LoopbackServer(HttpServerHandle):
         """Open its namespace on the server, on a free port of the configured range."""
         server = self._server
         if self._made_server:
-            server.start()
+            try:
+                server.start()
+            except BaseException:
+                shutil.rmtree(server.root, ignore_errors=True)
+                raise
         self._started = True
         try:
             shown = [self.root]
@@ -356,8 +362,10 @@ class LoopbackServer(HttpServerHandle):
         finally:
             try:
                 if self._made_server:
-                    self._server.stop()
-                    shutil.rmtree(self._server.root, ignore_errors=True)
+                    try:
+                        self._server.stop()
+                    finally:
+                        shutil.rmtree(self._server.root, ignore_errors=True)
             finally:
                 if self._made_staging is not None and self._release is not None:
                     self._release(self._made_staging, failed)
