@@ -114,8 +114,11 @@ class ServerApi:
         return str(self.call("accept_uploads", spec, namespace))
 
     def end(self, ident: str, namespace: str | None = None) -> int:
-        self.handlers.pop(ident, None)  # a reply's handler ends with it
+        self.forget(ident)  # a reply's handler ends with it
         return int(self.call("end", ident, namespace))
+
+    def forget(self, ident: str) -> None:
+        self.handlers.pop(ident, None)
 
     def hits(self, ident: str, namespace: str | None = None) -> int:
         return int(self.call("hits", ident, namespace))

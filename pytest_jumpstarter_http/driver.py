@@ -77,8 +77,8 @@ class RecordingHttpServer(HttpServer):
         self.namespaces = Namespaces(self.root_dir)
         #: Port -> the URL path of the namespace a site of its own serves there (the loopback's).
         self._reached: dict[int, str] = {}
-        #: Namespace token -> the sites of its own.
-        self._sites: dict[str, list[Any]] = {}
+        #: Namespace token -> the sites of its own, and their ports.
+        self._sites: dict[str, list[tuple[Any, int]]] = {}
         self.tls = TlsSites(self._refused)
         #: Where HTTPS sites go: the configured ports, or any free one (0).
         self._tls_ports: range | int = 0 if self.tls_ports is None else port_range(self.tls_ports)
@@ -100,6 +100,8 @@ class RecordingHttpServer(HttpServer):
 
     @export
     async def start(self) -> None:
+        # The driver's start() cleans up a running runner first, its sites with it.
+        self._forget_sites()
         try:
             await super().start()
         except BaseException:
@@ -139,9 +141,13 @@ class RecordingHttpServer(HttpServer):
         try:
             await super().stop()
         finally:
-            self.tls.forget_all()
-            self._sites.clear()  # its runner closed them
-            self._reached.clear()
+            self._forget_sites()
+
+    def _forget_sites(self) -> None:
+        """Forget the sites of a runner that closed them."""
+        self.tls.forget_all()
+        self._sites.clear()
+        self._reached.clear()
 
     async def serve_namespace(self, token: str, port: int, tls: TlsSpec | None = None) -> int:
         """Serve the namespace ``token`` at the root of a site of its own, on ``port`` (0: any free
@@ -155,25 +161,25 @@ class RecordingHttpServer(HttpServer):
         if tls is not None:  # a refused handshake names no path: log it at the namespace's URL
             context = server_context(tls, lambda words: self._log_refused([url + "/"], words))
         site, bound = await open_site(self.runner, self.host, port, context)
-        self._sites.setdefault(token, []).append(site)
+        self._sites.setdefault(token, []).append((site, bound))
         self._reached[bound] = url
         return bound
 
     def port_of(self, token: str) -> int:
         """The port of the namespace's own site that opened last and still listens (0: none)."""
-        runner = self.runner
-        live = [site for site in self._sites.get(token, []) if runner is not None and site in runner.sites]
-        return _port(live[-1]) if live else 0
+        sites = [] if self.runner is None else self.runner.sites
+        live = [port for site, port in self._sites.get(token, []) if site in sites]
+        return live[-1] if live else 0
 
     async def end_namespace(self, token: str) -> None:
         """End the namespace ``token`` (:meth:`close_namespace`) and its own sites: each of their
         connections ends after its request, a download in flight given ``shutdown_grace``."""
         self.close_namespace(token)  # first: its faults release the responses they stall
         sites = self._sites.pop(token, [])
-        ports = {_port(site) for site in sites}
+        ports = {port for _, port in sites}
         runner = self.runner
         if runner is not None and sites:
-            for site in sites:
+            for site, _ in sites:
                 if site in runner.sites:  # a stopped server's runner closed it already
                     await site.stop()
             await asyncio.sleep(0)  # as the runner's cleanup: requests accepted so far start first
@@ -406,10 +412,6 @@ def _sha256(digest: str) -> str:
     if not _SHA256.fullmatch(str(digest)):
         raise ValueError(f"{str(digest)[:80]!r} is no sha256; give 64 lowercase hex digits")
     return str(digest)
-
-
-def _port(site: Any) -> int:
-    return int(site._server.sockets[0].getsockname()[1])  # as tlssites.open_site reads it
 
 
 def _local_port(connection: Any) -> int | None:

@@ -566,7 +566,7 @@ class ExporterServer(HttpServerHandle):
         """End this handle's faults and namespace and remove its own folder from the exporter (unless
         ``--http-keep`` keeps it); the server runs on."""
         try:
-            self.clear_faults()
+            self._end_scripts()
         finally:
             self._close_namespace()
         # An exporter that is gone holds nothing to remove, and its tests were told already.

@@ -448,6 +448,13 @@ class HttpServerHandle(ABC):
         """End every fault this handle injected; the fixtures call it as each test ends."""
         _clear_each(self._faults, lambda fault: fault.clear())
 
+    def _end_scripts(self) -> None:
+        """As it stops: end its faults (each keeps its last hits) and forget its replies' handlers,
+        which the server API outlives; its namespace's end ends the rest on the server."""
+        for reply in self._replies:
+            self._recorder.forget(reply.id)
+        self.clear_faults()
+
     def respond(
         self,
         path: str | os.PathLike[str],

@@ -146,11 +146,14 @@ class LocalServer:
     def stop(self) -> None:
         """End what this process owns on the server, and stop it."""
         try:
-            self._client_stack.close()
+            # The server first: the session's close would close the driver, skipping its stop().
             eventloop.call(self._stopped, timeout=self.timeout)
         finally:
-            self._client = None
-            eventloop.release()
+            try:
+                self._client_stack.close()
+            finally:
+                self._client = None
+                eventloop.release()
 
     async def _stopped(self) -> None:
         if self._task is not None:
@@ -356,7 +359,7 @@ class LoopbackServer(HttpServerHandle):
             if self._namespace is not None:
                 self._port = self._server.driver.port_of(self._namespace) or self._port
                 try:
-                    self.clear_faults()  # each keeps its last hits; the namespace ends the rest
+                    self._end_scripts()
                 finally:
                     eventloop.call(self._server.driver.end_namespace, self._namespace, timeout=self._timeout)
         finally:

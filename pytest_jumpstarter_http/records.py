@@ -623,6 +623,10 @@ class Recorder(Protocol):
         """How often a fault, reply, upload folder or credential set through ``namespace`` acted so far."""
         ...
 
+    def forget(self, ident: str) -> None:
+        """Forget the handler of reply ``ident`` (if it has one), which its namespace's end ended."""
+        ...
+
     def add_reply(
         self, spec: dict[str, Any], namespace: str | None = None, handler: Answerer | None = None
     ) -> str:

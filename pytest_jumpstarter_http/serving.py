@@ -429,7 +429,8 @@ class BeneathFiles:
             # As the device asked: a namespace reached by its own port has no prefix in its URLs.
             path = path.removeprefix(request.get(REACHED_KEY, ""))
             if name and not path.endswith("/"):
-                target = posixpath.normpath(path)  # "/sub/." is "/sub/"
+                # "/sub/." is "/sub/"; "//sub" is "/sub/", not a URL of the host "sub".
+                target = "/" + posixpath.normpath(path).lstrip("/")
                 target += "" if target.endswith("/") else "/"
                 raise web.HTTPMovedPermanently(target + ("?" + query if query else ""))
             raise web.HTTPForbidden()  # show_index=False

@@ -3,11 +3,16 @@ is a namespace of one RecordingHttpServer, which a port of the handle's own reac
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from http_helpers import status
+
+from pytest_jumpstarter_http.loopback import LocalServer, LoopbackServer
 
 
 def test_the_handles_of_a_process_are_namespaces_of_its_one_server_each_on_a_port_of_its_own(
@@ -48,3 +53,63 @@ def test_a_folder_asked_without_its_slash_is_redirected_to_the_url_the_device_us
     finally:
         connection.close()
     assert (response.status, response.getheader("Location")) == (301, "/sub/?v=1")
+
+
+def test_a_folder_asked_with_a_leading_double_slash_is_redirected_on_this_server(http_server):
+    (http_server.root / "sub").mkdir()
+    connection = http.client.HTTPConnection("127.0.0.1", http_server.port, timeout=10)
+    try:
+        connection.request("GET", "//sub")
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    # "//sub/" would name the host "sub" to a browser: an open redirect.
+    assert (response.status, response.getheader("Location")) == (301, "/sub/")
+
+
+def test_a_handle_stops_cleanly_after_a_test_started_its_running_server_again(http_server_factory):
+    handle = http_server_factory()
+    (handle.root / "x").write_text("x")
+    handle.client.start()  # the stock driver's start() drops the running runner and its sites
+    assert status(handle.url + "/x") == 200
+    handle.stop()
+    assert handle.client.get_port() != 0
+
+
+def test_a_replys_handler_is_forgotten_when_its_handle_stops(http_server_factory):
+    handle = http_server_factory()
+    reply = handle.respond("api", handler=lambda request: None)  # type: ignore[arg-type,return-value]
+    assert reply.id in handle._recorder.handlers
+    handle.stop()
+    # The process's server API outlives every handle: a handler kept there would pile up.
+    assert reply.id not in handle._recorder.handlers
+
+
+def _fds_below(folder: Path) -> list[str]:
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the fd listdir() read them through
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return [target for target in targets if target.startswith(str(folder))]
+
+
+def test_a_local_server_whose_client_was_used_stops_with_its_connections_and_folders(tmp_path):
+    root, own = tmp_path / "root", tmp_path / "server"
+    root.mkdir()
+    own.mkdir()
+    (root / "x").write_text("x")
+    server = LocalServer("127.0.0.1", own).start()
+    handle = LoopbackServer(root, server=server).start()
+    try:
+        port = server.client.get_port()  # a Jumpstarter session on the server, closed at stop()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", f"{handle._url_path()}/x")
+        assert connection.getresponse().read() == b"x"
+    finally:
+        handle.stop()
+        server.stop()
+    assert connection.sock is not None
+    assert connection.sock.recv(1) == b""  # the server closed the kept-alive connection
+    connection.close()
+    assert _fds_below(tmp_path) == []
