@@ -83,7 +83,7 @@ class RecordingHttpServer(HttpServer):
         #: Where HTTPS sites go: the configured ports, or any free one (0).
         self._tls_ports: range | int = 0 if self.tls_ports is None else port_range(self.tls_ports)
         self._starting = asyncio.Lock()
-        root = [Path(self.root_dir)]
+        root = Path(self.root_dir)
         self._files = files = beneath_middleware(root, log=self.request_log, namespaces=self.namespaces)
         # Outermost: a request is numbered as it starts, before a fault holds it.
         self.app.middlewares.append(Numbered(self.request_log))
@@ -242,7 +242,7 @@ class RecordingHttpServer(HttpServer):
     def _refused(self, owner: str, words: str) -> None:
         """Log a handshake an HTTPS site of ``owner`` refused, which names no URL: in each namespace
         the owner ``owner`` has open (its site serves them all)."""
-        self._log_refused([f"/{NS}/{token}/" for token in self.namespaces.open_of(owner) or []], words)
+        self._log_refused([f"/{NS}/{token}/" for token in self.namespaces.open_of(owner)], words)
 
     def _log_refused(self, paths: list[str], words: str) -> None:
         seq = self.request_log.start()

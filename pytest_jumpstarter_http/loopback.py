@@ -72,13 +72,14 @@ class LocalApi(ServerApi):
 class LocalServer:
     """The process's one RecordingHttpServer, on the loop thread, with this process as its owner.
 
-    ``root`` is the server's own folder: what devices upload goes below it, never into a served
-    root. Works on its own as a context manager; the loopback backend keeps one per process.
+    ``folder`` is the server's own (its driver's ``root_dir``): what devices upload goes below it,
+    never into a served root. Works on its own as a context manager; the loopback backend keeps one
+    per process.
     """
 
-    def __init__(self, host: str, root: Path, timeout: float = 30.0) -> None:
-        self.root = root
-        self.driver = new_driver(host, root)
+    def __init__(self, host: str, folder: Path, timeout: float = 30.0) -> None:
+        self.folder = folder
+        self.driver = new_driver(host, folder)
         #: The server API, as every handle of it calls it.
         self.api = LocalApi(self.driver)
         self.timeout = timeout
@@ -136,7 +137,7 @@ class LocalServer:
             from jumpstarter_driver_opendal.driver import Opendal
 
             self.driver.children["storage"] = Opendal(  # type: ignore[abstract]
-                scheme="fs", kwargs={"root": str(self.root)}, remove_created_on_close=False
+                scheme="fs", kwargs={"root": str(self.folder)}, remove_created_on_close=False
             )
             portal = eventloop.portal()
             session = portal.wrap_async_context_manager(serve_async(self.driver, portal, self._client_stack))
@@ -231,7 +232,7 @@ class LoopbackServer(HttpServerHandle):
             try:
                 server.start()
             except BaseException:
-                shutil.rmtree(server.root, ignore_errors=True)
+                shutil.rmtree(server.folder, ignore_errors=True)
                 raise
         self._started = True
         try:
@@ -368,21 +369,21 @@ class LoopbackServer(HttpServerHandle):
                     try:
                         self._server.stop()
                     finally:
-                        shutil.rmtree(self._server.root, ignore_errors=True)
+                        shutil.rmtree(self._server.folder, ignore_errors=True)
             finally:
                 if self._made_staging is not None and self._release is not None:
                     self._release(self._made_staging, failed)
 
 
-def new_driver(host: str, root: str | os.PathLike[str]) -> RecordingHttpServer:
+def new_driver(host: str, folder: str | os.PathLike[str]) -> RecordingHttpServer:
     """Jumpstarter's HttpServer driver (recording) for the loopback's server on ``host``, not
-    started, its own folder ``root``."""
+    started, its own folder ``folder``."""
     from .driver import RecordingHttpServer
 
     # The driver's defaults bind the LAN address on port 8080 and serve /var/www; never use them.
     # mypy takes the grpc servicer methods the Driver base leaves to the exporter as abstract.
     return RecordingHttpServer(  # type: ignore[abstract]
-        root_dir=str(root),
+        root_dir=str(folder),
         host=host,
         port=0,
         remove_created_on_close=False,
@@ -475,7 +476,7 @@ class LoopbackBackend:
             try:
                 server.stop()
             finally:
-                # Kept only if a device uploaded to it: an empty folder keeps nothing worth a line.
+                # Empty unless a test accepted device uploads: then nothing worth a --http-keep line.
                 with contextlib.suppress(OSError):
-                    server.root.rmdir()
-                self._roots.remove(server.root, failed=failed)
+                    server.folder.rmdir()
+                self._roots.remove(server.folder, failed=failed)

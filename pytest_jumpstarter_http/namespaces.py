@@ -118,11 +118,11 @@ class Namespaces:
             raise NamespaceError(f"no owner {owner_id!r} holds this server; it ended or never was")
         return owner
 
-    def open_of(self, owner_id: str) -> list[str] | None:
-        """The namespaces the owner ``owner_id`` has open; None if it is no owner (now)."""
+    def open_of(self, owner_id: str) -> list[str]:
+        """The namespaces the owner ``owner_id`` has open (none if it is no owner now)."""
         with self._lock:
             owner = self._owners.get(owner_id)
-            return None if owner is None else sorted(owner.namespaces)
+            return [] if owner is None else sorted(owner.namespaces)
 
     def open(self, owner_id: str, folders: list[str], asks: float = 0.0) -> str:
         """A new namespace of the owner ``owner_id`` that shows ``folders`` (its own, below the
@@ -297,7 +297,8 @@ class Namespaces:
 
 def _split(name: str) -> tuple[str, list[str] | None] | None:
     """The namespace token of a URL name below ``NS/``, and the parts of the name in it, its dot
-    segments resolved as a device's client resolves them; None for parts that lead out of it."""
+    segments resolved inside the namespace; None for parts that lead out of it (a 404, where a
+    client would have resolved ``/../x`` to ``/x``)."""
     if not name.startswith(NS + "/"):
         return None
     token, _, rest = name[len(NS) + 1 :].partition("/")

@@ -23,7 +23,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, Protocol
@@ -351,20 +350,20 @@ class ServedFile(FileResponse):
 
 
 class BeneathFiles:
-    """The middleware: answers GET/HEAD of the static route from ``roots``, first holder wins.
+    """The middleware: answers GET/HEAD of the static route from ``root``.
 
-    ``roots`` is read at each request, so the caller may append to it (a folder of staged
-    files). Each root is opened once, on first use, and closed by :meth:`close` (added to the
-    app's ``on_cleanup`` by :func:`beneath_middleware`'s caller, or called directly). A name in
-    a namespace of ``namespaces`` is looked for in the folders of the first root it shows.
+    A name in a namespace of ``namespaces`` is looked for in the folders the namespace shows,
+    first holder wins. Each folder is opened once, on first use, and closed by :meth:`close`
+    (added to the app's ``on_cleanup`` by :func:`beneath_middleware`'s caller, or called
+    directly).
     """
 
     __middleware_version__ = 1
 
     def __init__(
-        self, roots: Sequence[Path], *, log: RequestLog | None = None, namespaces: Namespaces | None = None
+        self, root: Path, *, log: RequestLog | None = None, namespaces: Namespaces | None = None
     ) -> None:
-        self.roots = roots
+        self.root = root
         self.log = log
         self.namespaces = namespaces
         self._held: dict[Path, OpenFolder] = {}
@@ -450,11 +449,9 @@ class BeneathFiles:
         return self._lookup(name)
 
     def _places(self, name: str) -> list[tuple[Path, str]]:
-        """Where the URL name may be: each root, or a namespace's places."""
+        """Where the URL name may be: the root, or a namespace's places."""
         shown = self.namespaces.resolve(name) if self.namespaces is not None else None
-        if shown is None:
-            return [(path, name) for path in list(self.roots)]
-        return shown
+        return [(self.root, name)] if shown is None else shown
 
     def _lookup(self, name: str) -> tuple[int, OpenFolder]:
         """The name opened (O_PATH) in the first place that holds it."""
@@ -477,27 +474,27 @@ class BeneathFiles:
             return root
 
     def close(self) -> None:
-        """Close the roots held open; the next request opens them again."""
+        """Close the folders held open; the next request opens them again."""
         with self._lock:
             held, self._held = self._held, {}
         for root in held.values():
             root.close()
 
     async def on_cleanup(self, app: object) -> None:
-        """For ``app.on_cleanup``: close the roots when the server stops."""
+        """For ``app.on_cleanup``: close the folders when the server stops."""
         self.close()
 
 
 def beneath_middleware(
-    roots: Sequence[Path], *, log: RequestLog | None = None, namespaces: Namespaces | None = None
+    root: Path, *, log: RequestLog | None = None, namespaces: Namespaces | None = None
 ) -> BeneathFiles:
-    """A middleware serving the static route's files from ``roots`` without ever leaving them.
+    """A middleware serving the static route's files from ``root`` without ever leaving it.
 
     Append it to ``app.middlewares`` and its ``on_cleanup`` to ``app.on_cleanup`` before the
     app starts. With ``log``, downloads under way show in ``log.in_flight()``; with
     ``namespaces``, their URLs serve their folders.
     """
-    return BeneathFiles(roots, log=log, namespaces=namespaces)
+    return BeneathFiles(root, log=log, namespaces=namespaces)
 
 
 def _encrypted(request: Any) -> bool:

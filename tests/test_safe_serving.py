@@ -38,7 +38,6 @@ def serving(
     root: Path,
     *,
     safe: bool = True,
-    roots: list[Path] | None = None,
     log: RequestLog | None = None,
     outer: Middleware | None = None,
 ) -> Iterator[int]:
@@ -51,7 +50,7 @@ def serving(
     if outer is not None:
         driver.app.middlewares.append(outer)
     if safe:
-        files = beneath_middleware(roots if roots is not None else [root], log=log)
+        files = beneath_middleware(root, log=log)
         driver.app.middlewares.append(files)
         driver.app.on_cleanup.append(files.on_cleanup)
 
@@ -264,24 +263,6 @@ def test_answers_match_the_stock_static_route(
         assert [answer[0] for answer in answers] == [403, 301]
     else:
         assert answers[1] == answers[0]
-
-
-# -- staged files ------------------------------------------------------------------------------
-
-
-def test_a_second_root_serves_what_the_first_lacks_and_the_first_wins(tmp_path: Path) -> None:
-    root, staged = tmp_path / "root", tmp_path / "staged"
-    root.mkdir()
-    roots = [root]
-    (root / "both").write_bytes(b"from root")
-    with serving(root, roots=roots) as port:
-        assert fetch(port, "GET", "/only-staged")[0] == 404
-        staged.mkdir()
-        (staged / "both").write_bytes(b"from staged")
-        (staged / "only-staged").write_bytes(b"staged")
-        roots.append(staged)  # appended after start, as the plugin stages later
-        assert fetch(port, "GET", "/only-staged")[:2] == (200, b"staged")
-        assert fetch(port, "GET", "/both")[:2] == (200, b"from root")
 
 
 # -- bytes sent and completion -----------------------------------------------------------------
