@@ -163,6 +163,7 @@ class ExporterBackend:
                 # The server removes an owner's folder, partial files and all, when it ends; the stock
                 # driver cannot, so its partials go where the next run of this machine sweeps them.
                 parts=f"{folder}/.parts" if owner is not None else None,
+                spares=f"{folder}/.spares" if owner is None else None,
             )
             self._used[key] = Used(connection, http, path, store, folder, owner)
         return self._used[key]
@@ -642,14 +643,18 @@ class StockServer(ExporterServer):
         return self.served
 
     def _remove_what_it_wrote(self) -> None:
+        staged, self._staged = self._staged, set()
+        names = [f"{self.served}/{name}" for name in sorted(staged)] if self.served != self.folder else []
         try:
+            with self.connection.answering():
+                for each in [*names, self.folder + "/"]:  # the next test's stage() renames, not copies
+                    self._store.spare(each)
             super()._remove_what_it_wrote()
         finally:
-            staged, self._staged = self._staged, set()
-            for name in sorted(staged) if self.served != self.folder else ():
+            for name in names:
                 with self.connection.answering():
-                    self._http.storage.delete(f"{self.served}/{name}")
-                self._store.forget(f"{self.served}/{name}")
+                    self._http.storage.delete(name)
+                self._store.forget(name)
 
 
 def _certified(

@@ -94,10 +94,14 @@ class Store:
         progress: Callable[[str], None] | None,
         *,
         parts: str | None = None,
+        spares: str | None = None,
     ) -> None:
         """``parts``: an exporter folder of this process alone for partial writes and copies
         (removed by its owner), which only a RecordingHttpServer gives: it receives objects
-        itself (``push``). None puts them in ``objects/``, swept by the next process."""
+        itself (``push``). None puts them in ``objects/``, swept by the next process.
+        ``spares``: an exporter folder of this process alone where :meth:`spare` moves the copies
+        a handle placed, which a later :meth:`put` of that content renames into place (the stock
+        driver's, which copies each staged file: one copy per process and content)."""
         self._http = http
         self._pushes = parts is not None
         self._storage = http.storage
@@ -112,12 +116,20 @@ class Store:
         self._placed: dict[str, str] = {}
         #: Objects this process sent, or found and checked once.
         self._objects: set[str] = set()
+        self._spares_folder = spares
+        #: Copies this process checked and moved aside, by content: sha256 -> where it is.
+        self._spares: dict[str, str] = {}
         self._sweep_partials()
 
     def put(self, fd: int, label: str, target: str) -> None:
         """Make the exporter serve the open local file ``fd`` (named ``label`` in messages) as ``target``."""
         digest = self._digests.of(fd)
         if self._placed.get(target) == digest or self._holds(target, digest):
+            self._placed[target] = digest
+            return
+        spare = self._spares.pop(digest, None)
+        if spare is not None:  # checked as it was copied: an object is verified once per process
+            self._storage.rename(spare, target)
             self._placed[target] = digest
             return
         self._ensure_object(fd, digest, label)
@@ -144,6 +156,23 @@ class Store:
     def _holds(self, path: str, digest: str) -> bool:
         """Whether ``path`` on the exporter holds the content ``digest`` (a mirror kept from a past run)."""
         return bool(self._storage.exists(path)) and self._storage.hash(path, "sha256") == digest
+
+    def spare(self, below: str) -> None:
+        """Move what this process placed at or below ``below`` (a name, or a folder ending in ``/``)
+        aside as spares, one per content, before the caller removes the rest; forget it."""
+        if self._spares_folder is None:
+            return
+        for target, digest in sorted(self._placed.items()):
+            if target != below and not (below.endswith("/") and target.startswith(below)):
+                continue
+            if digest not in self._spares:
+                spare = f"{self._spares_folder}/{digest}"
+                try:
+                    self._storage.rename(target, spare)
+                except Exception:  # gone or moved: the caller removes what is left
+                    continue
+                self._spares[digest] = spare
+                del self._placed[target]
 
     def forget(self, folder: str) -> None:
         """Forget what this process placed below ``folder`` (it was removed from the exporter)."""

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from jumpstarter_helpers import (
@@ -86,8 +87,8 @@ def test_staged_by_the_test_before(http_url):
     assert caught.value.code == 404
 
 
-def test_stage_again(http_server, tmp_path):
-    big = tmp_path / "big.img"
+def test_stage_again(http_server):
+    big = WORK / "big.img"
     big.write_bytes(os.urandom(64 << 20))
     url = http_server.stage(big)
     before = on_exporter(url).stat()
@@ -97,6 +98,15 @@ def test_stage_again(http_server, tmp_path):
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert hashlib.sha256(fetch(url)).digest() == hashlib.sha256(big.read_bytes()).digest()
     record("folders", str(on_exporter(url).parent))
+    os.link(on_exporter(url), WORK / "big.held")  # so that no later file can get its inode number
+    record("big", [url, after.st_ino])
+
+
+def test_stage_the_same_content_in_the_next_test(http_server):
+    big = WORK / "big.img"
+    url = http_server.stage(big, "renamed.img")
+    assert hashlib.sha256(fetch(url)).digest() == hashlib.sha256(big.read_bytes()).digest()
+    record("big", [url, on_exporter(url).stat().st_ino])
 
 
 @pytest.mark.parametrize("name", ["../x", "a/../../x", "..", "/../x"])
@@ -220,6 +230,17 @@ def test_a_run_leaves_only_the_content_it_sent_on_the_exporter(shell_run: ShellR
 
 def test_staging_an_unchanged_64_mib_file_again_uploads_nothing(shell_run: ShellRun) -> None:
     shell_run.fresh.assert_passed("test_stage_again")
+
+
+def test_the_next_test_staging_that_content_on_the_stock_driver_gets_the_copy_moved_not_a_new_one(
+    shell_run: ShellRun,
+) -> None:
+    shell_run.fresh.assert_passed("test_stage_the_same_content_in_the_next_test")
+    (first, first_inode), (then, then_inode) = shell_run.record["big"]
+    first_path = shell_run.www / urlparse(first).path.lstrip("/")
+    assert not first_path.exists()  # gone with the test that staged it
+    assert urlparse(then).path != urlparse(first).path
+    assert then_inode == first_inode  # one copy per process and content, renamed into place
 
 
 def test_names_that_leave_the_root_are_refused_and_nothing_lands_outside_it(shell_run: ShellRun) -> None:
