@@ -48,11 +48,11 @@ class LocalApi(ServerApi):
     """The server API of the process's own server: the driver's exported methods, called here
     (a coroutine on the server's loop thread)."""
 
-    def __init__(self, driver: RecordingHttpServer) -> None:
-        self._driver = driver
+    def __init__(self, server: LocalServer) -> None:
+        self._server = server
 
     def call(self, method: str, *args: Any) -> Any:
-        bound = getattr(self._driver, method)
+        bound = getattr(self._server.driver, method)
         if inspect.iscoroutinefunction(bound):
             return eventloop.call(bound, *args)
         return bound(*args)
@@ -60,28 +60,34 @@ class LocalApi(ServerApi):
     def get_requests(self, start: int = 0, prefix: str = "") -> tuple[int, list[Any]]:
         # A client can read a response before the server's task logs it; while a connection is
         # open, let the loop catch up (a closed one has logged everything it answered).
-        runner = self._driver.runner
+        runner = self._server.driver.runner
         if runner is not None and runner.server is not None and runner.server.connections:
             eventloop.call(_settle)
         return super().get_requests(start, prefix)
 
     def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
-        return self._driver.device_api.read(str(entry["api_id"]), str(entry["name"]), namespace)
+        return self._server.driver.device_api.read(str(entry["api_id"]), str(entry["name"]), namespace)
 
 
 class LocalServer:
     """The process's one RecordingHttpServer, on the loop thread, with this process as its owner.
 
     ``folder`` is the server's own (its driver's ``root_dir``): what devices upload goes below it,
-    never into a served root. Works on its own as a context manager; the loopback backend keeps one
-    per process.
+    never into a served root. Without one, :meth:`start` makes a private folder (``mkdtemp``: 0700,
+    a random name) in the system's temporary folder, and :meth:`stop` removes it: used without
+    pytest, there is no basetemp. Works on its own as a context manager; the loopback backend keeps
+    one per process, its folder below pytest's basetemp.
     """
 
-    def __init__(self, host: str, folder: Path, timeout: float = 30.0) -> None:
-        self.folder = folder
-        self.driver = new_driver(host, folder)
+    def __init__(self, host: str, folder: Path | None = None, timeout: float = 30.0) -> None:
+        self.host = host
+        self._folder = folder
+        #: Whether start() makes the folder, and stop() removes it.
+        self._makes_folder = folder is None
+        #: The driver, made by start(): Jumpstarter's makes its root_dir as it is made.
+        self._driver: RecordingHttpServer | None = None
         #: The server API, as every handle of it calls it.
-        self.api = LocalApi(self.driver)
+        self.api = LocalApi(self)
         self.timeout = timeout
         #: This process's id as the server's owner, once started.
         self.owner = ""
@@ -89,8 +95,27 @@ class LocalServer:
         self._client: Any = None
         self._client_stack = ExitStack()
 
+    @property
+    def folder(self) -> Path:
+        """The server's own folder."""
+        if self._folder is None:
+            raise RuntimeError("LocalServer: its folder is made by start(); start() it first.")
+        return self._folder
+
+    @property
+    def driver(self) -> RecordingHttpServer:
+        """The server's driver: Jumpstarter's HttpServer, recording."""
+        if self._driver is None:
+            raise RuntimeError("LocalServer: its driver is made by start(); start() it first.")
+        return self._driver
+
     def start(self) -> Self:
         """Start the server and own it; the loop thread runs until :meth:`stop`."""
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="pytest-jumpstarter-http-"))
+            self._driver = None  # one made for a folder removed since
+        if self._driver is None:
+            self._driver = new_driver(self.host, self._folder)
         # Each running server holds the loop thread: used without pytest, the last stop() ends
         # the thread, whose portal would otherwise hang the interpreter's exit.
         eventloop.acquire()
@@ -98,8 +123,14 @@ class LocalServer:
             self.owner = eventloop.call(self._started, timeout=self.timeout)
         except BaseException:
             eventloop.release()
+            self._remove_made_folder()
             raise
         return self
+
+    def _remove_made_folder(self) -> None:
+        if self._makes_folder and self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None  # its request log stays readable; a new start() makes both again
 
     async def _started(self) -> str:
         await self.driver.start_unless_running()
@@ -155,6 +186,7 @@ class LocalServer:
             finally:
                 self._client = None
                 eventloop.release()
+                self._remove_made_folder()
 
     async def _stopped(self) -> None:
         if self._task is not None:
@@ -182,7 +214,7 @@ class LoopbackServer(HttpServerHandle):
     ``stage()`` copies files into ``staging`` (a folder, or a function that makes one on first
     use), which is served beside ``root``: give ``staging=root`` for a root you own, a folder of
     its own for a root that must not be written. ``server``: the process's server it is a
-    namespace of (default: one of its own, whose uploads go to a temporary folder).
+    namespace of (default: one of its own, started and stopped with it, see :class:`LocalServer`).
     """
 
     backend: Literal["loopback"] = "loopback"
@@ -203,11 +235,7 @@ class LoopbackServer(HttpServerHandle):
     ) -> None:
         #: Whether it made the server it is a namespace of, which it stops with itself.
         self._made_server = server is None
-        if server is None:
-            # No pytest here to give a basetemp: a folder mkdtemp makes (0700, a name no one else
-            # can have made first) for what devices upload, removed at stop().
-            server = LocalServer(host, Path(tempfile.mkdtemp(prefix="pytest-jumpstarter-http-")), timeout)
-        self._server = server
+        self._server = server = server or LocalServer(host, timeout=timeout)
         super().__init__(Path(root), host, recorder=server.api, progress=progress, tls=tls)
         self._tls = tls
         self._ports = port
@@ -229,11 +257,7 @@ class LoopbackServer(HttpServerHandle):
         """Open its namespace on the server, on a free port of the configured range."""
         server = self._server
         if self._made_server:
-            try:
-                server.start()
-            except BaseException:
-                shutil.rmtree(server.folder, ignore_errors=True)
-                raise
+            server.start()
         self._started = True
         try:
             shown = [self.root]
@@ -366,10 +390,7 @@ class LoopbackServer(HttpServerHandle):
         finally:
             try:
                 if self._made_server:
-                    try:
-                        self._server.stop()
-                    finally:
-                        shutil.rmtree(self._server.folder, ignore_errors=True)
+                    self._server.stop()
             finally:
                 if self._made_staging is not None and self._release is not None:
                     self._release(self._made_staging, failed)

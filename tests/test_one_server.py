@@ -6,13 +6,18 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import socket
+import stat
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from http_helpers import status
 
-from pytest_jumpstarter_http.loopback import LocalServer, LoopbackServer
+from pytest_jumpstarter_http.loopback import LocalServer, LoopbackServer, PortsExhausted
+from pytest_jumpstarter_http.values import PortRange
 
 
 def test_the_handles_of_a_process_are_namespaces_of_its_one_server_each_on_a_port_of_its_own(
@@ -113,3 +118,25 @@ def test_a_local_server_whose_client_was_used_stops_with_its_connections_and_fol
     assert connection.sock.recv(1) == b""  # the server closed the kept-alive connection
     connection.close()
     assert _fds_below(tmp_path) == []
+
+
+def test_a_standalone_handle_makes_its_servers_folder_only_while_it_runs(tmp_path, monkeypatch):
+    temporary, root = tmp_path / "tmp", tmp_path / "root"
+    temporary.mkdir()
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where gettempdir() points
+    LoopbackServer(root)  # never started: nothing made
+    assert list(temporary.iterdir()) == []
+    with LoopbackServer(root).start() as handle:
+        (folder,) = temporary.iterdir()
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert status(handle.url + "/absent") == 404
+    assert list(temporary.iterdir()) == []
+    assert [entry.status for entry in handle.requests] == [404]  # its log outlives the folder
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PortsExhausted):
+            LoopbackServer(root, port=PortRange(port, port)).start()
+    assert list(temporary.iterdir()) == []
