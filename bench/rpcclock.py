@@ -45,7 +45,20 @@ def _timer(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     return timed
 
 
+def _each_call(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``DriverClient.call`` timed under ``call METHOD``: every exporter call, by the method it names."""
+
+    @functools.wraps(method)
+    def timed(self: Any, name: str, *args: Any) -> Any:
+        return _timer(f"call {name}", method)(self, name, *args)
+
+    return timed
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
+    from jumpstarter.client import DriverClient
+
+    DriverClient.call = _each_call(DriverClient.call)  # type: ignore[method-assign]
     for module, owner, methods in TIMED:
         cls = getattr(importlib.import_module(module), owner)
         for method in methods:

@@ -165,7 +165,7 @@ class ExporterBackend:
                 parts=f"{folder}/.parts" if owner is not None else None,
                 spares=f"{folder}/.spares" if owner is None else None,
             )
-            self._used[key] = Used(connection, http, path, store, folder, owner)
+            self._used[key] = Used(connection, http, path, store, folder, owner, http.get_host())
         return self._used[key]
 
     def close(self, *, failed: bool = False) -> None:
@@ -195,6 +195,8 @@ class Used:
     #: This process as an owner of a RecordingHttpServer, which owns ``folder`` for it; None on
     #: the stock driver.
     owner: OwnerStream | None
+    #: The address the server binds, from its config: asked once, not per handle.
+    host: str
     #: The exporter folder mirroring each user's directory served.
     mirrors: dict[Path, str] = field(default_factory=dict)
     #: The HTTPS site the server added for each certificate this process asked for: its port, and
@@ -392,7 +394,7 @@ class ExporterServer(HttpServerHandle):
         lab_ca: Callable[[str], Path] = Path,
     ) -> None:
         connection, http = used.connection, used.http
-        host = http.get_host()
+        host = used.host
         tls = _certified(used, driver_path, host, url_host, certify)
         #: The exporter folder ``stage()`` sends to, removed at ``stop()`` unless ``--http-keep``.
         self.folder = f"{used.folder}/h-{uuid.uuid4().hex[:8]}"
@@ -619,6 +621,9 @@ class StockServer(ExporterServer):
         super().__init__(used, **kwargs)
         #: The names ``stage()`` sent into a user's mirror, which ``stop()`` removes from it.
         self._staged: set[str] = set()
+        # No namespace to open: one call, so that an exporter gone is its test's error at once.
+        with self.connection.answering():
+            self._last_port = int(self._http.get_port())
 
     def _namespace_of(self, used: Used, driver_path: str, mirror: str | None) -> None:
         return None
