@@ -124,8 +124,9 @@ class Store:
     def put(self, fd: int, label: str, target: str) -> None:
         """Make the exporter serve the open local file ``fd`` (named ``label`` in messages) as ``target``."""
         digest = self._digests.of(fd)
-        if self._placed.get(target) == digest or self._holds(target, digest):
-            self._placed[target] = digest
+        # Every target is below this process's folder, of a random name: only what it placed there
+        # can hold anything, so asking the exporter would tell nothing new.
+        if self._placed.get(target) == digest:
             return
         spare = self._spares.pop(digest, None)
         if spare is not None:  # checked as it was copied: an object is verified once per process
@@ -154,7 +155,7 @@ class Store:
         self._placed[target] = digest
 
     def _holds(self, path: str, digest: str) -> bool:
-        """Whether ``path`` on the exporter holds the content ``digest`` (a mirror kept from a past run)."""
+        """Whether ``path`` on the exporter holds the content ``digest``."""
         return bool(self._storage.exists(path)) and self._storage.hash(path, "sha256") == digest
 
     def spare(self, below: str) -> None:
