@@ -38,7 +38,7 @@ from .namespaces import NamespaceError, Namespaces
 from .records import API_VERSION, NS, OBJECTS, FaultSpec, TlsSpec, check_name, plugin_version
 from .serving import Numbered, RequestLog, beneath_middleware, install, reach_by_port
 from .shaping import FaultMiddleware, FaultRegistry
-from .tlssites import TlsSites, lab_certificate, open_site, port_range, refused_handshake, server_context
+from .tlssites import Sites, lab_certificate, port_range, refused_handshake, server_context
 
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
@@ -69,17 +69,15 @@ class RecordingHttpServer(HttpServer):
     #: The runs that own a folder on this server (its owners), and their handles' URL namespaces
     #: (see :mod:`.namespaces`).
     namespaces: Namespaces = field(init=False)
-    #: The HTTPS sites of the app, one per owner that asked (see :mod:`.tlssites`).
-    tls: TlsSites = field(init=False)
+    #: The sites of the app beside its own: an HTTPS one per owner that asked, keyed ``owner:ID``,
+    #: and a loopback namespace's own, keyed by its token (see :mod:`.tlssites`).
+    sites: Sites = field(init=False, default_factory=Sites)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.namespaces = Namespaces(self.root_dir)
         #: Port -> the URL path of the namespace a site of its own serves there (the loopback's).
         self._reached: dict[int, str] = {}
-        #: Namespace token -> the sites of its own, and their ports.
-        self._sites: dict[str, list[tuple[Any, int]]] = {}
-        self.tls = TlsSites(self._refused)
         #: Where HTTPS sites go: the configured ports, or any free one (0).
         self._tls_ports: range | int = 0 if self.tls_ports is None else port_range(self.tls_ports)
         self._starting = asyncio.Lock()
@@ -145,8 +143,7 @@ class RecordingHttpServer(HttpServer):
 
     def _forget_sites(self) -> None:
         """Forget the sites of a runner that closed them."""
-        self.tls.forget_all()
-        self._sites.clear()
+        self.sites.forget_all()
         self._reached.clear()
 
     async def serve_namespace(self, token: str, port: int, tls: TlsSpec | None = None) -> int:
@@ -160,28 +157,22 @@ class RecordingHttpServer(HttpServer):
         context = None
         if tls is not None:  # a refused handshake names no path: log it at the namespace's URL
             context = server_context(tls, lambda words: self._log_refused([url + "/"], words))
-        site, bound = await open_site(self.runner, self.host, port, context)
-        self._sites.setdefault(token, []).append((site, bound))
+        bound = await self.sites.add(token, self.runner, self.host, port, context)
         self._reached[bound] = url
         return bound
 
     def port_of(self, token: str) -> int:
         """The port of the namespace's own site that opened last and still listens (0: none)."""
-        sites = [] if self.runner is None else self.runner.sites
-        live = [port for site, port in self._sites.get(token, []) if site in sites]
+        live = self.sites.ports(token)
         return live[-1] if live else 0
 
     async def end_namespace(self, token: str) -> None:
         """End the namespace ``token`` (:meth:`close_namespace`) and its own sites: each of their
         connections ends after its request, a download in flight given ``shutdown_grace``."""
         self.close_namespace(token)  # first: its faults release the responses they stall
-        sites = self._sites.pop(token, [])
-        ports = {port for _, port in sites}
+        ports = await self.sites.close(token)
         runner = self.runner
-        if runner is not None and sites:
-            for site, _ in sites:
-                if site in runner.sites:  # a stopped server's runner closed it already
-                    await site.stop()
+        if runner is not None and ports:
             await asyncio.sleep(0)  # as the runner's cleanup: requests accepted so far start first
             await self._end_connections(runner.server, ports)
         for port in ports:
@@ -219,7 +210,7 @@ class RecordingHttpServer(HttpServer):
             # In a thread, unawaited: a run's images take a while to remove, and every download of
             # every other run is answered on this loop meanwhile.
             asyncio.get_running_loop().run_in_executor(None, self.namespaces.remove_folder, owner)
-            await self.tls.close(owner.id)
+            await self.sites.close(_owner_key(owner.id))
 
     @export
     async def serve_tls(self, owner: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -231,11 +222,13 @@ class RecordingHttpServer(HttpServer):
         tls, ca_pem = lab_certificate(TlsSpec.from_dict(spec), *files)
         if self.runner is None:
             raise RuntimeError("serve_tls(): the HTTP server is not running; start it first.")
-        port = await self.tls.add(self.runner, self.host, str(owner), tls, self._tls_ports)
+        context = server_context(tls, functools.partial(self._refused, str(owner)))
+        key = _owner_key(str(owner))
+        port = await self.sites.add(key, self.runner, self.host, self._tls_ports, context)
         try:
             self.namespaces.owner(str(owner))  # it may have ended while its site started
         except NamespaceError:
-            await self.tls.close(str(owner))
+            await self.sites.close(key)
             raise
         return {"port": port, "ca_pem": ca_pem}
 
@@ -419,6 +412,11 @@ def _local_port(connection: Any) -> int | None:
     transport = connection.transport
     sockname = None if transport is None else transport.get_extra_info("sockname")
     return None if not sockname else int(sockname[1])
+
+
+def _owner_key(owner: str) -> str:
+    """The key of an owner's HTTPS site among the server's sites (a namespace's is its token)."""
+    return f"owner:{owner}"
 
 
 def _token(namespace: str | None) -> str | None:

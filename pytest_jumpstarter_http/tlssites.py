@@ -1,12 +1,12 @@
-"""HTTPS beside a running server: a TLS site of the same app, on a port of its own, per owner.
+"""Sites beside a running server: the same app on ports of its own, HTTPS among them.
 
 An exporter's server is shared by every run that reaches it, each with a CA of its own, so TLS
 never replaces the plain site: each owner (a run) gets a site of its own with its certificate
 (an ``aiohttp.web.TCPSite`` with an SSL context) added to the running ``AppRunner``; a loopback
-handle's namespace gets one in ``RecordingHttpServer.serve_namespace``. The same app answers on
-it, so namespaces, the request log and faults are the plain server's. A site closes when its
-owner ends (:meth:`TlsSites.close`) or when the server stops, whose runner closes every site it
-has.
+handle's namespace gets a plain or HTTPS one of its own (``RecordingHttpServer.serve_namespace``).
+The same app answers on each, so namespaces, the request log and faults are the plain server's.
+:class:`Sites` keeps them by key; a site closes when its key does (:meth:`Sites.close`: the owner
+ended, the namespace ended) or when the server stops, whose runner closes every site it has.
 
 A handshake a site refuses (plain HTTP sent to its port, a client certificate missing or of
 another CA, a client that does not trust the server's) reaches no handler, so the site's context
@@ -201,10 +201,10 @@ async def open_site(
 
 
 async def _open_first(
-    runner: Any, host: str | None, ports: range | int, context: ssl.SSLContext
+    runner: Any, host: str | None, ports: range | int, context: ssl.SSLContext | None
 ) -> tuple[Any, int]:
-    """A TLS site of ``runner``'s app on ``ports`` (a port), or on the first free one of the
-    driver's ``tls_ports`` (a range), and that port."""
+    """A site of ``runner``'s app on ``ports`` (a port), or on the first free one of the driver's
+    ``tls_ports`` (a range), and that port."""
     if isinstance(ports, int):
         return await open_site(runner, host, ports, context)
     for port in ports:
@@ -220,39 +220,43 @@ async def _open_first(
     )
 
 
-class TlsSites:
-    """The TLS sites of one server, by owner; changed from the server's loop, read from any thread.
+class Sites:
+    """The sites one server's runner serves beside its own, by key: an owner's HTTPS site, a
+    loopback namespace's own port. Opened and closed on the server's loop, read from any thread;
+    the runner closes every one of them when the server stops (:meth:`forget_all`)."""
 
-    ``refused`` is called with the owner of a site and what was wrong with a handshake it refused.
-    """
-
-    def __init__(self, refused: Callable[[str, str], None] = lambda owner, words: None) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: Holder -> its (runner, site) pairs: a site belongs to the runner it was added to.
-        self._sites: dict[str, list[tuple[Any, Any]]] = {}
-        self._refused = refused
+        #: Key -> its (runner, site, port): a site belongs to the runner it was added to.
+        self._sites: dict[str, list[tuple[Any, Any, int]]] = {}
 
     async def add(
-        self, runner: Any, host: str | None, owner: str, spec: TlsSpec, ports: range | int = 0
+        self, key: str, runner: Any, host: str | None, ports: range | int, context: ssl.SSLContext | None
     ) -> int:
-        """Serve ``runner``'s app over TLS with ``spec`` on ``host`` and the first free port of
-        ``ports`` (0: any free one) until ``owner`` ends; the port. An ``OSError`` if every one
-        is taken."""
-        context = server_context(spec, lambda words: self._refused(owner, words))
+        """Serve ``runner``'s app on ``host`` and ``ports`` (a port, 0: any free one; or the first
+        free one of a range of the driver's ``tls_ports``), over TLS with ``context``, until ``key``
+        is closed; the port. An ``OSError`` if it, or every port of the range, is taken."""
         site, bound = await _open_first(runner, host, ports, context)
         with self._lock:
-            self._sites.setdefault(owner, []).append((runner, site))
+            self._sites.setdefault(key, []).append((runner, site, bound))
         return bound
 
-    async def close(self, owner: str) -> None:
-        """Stop listening on ``owner``'s sites; its connections end with their requests."""
+    def ports(self, key: str) -> list[int]:
+        """The ports of ``key``'s sites that still listen, oldest first."""
         with self._lock:
-            sites = self._sites.pop(owner, [])
-        for runner, site in sites:
+            sites = list(self._sites.get(key, []))
+        return [port for runner, site, port in sites if site in runner.sites]
+
+    async def close(self, key: str) -> set[int]:
+        """Stop listening on ``key``'s sites; their ports. Their connections end with their requests."""
+        with self._lock:
+            sites = self._sites.pop(key, [])
+        for runner, site, _ in sites:
             if site in runner.sites:  # a stopped server's runner closed it already
                 await site.stop()  # no await inside: a cancelled caller still stops it
+        return {port for _, _, port in sites}
 
     def forget_all(self) -> None:
-        """The server stopped, and its runner with every site."""
+        """The server stopped, or started again: its runner closed every site."""
         with self._lock:
             self._sites.clear()
