@@ -128,9 +128,7 @@ class Store:
         # can hold anything, so asking the exporter would tell nothing new.
         if self._placed.get(target) == digest:
             return
-        spare = self._spares.pop(digest, None)
-        if spare is not None:  # checked as it was copied: an object is verified once per process
-            self._storage.rename(spare, target)
+        if self._take_spare(digest, target):
             self._placed[target] = digest
             return
         self._ensure_object(fd, digest, label)
@@ -157,6 +155,19 @@ class Store:
     def _holds(self, path: str, digest: str) -> bool:
         """Whether ``path`` on the exporter holds the content ``digest``."""
         return bool(self._storage.exists(path)) and self._storage.hash(path, "sha256") == digest
+
+    def _take_spare(self, digest: str, target: str) -> bool:
+        """Rename this process's spare copy of ``digest`` to ``target``; whether there was one. It
+        was checked as it was copied: an object is verified once per process, not once per copy."""
+        spare = self._spares.pop(digest, None)
+        if spare is None:
+            return False
+        try:
+            self._storage.rename(spare, target)
+        except Exception:  # gone: a copy of the object, as if there had been none
+            log.warning("spare %s on %s is gone; copying the object again", spare, self._exporter)
+            return False
+        return True
 
     def spare(self, below: str) -> None:
         """Move what this process placed at or below ``below`` (a name, or a folder ending in ``/``)

@@ -167,3 +167,27 @@ def test_a_killed_upload_s_partial_in_objects_is_removed_by_the_next_store(http,
     (objects / f".part-0123456789ab-{host}").write_bytes(b"half")
     store(http, parts=None)
     assert os.listdir(objects) == []
+
+
+# --- spares: the stock driver's one copy per process and content ----------------------------------
+
+SPARES = "pytest-jumpstarter-http/runs/run/gw0/.spares"
+
+
+def test_a_spare_is_renamed_into_the_next_handles_folder_and_a_lost_one_copied_again(
+    http, exporter_root, tmp_path
+):
+    data = b"spare me" * 1000
+    fd = source(tmp_path, data)
+    stock = Store(http, "test exporter", Digests(), 30, None, spares=SPARES)
+    stock.put(fd, "image.raw", "h1/image.raw")
+    first = (exporter_root / "h1/image.raw").stat().st_ino
+    stock.spare("h1/")
+    assert not (exporter_root / "h1/image.raw").exists()
+    stock.put(fd, "image.raw", "h2/renamed.raw")
+    assert (exporter_root / "h2/renamed.raw").stat().st_ino == first  # moved, not copied
+    stock.spare("h2/")
+    (exporter_root / SPARES / sha(data)).unlink()  # gone from under the store
+    stock.put(fd, "image.raw", "h3/image.raw")
+    assert (exporter_root / "h3/image.raw").read_bytes() == data
+    os.close(fd)
