@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pytest_jumpstarter_http.exporter")
 
+#: The stock driver's folder of spare copies, in each process's folder (``Store.spare``).
+SPARES = ".spares"
+
 
 class ExporterBackend:
     """This process's side of the exporter backend: its connections, and what it holds on each server."""
@@ -163,7 +166,7 @@ class ExporterBackend:
                 # The server removes an owner's folder, partial files and all, when it ends; the stock
                 # driver cannot, so its partials go where the next run of this machine sweeps them.
                 parts=f"{folder}/.parts" if owner is not None else None,
-                spares=f"{folder}/.spares" if owner is None else None,
+                spares=f"{folder}/{SPARES}" if owner is None else None,
             )
             self._used[key] = Used(connection, http, path, store, folder, owner, http.get_host())
         return self._used[key]
@@ -222,8 +225,12 @@ class Used:
         if self.owner is not None and (keep or not self.owner.keeps):
             self.owner.close()  # the server removes the folder unless it was told to keep it
             return
-        if not keep and self.connection.gone is None:
-            self._remove_folder()
+        if self.connection.gone is None:
+            if not keep:
+                self._remove_folder()
+            else:  # the stock driver's spares are copies of what tests that ended staged: none kept
+                with contextlib.suppress(Exception):
+                    self.http.storage.remove_all(f"{self.folder}/{SPARES}/")
         if self.owner is not None:
             self.owner.close()
 
@@ -729,6 +736,8 @@ class _Answering:
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         call = getattr(self._http, name)
+        if name == "forget":  # a reply's handler lives in this process: no exporter to ask
+            return call  # type: ignore[no-any-return]
 
         def answered(*args: Any) -> Any:
             if name == "end" and self._connection.gone is not None:

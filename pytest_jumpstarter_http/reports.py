@@ -118,13 +118,14 @@ def read(
     servers: list[HttpServerHandle], fail_on: tuple[str, ...], report: pytest.TestReport
 ) -> list[ServerLog]:
     """Each server's log of the test, bounded; fail a passing ``report`` on a status of ``--http-fail-on``."""
+    from .connect import ExporterError
     from .records import RequestLogUnavailable, status_matches
 
     logs = []
     for server in servers:
         try:
             entries = server.requests
-        except RequestLogUnavailable as exc:
+        except (RequestLogUnavailable, ExporterError) as exc:  # the stock driver's; an exporter gone
             logs.append(ServerLog(server.label, (), str(exc)))
             continue
         logs.append(ServerLog(server.label, _bounded([entry.line() for entry in entries])))
@@ -141,13 +142,14 @@ def read(
 def check(report: pytest.TestReport, servers: list[HttpServerHandle], strict: bool) -> None:
     """Fail a passing call's ``report`` on what a server's ``check()`` finds: a request out of order
     always, and under ``--http-strict`` everything it lists, as ``--http-fail-on`` fails a test."""
+    from .connect import ExporterError
     from .records import RequestLogUnavailable
 
     for server in servers:
         try:
             problems = server._problems(strict=strict)
-        except RequestLogUnavailable:
-            continue  # the stock driver: its report says the log is unavailable
+        except (RequestLogUnavailable, ExporterError):
+            continue  # the stock driver, an exporter gone: its report says the log is unavailable
         if problems:
             report.outcome = "failed"
             report.longrepr = ("--http-strict: " if strict else "") + f"{server.label}: {problems}"

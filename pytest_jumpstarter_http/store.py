@@ -157,17 +157,23 @@ class Store:
         return bool(self._storage.exists(path)) and self._storage.hash(path, "sha256") == digest
 
     def _take_spare(self, digest: str, target: str) -> bool:
-        """Rename this process's spare copy of ``digest`` to ``target``; whether there was one. It
-        was checked as it was copied: an object is verified once per process, not once per copy."""
+        """Rename this process's spare copy of ``digest`` to ``target`` if it still holds that
+        content; whether it did. A test may have rewritten the copy it was served: it is hashed
+        before the rename that serves it again, as every copy is, and thrown away if it changed."""
         spare = self._spares.pop(digest, None)
         if spare is None:
             return False
         try:
-            self._storage.rename(spare, target)
-        except Exception:  # gone: a copy of the object, as if there had been none
-            log.warning("spare %s on %s is gone; copying the object again", spare, self._exporter)
-            return False
-        return True
+            if self._storage.hash(spare, "sha256") == digest:
+                self._storage.rename(spare, target)
+                return True
+            log.warning(
+                "spare %s on %s changed since it was served; copying the object again", spare, self._exporter
+            )
+            self._storage.delete(spare)
+        except Exception as exc:  # gone, or unreadable: a copy of the object, as if there were none
+            log.warning("spare %s on %s cannot be used (%s); copying the object", spare, self._exporter, exc)
+        return False
 
     def spare(self, below: str) -> None:
         """Move what this process placed at or below ``below`` (a name, or a folder ending in ``/``)
@@ -175,7 +181,7 @@ class Store:
         if self._spares_folder is None:
             return
         for target, digest in sorted(self._placed.items()):
-            if target != below and not (below.endswith("/") and target.startswith(below)):
+            if not _at_or_below(target, below):
                 continue
             if digest not in self._spares:
                 spare = f"{self._spares_folder}/{digest}"
@@ -186,9 +192,10 @@ class Store:
                 self._spares[digest] = spare
                 del self._placed[target]
 
-    def forget(self, folder: str) -> None:
-        """Forget what this process placed below ``folder`` (it was removed from the exporter)."""
-        for target in [target for target in self._placed if target.startswith(folder)]:
+    def forget(self, below: str) -> None:
+        """Forget what this process placed at or below ``below`` (a name, or a folder ending in
+        ``/``): it was removed from the exporter."""
+        for target in [target for target in self._placed if _at_or_below(target, below)]:
             del self._placed[target]
 
     def _ensure_object(self, fd: int, digest: str, label: str) -> None:
@@ -299,6 +306,11 @@ class Store:
                 with lock:
                     self._storage.delete(path)
                 log.info("removed %s, left by a push that was killed", path)
+
+
+def _at_or_below(target: str, below: str) -> bool:
+    """Whether the exporter name ``target`` is ``below``, or inside it if it ends in ``/``."""
+    return target == below or (below.endswith("/") and target.startswith(below))
 
 
 #: What a file that is not a regular one is, for messages.

@@ -23,6 +23,8 @@ from urllib.parse import urlparse
 
 import pytest
 from jumpstarter_helpers import (
+    HTTP_SERVER,
+    RECORDING,
     http_driver,
     jmp_shell,
     storage_driver,
@@ -107,6 +109,18 @@ def test_stage_the_same_content_in_the_next_test(http_server):
     url = http_server.stage(big, "renamed.img")
     assert hashlib.sha256(fetch(url)).digest() == hashlib.sha256(big.read_bytes()).digest()
     record("big", [url, on_exporter(url).stat().st_ino])
+
+
+def test_rewrite_what_it_staged(http_server):
+    small = WORK / "small.img"
+    small.write_bytes(b"original")
+    url = http_server.stage(small)
+    on_exporter(url).write_bytes(b"CORRUPT!")  # as the test's own device or helper might
+    assert fetch(url) == b"CORRUPT!"
+
+
+def test_stage_what_the_test_before_rewrote(http_server):
+    assert fetch(http_server.stage(WORK / "small.img")) == b"original"
 
 
 @pytest.mark.parametrize("name", ["../x", "a/../../x", "..", "/../x"])
@@ -241,6 +255,12 @@ def test_the_next_test_staging_that_content_on_the_stock_driver_gets_the_copy_mo
     assert not first_path.exists()  # gone with the test that staged it
     assert urlparse(then).path != urlparse(first).path
     assert then_inode == first_inode  # one copy per process and content, renamed into place
+
+
+def test_a_copy_the_test_before_rewrote_on_the_exporter_is_not_what_the_next_test_stages(
+    shell_run: ShellRun,
+) -> None:
+    shell_run.fresh.assert_passed("test_rewrite_what_it_staged", "test_stage_what_the_test_before_rewrote")
 
 
 def test_names_that_leave_the_root_are_refused_and_nothing_lands_outside_it(shell_run: ShellRun) -> None:
@@ -459,11 +479,14 @@ def test_a_rerun_does_not_send_the_http_root_image_again_to_an_exporter_that_kee
 GONE = """
 import os, signal, time
 from pathlib import Path
+from pytest_jumpstarter_http import HttpResponse
 
 def test_before(http_server):
     assert http_server.backend == "exporter"
 
-def test_exporter_dies():
+def test_exporter_dies(http_server):
+    if os.environ["REPLY"]:  # a reply's handler lives in this process: its stop forgets it
+        http_server.respond("/hello", handler=lambda request: HttpResponse(body=b"hi"))
     Path(os.environ["KILL"]).write_text("now")
     deadline = time.monotonic() + 10
     while Path(os.environ["KILL"]).exists() and time.monotonic() < deadline:
@@ -477,18 +500,20 @@ def test_after_too(http_server):
 """
 
 
+@pytest.mark.parametrize("driver", [HTTP_SERVER, RECORDING])
 def test_an_exporter_gone_mid_session_errors_the_tests_that_need_it_and_pytest_exits(
-    tmp_path: Path, standalone_exporter: Any
+    tmp_path: Path, standalone_exporter: Any, driver: str
 ) -> None:
-    config = write_exporter_config(tmp_path / "gone.yaml", {"http": http_driver(tmp_path / "www")})
+    """A test whose exporter goes while it runs ends clean: what it set went with the exporter."""
+    entry = {**http_driver(tmp_path / "www"), "type": driver}
+    config = write_exporter_config(tmp_path / "gone.yaml", {"http": entry})
     exporter = standalone_exporter(config)
     (tmp_path / "test_gone.py").write_text(GONE)
     kill = tmp_path / "kill"
     junit_path = tmp_path / "gone.xml"
     command = python_pytest("test_gone.py", junit=junit_path)
-    with subprocess.Popen(
-        command, cwd=tmp_path, env=exporter.env(KILL=str(kill)), stdout=subprocess.PIPE, text=True
-    ) as process:
+    env = exporter.env(KILL=str(kill), REPLY="1" if driver == RECORDING else "")
+    with subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True) as process:
         deadline = time.monotonic() + 30
         while not kill.exists() and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 from jumpstarter_helpers import (
+    HTTP_SERVER,
     RECORDING,
     StandaloneExporter,
     http_driver,
@@ -632,13 +633,15 @@ def test_stages_and_passes(http_server, tmp_path):
 """
 
 
-def test_http_keep_failed_keeps_the_files_a_failed_test_staged_by_reference(
-    tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter]
+@pytest.mark.parametrize("driver_type", [RECORDING, HTTP_SERVER])
+def test_http_keep_failed_keeps_the_files_a_failed_test_staged_and_nothing_else(
+    tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter], driver_type: str
 ) -> None:
+    """Nothing of the passing test stays: not its file, nor the stock driver's spare copy of it."""
     root_dir = tmp_path / "exporter-root"
     root_dir.mkdir()
     # The driver's own remove_created_on_close would remove them when the session ends (backends.md).
-    driver = {**http_driver(root_dir, remove_created_on_close=False), "type": RECORDING}
+    driver = {**http_driver(root_dir, remove_created_on_close=False), "type": driver_type}
     exporter = standalone_exporter(write_exporter_config(tmp_path / "exporter.yaml", {"http": driver}))
     work = suite(tmp_path / "work", "test_kept.py", KEPT)
     junit = run_pytest(work, "--http-keep=failed", env=exporter.env(), timeout=120)
@@ -646,6 +649,6 @@ def test_http_keep_failed_keeps_the_files_a_failed_test_staged_by_reference(
         "test_kept::test_stages_and_fails": "failed",
         "test_kept::test_stages_and_passes": "passed",
     }
-    kept = sorted(root_dir.glob(f"{TOP}/runs/*/h-*/**/*.bin"))
+    kept = sorted(path for path in root_dir.glob(f"{TOP}/runs/**/*") if path.is_file())
     assert [path.read_bytes() for path in kept] == [b"kept by --http-keep=failed"], kept
     assert kept[0].relative_to(kept[0].parents[1]).as_posix() == "deep/kept.bin"

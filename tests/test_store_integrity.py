@@ -191,3 +191,28 @@ def test_a_spare_is_renamed_into_the_next_handles_folder_and_a_lost_one_copied_a
     stock.put(fd, "image.raw", "h3/image.raw")
     assert (exporter_root / "h3/image.raw").read_bytes() == data
     os.close(fd)
+
+
+def test_a_spare_the_test_rewrote_is_thrown_away_and_the_object_copied_again(http, exporter_root, tmp_path):
+    data = b"spare me" * 1000
+    fd = source(tmp_path, data)
+    stock = Store(http, "test exporter", Digests(), 30, None, spares=SPARES)
+    stock.put(fd, "image.raw", "h1/image.raw")
+    (exporter_root / "h1/image.raw").write_bytes(b"CORRUPT!" * 1000)  # same size, other content
+    stock.spare("h1/")
+    stock.put(fd, "image.raw", "h2/image.raw")
+    assert (exporter_root / "h2/image.raw").read_bytes() == data
+    assert os.listdir(exporter_root / SPARES) == []  # the rewritten spare is gone, not kept aside
+    os.close(fd)
+
+
+def test_forgetting_a_name_forgets_no_other_name_it_starts(http, exporter_root, tmp_path):
+    fd = source(tmp_path, b"served twice")
+    stock = Store(http, "test exporter", Digests(), 30, None, spares=SPARES)
+    stock.put(fd, "image", "mirror/image")
+    stock.put(fd, "image.raw", "mirror/image.raw")
+    placed = (exporter_root / "mirror/image.raw").stat().st_ino
+    stock.forget("mirror/image")
+    stock.put(fd, "image.raw", "mirror/image.raw")  # still known: nothing copied again
+    assert (exporter_root / "mirror/image.raw").stat().st_ino == placed
+    os.close(fd)
