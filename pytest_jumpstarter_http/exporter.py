@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pytest_jumpstarter_http.exporter")
 
-#: The stock driver's folder of spare copies, in each process's folder (``Store.spare``).
+#: The stock driver's folder of one checked copy per content staged, in each process's folder.
 SPARES = ".spares"
 
 
@@ -228,7 +228,7 @@ class Used:
         if self.connection.gone is None:
             if not keep:
                 self._remove_folder()
-            else:  # the stock driver's spares are copies of what tests that ended staged: none kept
+            else:  # the stock driver's spares are the process's, not a failed test's: none kept
                 with contextlib.suppress(Exception):
                     self.http.storage.remove_all(f"{self.folder}/{SPARES}/")
         if self.owner is not None:
@@ -567,9 +567,9 @@ class ExporterServer(HttpServerHandle):
                 self._http.link(self._namespace, name, digest)
         self._linked[name] = digest
 
-    def _put(self, fd: int, label: str, target: str) -> None:
+    def _put(self, fd: int, label: str, target: str, *, spare: bool = False) -> None:
         with self.connection.answering():
-            self._store.put(fd, label, target)
+            self._store.put(fd, label, target, spare=spare)
         self._wrote_folder = self._wrote_folder or target.startswith(self.folder + "/")
 
     def stop(self, *, failed: bool = False) -> None:
@@ -642,7 +642,7 @@ class StockServer(ExporterServer):
         )
 
     def _stage_open(self, fd: int, label: str, name: str) -> None:
-        self._put(fd, label, f"{self._staging_folder(name)}/{name}")
+        self._put(fd, label, f"{self._staging_folder(name)}/{name}", spare=True)
 
     def _staging_folder(self, name: str) -> str:
         """The folder the URL names: the process's mirror of a user's root, or the handle's own."""
@@ -655,18 +655,14 @@ class StockServer(ExporterServer):
         return self.served
 
     def _remove_what_it_wrote(self) -> None:
-        staged, self._staged = self._staged, set()
-        names = [f"{self.served}/{name}" for name in sorted(staged)] if self.served != self.folder else []
         try:
-            with self.connection.answering():
-                for each in [*names, self.folder + "/"]:  # the next test's stage() renames, not copies
-                    self._store.spare(each)
             super()._remove_what_it_wrote()
         finally:
-            for name in names:
+            staged, self._staged = self._staged, set()
+            for name in sorted(staged) if self.served != self.folder else ():
                 with self.connection.answering():
-                    self._http.storage.delete(name)
-                self._store.forget(name)
+                    self._http.storage.delete(f"{self.served}/{name}")
+                self._store.forget(f"{self.served}/{name}")
 
 
 def _certified(

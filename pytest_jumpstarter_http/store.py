@@ -17,7 +17,10 @@ Nothing on the exporter is trusted unchecked. What was sent is hashed on the exp
 that changed while it was sent is refused, not stored under a hash it does not have. An object
 is verified when a process first uses it, and every copy of it is verified before the rename
 that serves it: a copy of an object changed since (poisoned, or rotten) is thrown away, the
-object is sent again from the local file, and copied again.
+object is sent again from the local file, and copied again. The one exception is a name the
+stock driver stages: it is copied from the process's *spare*, a checked copy of the object in a
+folder of the process alone that no URL names, so no test can rewrite it through what it was
+served; the exporter hashes a staged content once per process, not once per test.
 
 Processes of this machine that want the same content take turns (``locks.held``): the second
 finds the object there and sends nothing. A lock is only that optimisation: one held by a
@@ -99,9 +102,8 @@ class Store:
         """``parts``: an exporter folder of this process alone for partial writes and copies
         (removed by its owner), which only a RecordingHttpServer gives: it receives objects
         itself (``push``). None puts them in ``objects/``, swept by the next process.
-        ``spares``: an exporter folder of this process alone where :meth:`spare` moves the copies
-        a handle placed, which a later :meth:`put` of that content renames into place (the stock
-        driver's, which copies each staged file: one copy per process and content)."""
+        ``spares``: an exporter folder of this process alone, which no URL names, for one checked
+        copy of each content staged (the stock driver's, which serves a copy per staged name)."""
         self._http = http
         self._pushes = parts is not None
         self._storage = http.storage
@@ -117,22 +119,25 @@ class Store:
         #: Objects this process sent, or found and checked once.
         self._objects: set[str] = set()
         self._spares_folder = spares
-        #: Copies this process checked and moved aside, by content: sha256 -> where it is.
-        self._spares: dict[str, str] = {}
+        #: The contents of which this process made a spare.
+        self._spares: set[str] = set()
         self._sweep_partials()
 
-    def put(self, fd: int, label: str, target: str) -> None:
-        """Make the exporter serve the open local file ``fd`` (named ``label`` in messages) as ``target``."""
+    def put(self, fd: int, label: str, target: str, *, spare: bool = False) -> None:
+        """Make the exporter serve the open local file ``fd`` (named ``label`` in messages) as ``target``.
+
+        ``spare``: copy it from this process's spare of the content (a store given ``spares``),
+        made once: a name each test stages anew costs a copy, not a copy and a hash."""
         digest = self._digests.of(fd)
         # Every target is below this process's folder, of a random name: only what it placed there
         # can hold anything, so asking the exporter would tell nothing new.
         if self._placed.get(target) == digest:
             return
-        if self._take_spare(digest, target):
-            self._placed[target] = digest
-            return
-        self._ensure_object(fd, digest, label)
-        self._replace(fd, digest, label, target)
+        if spare and self._spares_folder is not None:
+            self._copy_spare(fd, digest, label, target)
+        else:
+            self._ensure_object(fd, digest, label)
+            self._replace(fd, digest, label, target)
         self._placed[target] = digest
 
     def sent(self, fd: int, label: str) -> str:
@@ -156,41 +161,28 @@ class Store:
         """Whether ``path`` on the exporter holds the content ``digest``."""
         return bool(self._storage.exists(path)) and self._storage.hash(path, "sha256") == digest
 
-    def _take_spare(self, digest: str, target: str) -> bool:
-        """Rename this process's spare copy of ``digest`` to ``target`` if it still holds that
-        content; whether it did. A test may have rewritten the copy it was served: it is hashed
-        before the rename that serves it again, as every copy is, and thrown away if it changed."""
-        spare = self._spares.pop(digest, None)
-        if spare is None:
-            return False
-        try:
-            if self._storage.hash(spare, "sha256") == digest:
-                self._storage.rename(spare, target)
-                return True
-            log.warning(
-                "spare %s on %s changed since it was served; copying the object again", spare, self._exporter
-            )
-            self._storage.delete(spare)
-        except Exception as exc:  # gone, or unreadable: a copy of the object, as if there were none
-            log.warning("spare %s on %s cannot be used (%s); copying the object", spare, self._exporter, exc)
-        return False
+    def _copy_spare(self, fd: int, digest: str, label: str, target: str) -> None:
+        """Copy this process's spare of ``digest`` to ``target``, making the spare first.
 
-    def spare(self, below: str) -> None:
-        """Move what this process placed at or below ``below`` (a name, or a folder ending in ``/``)
-        aside as spares, one per content, before the caller removes the rest; forget it."""
-        if self._spares_folder is None:
-            return
-        for target, digest in sorted(self._placed.items()):
-            if not _at_or_below(target, below):
-                continue
+        A spare is a copy of the object, hashed as every copy is, in a folder of this process
+        alone that no URL names: no test can rewrite it through what it was served, so its
+        copies are not hashed again. One lost from under the store is made again, once."""
+        spare = f"{self._spares_folder}/{digest}"
+        for again in (False, True):
             if digest not in self._spares:
-                spare = f"{self._spares_folder}/{digest}"
-                try:
-                    self._storage.rename(target, spare)
-                except Exception:  # gone or moved: the caller removes what is left
-                    continue
-                self._spares[digest] = spare
-                del self._placed[target]
+                self._ensure_object(fd, digest, label)
+                self._replace(fd, digest, label, spare)
+                self._spares.add(digest)
+            try:
+                with self._partial() as partial:
+                    self._storage.copy(spare, partial)
+                    self._storage.rename(partial, target)
+                return
+            except Exception as exc:
+                if again:
+                    raise
+                log.warning("spare %s on %s cannot be copied (%s); made again", spare, self._exporter, exc)
+                self._spares.discard(digest)
 
     def forget(self, below: str) -> None:
         """Forget what this process placed at or below ``below`` (a name, or a folder ending in

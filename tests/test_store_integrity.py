@@ -169,40 +169,49 @@ def test_a_killed_upload_s_partial_in_objects_is_removed_by_the_next_store(http,
     assert os.listdir(objects) == []
 
 
-# --- spares: the stock driver's one copy per process and content ----------------------------------
+# --- spares: the stock driver's staged names, copied from one checked copy per process ---------
 
 SPARES = "pytest-jumpstarter-http/runs/run/gw0/.spares"
 
 
-def test_a_spare_is_renamed_into_the_next_handles_folder_and_a_lost_one_copied_again(
-    http, exporter_root, tmp_path
+def driver_calls(monkeypatch: pytest.MonkeyPatch, storage: object) -> list[str]:
+    """The driver calls Jumpstarter's storage client makes from now on, by name (not the plugin's)."""
+    calls: list[str] = []
+    real = storage.call  # type: ignore[attr-defined]
+
+    def call(method: str, *args: object) -> object:
+        calls.append(method)
+        return real(method, *args)
+
+    monkeypatch.setattr(storage, "call", call)
+    return calls
+
+
+def test_a_name_staged_again_is_a_copy_of_the_spare_which_no_rewrite_of_a_served_copy_reaches(
+    http, exporter_root, tmp_path, monkeypatch
 ):
     data = b"spare me" * 1000
     fd = source(tmp_path, data)
     stock = Store(http, "test exporter", Digests(), 30, None, spares=SPARES)
-    stock.put(fd, "image.raw", "h1/image.raw")
-    first = (exporter_root / "h1/image.raw").stat().st_ino
-    stock.spare("h1/")
-    assert not (exporter_root / "h1/image.raw").exists()
-    stock.put(fd, "image.raw", "h2/renamed.raw")
-    assert (exporter_root / "h2/renamed.raw").stat().st_ino == first  # moved, not copied
-    stock.spare("h2/")
-    (exporter_root / SPARES / sha(data)).unlink()  # gone from under the store
-    stock.put(fd, "image.raw", "h3/image.raw")
-    assert (exporter_root / "h3/image.raw").read_bytes() == data
+    stock.put(fd, "image.raw", "h1/image.raw", spare=True)
+    assert (exporter_root / SPARES / sha(data)).read_bytes() == data
+    (exporter_root / "h1/image.raw").write_bytes(b"CORRUPT!" * 1000)  # the test rewrote its copy
+    calls = driver_calls(monkeypatch, http.storage)
+    stock.put(fd, "image.raw", "h2/image.raw", spare=True)
+    assert (exporter_root / "h2/image.raw").read_bytes() == data
+    assert calls == ["copy", "rename"]  # verified once per process: no hash, no send
     os.close(fd)
 
 
-def test_a_spare_the_test_rewrote_is_thrown_away_and_the_object_copied_again(http, exporter_root, tmp_path):
+def test_a_spare_lost_from_under_the_store_is_made_again(http, exporter_root, tmp_path):
     data = b"spare me" * 1000
     fd = source(tmp_path, data)
     stock = Store(http, "test exporter", Digests(), 30, None, spares=SPARES)
-    stock.put(fd, "image.raw", "h1/image.raw")
-    (exporter_root / "h1/image.raw").write_bytes(b"CORRUPT!" * 1000)  # same size, other content
-    stock.spare("h1/")
-    stock.put(fd, "image.raw", "h2/image.raw")
+    stock.put(fd, "image.raw", "h1/image.raw", spare=True)
+    (exporter_root / SPARES / sha(data)).unlink()
+    stock.put(fd, "image.raw", "h2/image.raw", spare=True)
     assert (exporter_root / "h2/image.raw").read_bytes() == data
-    assert os.listdir(exporter_root / SPARES) == []  # the rewritten spare is gone, not kept aside
+    assert (exporter_root / SPARES / sha(data)).read_bytes() == data
     os.close(fd)
 
 
