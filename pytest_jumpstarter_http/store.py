@@ -20,7 +20,8 @@ that serves it: a copy of an object changed since (poisoned, or rotten) is throw
 object is sent again from the local file, and copied again. The one exception is a name the
 stock driver stages: it is copied from the process's *spare*, a checked copy of the object in a
 folder of the process alone that no URL names, so no test can rewrite it through what it was
-served; the exporter hashes a staged content once per process, not once per test.
+served. Its hash proves the object too, as a faithful copy holds what its source held: the
+exporter hashes a staged content once per process, not once per test nor twice at its first.
 
 Processes of this machine that want the same content take turns (``locks.held``): the second
 finds the object there and sends nothing. A lock is only that optimisation: one held by a
@@ -170,8 +171,7 @@ class Store:
         spare = f"{self._spares_folder}/{digest}"
         for again in (False, True):
             if digest not in self._spares:
-                self._ensure_object(fd, digest, label)
-                self._replace(fd, digest, label, spare)
+                self._make_spare(fd, digest, label, spare)
                 self._spares.add(digest)
             try:
                 with self._partial() as partial:
@@ -183,6 +183,30 @@ class Store:
                     raise
                 log.warning("spare %s on %s cannot be copied (%s); made again", spare, self._exporter, exc)
                 self._spares.discard(digest)
+
+    def _make_spare(self, fd: int, digest: str, label: str, spare: str) -> None:
+        """Place a copy of the object ``digest`` at ``spare``, sending the object first if it is
+        not there. The copy's hash proves the object too (a faithful copy holds what its source
+        held), which a first use would hash apart: one hash per content and process, not two."""
+        if digest in self._objects:  # checked already: a copy, hashed as every copy is
+            self._replace(fd, digest, label, spare)
+            return
+        obj = f"{OBJECTS}/{digest}"
+        with locks.held(self._lock_prefix + digest, self.timeout, purpose=f"push of {label}"):
+            if self._storage.exists(obj):
+                if self._copy(obj, digest, spare):
+                    self._objects.add(digest)
+                    return
+                log.warning("object %s on %s did not hold its content; sending it again", obj, self._exporter)
+            with self._partial() as sent, self._partial() as copy:
+                self._write(fd, label, sent)
+                self._storage.copy(sent, copy)
+                if self._storage.hash(copy, "sha256") != digest:
+                    raise self._changed(label, digest)  # both partials are removed
+                self._storage.rename(sent, obj)
+                self._storage.rename(copy, spare)
+        self._objects.add(digest)
+        log.info("sent %s to %s as %s", label, self._exporter, obj)
 
     def forget(self, below: str) -> None:
         """Forget what this process placed at or below ``below`` (a name, or a folder ending in
@@ -212,10 +236,13 @@ class Store:
                 raise self._changed(label, digest)
             return
         with self._partial() as partial:
-            with self._progress_lines(label, os.fstat(fd).st_size):
-                write_from_fd(self._storage, partial, fd)
+            self._write(fd, label, partial)
             if not self._publish(partial, digest, obj):
                 raise self._changed(label, digest)
+
+    def _write(self, fd: int, label: str, partial: str) -> None:
+        with self._progress_lines(label, os.fstat(fd).st_size):
+            write_from_fd(self._storage, partial, fd)
 
     def _changed(self, label: str, digest: str) -> SourceChanged:
         return SourceChanged(

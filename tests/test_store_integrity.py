@@ -24,6 +24,7 @@ from pytest_jumpstarter_http.loopback import LocalServer
 from pytest_jumpstarter_http.store import OBJECTS, Digests, SourceChanged, Store
 
 PARTS = "pytest-jumpstarter-http/runs/run/gw0/.parts"
+SPARES = "pytest-jumpstarter-http/runs/run/gw0/.spares"
 BIG = 64 << 20
 
 
@@ -60,7 +61,10 @@ def files(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if not path.is_dir())
 
 
-def test_a_file_rewritten_while_it_is_sent_is_refused_and_published_nowhere(http, exporter_root, tmp_path):
+@pytest.mark.parametrize("driver", ["recording", "stock"])
+def test_a_file_rewritten_while_it_is_sent_is_refused_and_published_nowhere(
+    http, exporter_root, tmp_path, driver
+):
     original = b"A" * BIG
     fd = source(tmp_path, original)
     # Where a partial write of it shows: the process's parts folder, or objects/ where a
@@ -84,8 +88,14 @@ def test_a_file_rewritten_while_it_is_sent_is_refused_and_published_nowhere(http
     rewriter = threading.Thread(target=rewrite_once_sending_began)
     rewriter.start()
     try:
+        # Pushed, the server hashing it as it arrives; or written, copied to the process's spare
+        # and the copy hashed (the stock driver).
+        spares = None if driver == "recording" else SPARES
+        uploads = Store(
+            http, "test exporter", Digests(), 30, None, parts=PARTS if spares is None else None, spares=spares
+        )
         with pytest.raises(SourceChanged) as info:
-            store(http).put(fd, "image.raw", "served/image.raw")
+            uploads.put(fd, "image.raw", "served/image.raw", spare=True)
     finally:
         rewriter.join()
         os.close(fd)
@@ -171,8 +181,6 @@ def test_a_killed_upload_s_partial_in_objects_is_removed_by_the_next_store(http,
 
 # --- spares: the stock driver's staged names, copied from one checked copy per process ---------
 
-SPARES = "pytest-jumpstarter-http/runs/run/gw0/.spares"
-
 
 def driver_calls(monkeypatch: pytest.MonkeyPatch, storage: object) -> list[str]:
     """The driver calls Jumpstarter's storage client makes from now on, by name (not the plugin's)."""
@@ -200,6 +208,24 @@ def test_a_name_staged_again_is_a_copy_of_the_spare_which_no_rewrite_of_a_served
     stock.put(fd, "image.raw", "h2/image.raw", spare=True)
     assert (exporter_root / "h2/image.raw").read_bytes() == data
     assert calls == ["copy", "rename"]  # verified once per process: no hash, no send
+    os.close(fd)
+
+
+def test_a_spare_proves_its_object_with_one_hash_whether_sent_or_found(
+    http, exporter_root, tmp_path, monkeypatch
+):
+    data = b"hash me once" * 1000
+    fd = source(tmp_path, data)
+    calls = driver_calls(monkeypatch, http.storage)
+    Store(http, "test exporter", Digests(), 30, None, spares=SPARES).put(fd, "x", "h1/x", spare=True)
+    assert calls.count("hash") == 1
+    assert "file_write" in calls
+    calls.clear()  # the next process: the object is there, a copy of it checks both
+    Store(http, "test exporter", Digests(), 30, None, spares=SPARES + "2").put(fd, "x", "h2/x", spare=True)
+    assert calls.count("hash") == 1
+    assert "file_write" not in calls
+    assert (exporter_root / OBJECTS / sha(data)).read_bytes() == data
+    assert (exporter_root / "h2/x").read_bytes() == data
     os.close(fd)
 
 
