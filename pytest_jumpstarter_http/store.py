@@ -211,7 +211,8 @@ class Store:
     def forget(self, below: str) -> None:
         """Forget what this process placed at or below ``below`` (a name, or a folder ending in
         ``/``): it was removed from the exporter."""
-        for target in [target for target in self._placed if _at_or_below(target, below)]:
+        inside = below.endswith("/")
+        for target in [each for each in self._placed if each == below or (inside and each.startswith(below))]:
             del self._placed[target]
 
     def _ensure_object(self, fd: int, digest: str, label: str) -> None:
@@ -325,11 +326,6 @@ class Store:
                 with lock:
                     self._storage.delete(path)
                 log.info("removed %s, left by a push that was killed", path)
-
-
-def _at_or_below(target: str, below: str) -> bool:
-    """Whether the exporter name ``target`` is ``below``, or inside it if it ends in ``/``."""
-    return target == below or (below.endswith("/") and target.startswith(below))
 
 
 #: What a file that is not a regular one is, for messages.
