@@ -118,25 +118,25 @@ def read(
     servers: list[HttpServerHandle], fail_on: tuple[str, ...], report: pytest.TestReport
 ) -> list[ServerLog]:
     """Each server's log of the test, bounded; fail a passing ``report`` on a status of ``--http-fail-on``."""
+    return [_read(server, fail_on, report) for server in servers]
+
+
+def _read(server: HttpServerHandle, fail_on: tuple[str, ...], report: pytest.TestReport) -> ServerLog:
     from .connect import ExporterError
     from .records import RequestLogUnavailable, status_matches
 
-    logs = []
-    for server in servers:
-        try:
-            entries = server.requests
-        except (RequestLogUnavailable, ExporterError) as exc:  # the stock driver's; an exporter gone
-            logs.append(ServerLog(server.label, (), str(exc)))
-            continue
-        logs.append(ServerLog(server.label, _bounded([entry.line() for entry in entries])))
-        # A status the test injected (a fault's) is not the server failing.
-        bad = [entry for entry in entries if not entry.injected and status_matches(entry.status, fail_on)]
-        if bad and report.passed:
-            report.outcome = "failed"
-            report.longrepr = f"--http-fail-on {','.join(fail_on)}: {server.label} answered " + "; ".join(
-                entry.line() for entry in bad
-            )
-    return logs
+    option = f"--http-fail-on {','.join(fail_on)}"
+    try:
+        entries = server.requests
+    except (RequestLogUnavailable, ExporterError) as exc:  # the stock driver's; an exporter gone
+        if fail_on and isinstance(exc, ExporterError):
+            _fail(report, f"{option}: {server.label} not checked: {exc}")
+        return ServerLog(server.label, (), str(exc))
+    # A status the test injected (a fault's) is not the server failing.
+    bad = [entry for entry in entries if not entry.injected and status_matches(entry.status, fail_on)]
+    if bad:
+        _fail(report, f"{option}: {server.label} answered " + "; ".join(entry.line() for entry in bad))
+    return ServerLog(server.label, _bounded([entry.line() for entry in entries]))
 
 
 def check(report: pytest.TestReport, servers: list[HttpServerHandle], strict: bool) -> None:
@@ -148,12 +148,20 @@ def check(report: pytest.TestReport, servers: list[HttpServerHandle], strict: bo
     for server in servers:
         try:
             problems = server._problems(strict=strict)
-        except (RequestLogUnavailable, ExporterError):
-            continue  # the stock driver, an exporter gone: its report says the log is unavailable
+        except RequestLogUnavailable:
+            continue  # the stock driver: its report says the log is unavailable
+        except ExporterError as exc:  # it asked only because there was something to check
+            problems = ("" if strict else "its ordered replies ") + f"not checked: {exc}"
         if problems:
-            report.outcome = "failed"
-            report.longrepr = ("--http-strict: " if strict else "") + f"{server.label}: {problems}"
+            _fail(report, ("--http-strict: " if strict else "") + f"{server.label}: {problems}")
             return
+
+
+def _fail(report: pytest.TestReport, why: str) -> None:
+    """Fail a passing ``report`` for ``why``; one that failed already keeps its own reason."""
+    if report.passed:
+        report.outcome = "failed"
+        report.longrepr = why
 
 
 def _bounded(lines: list[str]) -> tuple[str, ...]:

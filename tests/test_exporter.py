@@ -505,19 +505,7 @@ def test_an_exporter_gone_mid_session_errors_the_tests_that_need_it_and_pytest_e
     entry = {**http_driver(tmp_path / "www"), "type": driver}
     config = write_exporter_config(tmp_path / "gone.yaml", {"http": entry})
     exporter = standalone_exporter(config)
-    (tmp_path / "test_gone.py").write_text(GONE)
-    kill = tmp_path / "kill"
-    junit_path = tmp_path / "gone.xml"
-    command = python_pytest("test_gone.py", junit=junit_path)
-    env = exporter.env(KILL=str(kill), REPLY="1" if driver == RECORDING else "")
-    with subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True) as process:
-        deadline = time.monotonic() + 30
-        while not kill.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        exporter.kill()
-        kill.unlink()
-        output, _ = process.communicate(timeout=30)
-    junit = JUnit(junit_path, output)
+    junit, returncode = _kill_when_asked(tmp_path, exporter, GONE, REPLY="1" if driver == RECORDING else "")
     junit.assert_passed("test_before", "test_exporter_dies")
     gone = f"exporter 'jmp shell at {exporter.address}' stopped answering during the run"
     for name in ("test_after", "test_after_too"):
@@ -525,4 +513,62 @@ def test_an_exporter_gone_mid_session_errors_the_tests_that_need_it_and_pytest_e
         # One clear sentence, once: no Jumpstarter traceback, no second error at teardown.
         assert "DriverError" not in message
         assert message.count(gone) == 2  # the message attribute and the report text
-    assert process.returncode == 1
+    assert returncode == 1
+
+
+def _kill_when_asked(tmp_path: Path, exporter: Any, suite: str, *args: str, **env: str) -> tuple[JUnit, int]:
+    """Run ``suite``, killing ``exporter`` when a test writes the file ``$KILL`` names."""
+    (tmp_path / "test_gone.py").write_text(suite)
+    kill = tmp_path / "kill"
+    junit_path = tmp_path / "gone.xml"
+    command = python_pytest("test_gone.py", *args, junit=junit_path)
+    with subprocess.Popen(
+        command, cwd=tmp_path, env=exporter.env(KILL=str(kill), **env), stdout=subprocess.PIPE, text=True
+    ) as process:
+        deadline = time.monotonic() + 30
+        while not kill.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        exporter.kill()
+        kill.unlink()
+        output, _ = process.communicate(timeout=30)
+    return JUnit(junit_path, output), process.returncode
+
+
+GONE_UNCHECKED = """
+import os, time, urllib.error, urllib.request
+from pathlib import Path
+
+def test_exporter_dies(http_server):
+    if os.environ["ORDERED"]:
+        http_server.respond("/first", ordered=True)
+        http_server.respond("/second", ordered=True)
+    try:
+        urllib.request.urlopen(http_server.url + "/second", timeout=10)
+    except urllib.error.HTTPError as error:
+        assert error.code in (404, 500)
+    Path(os.environ["KILL"]).write_text("now")
+    deadline = time.monotonic() + 10
+    while Path(os.environ["KILL"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "ordered", "shown"),
+    [
+        (["--http-fail-on=404"], "", "--http-fail-on 404: "),
+        (["--http-strict"], "", "--http-strict: "),
+        ([], "1", ": its ordered replies "),
+    ],
+    ids=["fail-on", "strict", "ordered"],
+)
+def test_a_check_the_exporter_can_no_longer_answer_fails_the_test_it_would_have_judged(
+    tmp_path: Path, standalone_exporter: Any, args: list[str], ordered: str, shown: str
+) -> None:
+    """A test that got a 404, a request nothing expected or one out of order does not pass because
+    the exporter went before the report could read its log."""
+    entry = {**http_driver(tmp_path / "www"), "type": RECORDING}
+    exporter = standalone_exporter(write_exporter_config(tmp_path / "gone.yaml", {"http": entry}))
+    junit, returncode = _kill_when_asked(tmp_path, exporter, GONE_UNCHECKED, *args, ORDERED=ordered)
+    junit.assert_outcome("test_exporter_dies", "failed", shown, "not checked: exporter ", "stopped answering")
+    assert returncode == 1
