@@ -167,7 +167,8 @@ class Store:
 
         A spare is a copy of the object, hashed as every copy is, in a folder of this process
         alone that no URL names: no test can rewrite it through what it was served, so its
-        copies are not hashed again. One lost from under the store is made again, once."""
+        copies are not hashed again. One lost from under the store is made again, once; any other
+        failure (the target is a folder, the exporter went) is raised as it is."""
         spare = f"{self._spares_folder}/{digest}"
         for again in (False, True):
             if digest not in self._spares:
@@ -178,10 +179,10 @@ class Store:
                     self._storage.copy(spare, partial)
                     self._storage.rename(partial, target)
                 return
-            except Exception as exc:
-                if again:
+            except Exception:
+                if again or self._storage.exists(spare):
                     raise
-                log.warning("spare %s on %s cannot be copied (%s); made again", spare, self._exporter, exc)
+                log.warning("spare %s on %s was removed; made again", spare, self._exporter)
                 self._spares.discard(digest)
 
     def _make_spare(self, fd: int, digest: str, label: str, spare: str) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jumpstarter.client.core import DriverError
 
 from pytest_jumpstarter_http import locks
 from pytest_jumpstarter_http.loopback import LocalServer
@@ -238,6 +239,20 @@ def test_a_spare_lost_from_under_the_store_is_made_again(http, exporter_root, tm
     stock.put(fd, "image.raw", "h2/image.raw", spare=True)
     assert (exporter_root / "h2/image.raw").read_bytes() == data
     assert (exporter_root / SPARES / sha(data)).read_bytes() == data
+    os.close(fd)
+
+
+def test_a_spare_that_cannot_be_copied_to_its_target_is_not_made_again(
+    http, exporter_root, tmp_path, monkeypatch
+):
+    fd = source(tmp_path, b"a file where a folder is")
+    stock = Store(http, "test exporter", Digests(), 30, None, spares=SPARES)
+    stock.put(fd, "b", "h1/a/b", spare=True)
+    calls = driver_calls(monkeypatch, http.storage)
+    with pytest.raises(DriverError, match="is a directory"):
+        stock.put(fd, "a", "h1/a", spare=True)
+    assert "hash" not in calls  # the spare was fine: not copied and hashed again
+    assert (exporter_root / "h1/a/b").read_bytes() == b"a file where a folder is"
     os.close(fd)
 
 
