@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from . import locks
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connection, Connections, ExporterError, unavailable
-from .handle import WILDCARDS, HttpServerHandle, format_url
+from .handle import WILDCARDS, HttpServerHandle, clear_each, format_url
 from .records import (
     API_VERSION,
     NS,
@@ -654,15 +654,32 @@ class StockServer(ExporterServer):
         self._staged.add(name)
         return self.served
 
+    def _keep_what_it_linked(self) -> None:
+        """Each name staged into a user's mirror, moved into the handle's folder, which
+        ``--http-keep`` keeps: the mirror serves the next tests, which did not stage it."""
+        self._clear_staged(
+            lambda name: self._http.storage.rename(f"{self.served}/{name}", f"{self.folder}/{name}")
+        )
+
     def _remove_what_it_wrote(self) -> None:
         try:
             super()._remove_what_it_wrote()
         finally:
-            staged, self._staged = self._staged, set()
-            for name in sorted(staged) if self.served != self.folder else ():
+            self._clear_staged(lambda name: self._http.storage.delete(f"{self.served}/{name}"))
+
+    def _clear_staged(self, clear: Callable[[str], object]) -> None:
+        """``clear`` each name ``stage()`` sent into a user's mirror and forget it: every name, then
+        the first failure is raised."""
+        staged, self._staged = sorted(self._staged) if self.served != self.folder else [], set()
+
+        def each(name: str) -> None:
+            try:
                 with self.connection.answering():
-                    self._http.storage.delete(f"{self.served}/{name}")
+                    clear(name)
+            finally:
                 self._store.forget(f"{self.served}/{name}")
+
+        clear_each(staged, each)
 
 
 def _certified(

@@ -446,7 +446,7 @@ class HttpServerHandle(ABC):
 
     def clear_faults(self) -> None:
         """End every fault this handle injected; the fixtures call it as each test ends."""
-        _clear_each(self._faults, lambda fault: fault.clear())
+        clear_each(self._faults, lambda fault: fault.clear())
 
     def _end_scripts(self) -> None:
         """As it stops: end its faults (each keeps its last hits) and forget its replies' handlers,
@@ -572,7 +572,7 @@ class HttpServerHandle(ABC):
 
     def clear_replies(self) -> None:
         """End every reply this handle scripted: the files are served as before."""
-        _clear_each(self._replies, lambda reply: reply.clear())
+        clear_each(self._replies, lambda reply: reply.clear())
 
     def accept_uploads(self, prefix: str = "uploads/", *, max_bytes: int = 64 << 20) -> None:
         """From now on, store the body of each PUT or POST below ``prefix`` (relative to ``url``); answer 201.
@@ -620,7 +620,7 @@ class HttpServerHandle(ABC):
             self.clear_replies()
         finally:
             ids, self._upload_folders, self._credentials = self._upload_folders + self._credentials, [], []
-            _clear_each(ids, lambda ident: recorder.end(ident, self._namespace))
+            clear_each(ids, lambda ident: recorder.end(ident, self._namespace))
 
     @abstractmethod
     def stop(self, *, failed: bool = False) -> None:
@@ -644,7 +644,7 @@ def _relative(name: str) -> str:
     return name.lstrip("/") if isinstance(name, str) else name
 
 
-def _clear_each(items: list[Any], clear: Callable[[Any], object]) -> None:
+def clear_each(items: list[Any], clear: Callable[[Any], object]) -> None:
     """Clear every item (emptying ``items``), then raise the first failure."""
     first: BaseException | None = None
     while items:

@@ -630,25 +630,40 @@ def test_stages_and_passes(http_server, tmp_path):
     source = tmp_path / "gone.bin"
     source.write_bytes(b"not kept")
     http_server.stage(source)
+
+
+def test_after_them(http_url):
+    assert get(http_url + "/deep/kept.bin")[0] == 404  # staged by another test, kept elsewhere
 """
 
 
+@pytest.mark.parametrize("http_root", [False, True], ids=["own-folder", "http-root"])
 @pytest.mark.parametrize("driver_type", [RECORDING, HTTP_SERVER])
 def test_http_keep_failed_keeps_the_files_a_failed_test_staged_and_nothing_else(
-    tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter], driver_type: str
+    tmp_path: Path,
+    standalone_exporter: Callable[[Path], StandaloneExporter],
+    driver_type: str,
+    http_root: bool,
 ) -> None:
-    """Nothing of the passing test stays: not its file, nor the stock driver's spare copy of it."""
+    """Nothing of the passing test stays: not its file, nor the stock driver's spare copy of it.
+    What the failed test staged is kept in its own folder, never where the next test is served
+    (the stock driver stages into the process's mirror of ``--http-root``)."""
     root_dir = tmp_path / "exporter-root"
     root_dir.mkdir()
     # The driver's own remove_created_on_close would remove them when the session ends (backends.md).
     driver = {**http_driver(root_dir, remove_created_on_close=False), "type": driver_type}
     exporter = standalone_exporter(write_exporter_config(tmp_path / "exporter.yaml", {"http": driver}))
     work = suite(tmp_path / "work", "test_kept.py", KEPT)
-    junit = run_pytest(work, "--http-keep=failed", env=exporter.env(), timeout=120)
+    args = [f"--http-root={user_root(tmp_path / 'user-root', **{'index.html': b'hi'})}"] if http_root else []
+    junit = run_pytest(work, "--http-keep=failed", *args, env=exporter.env(), timeout=120)
     assert junit.outcomes() == {
         "test_kept::test_stages_and_fails": "failed",
         "test_kept::test_stages_and_passes": "passed",
+        "test_kept::test_after_them": "passed",
     }
-    kept = sorted(path for path in root_dir.glob(f"{TOP}/runs/**/*") if path.is_file())
+    files = sorted(path for path in root_dir.glob(f"{TOP}/runs/**/*") if path.is_file())
+    mirror = [path for path in files if any(part.startswith("mirror-") for part in path.parts)]
+    assert [path.name for path in mirror] == (["index.html"] if http_root else []), mirror  # the user's
+    kept = [path for path in files if path not in mirror]
     assert [path.read_bytes() for path in kept] == [b"kept by --http-keep=failed"], kept
     assert kept[0].relative_to(kept[0].parents[1]).as_posix() == "deep/kept.bin"
