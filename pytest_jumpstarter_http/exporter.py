@@ -627,7 +627,7 @@ class StockServer(ExporterServer):
     def __init__(self, used: Used, **kwargs: Any) -> None:
         super().__init__(used, **kwargs)
         #: The names ``stage()`` sent into a user's mirror, which ``stop()`` removes from it.
-        self._staged: set[str] = set()
+        self._in_mirror: set[str] = set()
         # No namespace to open: one call, so that an exporter gone is its test's error at once.
         with self.connection.answering():
             self._last_port = int(self._http.get_port())
@@ -642,17 +642,10 @@ class StockServer(ExporterServer):
         )
 
     def _stage_open(self, fd: int, label: str, name: str) -> None:
-        self._put(fd, label, f"{self._staging_folder(name)}/{name}", spare=True)
-
-    def _staging_folder(self, name: str) -> str:
-        """The folder the URL names: the process's mirror of a user's root, or the handle's own."""
-        if self.served != self.folder and os.path.lexists(self.root / name) and name not in self._staged:
-            raise FileExistsError(
-                f"stage(): {str(self.root / name)!r} already exists and the plugin did not create it; "
-                "stage under another name."
-            )
-        self._staged.add(name)
-        return self.served
+        """Copy the open file into the folder the URL names: the process's mirror of a user's root,
+        or the handle's own."""
+        self._put(fd, label, f"{self.served}/{name}", spare=True)
+        self._in_mirror.add(name)
 
     def _keep_what_it_linked(self) -> None:
         """Each name staged into a user's mirror, moved into the handle's folder, which
@@ -670,7 +663,7 @@ class StockServer(ExporterServer):
     def _clear_staged(self, clear: Callable[[str], object]) -> None:
         """``clear`` each name ``stage()`` sent into a user's mirror and forget it: every name, then
         the first failure is raised."""
-        staged, self._staged = sorted(self._staged) if self.served != self.folder else [], set()
+        staged, self._in_mirror = sorted(self._in_mirror) if self.served != self.folder else [], set()
 
         def each(name: str) -> None:
             try:

@@ -123,6 +123,8 @@ class HttpServerHandle(ABC):
         self.scheme = "http" if tls is None else "https"
         #: What the test's handlers raised (``respond(handler=)``): each fails the test.
         self.handler_errors: list[BaseException] = []
+        #: The names ``stage()`` served: staged again, they replace what it staged before.
+        self._staged: set[str] = set()
 
     #: Seconds the server waits for a handler's answer before it answers 504 (``--http-timeout``).
     handler_wait = 30.0
@@ -172,14 +174,28 @@ class HttpServerHandle(ABC):
         """Serve a copy of the local file ``src`` as ``name`` (default: its file name); return its URL.
 
         The copy is the server's own: changing it never changes ``src``, and ``src`` itself is
-        never moved, linked or written.
+        never moved, linked or written. On every backend, a name the root holds is refused
+        (``FileExistsError``) unless this server staged it, and a file of the root is served where
+        it is.
         """
         source = Path(src)
         if not source.is_file():
             raise FileNotFoundError(
                 f"stage(): {str(source)!r} is not a file; give the path of a file to serve."
             )
-        return self._stage(source, check_name(_relative(name or source.name), where="stage() name"))
+        name = check_name(_relative(name or source.name), where="stage() name")
+        in_root = self.root / name
+        if _same_file(in_root, source):  # served where it is: on an exporter, sent if it changed
+            self.publish(name)
+            return self.url_for(name)
+        if name not in self._staged and os.path.lexists(in_root):
+            raise FileExistsError(
+                f"stage(): {str(in_root)!r} already exists and the plugin did not create it; "
+                "stage under another name."
+            )
+        url = self._stage(source, name)
+        self._staged.add(name)
+        return url
 
     @abstractmethod
     def _stage(self, source: Path, name: str) -> str:
@@ -642,6 +658,13 @@ class HttpServerHandle(ABC):
 def _relative(name: str) -> str:
     """``name`` without a leading slash: a path is relative to the server's URL either way."""
     return name.lstrip("/") if isinstance(name, str) else name
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def clear_each(items: list[Any], clear: Callable[[Any], object]) -> None:

@@ -245,7 +245,6 @@ class LoopbackServer(HttpServerHandle):
         #: Called with a staging folder this server made (not one it was given) once it stops, and
         #: whether its test failed.
         self._release = release
-        self._staged: set[Path] = set()
         self._made_staging: Path | None = None
         self._started = False
         self._stopped = False
@@ -327,8 +326,6 @@ class LoopbackServer(HttpServerHandle):
 
         A file of that name in ``root`` that this server did not stage is never replaced.
         """
-        if _same_file(self.root / name, source):  # already served where it is
-            return self.url + url_path(name)
         staging = self._staging_folder()
         target = staging / name
         longest = max(len(os.fsencode(path.absolute())) for path in (target, target.parent / _PARTIAL))
@@ -341,11 +338,6 @@ class LoopbackServer(HttpServerHandle):
         for folder in {self.root, staging}:
             if not (folder / name).resolve().is_relative_to(folder.resolve()):
                 raise ValueError(f"stage(): {name!r} leads outside the served root through a symbolic link.")
-        if target not in self._staged and (os.path.lexists(self.root / name) or os.path.lexists(target)):
-            raise FileExistsError(
-                f"stage(): {str(self.root / name)!r} already exists and the plugin did not create it; "
-                "stage under another name."
-            )
         target.parent.mkdir(parents=True, exist_ok=True)
         # Copy beside the target and rename: a download in flight keeps the file it opened. A short
         # name, so that any name the target may have (up to 255 bytes) leaves room for the copy's.
@@ -355,7 +347,6 @@ class LoopbackServer(HttpServerHandle):
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
-        self._staged.add(target)
         return self.url + url_path(name)
 
     def _staging_folder(self) -> Path:
@@ -412,13 +403,6 @@ def new_driver(host: str, folder: str | os.PathLike[str]) -> RecordingHttpServer
         log_level="WARNING",
         shutdown_grace=SHUTDOWN_GRACE,
     )
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 async def _settle() -> None:

@@ -503,6 +503,7 @@ def test_stage_the_same_content(http_server, n):
         assert response.read() == CONTENT.read_bytes()
         assert response.headers["Content-Type"] == "application/json"
     assert files() == []
+
 """
 
 
@@ -518,6 +519,39 @@ def test_a_name_staged_again_is_served_by_reference_and_copied_nowhere_on_the_ex
     junit.assert_passed(*(f"test_stage_the_same_content[{n}]" for n in range(3)))
     (obj,) = (exporter.root_dir / TOP / "objects").iterdir()
     assert obj.name == hashlib.sha256(content.read_bytes()).hexdigest()
+
+
+STAGE_OVER_ROOT = """
+def test_a_name_of_the_root_is_never_staged_over(http_server, http_url, tmp_path):
+    build = tmp_path / "image.raw"
+    build.write_bytes(b"a build")
+    with pytest.raises(FileExistsError, match="already exists and the plugin did not create it"):
+        http_server.stage(build)
+    assert get(http_url + "/image.raw") == (200, b"the user's")
+    assert get(http_server.stage(build, "builds/image.raw")) == (200, b"a build")
+    build.write_bytes(b"a new build")
+    assert get(http_server.stage(build, "builds/image.raw")) == (200, b"a new build")  # its own: again
+
+
+def test_a_file_of_the_root_staged_is_served_where_it_is(http_server, http_url):
+    root = Path(os.environ["ROOT"])
+    assert http_server.stage(root / "image.raw") == http_url + "/image.raw"
+    assert get(http_url + "/image.raw") == (200, b"the user's")
+"""
+
+
+def test_stage_refuses_a_name_of_the_root_and_serves_a_file_of_it_in_place_on_both_backends(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """A RecordingHttpServer served a staged name over the root's file; loopback refused it."""
+    work = suite(tmp_path / "work", "test_stage_over_root.py", STAGE_OVER_ROOT)
+    root = user_root(tmp_path / "user-root", **{"image.raw": b"the user's"})
+    junit = run_pytest(work, f"--http-root={root}", env=backend.env(ROOT=str(root)), timeout=120)
+    junit.assert_passed(
+        "test_a_name_of_the_root_is_never_staged_over", "test_a_file_of_the_root_staged_is_served_where_it_is"
+    )
+    assert (root / "image.raw").read_bytes() == b"the user's"
+    assert sorted(path.name for path in root.iterdir()) == ["image.raw"]
 
 
 # --- 9. no publish(): a name the exporter lacks is asked of the run (issue 25) ----------------------
