@@ -1,7 +1,10 @@
-# pytester drops the modules an in-process run imported, but opendal's PyO3 extension cannot be
-# imported twice in one interpreter: import the driver stack once, before any pytester run.
+# pytester drops the modules an in-process run imported, but a PyO3 extension cannot be imported
+# twice in one interpreter: import the driver stack (opendal) and trustme's cryptography (whose
+# Rust backend keeps the classes it first saw: "curve must be an EllipticCurve instance" when an
+# xdist worker's first TLS test was a pytester run) once, before any pytester run.
 import jumpstarter_driver_http.driver  # noqa: F401
 import pytest
+import trustme  # noqa: F401
 
 from pytest_jumpstarter_http import beneath
 
