@@ -74,8 +74,8 @@ class ServerApi:
     def answer(self, namespace: str, name: str, sent: bool) -> None:
         self.call("answer", namespace, name, sent)
 
-    def link(self, namespace: str, name: str, digest: str) -> None:
-        self.call("link", namespace, name, digest)
+    def link(self, namespace: str, name: str, digest: str) -> int:
+        return int(self.call("link", namespace, name, digest) or 0)  # an older server of API 3: None
 
     def close_namespace(self, namespace: str) -> None:
         self.call("close_namespace", namespace)

@@ -278,11 +278,13 @@ class RecordingHttpServer(HttpServer):
             written.drop()
 
     @export
-    def link(self, namespace: str, name: str, digest: str) -> None:
+    def link(self, namespace: str, name: str, digest: str) -> int:
         """Serve the object ``digest`` (which the caller sent, and verified once) as ``name`` in
-        ``namespace``, by reference: a repeated stage() of one content copies nothing."""
+        ``namespace``, by reference: a repeated stage() of one content copies nothing. The
+        server's port (0: stopped), so that the caller makes the name's URL with no other call."""
         name = check_name(str(name), where="link() name")
         self.namespaces.link(str(namespace), name, f"{OBJECTS}/{_sha256(digest)}")
+        return int(self.get_port())
 
     @export
     def close_namespace(self, namespace: str) -> None:

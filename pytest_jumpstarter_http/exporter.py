@@ -492,7 +492,10 @@ class ExporterServer(HttpServerHandle):
 
     @property
     def url(self) -> str:
-        return format_url(self._url_host, self.port, self.scheme) + self._path
+        return self._url_at(self.port)
+
+    def _url_at(self, port: int) -> str:
+        return format_url(self._url_host, self._tls_port or port, self.scheme) + self._path
 
     @property
     def label(self) -> str:
@@ -553,19 +556,22 @@ class ExporterServer(HttpServerHandle):
     def _stage(self, source: Path, name: str) -> str:
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self._stage_open(fd, source.name, name)
+            port = self._stage_open(fd, source.name, name)
         finally:
             os.close(fd)
-        return self.url_for(name)
+        return self._url_at(port) + url_path(name) if port else self.url_for(name)
 
-    def _stage_open(self, fd: int, label: str, name: str) -> None:
+    def _stage_open(self, fd: int, label: str, name: str) -> int:
         """Serve the open file as ``name`` by reference: its namespace points the name at the
-        content's object, sent once and verified once by this process; nothing is copied."""
+        content's object, sent once and verified once by this process; nothing is copied. The
+        server's port, as the link was made (0: unknown)."""
         with self.connection.answering():
             digest = self._store.sent(fd, label)
             with _asking(self.connection, self.driver_path, "link()"):
-                self._http.link(self._namespace, name, digest)
+                port = int(self._http.link(self._namespace, name, digest))
         self._linked[name] = digest
+        self._last_port = port or self._last_port
+        return port
 
     def _put(self, fd: int, label: str, target: str, *, spare: bool = False) -> None:
         with self.connection.answering():
@@ -641,11 +647,12 @@ class StockServer(ExporterServer):
             _Refusing(f"the HttpServer driver at {driver_path!r} of exporter {used.connection.name!r}"),
         )
 
-    def _stage_open(self, fd: int, label: str, name: str) -> None:
+    def _stage_open(self, fd: int, label: str, name: str) -> int:
         """Copy the open file into the folder the URL names: the process's mirror of a user's root,
-        or the handle's own."""
+        or the handle's own. The server's port is not known from that (0)."""
         self._put(fd, label, f"{self.served}/{name}", spare=True)
         self._in_mirror.add(name)
+        return 0
 
     def _keep_what_it_linked(self) -> None:
         """Each name staged into a user's mirror, moved into the handle's folder, which

@@ -504,6 +504,21 @@ def test_stage_the_same_content(http_server, n):
         assert response.headers["Content-Type"] == "application/json"
     assert files() == []
 
+
+def test_a_content_the_run_sent_is_staged_in_one_call(http_server, monkeypatch):
+    from jumpstarter.client.core import AsyncDriverClient
+
+    calls, real = [], AsyncDriverClient.call_async
+
+    async def counted(client, method, *args):  # Jumpstarter's call, counted as it goes through
+        calls.append(method)
+        return await real(client, method, *args)
+
+    monkeypatch.setattr(AsyncDriverClient, "call_async", counted)
+    url = http_server.stage(CONTENT, "again/manifest.json")
+    assert calls == ["link"]  # the URL's port came with it
+    assert url == http_server.url_for("again/manifest.json")
+    assert get(url) == (200, CONTENT.read_bytes())
 """
 
 
@@ -517,6 +532,7 @@ def test_a_name_staged_again_is_served_by_reference_and_copied_nowhere_on_the_ex
     env = exporter.env(CONTENT=str(content), FILES=str(exporter.root_dir / TOP))
     junit = run_pytest(work, env=env, timeout=120)
     junit.assert_passed(*(f"test_stage_the_same_content[{n}]" for n in range(3)))
+    junit.assert_passed("test_a_content_the_run_sent_is_staged_in_one_call")
     (obj,) = (exporter.root_dir / TOP / "objects").iterdir()
     assert obj.name == hashlib.sha256(content.read_bytes()).hexdigest()
 
