@@ -462,6 +462,12 @@ class ExporterServer(HttpServerHandle):
             os.close(fd)
         return True
 
+    def _serve_in_place(self, name: str) -> None:
+        if name in self._linked:  # a device asked for it: its link, not the mirror, serves the name
+            self._send_wanted(name)
+        else:
+            self.publish(name)
+
     def _recorder_of(self, used: Used, driver_path: str) -> Recorder:
         return cast("Recorder", _Answering(used.http, used.connection))
 

@@ -185,8 +185,8 @@ class HttpServerHandle(ABC):
             )
         name = check_name(_relative(name or source.name), where="stage() name")
         in_root = self.root / name
-        if _same_file(in_root, source):  # served where it is: on an exporter, sent if it changed
-            self.publish(name)
+        if _same_file(in_root, source) and in_root.resolve().is_relative_to(self.root.resolve()):
+            self._serve_in_place(name)  # served where it is: on an exporter, sent if it changed
             return self.url_for(name)
         if name not in self._staged and os.path.lexists(in_root):
             raise FileExistsError(
@@ -196,6 +196,10 @@ class HttpServerHandle(ABC):
         url = self._stage(source, name)
         self._staged.add(name)
         return url
+
+    def _serve_in_place(self, name: str) -> None:
+        """Serve the root's file ``name`` as it is now, which a test staged as itself."""
+        self.publish(name)
 
     @abstractmethod
     def _stage(self, source: Path, name: str) -> str:

@@ -338,6 +338,11 @@ class LoopbackServer(HttpServerHandle):
         for folder in {self.root, staging}:
             if not (folder / name).resolve().is_relative_to(folder.resolve()):
                 raise ValueError(f"stage(): {name!r} leads outside the served root through a symbolic link.")
+        if name not in self._staged and os.path.lexists(target):  # a staging folder given to it
+            raise FileExistsError(
+                f"stage(): {str(target)!r} already exists and the plugin did not create it; "
+                "stage under another name."
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         # Copy beside the target and rename: a download in flight keeps the file it opened. A short
         # name, so that any name the target may have (up to 255 bytes) leaves room for the copy's.

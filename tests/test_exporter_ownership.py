@@ -553,6 +553,15 @@ def test_a_file_of_the_root_staged_is_served_where_it_is(http_server, http_url):
     root = Path(os.environ["ROOT"])
     assert http_server.stage(root / "image.raw") == http_url + "/image.raw"
     assert get(http_url + "/image.raw") == (200, b"the user's")
+    (root / "rebuilt.raw").write_bytes(b"v1")
+    assert get(http_url + "/rebuilt.raw") == (200, b"v1")  # on an exporter: sent as the device asks
+    (root / "rebuilt.raw").write_bytes(b"v2, rebuilt")
+    assert get(http_server.stage(root / "rebuilt.raw")) == (200, b"v2, rebuilt")
+
+
+def test_a_root_link_out_of_the_root_is_no_file_of_it(http_server):
+    with pytest.raises(FileExistsError, match="the plugin did not create it"):
+        http_server.stage(Path(os.environ["ROOT"]).parent / "outside.raw", "out.raw")
 """
 
 
@@ -562,12 +571,16 @@ def test_stage_refuses_a_name_of_the_root_and_serves_a_file_of_it_in_place_on_bo
     """A RecordingHttpServer served a staged name over the root's file; loopback refused it."""
     work = suite(tmp_path / "work", "test_stage_over_root.py", STAGE_OVER_ROOT)
     root = user_root(tmp_path / "user-root", **{"image.raw": b"the user's"})
+    (tmp_path / "outside.raw").write_bytes(b"outside")
+    (root / "out.raw").symlink_to(tmp_path / "outside.raw")
     junit = run_pytest(work, f"--http-root={root}", env=backend.env(ROOT=str(root)), timeout=120)
     junit.assert_passed(
-        "test_a_name_of_the_root_is_never_staged_over", "test_a_file_of_the_root_staged_is_served_where_it_is"
+        "test_a_name_of_the_root_is_never_staged_over",
+        "test_a_file_of_the_root_staged_is_served_where_it_is",
+        "test_a_root_link_out_of_the_root_is_no_file_of_it",
     )
     assert (root / "image.raw").read_bytes() == b"the user's"
-    assert sorted(path.name for path in root.iterdir()) == ["image.raw"]
+    assert sorted(path.name for path in root.iterdir()) == ["image.raw", "out.raw", "rebuilt.raw"]
 
 
 # --- 9. no publish(): a name the exporter lacks is asked of the run (issue 25) ----------------------

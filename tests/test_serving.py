@@ -96,6 +96,22 @@ def test_stage_never_replaces_a_file_it_did_not_create(http_server, served_dir, 
     assert (served_dir / "mine.raw").read_bytes() == b"user's"
 
 
+def test_stage_never_replaces_a_file_of_a_staging_folder_it_was_given(tmp_path):
+    from pytest_jumpstarter_http.loopback import LoopbackServer
+
+    root, staging = tmp_path / "root", tmp_path / "staged"
+    root.mkdir()
+    staging.mkdir()
+    (staging / "x.bin").write_bytes(b"not the server's")
+    (tmp_path / "build.bin").write_bytes(b"a build")
+    with (
+        LoopbackServer(root, staging=staging).start() as server,
+        pytest.raises(FileExistsError, match="did not create"),
+    ):
+        server.stage(tmp_path / "build.bin", "x.bin")
+    assert (staging / "x.bin").read_bytes() == b"not the server's"
+
+
 def test_stage_refuses_a_missing_source(http_server, tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a file"):
         http_server.stage(tmp_path / "nope.img")
