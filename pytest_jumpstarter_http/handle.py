@@ -15,7 +15,7 @@ import functools
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, cast, overload
@@ -188,11 +188,7 @@ class HttpServerHandle(ABC):
         if _same_file(in_root, source) and in_root.resolve().is_relative_to(self.root.resolve()):
             self._serve_in_place(name)  # served where it is: on an exporter, sent if it changed
             return self.url_for(name)
-        if name not in self._staged and os.path.lexists(in_root):
-            raise FileExistsError(
-                f"stage(): {str(in_root)!r} already exists and the plugin did not create it; "
-                "stage under another name."
-            )
+        refuse_unstaged(in_root, name, self._staged)
         url = self._stage(source, name)
         self._staged.add(name)
         return url
@@ -669,6 +665,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def refuse_unstaged(path: str | os.PathLike[str], name: str, staged: Collection[str]) -> None:
+    """A ``FileExistsError`` if ``path``, where ``name`` would be staged, holds anything but what
+    was staged as ``name`` (in ``staged``): the plugin never replaces what it did not create."""
+    if name not in staged and os.path.lexists(path):
+        raise FileExistsError(
+            f"stage(): {os.fspath(path)!r} already exists and the plugin did not create it; "
+            "stage under another name."
+        )
 
 
 def clear_each(items: list[Any], clear: Callable[[Any], object]) -> None:

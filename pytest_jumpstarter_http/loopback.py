@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from . import eventloop
 from .client import ServerApi
-from .handle import HttpServerHandle, concrete_host, format_url
+from .handle import HttpServerHandle, concrete_host, format_url, refuse_unstaged
 from .records import NS, RUNS, TlsSpec, url_path
 from .values import PortRange, TlsMode
 
@@ -322,10 +322,9 @@ class LoopbackServer(HttpServerHandle):
         return self._server.client
 
     def _stage(self, source: Path, name: str) -> str:
-        """Copy ``source`` into the staging folder as ``name``.
-
-        A file of that name in ``root`` that this server did not stage is never replaced.
-        """
+        """Copy ``source`` into the staging folder as ``name``, which ``stage()`` checked against
+        ``root``; a staging folder given to it is checked the same way: what the plugin did not
+        create there is never replaced."""
         staging = self._staging_folder()
         target = staging / name
         longest = max(len(os.fsencode(path.absolute())) for path in (target, target.parent / _PARTIAL))
@@ -338,11 +337,7 @@ class LoopbackServer(HttpServerHandle):
         for folder in {self.root, staging}:
             if not (folder / name).resolve().is_relative_to(folder.resolve()):
                 raise ValueError(f"stage(): {name!r} leads outside the served root through a symbolic link.")
-        if name not in self._staged and os.path.lexists(target):  # a staging folder given to it
-            raise FileExistsError(
-                f"stage(): {str(target)!r} already exists and the plugin did not create it; "
-                "stage under another name."
-            )
+        refuse_unstaged(target, name, self._staged)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Copy beside the target and rename: a download in flight keeps the file it opened. A short
         # name, so that any name the target may have (up to 255 bytes) leaves room for the copy's.
