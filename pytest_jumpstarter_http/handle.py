@@ -15,7 +15,7 @@ import functools
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, cast, overload
@@ -176,7 +176,8 @@ class HttpServerHandle(ABC):
         The copy is the server's own: changing it never changes ``src``, and ``src`` itself is
         never moved, linked or written. On every backend, a name the root holds is refused
         (``FileExistsError``) unless this server staged it, and a file of the root is served where
-        it is.
+        it is. A folder of a name it staged (``"d"`` after ``"d/x"``) and a name below one (``"d/x"``
+        after ``"d"``) are refused too: a name is a file or a folder, never both.
         """
         source = Path(src)
         if not source.is_file():
@@ -184,6 +185,8 @@ class HttpServerHandle(ABC):
                 f"stage(): {str(source)!r} is not a file; give the path of a file to serve."
             )
         name = check_name(_relative(name or source.name), where="stage() name")
+        # A folder kept by --http-keep, as every server's storage, holds a name or folders of it.
+        refuse_beside(name, self._staged, by="this server")
         in_root = self.root / name
         if _same_file(in_root, source) and in_root.resolve().is_relative_to(self.root.resolve()):
             self._serve_in_place(name)  # served where it is: on an exporter, sent if it changed
@@ -675,6 +678,21 @@ def refuse_unstaged(path: str | os.PathLike[str], name: str, staged: Collection[
             f"stage(): {os.fspath(path)!r} already exists and the plugin did not create it; "
             "stage under another name."
         )
+
+
+def refuse_beside(name: str, staged: Iterable[str], *, by: str) -> None:
+    """A ``FileExistsError`` if ``name`` is a folder of a name in ``staged`` (which ``by`` staged),
+    or one of them a folder of ``name``: no folder holds a file and a folder of one name."""
+    for other in staged:
+        if other.startswith(name + "/"):
+            raise FileExistsError(
+                f"stage(): {name!r} is a folder of {other!r}, which {by} staged; stage under another name."
+            )
+        if name.startswith(other + "/"):
+            raise FileExistsError(
+                f"stage(): {other!r}, which {by} staged, is a file, so {name!r} cannot be below it; "
+                "stage under another name."
+            )
 
 
 def clear_each(items: list[Any], clear: Callable[[Any], object]) -> None:

@@ -84,13 +84,16 @@ class Backend:
         return self.exporter.env(**extra)
 
 
-def recording_exporter(folder: Path, start: Callable[[Path], StandaloneExporter]) -> Backend:
-    """A ``jmp run`` exporter serving ``folder/exporter-root`` with a RecordingHttpServer, as a lab's."""
+def exporter_backend(
+    folder: Path, start: Callable[[Path], StandaloneExporter], driver_type: str = RECORDING
+) -> Backend:
+    """A ``jmp run`` exporter serving ``folder/exporter-root`` with ``driver_type`` (a RecordingHttpServer
+    by default), as a lab's."""
     require()
     root_dir = folder / "exporter-root"
     root_dir.mkdir(parents=True)
     config = write_exporter_config(
-        folder / "exporter.yaml", {"http": {**http_driver(root_dir), "type": RECORDING}}
+        folder / "exporter.yaml", {"http": {**http_driver(root_dir), "type": driver_type}}
     )
     return Backend("exporter", start(config), root_dir)
 
@@ -98,7 +101,7 @@ def recording_exporter(folder: Path, start: Callable[[Path], StandaloneExporter]
 @pytest.fixture
 def exporter(tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter]) -> Backend:
     """A fresh ``jmp run`` exporter with a RecordingHttpServer for this test, killed at its end."""
-    return recording_exporter(tmp_path, standalone_exporter)
+    return exporter_backend(tmp_path, standalone_exporter)
 
 
 @pytest.fixture(params=["loopback", "exporter"])
@@ -108,7 +111,18 @@ def backend(
     """Runs a test on loopback, then on a fresh ``jmp run`` exporter with a RecordingHttpServer."""
     if request.param == "loopback":
         return Backend("loopback")
-    return recording_exporter(tmp_path, standalone_exporter)
+    return exporter_backend(tmp_path, standalone_exporter)
+
+
+@pytest.fixture(params=["loopback", RECORDING, HTTP_SERVER], ids=["loopback", "recording", "stock"])
+def any_driver(
+    request: pytest.FixtureRequest, tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter]
+) -> Backend:
+    """Runs a test on loopback, then on a fresh ``jmp run`` exporter with each driver: a
+    RecordingHttpServer, and Jumpstarter's stock HttpServer."""
+    if request.param == "loopback":
+        return Backend("loopback")
+    return exporter_backend(tmp_path, standalone_exporter, request.param)
 
 
 def suite(folder: Path, name: str, source: str) -> Path:
@@ -581,6 +595,39 @@ def test_stage_refuses_a_name_of_the_root_and_serves_a_file_of_it_in_place_on_bo
     )
     assert (root / "image.raw").read_bytes() == b"the user's"
     assert sorted(path.name for path in root.iterdir()) == ["image.raw", "out.raw", "rebuilt.raw"]
+
+
+STAGE_OVER_FOLDER = """
+def test_a_folder_of_a_staged_name_is_never_staged_as_a_file(http_server, tmp_path):
+    (tmp_path / "x").write_bytes(b"x")
+    url = http_server.stage(tmp_path / "x", "d/x")
+    with pytest.raises(FileExistsError, match="'d' is a folder of 'd/x', which this server staged"):
+        http_server.stage(tmp_path / "x", "d")
+    assert get(url) == (200, b"x")
+    assert get(http_server.url + "/d")[0] != 200
+
+
+def test_a_staged_file_is_never_made_a_folder(http_server, tmp_path):
+    (tmp_path / "e").write_bytes(b"e")
+    url = http_server.stage(tmp_path / "e", "e")
+    with pytest.raises(FileExistsError, match="'e', which this server staged, is a file"):
+        http_server.stage(tmp_path / "e", "e/x/y")
+    assert get(url) == (200, b"e")
+    assert get(http_server.url + "/e/x/y")[0] == 404
+"""
+
+
+def test_stage_refuses_a_folder_of_a_staged_name_and_a_name_below_a_staged_file_on_every_driver(
+    any_driver: Backend, tmp_path: Path
+) -> None:
+    """Loopback raised IsADirectoryError, the stock driver a DriverError, and a RecordingHttpServer
+    served both names: a name and a folder of it, which no folder kept by --http-keep can hold."""
+    work = suite(tmp_path / "work", "test_stage_over_folder.py", STAGE_OVER_FOLDER)
+    junit = run_pytest(work, env=any_driver.env(), timeout=120)
+    junit.assert_passed(
+        "test_a_folder_of_a_staged_name_is_never_staged_as_a_file",
+        "test_a_staged_file_is_never_made_a_folder",
+    )
 
 
 # --- 9. no publish(): a name the exporter lacks is asked of the run (issue 25) ----------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from jumpstarter_helpers import StandaloneExporter, http_driver, write_exporter_config
 from subprocess_runs import PYTHON, plain_pytest, run
-from test_exporter_ownership import recording_exporter
+from test_exporter_ownership import exporter_backend
 
 TWO_OWNERS = """
 import json, urllib.request
@@ -64,7 +64,7 @@ print(json.dumps(seen))
 def test_one_owner_never_ends_reads_or_counts_what_another_owner_set(
     tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter]
 ) -> None:
-    exporter = recording_exporter(tmp_path, standalone_exporter).exporter
+    exporter = exporter_backend(tmp_path, standalone_exporter).exporter
     assert exporter is not None
     (tmp_path / "two_owners.py").write_text(TWO_OWNERS)
     done = run([PYTHON, "two_owners.py"], cwd=tmp_path, env=exporter.env(), timeout=120)
