@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from . import locks
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connection, Connections, ExporterError, unavailable
-from .handle import WILDCARDS, HttpServerHandle, clear_each, format_url
+from .handle import WILDCARDS, HttpServerHandle, clear_each, format_url, refuse_beside
 from .records import (
     API_VERSION,
     NS,
@@ -205,6 +205,9 @@ class Used:
     #: The HTTPS site the server added for each certificate this process asked for: its port, and
     #: the lab's CA (PEM) if the driver serves a lab certificate of its own instead.
     tls_sites: dict[TlsSpec, tuple[int, str | None]] = field(default_factory=dict)
+    #: The names the stock driver's live handles staged into each mirror, and the handle of each:
+    #: the handles of one root share its mirror, and a name in it is one file.
+    in_mirrors: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def serve_tls(self, owner: OwnerStream, spec: TlsSpec) -> tuple[int, str | None]:
         """Where the server serves HTTPS with ``spec`` for this process, added on first use; it closes
@@ -632,14 +635,18 @@ class StockServer(ExporterServer):
     It has no namespaces: the URL is the folder the handle serves (the process's mirror of a
     user's directory, or the handle's own folder), and ``stage()`` sends to that same folder, so
     ``url_for(name)`` is ``url + "/" + name`` for every name. Files written into ``root`` after
-    the handle started need ``publish()``. Everything a RecordingHttpServer adds (the request
-    log, faults, replies, uploads, credentials, HTTPS) is refused in one sentence.
+    the handle started need ``publish()``. The process's live handles of one root share its
+    mirror: a name one of them staged there is refused to the others until it stops. Everything
+    a RecordingHttpServer adds (the request log, faults, replies, uploads, credentials, HTTPS) is
+    refused in one sentence.
     """
 
-    def __init__(self, used: Used, **kwargs: Any) -> None:
-        super().__init__(used, **kwargs)
+    def __init__(self, used: Used, *, mirror: str | None, **kwargs: Any) -> None:
+        super().__init__(used, mirror=mirror, **kwargs)
         #: The names ``stage()`` sent into a user's mirror, which ``stop()`` removes from it.
         self._in_mirror: set[str] = set()
+        #: Every name the process's live handles staged into ``served``, and the handle of each.
+        self._mirror_names = used.in_mirrors.setdefault(self.served, {}) if mirror else {}
         # No namespace to open: one call, so that an exporter gone is its test's error at once.
         with self.connection.answering():
             self._last_port = int(self._http.get_port())
@@ -656,9 +663,29 @@ class StockServer(ExporterServer):
     def _stage_open(self, fd: int, label: str, name: str) -> int:
         """Copy the open file into the folder the URL names: the process's mirror of a user's root,
         or the handle's own. The server's port is not known from that (0)."""
-        self._put(fd, label, f"{self.served}/{name}", spare=True)
+        self._claim(name)
+        try:
+            self._put(fd, label, f"{self.served}/{name}", spare=True)
+        except BaseException:
+            if name not in self._in_mirror:
+                del self._mirror_names[name]
+            raise
         self._in_mirror.add(name)
         return 0
+
+    def _claim(self, name: str) -> None:
+        """Hold ``name`` in ``served`` for this handle; a ``FileExistsError`` if another live handle
+        of the process holds it, or a folder of it or a name below it, there: it would replace
+        that handle's file, or delete it as it stops."""
+        others = [other for other, handle in self._mirror_names.items() if handle is not self]
+        if name in others:
+            raise FileExistsError(
+                f"stage(): {name!r} is staged by another live handle of this process in its mirror of "
+                f"{str(self.root)!r} on exporter {self.connection.name!r}, which serves it until that "
+                "handle stops; stage under another name."
+            )
+        refuse_beside(name, others, by="another live handle of this process on the same root")
+        self._mirror_names[name] = self
 
     def _keep_what_it_linked(self) -> None:
         """Each name staged into a user's mirror, moved into the handle's folder, which
@@ -676,7 +703,10 @@ class StockServer(ExporterServer):
     def _clear_staged(self, clear: Callable[[str], object]) -> None:
         """``clear`` each name ``stage()`` sent into a user's mirror and forget it: every name, then
         the first failure is raised."""
-        staged, self._in_mirror = sorted(self._in_mirror) if self.served != self.folder else [], set()
+        names, self._in_mirror = self._in_mirror, set()
+        for name in names:
+            del self._mirror_names[name]  # free for the process's other handles of the root
+        staged = sorted(names) if self.served != self.folder else []
 
         def each(name: str) -> None:
             try:

@@ -630,6 +630,54 @@ def test_stage_refuses_a_folder_of_a_staged_name_and_a_name_below_a_staged_file_
     )
 
 
+SHARED_MIRROR = """
+ROOT = Path(os.environ["ROOT"])
+
+
+@pytest.fixture
+def builds(tmp_path):
+    (tmp_path / "mine").write_bytes(b"mine")
+    (tmp_path / "theirs").write_bytes(b"theirs")
+    return tmp_path
+
+
+def test_a_name_another_handle_staged_in_the_mirror_is_refused(http_server, http_server_factory, builds):
+    other = http_server_factory(root=ROOT, backend="exporter")
+    url = http_server.stage(builds / "mine", "shared.bin")
+    with pytest.raises(FileExistsError, match="'shared.bin' is staged by another live handle of this"):
+        other.stage(builds / "theirs", "shared.bin")
+    with pytest.raises(FileExistsError, match="which another live handle of this process on the same root"):
+        other.stage(builds / "theirs", "shared.bin/x")
+    other.stop()
+    assert get(url) == (200, b"mine")
+
+
+def test_a_name_is_free_again_once_the_handle_that_staged_it_stopped(
+    http_server, http_server_factory, builds
+):
+    first = http_server_factory(root=ROOT, backend="exporter")
+    first.stage(builds / "mine", "again.bin")
+    first.stop()
+    assert get(http_server.stage(builds / "theirs", "again.bin")) == (200, b"theirs")
+"""
+
+
+def test_two_live_handles_of_one_root_never_stage_one_name_in_the_stock_drivers_mirror(
+    tmp_path: Path, standalone_exporter: Callable[[Path], StandaloneExporter]
+) -> None:
+    """The stock driver stages into the process's one mirror of ``--http-root``: the second handle
+    overwrote the first's file, and whichever stopped first deleted it."""
+    exporter = exporter_backend(tmp_path, standalone_exporter, HTTP_SERVER)
+    work = suite(tmp_path / "work", "test_shared_mirror.py", SHARED_MIRROR)
+    root = user_root(tmp_path / "user-root", **{"index.html": b"hi"})
+    junit = run_pytest(work, f"--http-root={root}", env=exporter.env(ROOT=str(root)), timeout=120)
+    junit.assert_passed(
+        "test_a_name_another_handle_staged_in_the_mirror_is_refused",
+        "test_a_name_is_free_again_once_the_handle_that_staged_it_stopped",
+    )
+    assert sorted(path.name for path in root.iterdir()) == ["index.html"]
+
+
 # --- 9. no publish(): a name the exporter lacks is asked of the run (issue 25) ----------------------
 
 NO_PUBLISH = """
