@@ -23,7 +23,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from . import locks
@@ -715,7 +715,20 @@ class StockServer(ExporterServer):
             finally:
                 self._store.forget(f"{self.served}/{name}")
 
-        clear_each(staged, each)
+        try:
+            clear_each(list(staged), each)  # which empties the list it is given
+        finally:
+            self._remove_folders_made(staged)
+
+    def _remove_folders_made(self, staged: list[str]) -> None:
+        """Remove each folder of the mirror that staging ``staged`` made, deepest first, once empty:
+        a folder of ``root`` is the user's, mirrored, and stays; one that holds anything stays."""
+        parents = {parent for name in staged for parent in PurePosixPath(name).parents}
+        made = [folder for folder in parents if folder.name and not (self.root / folder).is_dir()]
+        for folder in sorted(made, key=lambda folder: len(folder.parts), reverse=True):
+            # Not empty, or the exporter went: it stays.
+            with contextlib.suppress(Exception), self.connection.answering():
+                self._http.storage.delete(f"{self.served}/{folder}/")
 
 
 def _certified(

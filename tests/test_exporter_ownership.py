@@ -787,7 +787,7 @@ def test_stages_and_fails(http_server, tmp_path):
 def test_stages_and_passes(http_server, tmp_path):
     source = tmp_path / "gone.bin"
     source.write_bytes(b"not kept")
-    http_server.stage(source)
+    http_server.stage(source, "gone/gone.bin")
 
 
 def test_after_them(http_url):
@@ -805,7 +805,8 @@ def test_http_keep_failed_keeps_the_files_a_failed_test_staged_and_nothing_else(
 ) -> None:
     """Nothing of the passing test stays: not its file, nor the stock driver's spare copy of it.
     What the failed test staged is kept in its own folder, never where the next test is served
-    (the stock driver stages into the process's mirror of ``--http-root``)."""
+    (the stock driver stages into the process's mirror of ``--http-root``, which kept the empty
+    folders staging made there)."""
     root_dir = tmp_path / "exporter-root"
     root_dir.mkdir()
     # The driver's own remove_created_on_close would remove them when the session ends (backends.md).
@@ -825,3 +826,5 @@ def test_http_keep_failed_keeps_the_files_a_failed_test_staged_and_nothing_else(
     kept = [path for path in files if path not in mirror]
     assert [path.read_bytes() for path in kept] == [b"kept by --http-keep=failed"], kept
     assert kept[0].relative_to(kept[0].parents[1]).as_posix() == "deep/kept.bin"
+    in_mirror = [path for path in root_dir.glob(f"{TOP}/runs/*/mirror-*/**/*") if path.is_dir()]
+    assert [str(path) for path in in_mirror if not any(path.iterdir())] == []  # staging made them
