@@ -86,6 +86,8 @@ class ExporterBackend:
         self._bound: list[str] = []
         #: The servers it used whose storage removes what a Jumpstarter session wrote when it ends.
         self._removing: list[str] = []
+        #: How many folders --http-keep kept on each server, by where, once it let go of them.
+        self._kept: dict[str, int] = {}
 
     def server(
         self,
@@ -135,6 +137,11 @@ class ExporterBackend:
         session ends, what it wrote (``remove_created_on_close``); the stock driver cannot say."""
         return list(self._removing)
 
+    def kept(self) -> dict[str, int]:
+        """How many handle folders ``--http-keep`` kept on each server, by the folder they are in
+        and its exporter; known once ``close()`` let go of the servers."""
+        return dict(self._kept)
+
     def _use(self, connection: Connection, path: str, http: Any) -> Used:
         # By client object: a test's own client (http_exporter_client) reaches the same driver
         # through objects of its own, which end with it. The entry keeps ``http`` alive, so its
@@ -178,6 +185,9 @@ class ExporterBackend:
         keep = self._keep == "all" or (failed and self._keep == "failed")
         try:
             for used in self._used.values():
+                if used.kept:
+                    where = f"exporter {used.connection.name!r} (HttpServer {used.driver_path!r})"
+                    self._kept[f"{used.folder} on {where}"] = used.kept
                 used.close(keep=keep)
         finally:
             self._used.clear()
@@ -208,6 +218,8 @@ class Used:
     #: The names the stock driver's live handles staged into each mirror, and the handle of each:
     #: the handles of one root share its mirror, and a name in it is one file.
     in_mirrors: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: How many handles' folders (``h-*``) in ``folder`` --http-keep kept.
+    kept: int = 0
 
     def serve_tls(self, owner: OwnerStream, spec: TlsSpec) -> tuple[int, str | None]:
         """Where the server serves HTTPS with ``spec`` for this process, added on first use; it closes
@@ -424,6 +436,7 @@ class ExporterServer(HttpServerHandle):
         #: The dotted path of the HttpServer driver on the exporter.
         self.driver_path = driver_path
         self._owner = used.owner
+        self._used = used
         #: The names staged by reference, and their contents: copied into ``folder`` if it is kept.
         self._linked: dict[str, str] = {}
         self._keep = keep
@@ -599,9 +612,14 @@ class ExporterServer(HttpServerHandle):
         if self.connection.gone is not None:
             return
         if keep:
+            self._used.kept += self._holds_anything()
             self._keep_what_it_linked()
             return
         self._remove_what_it_wrote()
+
+    def _holds_anything(self) -> bool:
+        """Whether the handle's folder holds anything, or will once its names are kept."""
+        return self._wrote_folder or bool(self._linked)
 
     def _keep_what_it_linked(self) -> None:
         """A copy of each name staged by reference into the handle's folder, which ``--http-keep``
@@ -686,6 +704,9 @@ class StockServer(ExporterServer):
             )
         refuse_beside(name, others, by="another live handle of this process on the same root")
         self._mirror_names[name] = self
+
+    def _holds_anything(self) -> bool:
+        return self._wrote_folder or (self.served != self.folder and bool(self._in_mirror))
 
     def _keep_what_it_linked(self) -> None:
         """Each name staged into a user's mirror, moved into the handle's folder, which

@@ -474,6 +474,9 @@ class LoopbackBackend:
     def removing(self) -> list[str]:
         return []  # its driver's storage removes nothing (remove_created_on_close=False)
 
+    def kept(self) -> dict[str, int]:
+        return {}  # in the plugin's folder of this machine, which the run's summary counts
+
     def close(self, *, failed: bool = False) -> None:
         """Stop the process's server; its folder (what devices uploaded) goes as ``--http-keep`` says."""
         server, self._server = self._server, None

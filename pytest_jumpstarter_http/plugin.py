@@ -114,7 +114,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     config.stash[RUNTIME].close(failed=session.testsfailed > 0)
     if config.stash[SETTINGS].keep != "none":
-        kept = reports.kept_in(config.stash.get(FOLDER, None))
+        kept = reports.kept_in(config.stash.get(FOLDER, None)) | config.stash[RUNTIME].kept()
         config.stash[KEPT].update(kept)
         removing = config.stash[RUNTIME].removing()
         config.stash[REMOVING].extend(removing)

@@ -258,18 +258,30 @@ def kept_in(folder: Path | None) -> dict[str, int]:
 
 
 def kept_line(keep: Keep, kept: dict[str, int]) -> str:
-    """The run summary's one line of where ``--http-keep`` kept folders, of every process of the run."""
-    where = sorted(path for path, count in kept.items() if count)
-    count = sum(kept.values())
-    if not where:
+    """The run summary's one line of where ``--http-keep`` kept folders, of every process of the run:
+    ``kept`` counts them by folder, a local path or a folder on an exporter as ``Backend.kept`` names it."""
+    counted = {each: count for each, count in kept.items() if count}
+    if not counted:
         why = " (no test that had one failed)" if keep == "failed" else ""
         return f"jumpstarter-http: --http-keep={keep} kept no folders{why}"
-    folders = "folder" if count == 1 else "folders"
+    here = sorted(filter(os.path.isabs, counted))
+    away = [f"{_folders(counted[each])} in {each}" for each in sorted(counted) if each not in here]
+    return f"jumpstarter-http: --http-keep={keep} kept " + "; and ".join(
+        ([_kept_here(here, counted)] if here else []) + away
+    )
+
+
+def _kept_here(where: list[str], kept: dict[str, int]) -> str:
+    """How many folders are kept in the local folders ``where``, and where."""
     if len(where) == 1:
-        return f"jumpstarter-http: --http-keep={keep} kept {count} {folders} in {where[0]}"
+        return f"{_folders(kept[where[0]])} in {where[0]}"
     parent = os.path.commonpath(where)
     each = ", ".join(os.path.relpath(path, parent) for path in where)
-    return f"jumpstarter-http: --http-keep={keep} kept {count} {folders} below {parent}, in {each}"
+    return f"{_folders(sum(kept[path] for path in where))} below {parent}, in {each}"
+
+
+def _folders(count: int) -> str:
+    return f"{count} folder" if count == 1 else f"{count} folders"
 
 
 def removing_line(removing: list[str]) -> str | None:

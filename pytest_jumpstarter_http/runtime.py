@@ -61,6 +61,11 @@ class Backend(Protocol):
         session wrote there (what ``--http-keep`` kept too), each as the run's summary names it."""
         ...
 
+    def kept(self) -> dict[str, int]:
+        """How many folders ``--http-keep`` kept on servers away from this machine, by where they
+        are as the run's summary names it; read after ``close()``."""
+        ...
+
     def close(self, *, failed: bool = False) -> None:
         """Let go of everything it holds, at the end of the run (``failed``: a test of it failed)."""
         ...
@@ -221,6 +226,12 @@ class Runtime:
         """The servers this process used that remove what ``--http-keep`` kept there when the
         Jumpstarter session ends (see ``Backend.removing``)."""
         return [where for backend in self._backends.values() for where in backend.removing()]
+
+    def kept(self) -> dict[str, int]:
+        """The folders ``--http-keep`` kept on exporters (see ``Backend.kept``), after ``close()``."""
+        return {
+            where: count for backend in self._backends.values() for where, count in backend.kept().items()
+        }
 
     def close(self, *, failed: bool = False) -> None:
         """Stop the session's servers, newest first, remove the session's roots, let go of the

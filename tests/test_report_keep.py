@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from jumpstarter_helpers import (
+    HTTP_SERVER,
     RECORDING,
     StandaloneExporter,
     http_driver,
@@ -136,3 +137,33 @@ def test_http_keep_on_an_exporter_that_removes_what_a_session_wrote_says_so_once
     assert said("--http-driver=removes") == []  # nothing kept, nothing to say
     assert said("--http-keep=all", "--http-driver=keeps") == []
     assert said("--http-keep=all", "--http-driver=silent") == []  # a server that cannot tell
+
+
+@pytest.mark.parametrize("driver_type", [RECORDING, HTTP_SERVER])
+def test_http_keep_all_says_where_it_kept_the_folders_on_the_exporter(
+    tmp_path: Path, standalone_exporter: Callable[..., StandaloneExporter], driver_type: str
+) -> None:
+    """It said "kept no folders" of a run whose only kept folders were on the exporter: with
+    ``--http-root``, no folder of this machine is the plugin's to keep."""
+    require()
+    root_dir = tmp_path / "exporter-root"
+    driver = {**http_driver(root_dir, remove_created_on_close=False), "type": driver_type}
+    exporter = standalone_exporter(write_exporter_config(tmp_path / "exporter.yaml", {"http": driver}))
+    (tmp_path / "test_stages.py").write_text(STAGES)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "index.html").write_text("hi")
+    done = run(
+        plain_pytest("-p", "no:cacheprovider", "--http-keep=all", "--http-root=images", "test_stages.py"),
+        cwd=tmp_path,
+        env=exporter.env(),
+    )
+    assert done.returncode == 0, done.stdout
+    (line,) = [line for line in done.stdout.splitlines() if "--http-keep=all kept" in line]
+    match = re.fullmatch(
+        r"jumpstarter-http: --http-keep=all kept 1 folder in (\S+) "
+        r"on exporter '.*' \(HttpServer 'http'\)",
+        line,
+    )
+    assert match, line
+    (kept,) = (root_dir / match[1]).glob("h-*")
+    assert [path.name for path in kept.iterdir()] == ["image.raw"]
