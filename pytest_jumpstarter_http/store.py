@@ -12,7 +12,9 @@ Partials go to the ``parts`` folder a Store is given, which belongs to its proce
 removed by its owner; without one, to ``objects/`` as ``.part-<token>-<host>``, which the next
 process of this machine removes if the push that made it was killed (its lock is free).
 
-Nothing on the exporter is trusted unchecked. What was sent is hashed on the exporter
+Nothing on the exporter is trusted unchecked. What was sent is the content hashed here if the
+local file is still the settled version that was hashed (``Digests.holds``: a write would have
+changed its ctime), as a RecordingHttpServer hashes what arrives; else the exporter hashes it
 (``storage.hash``) before the rename that publishes it as ``objects/<sha256>``: a local file
 that changed while it was sent is refused, not stored under a hash it does not have. An object
 is verified when a process first uses it, and every copy of it is verified before the rename
@@ -21,7 +23,8 @@ object is sent again from the local file, and copied again. The one exception is
 stock driver stages: it is copied from the process's *spare*, a checked copy of the object in a
 folder of the process alone that no URL names, so no test can rewrite it through what it was
 served. Its hash proves the object too, as a faithful copy holds what its source held: the
-exporter hashes a staged content once per process, not once per test nor twice at its first.
+exporter hashes a staged content at most once per process, not once per test nor twice at its
+first, and not at all when it was just sent from a settled file.
 
 Processes of this machine that want the same content take turns (``locks.held``): the second
 finds the object there and sends nothing. A lock is only that optimisation: one held by a
@@ -69,7 +72,7 @@ class Digests:
 
     def of(self, fd: int) -> str:
         stat = os.fstat(fd)
-        key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        key = _version(stat)
         if key in self._known:
             return self._known[key]
         sha = hashlib.sha256()
@@ -80,6 +83,15 @@ class Digests:
         if time.time_ns() - stat.st_ctime_ns > _RACY_NS:
             self._known[key] = sha.hexdigest()
         return sha.hexdigest()
+
+    def holds(self, fd: int, digest: str) -> bool:
+        """Whether the open file ``fd`` is still the version hashed as ``digest``, which had settled
+        then: every write since would have changed its ctime."""
+        return self._known.get(_version(os.fstat(fd))) == digest
+
+
+def _version(stat: os.stat_result) -> tuple[int, ...]:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 class SourceChanged(RuntimeError):
@@ -202,7 +214,8 @@ class Store:
             with self._partial() as sent, self._partial() as copy:
                 self._write(fd, label, sent)
                 self._storage.copy(sent, copy)
-                if self._storage.hash(copy, "sha256") != digest:
+                # Unchanged since it was hashed, what was sent is that content; else the exporter checks.
+                if not self._digests.holds(fd, digest) and self._storage.hash(copy, "sha256") != digest:
                     raise self._changed(label, digest)  # both partials are removed
                 self._storage.rename(sent, obj)
                 self._storage.rename(copy, spare)
@@ -239,7 +252,9 @@ class Store:
             return
         with self._partial() as partial:
             self._write(fd, label, partial)
-            if not self._publish(partial, digest, obj):
+            if self._digests.holds(fd, digest):  # unchanged since it was hashed: what was sent
+                self._storage.rename(partial, obj)
+            elif not self._publish(partial, digest, obj):
                 raise self._changed(label, digest)
 
     def _write(self, fd: int, label: str, partial: str) -> None:
