@@ -191,7 +191,7 @@ class HttpServerHandle(ABC):
         if _same_file(in_root, source) and in_root.resolve().is_relative_to(self.root.resolve()):
             self._serve_in_place(name)  # served where it is: on an exporter, sent if it changed
             return self.url_for(name)
-        refuse_unstaged(in_root, name, self._staged)
+        refuse_unstaged(self.root, name, self._staged)
         url = self._stage(source, name)
         self._staged.add(name)
         return url
@@ -670,14 +670,24 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def refuse_unstaged(path: str | os.PathLike[str], name: str, staged: Collection[str]) -> None:
-    """A ``FileExistsError`` if ``path``, where ``name`` would be staged, holds anything but what
-    was staged as ``name`` (in ``staged``): the plugin never replaces what it did not create."""
+def refuse_unstaged(folder: Path, name: str, staged: Collection[str]) -> None:
+    """A ``FileExistsError`` if ``folder / name``, where ``name`` would be staged, holds anything
+    but what was staged as ``name`` (in ``staged``), or a folder of ``name`` there is a file: the
+    plugin never replaces what it did not create, and a name is a file or a folder, never both."""
+    path = folder / name
     if name not in staged and os.path.lexists(path):
         raise FileExistsError(
-            f"stage(): {os.fspath(path)!r} already exists and the plugin did not create it; "
+            f"stage(): {str(path)!r} already exists and the plugin did not create it; "
             "stage under another name."
         )
+    for parent in path.parents:
+        if parent == folder:
+            return
+        if os.path.lexists(parent) and not parent.is_dir():  # a file that refuse_beside did not stage
+            raise FileExistsError(
+                f"stage(): {str(parent)!r} is a file the plugin did not create, so {name!r} cannot "
+                "be below it; stage under another name."
+            )
 
 
 def refuse_beside(name: str, staged: Iterable[str], *, by: str) -> None:

@@ -337,7 +337,7 @@ class LoopbackServer(HttpServerHandle):
         for folder in {self.root, staging}:
             if not (folder / name).resolve().is_relative_to(folder.resolve()):
                 raise ValueError(f"stage(): {name!r} leads outside the served root through a symbolic link.")
-        refuse_unstaged(target, name, self._staged)
+        refuse_unstaged(staging, name, self._staged)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Copy beside the target and rename: a download in flight keeps the file it opened. A short
         # name, so that any name the target may have (up to 255 bytes) leaves room for the copy's.

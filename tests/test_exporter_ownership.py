@@ -630,6 +630,27 @@ def test_stage_refuses_a_folder_of_a_staged_name_and_a_name_below_a_staged_file_
     )
 
 
+BELOW_A_ROOT_FILE = """
+def test_a_name_below_a_file_of_the_root_is_refused(http_server, http_url, tmp_path):
+    (tmp_path / "x").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="image.raw' is a file the plugin did not create, so"):
+        http_server.stage(tmp_path / "x", "image.raw/x")
+    assert get(http_url + "/image.raw") == (200, b"the user's")
+    assert get(http_server.stage(tmp_path / "x", "images/x")) == (200, b"x")
+"""
+
+
+def test_stage_refuses_a_name_below_a_file_of_the_root_on_every_driver(
+    any_driver: Backend, tmp_path: Path
+) -> None:
+    """Loopback served both, the stock driver raised a DriverError (its mirror holds the file)."""
+    work = suite(tmp_path / "work", "test_below_a_root_file.py", BELOW_A_ROOT_FILE)
+    root = user_root(tmp_path / "user-root", **{"image.raw": b"the user's"})
+    junit = run_pytest(work, f"--http-root={root}", env=any_driver.env(), timeout=120)
+    junit.assert_passed("test_a_name_below_a_file_of_the_root_is_refused")
+    assert sorted(path.name for path in root.iterdir()) == ["image.raw"]
+
+
 SHARED_MIRROR = """
 ROOT = Path(os.environ["ROOT"])
 
