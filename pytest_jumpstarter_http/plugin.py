@@ -30,8 +30,10 @@ SERVERS: pytest.StashKey[list[HttpServerHandle]] = pytest.StashKey()
 FAILED = pytest.StashKey[bool]()
 #: The server a test gets (see ``_choice``), chosen once per test.
 CHOICE = pytest.StashKey[markers.Choice]()
-#: What the run keeps: its roots, backends and session servers.
+#: What the run keeps: its roots, backends and session servers, made when a fixture first needs it.
 RUNTIME: pytest.StashKey[Runtime] = pytest.StashKey()
+#: The run's id: xdist gives its workers the controller's, a run of its own makes one up.
+RUN_ID = pytest.StashKey[str]()
 #: The plugin's folder below pytest's basetemp, once the process made a root in it.
 FOLDER = pytest.StashKey[Path]()
 #: How many folders ``--http-keep`` kept, by the folder they are in: this process's and its workers'.
@@ -57,11 +59,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         xdist_kept = reports.XdistKept(config.stash[KEPT], config.stash[REMOVING])
         config.pluginmanager.register(xdist_kept, "jumpstarter_http_xdist")
-    from .runtime import Runtime
-
-    # xdist gives its workers the run's id; a run of its own makes one up.
     run_id = getattr(config, "workerinput", {}).get("testrunuid") or uuid.uuid4().hex
-    config.stash[RUNTIME] = Runtime(settings, lambda: _basetemp(config), run_id[:12], _terminal_lines(config))
+    config.stash[RUN_ID] = run_id[:12]
     eventloop.acquire()
 
 
@@ -88,7 +87,8 @@ def pytest_runtest_makereport(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    for line in config.stash[RUNTIME].summary():
+    runtime = config.stash.get(RUNTIME, None)
+    for line in runtime.summary() if runtime else ():
         terminalreporter.write_line(line)
     keep = config.stash[SETTINGS].keep
     if keep != "none":
@@ -112,11 +112,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
-    config.stash[RUNTIME].close(failed=session.testsfailed > 0)
+    runtime = config.stash.get(RUNTIME, None)
+    if runtime is not None:
+        runtime.close(failed=session.testsfailed > 0)
     if config.stash[SETTINGS].keep != "none":
-        kept = reports.kept_in(config.stash.get(FOLDER, None)) | config.stash[RUNTIME].kept()
+        kept = reports.kept_in(config.stash.get(FOLDER, None)) | (runtime.kept() if runtime else {})
         config.stash[KEPT].update(kept)
-        removing = config.stash[RUNTIME].removing()
+        removing = runtime.removing() if runtime else []
         config.stash[REMOVING].extend(removing)
         # An xdist worker has no terminal: its controller prints what it kept.
         getattr(config, "workeroutput", {})[reports.KEPT_OUTPUT] = kept
@@ -124,7 +126,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if RUNTIME in config.stash:
+    if RUN_ID in config.stash:  # configured in full
         eventloop.release()
 
 
@@ -152,7 +154,7 @@ def served_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
     or ``publish()``). Override it in a conftest.py to serve a directory of your own.
     """
     root = markers.chosen_root(request.node, request.config.stash[SETTINGS])
-    runtime = request.config.stash[RUNTIME]
+    runtime = _runtime(request.config)
     with runtime.served_dir(_choice(request), root, request.node.name, lambda: _failed(request)) as path:
         yield path
 
@@ -170,7 +172,7 @@ def http_server(request: pytest.FixtureRequest, served_dir: Path) -> Iterator[Ht
     With ``--http-tls=on`` or ``@pytest.mark.http_server(tls=True)`` it serves HTTPS: ``.ca_cert``
     is the CA certificate the device must trust (``.client_cert`` its certificate, for mutual TLS).
     """
-    runtime = request.config.stash[RUNTIME]
+    runtime = _runtime(request.config)
     with runtime.server(_choice(request), served_dir, lambda: _failed(request)) as server:
         markers.inject_marked_faults(request.node, server)
         yield _watch(request, server)
@@ -196,11 +198,22 @@ def http_server_factory(request: pytest.FixtureRequest) -> Iterator[HttpServerFa
     """
     from .runtime import HttpServerFactory
 
-    factory = HttpServerFactory(request.config.stash[RUNTIME], lambda server: _watch(request, server))
+    factory = HttpServerFactory(_runtime(request.config), lambda server: _watch(request, server))
     try:
         yield factory
     finally:
         factory.close(failed=_failed(request))
+
+
+def _runtime(config: pytest.Config) -> Runtime:
+    """What the run keeps, made when a fixture first needs it: a run that serves nothing imports
+    none of it."""
+    if RUNTIME not in config.stash:
+        from .runtime import Runtime
+
+        settings, run_id = config.stash[SETTINGS], config.stash[RUN_ID]
+        config.stash[RUNTIME] = Runtime(settings, lambda: _basetemp(config), run_id, _terminal_lines(config))
+    return config.stash[RUNTIME]
 
 
 def _choice(request: pytest.FixtureRequest) -> markers.Choice:

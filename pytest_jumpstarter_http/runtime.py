@@ -1,8 +1,8 @@
 """What one pytest process keeps for its run: its roots, its backends, its session servers.
 
-Built once in ``pytest_configure``. The backends (loopback, exporter) sit behind one interface,
-:class:`Backend`, and are made on first use, so a run that never serves imports neither
-jumpstarter nor aiohttp.
+Built when a fixture first needs it (``plugin._runtime``), so a run that serves nothing never
+imports it. The backends (loopback, exporter) sit behind one interface, :class:`Backend`, and
+are made on first use, so a run that never serves imports neither jumpstarter nor aiohttp.
 """
 
 from __future__ import annotations

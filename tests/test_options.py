@@ -386,6 +386,24 @@ def test_importing_the_plugin_imports_neither_jumpstarter_nor_aiohttp():
     assert out.strip() == "[]"
 
 
+def test_a_run_that_serves_nothing_builds_no_runtime(pytester):
+    # What a run keeps (roots, backends, the test CA) is built for the first fixture that serves:
+    # every pytest run where the plugin is installed pays for importing it otherwise.
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_plain():
+            assert "pytest_jumpstarter_http.runtime" not in sys.modules
+
+        def test_serving(http_url):
+            assert "pytest_jumpstarter_http.runtime" in sys.modules
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+
+
 def test_the_plugin_can_be_disabled(pytester):
     pytester.makepyfile("def test_it(http_url): pass")
     result = pytester.runpytest("-p", "no:jumpstarter_http")
