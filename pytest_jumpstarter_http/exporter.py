@@ -238,6 +238,8 @@ class Used:
     def close(self, *, keep: bool) -> None:
         """Let go of the server, and of this process's folder there unless ``keep``."""
         if self.owner is not None and (keep or not self.owner.keeps):
+            if keep:
+                self.store.drop_parts()
             self.owner.close()  # the server removes the folder unless it was told to keep it
             return
         if self.connection.gone is None:

@@ -229,6 +229,13 @@ class Store:
         for target in [each for each in self._placed if each == below or (inside and each.startswith(below))]:
             del self._placed[target]
 
+    def drop_parts(self) -> None:
+        """Remove the folder of partial writes, unless a partial is left in it: a process folder
+        ``--http-keep`` keeps holds what the tests staged, not where it was written."""
+        if self._parts is not None:
+            with suppress(Exception):  # not empty, or never made
+                self._storage.delete(self._parts + "/")
+
     def _ensure_object(self, fd: int, digest: str, label: str) -> None:
         if digest in self._objects:
             return

@@ -167,3 +167,6 @@ def test_http_keep_all_says_where_it_kept_the_folders_on_the_exporter(
     assert match, line
     (kept,) = (root_dir / match[1]).glob("h-*")
     assert [path.name for path in kept.iterdir()] == ["image.raw"]
+    # What was kept is the tests' files: no folder the plugin worked in is left behind empty.
+    folders = [path for path in (root_dir / match[1]).rglob("*") if path.is_dir()]
+    assert [folder for folder in folders if not any(folder.iterdir())] == []
