@@ -35,6 +35,7 @@ from aiohttp.web_urldispatcher import StaticResource
 
 from .beneath import PROBE, EscapesRoot, OpenFolder, open_beneath
 from .namespaces import Namespaces
+from .offload import CHUNK, send_turn
 from .records import OBJECTS, Fields, HttpRequest, Progress
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SHAPER_KEY", "BeneathFiles", "BodyShaper", "ServedFile", "beneath_middleware"]
 
-#: Bytes per ``sendfile`` call: small enough to count progress and notice a closed connection.
-CHUNK: Final = 4 << 20
 #: A body this small is read on the loop and sent with its headers in one write (a page-cache read).
 SMALL: Final = 64 << 10
 #: Bytes per read of a body sent without ``sendfile`` (over TLS, above all).
@@ -304,30 +303,64 @@ class ServedFile(FileResponse):
         return writer
 
     async def _send_chunks(self, request: Any, fobj: IO[Any], offset: int, count: int) -> bool:
-        """``sendfile`` the body in chunks, counting them; False where the loop cannot and nothing went."""
-        progress = request[PROGRESS_KEY]
-        loop = asyncio.get_running_loop()
+        """``sendfile`` the body in chunks, counting them; False where the loop cannot and nothing went.
+
+        A body of a chunk or more is copied by worker threads (:mod:`.offload`) whenever the
+        transport holds nothing unsent; a smaller one, or what follows bytes still in the
+        transport, by the loop's own ``sendfile``, which waits for the transport to empty first.
+        """
         transport = request.transport
-        while progress.sent < count:
+        sock = _socket_of(transport) if count >= CHUNK else None
+        going: bool | None = True
+        while going and request[PROGRESS_KEY].sent < count:
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("Connection lost")
-            at = offset + progress.sent
-            try:
-                sent = await loop.sendfile(transport, fobj, at, min(CHUNK, count - progress.sent))
-            except NotImplementedError:
-                if progress.sent:
-                    raise
-                return False
-            except BaseException as exc:
-                _count_partial_send(progress, fobj, at)
-                if isinstance(exc, RuntimeError) and transport.is_closing():
-                    # asyncio's "Transport is closing": the client went away between two chunks.
-                    raise ConnectionResetError("Connection lost") from None
+            if sock is not None and not transport.get_write_buffer_size():
+                going = await self._send_turn(request, sock, fobj, offset, count)
+            else:
+                going = await self._send_on_loop(request, fobj, offset, count)
+        return going is not None
+
+    async def _send_turn(
+        self, request: Any, sock: int, fobj: IO[Any], offset: int, count: int
+    ) -> bool | None:
+        """One turn of the worker threads' copying; whether to go on (False: the file shrank under
+        us), None if ``sendfile`` refused the very first bytes."""
+        progress = request[PROGRESS_KEY]
+        try:
+            sent, full = await send_turn(
+                sock, fobj.fileno(), offset + progress.sent, count - progress.sent, progress
+            )
+        except ConnectionError:
+            raise
+        except OSError:
+            if progress.sent:
                 raise
-            progress.sent += sent
-            if not sent:  # the file shrank under us
-                break
-        return True
+            return None  # as the loop's sendfile: a file it cannot send goes the copying way
+        return full or sent > 0
+
+    async def _send_on_loop(self, request: Any, fobj: IO[Any], offset: int, count: int) -> bool | None:
+        """One chunk by the loop's ``sendfile``; whether to go on (False: the file shrank under us),
+        None if the loop cannot send files and nothing went."""
+        progress = request[PROGRESS_KEY]
+        transport = request.transport
+        at = offset + progress.sent
+        try:
+            sent = await asyncio.get_running_loop().sendfile(
+                transport, fobj, at, min(CHUNK, count - progress.sent)
+            )
+        except NotImplementedError:
+            if progress.sent:
+                raise
+            return None
+        except BaseException as exc:
+            _count_partial_send(progress, fobj, at)
+            if isinstance(exc, RuntimeError) and transport.is_closing():
+                # asyncio's "Transport is closing": the client went away between two chunks.
+                raise ConnectionResetError("Connection lost") from None
+            raise
+        progress.sent += sent
+        return sent > 0
 
     async def _copy(
         self, request: Any, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int
@@ -501,6 +534,12 @@ def _encrypted(request: Any) -> bool:
     """Whether the request came over TLS (an HTTPS site of :mod:`.tlssites`)."""
     transport = request.transport
     return transport is not None and transport.get_extra_info("sslcontext") is not None
+
+
+def _socket_of(transport: Any) -> int | None:
+    """The descriptor of a plain transport's socket, for :mod:`.offload`; None if it has none."""
+    sock = None if transport is None else transport.get_extra_info("socket")
+    return None if sock is None else int(sock.fileno())
 
 
 def _count_partial_send(progress: Progress, fobj: IO[Any], at: int) -> None:

@@ -29,7 +29,7 @@ LAYERS = {
         "tls",
     },
     "records": {"records", "deviceapi", "beneath", "values"},
-    "server": {"driver", "serving", "shaping", "answering", "tlssites", "namespaces"},
+    "server": {"driver", "serving", "offload", "shaping", "answering", "tlssites", "namespaces"},
 }
 #: The layers each layer may import from.
 ALLOWED = {
