@@ -298,7 +298,11 @@ class ServedFile(FileResponse):
         # does here (bench/tlsfile.py), so a TLS body goes to the writer at once.
         plain = not (NOSENDFILE or self.compression or _encrypted(request))
         if not plain or not await self._send_chunks(request, fobj, offset, count):
-            return await self._copy(request, writer, fobj, offset, count)
+            await self._copy(request, writer, fobj, offset, count)
+        if progress.sent < count:
+            # The file shrank under us, and the body is short of its Content-Length: end the
+            # connection after it, or the client waits for the rest until it gives up.
+            self.force_close()
         await StreamResponse.write_eof(self)
         return writer
 
@@ -364,7 +368,7 @@ class ServedFile(FileResponse):
 
     async def _copy(
         self, request: Any, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int
-    ) -> AbstractStreamWriter:
+    ) -> None:
         """aiohttp's way without ``sendfile`` (TLS, compression, AIOHTTP_NOSENDFILE), counting."""
         progress = request[PROGRESS_KEY]
         loop = asyncio.get_running_loop()
@@ -379,7 +383,6 @@ class ServedFile(FileResponse):
                 break
             chunk = await loop.run_in_executor(None, fobj.read, min(size, count - progress.sent))
         await writer.drain()
-        return writer
 
 
 class BeneathFiles:

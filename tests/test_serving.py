@@ -236,3 +236,22 @@ def test_loopback_server_works_without_pytest(tmp_path: Path):
     with LoopbackServer(tmp_path).start() as server:
         assert urllib.request.urlopen(server.url_for("a"), timeout=10).read() == b"plain"
     assert not listening(server.port)
+
+
+def test_a_file_that_shrinks_while_it_is_served_ends_the_connection_after_the_short_body(
+    http_server, served_dir
+):
+    """The server sent what the file still held, then kept the connection open: the client waited
+    for the rest of the Content-Length until it gave up."""
+    big = served_dir / "big"
+    with open(big, "wb") as file:
+        file.truncate(256 << 20)
+    with socket.create_connection(("127.0.0.1", http_server.port), timeout=30) as conn:
+        conn.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # HTTP/1.1: kept alive unless told
+        first = conn.recv(1 << 20)
+        assert first.startswith(b"HTTP/1.1 200")
+        big.write_bytes(b"")  # the file shrinks under the download
+        received = len(first)
+        while chunk := conn.recv(1 << 20):  # until the server ends the connection (or 30 s pass)
+            received += len(chunk)
+    assert received < 256 << 20
