@@ -82,7 +82,7 @@ class _Entry:
         self.api_id = api_id
         self.spec = spec
         #: What answers a reply made with ``respond(handler=)``: the test's function, reached
-        #: in this process or through its owner's stream.
+        #: in this process or on its owner's call channel.
         self.handler = handler
         #: The namespace it came through, which it ends with; None for the whole server.
         self.namespace = namespace

@@ -7,15 +7,19 @@ over gRPC on an exporter. Reading a request log does not import the server.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager, closing
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
+from anyio import BrokenResourceError
 from anyio.abc import ObjectStream
 from jumpstarter.client import DriverClient
+from jumpstarter.client.core import DriverError, DriverInvalidArgument, DriverMethodNotImplemented
 from jumpstarter.common.resources import ResourceMetadata
 from jumpstarter.common.streams import ResourceStreamRequest, StreamRequestMetadata
 from jumpstarter.streams.common import forward_stream
@@ -25,6 +29,7 @@ from jumpstarter_driver_http.client import HttpServerClient
 from jumpstarter_driver_opendal.adapter import AsyncFileStream
 from opendal import AsyncOperator
 
+from .channel import Codec
 from .deviceapi import HANDLER_FAILED
 from .records import HttpRequest, Progress
 
@@ -90,7 +95,7 @@ class ServerApi:
         self, spec: dict[str, Any], namespace: str | None = None, handler: Answerer | None = None
     ) -> str:
         api_id = str(self.call("add_reply", spec, namespace))
-        if handler is not None:  # the server hands it requests through the owner's stream
+        if handler is not None:  # the server hands it requests on the call channel
             self.handlers[api_id] = handler
         return api_id
 
@@ -143,19 +148,168 @@ class RecordingHttpServerClient(ServerApi, HttpServerClient):
     """Client of :class:`RecordingHttpServer`: an ``HttpServerClient`` that reads its request log,
     injects network faults and scripts replies, uploads and credentials."""
 
+    async def call_async(self, method: str, *args: Any) -> Any:
+        """Call ``method`` on this client's call channel (:mod:`.channel`), opened on first use; as
+        a unary call on a server without one (an older version), or once the channel ended."""
+        calls = await self._calls()
+        if calls.ended is None:
+            try:
+                return await calls.call(method, args)
+            except NeverOpened:
+                pass
+        return await super().call_async(method, *args)
+
+    def own(self, folder: str, keep: bool, wanted: Callable[[dict[str, Any]], None], timeout: float) -> str:
+        """Own ``folder`` on the server for as long as the call channel lasts (``own``); the owner's
+        id. ``wanted`` is called in a worker thread with each request the server makes of the owner."""
+        return str(self.portal.call(self._own, folder, keep, wanted, timeout))
+
+    async def _own(
+        self, folder: str, keep: bool, wanted: Callable[[dict[str, Any]], None], timeout: float
+    ) -> str:
+        calls = await self._calls()
+        owner = str(await asyncio.wait_for(calls.call("own", [folder, keep]), timeout))
+        calls.wanted[owner] = wanted
+        return owner
+
+    async def _calls(self) -> Calls:
+        opening = self.__dict__.setdefault("_opening", asyncio.Lock())
+        async with opening:  # one channel per client
+            if "_channel" not in self.__dict__:
+                self.__dict__["_channel"] = await Calls.open(self)
+        return self.__dict__["_channel"]  # type: ignore[no-any-return]
+
+    def close_calls(self) -> None:
+        """End this client's call channel, and the owner it made, if it has them."""
+        calls = self.__dict__.get("_channel")
+        if calls is not None and calls.ended is None:
+            self.portal.call(calls.close)
+
+    def holds(self, digest: str) -> bool:
+        """Whether the exporter holds the object ``digest``, checked by its content."""
+        return bool(self.call("holds", digest))
+
     def push(self, digest: str, fd: int) -> bool:
         """Send the open local file ``fd`` as the object ``digest``; whether the exporter got that content."""
         with file_resource(self, fd) as handle:
             return bool(self.call("push", digest, handle))
 
-    def own_async(self, folder: str, keep: bool) -> AsyncIterator[Any]:
-        """The owner stream of ``own`` (its id, then what the server asks of it), to iterate on the
-        client's portal loop; ends when cancelled."""
-        return self.streamingcall_async("own", folder, keep)  # type: ignore[no-any-return]
-
     def read_upload(self, entry: dict[str, Any], namespace: str | None = None) -> bytes:
         """Read through the driver's storage: an upload may be larger than one call carries."""
         return read_bytes(self.storage, str(entry["stored"]))
+
+
+#: What a client raises for each kind of server exception (``channel.KINDS``), as for a unary call.
+_KINDS = (DriverMethodNotImplemented, DriverInvalidArgument, DriverError, DriverError)
+
+
+class NeverOpened(DriverError):
+    """The call channel ended before it answered anything: the server has none (an older version),
+    so no call sent on it was made."""
+
+
+class Calls:
+    """A client's end of its call channel (:mod:`.channel`), on the client's portal loop: a task
+    reads the replies and hands each to the call waiting for it, and each request of the server
+    to its owner to :attr:`wanted`, in a worker thread."""
+
+    def __init__(self, client: DriverClient) -> None:
+        self._client = client
+        self._codec = Codec()
+        self._sending = asyncio.Lock()
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self._stream: ObjectStream[bytes] | None = None
+        self._reading: asyncio.Future[None] | None = None
+        #: Whether the server answered on it: a server with no channel never does.
+        self.opened = False
+        #: Why the channel ended, or None while it runs; its client then calls as unary calls.
+        self.ended: BaseException | None = None
+        #: What handles the server's requests to each owner the channel made, by the owner's id.
+        self.wanted: dict[str, Callable[[dict[str, Any]], None]] = {}
+
+    @classmethod
+    async def open(cls, client: DriverClient) -> Calls:
+        calls = cls(client)
+        streaming: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        calls._reading = asyncio.ensure_future(calls._read(streaming))
+        with contextlib.suppress(Exception):  # then it has ended, and says why
+            await streaming
+        return calls
+
+    async def call(self, method: str, args: tuple[Any, ...] | list[Any]) -> Any:
+        if self.ended is not None:
+            raise _ended(self.ended, self.opened)
+        ident = next(self._ids)
+        self._waiting[ident] = answered = asyncio.get_running_loop().create_future()
+        try:
+            await self.send([ident, method, list(args)])
+            return await answered
+        finally:
+            self._waiting.pop(ident, None)
+
+    async def send(self, message: list[Any]) -> None:
+        async with self._sending:  # the lines of one zlib stream go in the order they were made
+            assert self._stream is not None
+            for chunk in self._codec.encode(message):
+                await self._stream.send(chunk)
+
+    async def _read(self, streaming: asyncio.Future[None]) -> None:
+        try:
+            async with self._client.stream_async("channel") as stream:
+                self._stream = stream
+                streaming.set_result(None)
+                async for chunk in stream:
+                    for message in self._codec.decode(chunk):
+                        self._take(message)
+            self._end(EOFError("the exporter ended the call channel"))
+        except BaseException as exc:
+            if not streaming.done():
+                streaming.set_exception(exc)
+            self._end(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _take(self, message: list[Any]) -> None:
+        self.opened = True
+        if message[0] == 0:
+            self._from_server(message)
+            return
+        answered = self._waiting.get(int(message[0]))
+        if answered is None or answered.done():
+            return
+        if len(message) == 2:
+            answered.set_result(message[1])
+        else:
+            answered.set_exception(_KINDS[int(message[2])](str(message[3])))
+
+    def _from_server(self, message: list[Any]) -> None:
+        """A request of the server to an owner: ``[0, owner, request]``."""
+        wanted = self.wanted.get(str(message[1]))
+        if wanted is not None:  # a blocking send: not on the portal's loop, which its calls use
+            asyncio.get_running_loop().run_in_executor(None, wanted, message[2])
+
+    def _end(self, why: BaseException) -> None:
+        self.ended = self.ended or why
+        for answered in self._waiting.values():
+            if not answered.done():
+                answered.set_exception(_ended(why, self.opened))
+
+    async def close(self) -> None:
+        self._end(EOFError("the call channel was closed"))
+        if self._reading is not None:
+            self._reading.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reading
+
+
+def _ended(why: BaseException, opened: bool) -> DriverError:
+    """The error of a call the channel cannot answer, from the gRPC error under ``why`` if there is
+    one (so that :func:`~.connect.unavailable` sees an exporter that went away)."""
+    cause = why.__cause__ if isinstance(why, BrokenResourceError) else why
+    error = (DriverError if opened else NeverOpened)(f"the call channel ended ({why!r})")
+    error.__cause__ = cause
+    return error
 
 
 def write_from_fd(storage: OpendalClient, path: str, fd: int) -> None:

@@ -20,19 +20,31 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
+import hashlib
+import logging
 import os
 import re
+import stat
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any
 
-from jumpstarter.driver import export
+import anyio
+from anyio import to_thread
+from jumpstarter.driver import export, exportstream
+from jumpstarter.driver.decorators import MARKER_DRIVERCALL, MARKER_MAGIC
+from jumpstarter.streams.common import create_memory_stream
 from jumpstarter_driver_http.driver import HttpServer
+from pydantic import TypeAdapter
 from pydantic.dataclasses import dataclass
 
 from .answering import DeviceApi, DeviceApiMiddleware, Written
+from .beneath import open_beneath
+from .channel import Codec, kind_of
 from .deviceapi import AuthSpec, ReplySpec, UploadSpec
 from .namespaces import NamespaceError, Namespaces
 from .records import API_VERSION, NS, OBJECTS, FaultSpec, TlsSpec, check_name, plugin_version
@@ -40,9 +52,13 @@ from .serving import Numbered, RequestLog, beneath_middleware, install, reach_by
 from .shaping import FaultMiddleware, FaultRegistry
 from .tlssites import Sites, lab_certificate, port_range, refused_handshake, server_context
 
+log = logging.getLogger("pytest_jumpstarter_http.driver")
+
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Results cross the call channel as they cross a unary call (Jumpstarter's ``encode_value``).
+_AS_JSON = TypeAdapter(Any)
 
 
 @dataclass(kw_only=True, config={"arbitrary_types_allowed": True})
@@ -123,6 +139,30 @@ class RecordingHttpServer(HttpServer):
         removes = bool(getattr(self.children.get("storage"), "remove_created_on_close", False))
         return {"api": API_VERSION, "version": plugin_version(), "remove_created_on_close": removes}
 
+    @exportstream
+    @asynccontextmanager
+    async def channel(self) -> AsyncIterator[Any]:
+        """This server's calls for one client on one stream (:mod:`.channel`), each answered as its
+        unary call would be, concurrently; and the client's owners, which it makes one with ``own``.
+        An owner ends with the stream, however the client's connection ends."""
+        mine, theirs = create_memory_stream()
+        serving = asyncio.ensure_future(_Served(self, mine).run())
+        try:
+            yield theirs
+        finally:
+            serving.cancel()
+            await mine.aclose()
+
+    async def exported(self, name: str, args: list[Any]) -> Any:
+        """Call the exported method ``name`` as Jumpstarter's ``DriverCall`` does."""
+        method = getattr(self, name, None)
+        if getattr(method, MARKER_DRIVERCALL, None) != MARKER_MAGIC:
+            raise NotImplementedError(f"method {name} not found on driver")
+        assert method is not None
+        if asyncio.iscoroutinefunction(method):
+            return await method(*args)
+        return await to_thread.run_sync(method, *args)
+
     @export
     async def start_unless_running(self) -> int:
         """Start the server unless it runs; its port. Never restarts it under someone's downloads."""
@@ -187,16 +227,16 @@ class RecordingHttpServer(HttpServer):
             each.close()
         await asyncio.gather(*(each.shutdown(self.shutdown_grace) for each in ended))
 
-    @export
     async def own(self, folder: str, keep: bool = False) -> AsyncIterator[str | dict[str, Any]]:
-        """Own ``folder`` (below ``pytest-jumpstarter-http/runs/``) for as long as this stream lasts.
+        """Own ``folder`` (below ``pytest-jumpstarter-http/runs/``) for as long as this is iterated:
+        a run's call channel does (``own``), the loopback's process does itself.
 
         Yields the owner's id once, then each name a device asked of a namespace of the owner
         that lacks it (``{"namespace": ..., "name": ...}``), which the owner sends and answers
         with :meth:`answer`, and each request a handler of the owner's answers (``{"namespace",
-        "call", "reply", "request"}``), which it answers with :meth:`answer_call`. When the
-        stream ends (the run's connection ended, however),
-        the owner's namespaces and their faults end, and its folder is removed unless ``keep``.
+        "call", "reply", "request"}``), which it answers with :meth:`answer_call`. When it ends
+        (the run's connection ended, however), the owner's namespaces and their faults end, and
+        its folder is removed unless ``keep``.
         """
         owner = self.namespaces.add_owner(str(folder), keep=bool(keep))
         try:
@@ -276,6 +316,13 @@ class RecordingHttpServer(HttpServer):
             return True
         finally:
             written.drop()
+
+    @export
+    async def holds(self, digest: str) -> bool:
+        """Whether the object ``digest`` is here and still that content, hashed in a thread: one
+        call where the storage's would be two (``exists``, ``hash``)."""
+        path = f"{OBJECTS}/{_sha256(digest)}"
+        return await to_thread.run_sync(_hashes_to, self.root_dir, path, digest)
 
     @export
     def link(self, namespace: str, name: str, digest: str) -> int:
@@ -407,6 +454,82 @@ def _sha256(digest: str) -> str:
     if not _SHA256.fullmatch(str(digest)):
         raise ValueError(f"{str(digest)[:80]!r} is no sha256; give 64 lowercase hex digits")
     return str(digest)
+
+
+class _Served:
+    """One client's call channel on the server (:mod:`.channel`): a task per call, whose reply
+    goes back when it is done, and one per owner it made, which ends with it."""
+
+    def __init__(self, server: RecordingHttpServer, stream: Any) -> None:
+        self._server = server
+        self._stream = stream
+        self._codec = Codec()
+        self._sending = asyncio.Lock()
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    async def run(self) -> None:
+        try:
+            async for chunk in self._stream:
+                for call, name, args in self._codec.decode(chunk):
+                    self._start(self._answer(int(call), str(name), list(args)))
+        except Exception:  # a line it cannot read: the client sees the channel end, and goes on without
+            log.warning("a client's call channel sent what it cannot read; it ends", exc_info=True)
+            await self._stream.aclose()
+        finally:  # the owner's task with the others: the owner ends with its stream
+            for task in list(self._tasks):
+                task.cancel()
+
+    def _start(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, call: int, name: str, args: list[Any]) -> None:
+        try:
+            if name == "own":
+                result = await self._own(*args)
+            else:
+                result = _AS_JSON.dump_python(await self._server.exported(name, args), mode="json")
+        except Exception as exc:
+            await self._send([call, None, kind_of(exc), str(exc)])
+            return
+        await self._send([call, result])
+
+    async def _own(self, folder: str, keep: bool) -> str:
+        """Make the client an owner (``own``) for as long as the channel lasts; its id. What the
+        server asks of the owner goes to the client as ``[0, owner, request]``."""
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._start(self._serve_owner(str(folder), bool(keep), ready))
+        return await ready
+
+    async def _serve_owner(self, folder: str, keep: bool, ready: asyncio.Future[str]) -> None:
+        try:
+            async for item in self._server.own(folder, keep):
+                if not ready.done():
+                    ready.set_result(str(item))
+                else:
+                    await self._send([0, ready.result(), item])
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    async def _send(self, message: list[Any]) -> None:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # the client left
+            async with self._sending:  # the lines of one zlib stream go in the order they were made
+                for chunk in self._codec.encode(message):
+                    await self._stream.send(chunk)
+
+
+def _hashes_to(root: str, path: str, digest: str) -> bool:
+    """Whether the regular file ``path`` below ``root`` has the sha256 ``digest``."""
+    try:
+        fd = open_beneath(root, path)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as file:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        return regular and hashlib.file_digest(file, "sha256").hexdigest() == digest
 
 
 def _local_port(connection: Any) -> int | None:

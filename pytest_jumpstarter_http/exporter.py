@@ -13,7 +13,6 @@ removes it, and ends the process's namespaces and faults, when that connection e
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import functools
@@ -223,7 +222,7 @@ class Used:
 
     def serve_tls(self, owner: OwnerStream, spec: TlsSpec) -> tuple[int, str | None]:
         """Where the server serves HTTPS with ``spec`` for this process, added on first use; it closes
-        when this process's owner stream ends, never touching the plain server others share."""
+        when this process's call channel ends, never touching the plain server others share."""
         if spec not in self.tls_sites:
             with self.connection.answering(), _asking(self.connection, self.driver_path, "serve_tls()"):
                 self.tls_sites[spec] = self.http.serve_tls(owner.id, spec.as_dict())
@@ -310,11 +309,10 @@ def _speaks_our_api(connection: Connection, driver_path: str, http: Any) -> bool
 
 
 class OwnerStream:
-    """This process as an owner of a RecordingHttpServer: the stream (``own``) that makes it one.
+    """This process as an owner of a RecordingHttpServer, on its client's call channel (``own``).
 
-    The server ends everything the owner set (namespaces, faults, its folder) when the stream
+    The server ends everything the owner set (namespaces, faults, its folder) when the channel
     ends, which Jumpstarter sees however this process ends: a clean exit, a SIGKILL, a lost lease.
-    The stream runs on the client's own portal, so a test's own client works as the plugin's do.
     Through it the server asks for the names a device wanted of a namespace that lacks them: the
     handle of that namespace (in :attr:`senders`) sends each one it has, in a worker thread.
     """
@@ -325,14 +323,8 @@ class OwnerStream:
         #: Namespace token -> the function that sends a name of it, True if it had that name.
         self.senders: dict[str, Callable[[str], bool]] = {}
         self._http = http
-        ready: concurrent.futures.Future[str] = concurrent.futures.Future()
-        self._task = http.portal.start_task_soon(_own, http, folder, keep, ready, self._wanted)
-        try:
-            #: The owner's id on the server, which this process's namespaces name.
-            self.id = ready.result(timeout)
-        except BaseException:
-            self._task.cancel()
-            raise
+        #: The owner's id on the server, which this process's namespaces name.
+        self.id = http.own(folder, keep, self._wanted, timeout)
 
     def _wanted(self, want: dict[str, Any]) -> None:
         """Send the name a device asked of one of this process's namespaces, and answer; or answer
@@ -354,27 +346,8 @@ class OwnerStream:
                 self._http.answer(namespace, name, sent)
 
     def close(self) -> None:
-        self._task.cancel()
-
-
-async def _own(
-    http: Any,
-    folder: str,
-    keep: bool,
-    ready: concurrent.futures.Future[str],
-    wanted: Callable[[dict[str, Any]], None],
-) -> None:
-    loop = asyncio.get_running_loop()
-    try:
-        async for item in http.own_async(folder, keep):
-            if not ready.done():
-                ready.set_result(str(item))
-            else:  # a blocking send: not on the portal's loop, which its calls go through
-                loop.run_in_executor(None, wanted, item)
-    except BaseException as exc:
-        if not ready.done():
-            ready.set_exception(exc)
-        raise
+        """End the owner: its call channel."""
+        self._http.close_calls()
 
 
 def _start_unless_running(http: Any, recording: bool, timeout: float) -> None:

@@ -182,6 +182,8 @@ class LocalServer:
             eventloop.call(self._stopped, timeout=self.timeout)
         finally:
             try:
+                if self._client is not None:  # its call channel before the session it is on
+                    self._client.close_calls()
                 self._client_stack.close()
             finally:
                 self._client = None

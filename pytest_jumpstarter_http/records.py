@@ -42,7 +42,8 @@ PROGRESS_BYTES: Final = 64 << 20
 #: exporter and its test runners are upgraded on their own schedules: they check it on connecting.
 #: 3: a reply matches on its query, headers and body, is answered by a handler or is ordered;
 #: a server of 2 would ignore those keys and answer requests the reply does not match.
-API_VERSION: Final = 3
+#: 4: ``holds()`` checks an object in one call (and calls go on one stream, :mod:`.channel`).
+API_VERSION: Final = 4
 #: The method and remote of a request-log entry of a connection refused before it made any
 #: request: a TLS handshake an HTTPS site refused (issue 27). Its status is 0, its path the URL's.
 NO_REQUEST: Final = "-"

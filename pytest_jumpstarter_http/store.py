@@ -172,6 +172,8 @@ class Store:
 
     def _holds(self, path: str, digest: str) -> bool:
         """Whether ``path`` on the exporter holds the content ``digest``."""
+        if self._pushes and path == f"{OBJECTS}/{digest}":  # one call of a RecordingHttpServer
+            return bool(self._http.holds(digest))
         return bool(self._storage.exists(path)) and self._storage.hash(path, "sha256") == digest
 
     def _copy_spare(self, fd: int, digest: str, label: str, target: str) -> None:
@@ -336,8 +338,9 @@ class Store:
             say(f"jumpstarter-http: staged {label} in {took:.1f} s ({mib / took:.0f} MiB/s)")
 
     def _sweep_partials(self) -> None:
-        """Remove what a push from this machine left when it was killed half-way."""
-        if not self._storage.exists(f"{OBJECTS}/"):
+        """Remove what a push from this machine left when it was killed half-way (the stock
+        driver's: a RecordingHttpServer's are in their owner's folder, which ends with it)."""
+        if self._pushes or not self._storage.exists(f"{OBJECTS}/"):
             return
         for path in list(self._storage.list(f"{OBJECTS}/")):
             name = path.rsplit("/", 1)[-1]

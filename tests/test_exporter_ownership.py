@@ -521,14 +521,20 @@ def test_stage_the_same_content(http_server, n):
 
 def test_a_content_the_run_sent_is_staged_in_one_call(http_server, monkeypatch):
     from jumpstarter.client.core import AsyncDriverClient
+    from pytest_jumpstarter_http.client import Calls
 
-    calls, real = [], AsyncDriverClient.call_async
+    calls, unary, channel = [], AsyncDriverClient.call_async, Calls.call
 
     async def counted(client, method, *args):  # Jumpstarter's call, counted as it goes through
         calls.append(method)
-        return await real(client, method, *args)
+        return await unary(client, method, *args)
+
+    async def counted_on_channel(self, method, args):  # and a call on the call channel
+        calls.append(method)
+        return await channel(self, method, args)
 
     monkeypatch.setattr(AsyncDriverClient, "call_async", counted)
+    monkeypatch.setattr(Calls, "call", counted_on_channel)
     url = http_server.stage(CONTENT, "again/manifest.json")
     assert calls == ["link"]  # the URL's port came with it
     assert url == http_server.url_for("again/manifest.json")

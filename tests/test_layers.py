@@ -28,7 +28,7 @@ LAYERS = {
         "eventloop",
         "tls",
     },
-    "records": {"records", "deviceapi", "beneath", "values"},
+    "records": {"records", "deviceapi", "beneath", "values", "channel"},
     "server": {"driver", "serving", "offload", "shaping", "answering", "tlssites", "namespaces"},
 }
 #: The layers each layer may import from.

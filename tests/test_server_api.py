@@ -17,6 +17,8 @@ from jumpstarter_helpers import StandaloneExporter, http_driver, write_exporter_
 from subprocess_runs import PYTHON, plain_pytest, run
 from test_exporter_ownership import exporter_backend
 
+from pytest_jumpstarter_http.records import API_VERSION
+
 TWO_OWNERS = """
 import json, urllib.request
 from jumpstarter.common.utils import env
@@ -100,6 +102,14 @@ class Newer(RecordingHttpServer):
     @export
     def api(self):
         return {"api": 99, "version": "9.0"}
+
+
+class BeforeTheChannel(RecordingHttpServer):
+    channel = None  # no call channel: its client calls it with unary calls
+
+    @export
+    def api(self):
+        return {"api": 3, "version": "0.0.3"}
 """
 
 ONE_TEST = """
@@ -114,13 +124,18 @@ def test_serves(http_server):
         (
             "Older",
             "*: its RecordingHttpServer at 'http' runs pytest-jumpstarter-http older than this check "
-            "(server API 1) and this machine * (server API 3); upgrade pytest-jumpstarter-http on the "
-            "exporter.",
+            f"(server API 1) and this machine * (server API {API_VERSION}); upgrade pytest-jumpstarter-http "
+            "on the exporter.",
+        ),
+        (
+            "BeforeTheChannel",
+            "*: its RecordingHttpServer at 'http' runs pytest-jumpstarter-http 0.0.3 (server API 3) and "
+            f"this machine * (server API {API_VERSION}); upgrade pytest-jumpstarter-http on the exporter.",
         ),
         (
             "Newer",
             "*: its RecordingHttpServer at 'http' runs pytest-jumpstarter-http 9.0 (server API 99) and "
-            "this machine * (server API 3); upgrade pytest-jumpstarter-http on this machine.",
+            f"this machine * (server API {API_VERSION}); upgrade pytest-jumpstarter-http on this machine.",
         ),
     ],
 )

@@ -1,0 +1,157 @@
+"""Issue 25: a client's calls of a RecordingHttpServer go on one stream, the call channel.
+
+The codec is checked on its own; the rest through Jumpstarter's real client and a real gRPC
+session on the loopback's server (``LocalServer.client``), as an exporter's runs reach it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jumpstarter.client.core import DriverError, DriverInvalidArgument
+from jumpstarter.common.utils import serve
+
+from pytest_jumpstarter_http.channel import MAX_CHUNK, MAX_LINE, Codec
+from pytest_jumpstarter_http.driver import RecordingHttpServer
+from pytest_jumpstarter_http.loopback import LocalServer
+from pytest_jumpstarter_http.namespaces import NamespaceError
+from pytest_jumpstarter_http.records import OBJECTS, RUNS, TOP
+
+
+def test_messages_cross_in_order_however_the_stream_cuts_them():
+    sender, receiver = Codec(), Codec()
+    sent = [[n, "link", ["0123456789abcdef", f"image-{n % 3}.raw", "ab" * 32]] for n in range(300)]
+    data = b"".join(chunk for message in sent for chunk in sender.encode(message))
+    shuffle = random.Random(25)
+    got, at = [], 0
+    while at < len(data):
+        step = shuffle.randint(1, 40)
+        got += receiver.decode(data[at : at + step])
+        at += step
+    assert got == sent
+    # A repeated call costs a few bytes: the zlib stream has seen its words.
+    assert len(data) < 300 * 40
+
+
+def test_a_message_larger_than_a_grpc_message_is_sent_in_chunks():
+    sender, receiver = Codec(), Codec()
+    body = random.Random(1).randbytes(3 * MAX_CHUNK).hex()
+    chunks = sender.encode([7, "add_reply", [{"body": body}]])
+    assert len(chunks) > 1
+    assert all(len(chunk) <= MAX_CHUNK for chunk in chunks)
+    received = [message for chunk in chunks for message in receiver.decode(chunk)]
+    assert received == [[7, "add_reply", [{"body": body}]]]
+
+
+def test_a_line_longer_than_the_limit_is_refused_before_it_is_all_in_memory():
+    sender, receiver = Codec(), Codec()
+    (bomb,) = sender.encode(["a" * (MAX_LINE + 10)])  # compresses to a few KiB
+    with pytest.raises(ValueError, match=r"is over \d+ bytes; it is refused"):
+        receiver.decode(bomb)
+    assert len(receiver._line) <= MAX_LINE + 1
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    with LocalServer("127.0.0.1", tmp_path / "server") as running:
+        yield running
+
+
+def owns(server: LocalServer, owner: str) -> bool:
+    try:
+        server.driver.namespaces.owner(owner)
+    except NamespaceError:
+        return False
+    return True
+
+
+def test_an_owner_made_on_the_channel_ends_when_the_channel_ends(server, tmp_path: Path):
+    client = server.client
+    owner = client.own(f"{RUNS}/run-x", False, lambda want: None, 10)
+    assert owns(server, owner)
+    token = client.open_namespace(owner, [f"{RUNS}/run-x"])
+    assert server.driver.namespaces.alive(token)
+    client.close_calls()
+    deadline = time.monotonic() + 10
+    while owns(server, owner) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not owns(server, owner)
+    assert not server.driver.namespaces.alive(token)
+    # The client goes on with unary calls.
+    assert client.get_port() == server.driver.get_port()
+
+
+def test_the_server_asks_an_owner_for_a_name_through_the_channel(server):
+    client = server.client
+    asked: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def wanted(want: dict[str, Any]) -> None:
+        asked.append(want)
+        client.answer(want["namespace"], want["name"], False)
+        done.set()
+
+    owner = client.own(f"{RUNS}/run-y", False, wanted, 10)
+    token = client.open_namespace(owner, [f"{RUNS}/run-y"], 10.0)
+    url = f"{client.get_url()}/{TOP}/ns/{token}/missing.bin"
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(url, timeout=10)
+    assert done.wait(10)
+    assert asked == [{"namespace": token, "name": "missing.bin"}]
+
+
+def test_a_server_error_reaches_the_caller_as_a_unary_call_would_raise_it(server):
+    with pytest.raises(DriverInvalidArgument, match="'not-a-digest' is no sha256; give 64 lowercase hex"):
+        server.client.holds("not-a-digest")
+
+
+def test_calls_from_many_threads_each_get_their_own_answer(server):
+    objects = server.folder / OBJECTS
+    objects.mkdir(parents=True)
+    kept = {}
+    for n in range(20):
+        content = f"object {n}".encode()
+        digest = hashlib.sha256(content).hexdigest()
+        if n % 2:
+            (objects / digest).write_bytes(content)
+        kept[digest] = bool(n % 2)
+    (objects / hashlib.sha256(b"x").hexdigest()).write_bytes(b"not x")  # a rewritten object
+    kept[hashlib.sha256(b"x").hexdigest()] = False
+    client = server.client
+    asks = list(kept) * 10
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(client.holds, asks))
+    assert answers == [kept[digest] for digest in asks]
+
+
+def test_a_call_too_long_for_the_channel_ends_it_and_the_client_goes_on_without(server):
+    client = server.client
+    port = client.get_port()  # answered on the channel: it runs
+    with pytest.raises(DriverError, match="the call channel ended"):
+        client.call("api", "a" * (MAX_LINE + 10))
+    assert client.get_port() == port  # a unary call
+
+
+class WithoutChannel(RecordingHttpServer):
+    """A RecordingHttpServer of a plugin version from before the call channel."""
+
+    channel = None  # type: ignore[assignment]
+
+
+def test_a_server_without_the_channel_is_called_with_unary_calls(tmp_path: Path):
+    driver = WithoutChannel(root_dir=str(tmp_path), host="127.0.0.1", port=0)
+    with serve(driver) as client:
+        assert json.dumps(client.call("api"))  # answered: the version check can run
+        client.start_unless_running()
+        assert client.get_port() != 0
+        client.stop()
