@@ -523,8 +523,8 @@ class _Served:
 
 def _hashes_to(root: str, path: str, digest: str) -> bool:
     """Whether the regular file ``path`` below ``root`` has the sha256 ``digest``."""
-    try:
-        fd = open_beneath(root, path)
+    try:  # O_NONBLOCK: a FIFO planted there is opened, and refused, without waiting for a writer
+        fd = open_beneath(root, path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
     with os.fdopen(fd, "rb") as file:

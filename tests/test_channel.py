@@ -6,8 +6,10 @@ session on the loopback's server (``LocalServer.client``), as an exporter's runs
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import random
 import threading
 import time
@@ -132,6 +134,20 @@ def test_calls_from_many_threads_each_get_their_own_answer(server):
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(client.holds, asks))
     assert answers == [kept[digest] for digest in asks]
+
+
+def test_a_fifo_planted_as_an_object_is_not_held_and_holds_no_thread(server):
+    objects = server.folder / OBJECTS
+    objects.mkdir(parents=True)
+    fifo = objects / hashlib.sha256(b"x").hexdigest()
+    os.mkfifo(fifo)
+    pool = ThreadPoolExecutor(1)
+    try:
+        assert pool.submit(server.client.holds, fifo.name).result(timeout=10) is False
+    finally:  # a reader it left waiting, if any, gets a writer
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pool.shutdown()
 
 
 def test_a_call_too_long_for_the_channel_ends_it_and_the_client_goes_on_without(server):
