@@ -204,6 +204,30 @@ def test_resource_async_still_opens_a_resource_stream_as_the_client_s_copy_of_it
     )
 
 
+# --- jumpstarter's Driver.DriverCall (driver.RecordingHttpServer.exported, the call channel's copy) --
+
+
+def test_driver_call_still_looks_up_an_exported_method_and_runs_a_plain_one_in_a_thread():
+    from jumpstarter.driver import Driver
+
+    source = inspect.getsource(Driver.DriverCall)
+    steps = [
+        "MARKER_DRIVERCALL",
+        "if iscoroutinefunction(method):",
+        "result = await method(*args)",
+        "result = await to_thread.run_sync(method, *args)",
+        "except NotImplementedError as e:",
+        "except ValueError as e:",
+        "except TimeoutError as e:",
+    ]
+    changed = [step for step in steps if step not in source]
+    assert not changed, (
+        f"Jumpstarter's DriverCall no longer does {changed}: RecordingHttpServer.exported() makes a call "
+        "of the call channel as DriverCall makes a unary one, and channel.KINDS maps its exceptions as "
+        "DriverCall does; read the new one and follow it."
+    )
+
+
 # --- aiohttp FileResponse._sendfile(request, fobj, offset, count) (serving.py) ------------------
 
 
