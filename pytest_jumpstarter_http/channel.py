@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterator
 from typing import Any, Final
 
-#: The longest line either side accepts, decompressed (a unary call carries at most 4 MiB).
+#: The longest line either side sends or accepts (a unary call carries at most 4 MiB): a longer
+#: call or answer fails alone, and a longer line received ends the channel.
 MAX_LINE: Final = 16 << 20
 #: The most bytes one send carries: a gRPC message is at most 4 MiB by default.
 MAX_CHUNK: Final = 1 << 20
+#: How much is decompressed at a time: a small chunk may hold a great many lines.
+STEP: Final = 64 << 10
 #: How a server's exception crosses: the kind of Jumpstarter error the client raises for it, as
 #: for a unary call.
 KINDS: Final = (NotImplementedError, ValueError, TimeoutError, Exception)
@@ -29,25 +33,39 @@ class Codec:
     def __init__(self) -> None:
         self._out = zlib.compressobj()
         self._in = zlib.decompressobj()
-        self._line = b""
+        #: The start of a line not received whole yet, and its length.
+        self._pending: list[bytes] = []
+        self._size = 0
 
-    def encode(self, message: Any) -> list[bytes]:
-        """``message`` as the chunks to send, in order (one, unless it is large)."""
+    @staticmethod
+    def line(message: Any) -> bytes:
+        """``message`` as a line; a ``ValueError`` if it is over :data:`MAX_LINE`."""
         line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        if len(line) > MAX_LINE:
+            raise ValueError(f"a call channel line of {len(line)} bytes is over {MAX_LINE}; it is not sent")
+        return line
+
+    def chunks(self, line: bytes) -> list[bytes]:
+        """``line`` compressed, as the chunks to send in this order (one, unless it is large)."""
         data = self._out.compress(line) + self._out.flush(zlib.Z_PARTIAL_FLUSH)
         return [data[at : at + MAX_CHUNK] for at in range(0, len(data), MAX_CHUNK)]
 
-    def decode(self, chunk: bytes) -> list[Any]:
-        """The messages ``chunk`` completes; a ``ValueError`` for a line over :data:`MAX_LINE`."""
-        messages = []
-        while chunk:
-            self._line += self._in.decompress(chunk, MAX_LINE + 1 - len(self._line))
+    def decode(self, chunk: bytes) -> Iterator[Any]:
+        """The messages ``chunk`` completes, one at a time as they are decompressed; a
+        ``ValueError`` for a line over :data:`MAX_LINE`."""
+        more = True
+        while more:
+            piece = self._in.decompress(chunk, STEP)
             chunk = self._in.unconsumed_tail
-            *lines, self._line = self._line.split(b"\n")
-            messages += [json.loads(line) for line in lines]
-            if len(self._line) > MAX_LINE:
+            more = bool(chunk) or len(piece) == STEP  # a full piece: zlib may hold more of it
+            *lines, rest = piece.split(b"\n")
+            for line in lines:
+                yield json.loads(b"".join([*self._pending, line]))
+                self._pending, self._size = [], 0
+            self._pending.append(rest)
+            self._size += len(rest)
+            if self._size > MAX_LINE:
                 raise ValueError(f"a call channel line is over {MAX_LINE} bytes; it is refused")
-        return messages
 
 
 def kind_of(exc: BaseException) -> int:

@@ -168,7 +168,11 @@ class RecordingHttpServerClient(ServerApi, HttpServerClient):
         self, folder: str, keep: bool, wanted: Callable[[dict[str, Any]], None], timeout: float
     ) -> str:
         calls = await self._calls()
-        owner = str(await asyncio.wait_for(calls.call("own", [folder, keep]), timeout))
+        try:
+            owner = str(await asyncio.wait_for(calls.call("own", [folder, keep]), timeout))
+        except BaseException:
+            await calls.close()  # an owner it made all the same ends with it
+            raise
         calls.wanted[owner] = wanted
         return owner
 
@@ -204,8 +208,7 @@ _KINDS = (DriverMethodNotImplemented, DriverInvalidArgument, DriverError, Driver
 
 
 class NeverOpened(DriverError):
-    """The call channel ended before it answered anything: the server has none (an older version),
-    so no call sent on it was made."""
+    """The server has no call channel (an older version), so no call sent on it was made."""
 
 
 class Calls:
@@ -221,8 +224,6 @@ class Calls:
         self._ids = itertools.count(1)
         self._stream: ObjectStream[bytes] | None = None
         self._reading: asyncio.Future[None] | None = None
-        #: Whether the server answered on it: a server with no channel never does.
-        self.opened = False
         #: Why the channel ended, or None while it runs; its client then calls as unary calls.
         self.ended: BaseException | None = None
         #: What handles the server's requests to each owner the channel made, by the owner's id.
@@ -238,21 +239,30 @@ class Calls:
         return calls
 
     async def call(self, method: str, args: tuple[Any, ...] | list[Any]) -> Any:
-        if self.ended is not None:
-            raise _ended(self.ended, self.opened)
         ident = next(self._ids)
+        try:
+            line = Codec.line([ident, method, list(args)])
+        except ValueError as exc:  # too long for the channel, as for a unary call: this call fails alone
+            raise DriverError(f"{method}(): {exc}") from None
         self._waiting[ident] = answered = asyncio.get_running_loop().create_future()
         try:
-            await self.send([ident, method, list(args)])
+            # Shielded: a caller cancelled half-way through would leave the zlib stream corrupt.
+            await asyncio.shield(self._send(line))
             return await answered
         finally:
             self._waiting.pop(ident, None)
 
-    async def send(self, message: list[Any]) -> None:
+    async def _send(self, line: bytes) -> None:
         async with self._sending:  # the lines of one zlib stream go in the order they were made
+            if self.ended is not None:
+                raise _ended(self.ended)
             assert self._stream is not None
-            for chunk in self._codec.encode(message):
-                await self._stream.send(chunk)
+            try:
+                for chunk in self._codec.chunks(line):
+                    await self._stream.send(chunk)
+            except Exception as exc:  # the stream ended under it
+                self._end(exc)
+                raise _ended(exc)  # noqa: B904 - its cause is the gRPC error, for connect.unavailable()
 
     async def _read(self, streaming: asyncio.Future[None]) -> None:
         try:
@@ -271,7 +281,6 @@ class Calls:
                 raise
 
     def _take(self, message: list[Any]) -> None:
-        self.opened = True
         if message[0] == 0:
             self._from_server(message)
             return
@@ -293,7 +302,7 @@ class Calls:
         self.ended = self.ended or why
         for answered in self._waiting.values():
             if not answered.done():
-                answered.set_exception(_ended(why, self.opened))
+                answered.set_exception(_ended(why))
 
     async def close(self) -> None:
         self._end(EOFError("the call channel was closed"))
@@ -303,11 +312,15 @@ class Calls:
                 await self._reading
 
 
-def _ended(why: BaseException, opened: bool) -> DriverError:
+def _ended(why: BaseException) -> DriverError:
     """The error of a call the channel cannot answer, from the gRPC error under ``why`` if there is
-    one (so that :func:`~.connect.unavailable` sees an exporter that went away)."""
+    one (so that :func:`~.connect.unavailable` sees an exporter that went away): a
+    :class:`NeverOpened` if the server has no channel."""
+    import grpc
+
     cause = why.__cause__ if isinstance(why, BrokenResourceError) else why
-    error = (DriverError if opened else NeverOpened)(f"the call channel ended ({why!r})")
+    missing = isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.NOT_FOUND
+    error = (NeverOpened if missing else DriverError)(f"the call channel ended ({why!r})")
     error.__cause__ = cause
     return error
 

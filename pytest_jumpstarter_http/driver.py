@@ -57,6 +57,8 @@ log = logging.getLogger("pytest_jumpstarter_http.driver")
 #: Requests kept; the oldest go first.
 MAX_REQUESTS = 10_000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: The calls of one call channel the server runs at once; the next wait, and the channel with them.
+MAX_CALLS = 64
 #: Results cross the call channel as they cross a unary call (Jumpstarter's ``encode_value``).
 _AS_JSON = TypeAdapter(Any)
 
@@ -457,8 +459,9 @@ def _sha256(digest: str) -> str:
 
 
 class _Served:
-    """One client's call channel on the server (:mod:`.channel`): a task per call, whose reply
-    goes back when it is done, and one per owner it made, which ends with it."""
+    """One client's call channel on the server (:mod:`.channel`): a task per call, at most
+    :data:`MAX_CALLS` at once, whose reply goes back when it is done, and one per owner it made;
+    they all end with the stream."""
 
     def __init__(self, server: RecordingHttpServer, stream: Any) -> None:
         self._server = server
@@ -466,12 +469,16 @@ class _Served:
         self._codec = Codec()
         self._sending = asyncio.Lock()
         self._tasks: set[asyncio.Future[None]] = set()
+        self._calls = asyncio.Semaphore(MAX_CALLS)
 
     async def run(self) -> None:
         try:
             async for chunk in self._stream:
                 for call, name, args in self._codec.decode(chunk):
-                    self._start(self._answer(int(call), str(name), list(args)))
+                    await self._calls.acquire()  # the loop serves everyone else meanwhile
+                    self._start(self._answer(int(call), str(name), list(args))).add_done_callback(
+                        lambda _: self._calls.release()
+                    )
         except Exception:  # a line it cannot read: the client sees the channel end, and goes on without
             log.warning("a client's call channel sent what it cannot read; it ends", exc_info=True)
             await self._stream.aclose()
@@ -479,10 +486,11 @@ class _Served:
             for task in list(self._tasks):
                 task.cancel()
 
-    def _start(self, coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
+    def _start(self, coroutine: Any) -> asyncio.Future[None]:
+        task: asyncio.Future[None] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _answer(self, call: int, name: str, args: list[Any]) -> None:
         try:
@@ -490,10 +498,10 @@ class _Served:
                 result = await self._own(*args)
             else:
                 result = _AS_JSON.dump_python(await self._server.exported(name, args), mode="json")
+            line = Codec.line([call, result])  # an answer too long fails alone, as a unary one does
         except Exception as exc:
-            await self._send([call, None, kind_of(exc), str(exc)])
-            return
-        await self._send([call, result])
+            line = Codec.line([call, None, kind_of(exc), str(exc)])
+        await self._send(line)
 
     async def _own(self, folder: str, keep: bool) -> str:
         """Make the client an owner (``own``) for as long as the channel lasts; its id. What the
@@ -508,16 +516,16 @@ class _Served:
                 if not ready.done():
                     ready.set_result(str(item))
                 else:
-                    await self._send([0, ready.result(), item])
+                    await self._send(Codec.line([0, ready.result(), item]))
         except BaseException as exc:
             if not ready.done():
                 ready.set_exception(exc)
             raise
 
-    async def _send(self, message: list[Any]) -> None:
+    async def _send(self, line: bytes) -> None:
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # the client left
             async with self._sending:  # the lines of one zlib stream go in the order they were made
-                for chunk in self._codec.encode(message):
+                for chunk in self._codec.chunks(line):
                     await self._stream.send(chunk)
 
 
@@ -527,9 +535,13 @@ def _hashes_to(root: str, path: str, digest: str) -> bool:
         fd = open_beneath(root, path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
-    with os.fdopen(fd, "rb") as file:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-        return regular and hashlib.file_digest(file, "sha256").hexdigest() == digest
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder or a FIFO planted there
+            return False
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            return hashlib.file_digest(file, "sha256").hexdigest() == digest
+    finally:
+        os.close(fd)
 
 
 def _local_port(connection: Any) -> int | None:

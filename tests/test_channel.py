@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ from typing import Any
 import pytest
 from jumpstarter.client.core import DriverError, DriverInvalidArgument
 from jumpstarter.common.utils import serve
+from jumpstarter.driver import export
 
-from pytest_jumpstarter_http.channel import MAX_CHUNK, MAX_LINE, Codec
+from pytest_jumpstarter_http import eventloop
+from pytest_jumpstarter_http.channel import MAX_CHUNK, MAX_LINE, STEP, Codec
 from pytest_jumpstarter_http.driver import RecordingHttpServer
 from pytest_jumpstarter_http.loopback import LocalServer
 from pytest_jumpstarter_http.namespaces import NamespaceError
@@ -33,22 +36,29 @@ from pytest_jumpstarter_http.records import OBJECTS, RUNS, TOP
 def test_messages_cross_in_order_however_the_stream_cuts_them():
     sender, receiver = Codec(), Codec()
     sent = [[n, "link", ["0123456789abcdef", f"image-{n % 3}.raw", "ab" * 32]] for n in range(300)]
-    data = b"".join(chunk for message in sent for chunk in sender.encode(message))
+    data = b"".join(chunk for message in sent for chunk in sender.chunks(Codec.line(message)))
     shuffle = random.Random(25)
     got, at = [], 0
     while at < len(data):
         step = shuffle.randint(1, 40)
-        got += receiver.decode(data[at : at + step])
+        got += list(receiver.decode(data[at : at + step]))
         at += step
     assert got == sent
     # A repeated call costs a few bytes: the zlib stream has seen its words.
     assert len(data) < 300 * 40
 
 
+def test_a_line_many_decompression_steps_long_arrives_whole():
+    sender, receiver = Codec(), Codec()
+    for size in (STEP - 12, STEP, 3 * STEP, 3 * STEP + 7):
+        message = [1, "x", ["a" * size]]
+        assert list(receiver.decode(b"".join(sender.chunks(Codec.line(message))))) == [message]
+
+
 def test_a_message_larger_than_a_grpc_message_is_sent_in_chunks():
     sender, receiver = Codec(), Codec()
     body = random.Random(1).randbytes(3 * MAX_CHUNK).hex()
-    chunks = sender.encode([7, "add_reply", [{"body": body}]])
+    chunks = sender.chunks(Codec.line([7, "add_reply", [{"body": body}]]))
     assert len(chunks) > 1
     assert all(len(chunk) <= MAX_CHUNK for chunk in chunks)
     received = [message for chunk in chunks for message in receiver.decode(chunk)]
@@ -56,11 +66,16 @@ def test_a_message_larger_than_a_grpc_message_is_sent_in_chunks():
 
 
 def test_a_line_longer_than_the_limit_is_refused_before_it_is_all_in_memory():
-    sender, receiver = Codec(), Codec()
-    (bomb,) = sender.encode(["a" * (MAX_LINE + 10)])  # compresses to a few KiB
+    rogue, receiver = zlib.compressobj(), Codec()  # a client that does not check its lines
+    bomb = rogue.compress(b"a" * (MAX_LINE + 10)) + rogue.flush(zlib.Z_PARTIAL_FLUSH)  # a few KiB
     with pytest.raises(ValueError, match=r"is over \d+ bytes; it is refused"):
-        receiver.decode(bomb)
-    assert len(receiver._line) <= MAX_LINE + 1
+        list(receiver.decode(bomb))
+    assert receiver._size <= MAX_LINE + STEP
+
+
+def test_a_line_is_refused_before_it_is_sent_if_it_is_too_long():
+    with pytest.raises(ValueError, match=f"is over {MAX_LINE}; it is not sent"):
+        Codec.line(["a" * MAX_LINE])
 
 
 @pytest.fixture
@@ -150,12 +165,54 @@ def test_a_fifo_planted_as_an_object_is_not_held_and_holds_no_thread(server):
         pool.shutdown()
 
 
-def test_a_call_too_long_for_the_channel_ends_it_and_the_client_goes_on_without(server):
+def test_a_folder_planted_as_an_object_is_not_held_and_leaks_no_descriptor(server):
+    planted = server.folder / OBJECTS / hashlib.sha256(b"x").hexdigest()
+    planted.mkdir(parents=True)
+    server.client.holds(planted.name)  # the first call opens what a call needs, once
+    descriptors = len(os.listdir("/proc/self/fd"))
+    assert [server.client.holds(planted.name) for _ in range(5)] == [False] * 5
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+
+
+def test_a_call_too_long_for_the_channel_fails_alone_and_its_owner_lives_on(server):
     client = server.client
-    port = client.get_port()  # answered on the channel: it runs
-    with pytest.raises(DriverError, match="the call channel ended"):
+    owner = client.own(f"{RUNS}/run-long", False, lambda want: None, 10)
+    with pytest.raises(DriverError, match=f"is over {MAX_LINE}; it is not sent"):
         client.call("api", "a" * (MAX_LINE + 10))
-    assert client.get_port() == port  # a unary call
+    assert owns(server, owner)
+    assert client.get_port() == server.driver.get_port()
+
+
+class WithHugeAnswer(RecordingHttpServer):
+    """A RecordingHttpServer with a call whose answer is too long for one line of the channel."""
+
+    @export
+    def huge(self) -> str:
+        return "a" * (MAX_LINE + 10)
+
+
+def test_an_answer_too_long_for_the_channel_fails_its_call_alone(tmp_path: Path):
+    driver = WithHugeAnswer(root_dir=str(tmp_path), host="127.0.0.1", port=0)
+    with serve(driver) as client:
+        owner = client.own(f"{RUNS}/run-huge", False, lambda want: None, 10)
+        with pytest.raises(DriverError, match=f"is over {MAX_LINE}; it is not sent"):
+            client.call("huge")
+        driver.namespaces.owner(owner)  # the owner lives on: its channel did
+        assert client.call("requests_started") == 0
+        client.close_calls()
+
+
+def test_a_chunk_of_many_calls_does_not_hold_the_server_from_its_downloads(server, tmp_path: Path):
+    (server.folder / "small.bin").write_bytes(b"x" * 1024)
+    token = server.driver.namespaces.open_local(server.owner, [server.folder])
+    port = eventloop.call(server.driver.serve_namespace, token, 0, timeout=10)
+    sender = Codec()
+    lines = b"".join(Codec.line([n, "requests_started", []]) for n in range(1, 200_001))
+    (chunk,) = sender.chunks(lines)  # 200,000 calls in one small chunk
+    with server.client.stream("channel") as stream:
+        stream.send(chunk)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/small.bin", timeout=20) as response:
+            assert response.read() == b"x" * 1024
 
 
 class WithoutChannel(RecordingHttpServer):
