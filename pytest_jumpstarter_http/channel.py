@@ -62,8 +62,9 @@ class Codec:
             for line in lines:
                 yield json.loads(b"".join([*self._pending, line]))
                 self._pending, self._size = [], 0
-            self._pending.append(rest)
-            self._size += len(rest)
+            if rest:
+                self._pending.append(rest)
+                self._size += len(rest)
             if self._size > MAX_LINE:
                 raise ValueError(f"a call channel line is over {MAX_LINE} bytes; it is refused")
 

@@ -226,6 +226,8 @@ class Calls:
         self._reading: asyncio.Future[None] | None = None
         #: Why the channel ended, or None while it runs; its client then calls as unary calls.
         self.ended: BaseException | None = None
+        #: The sends under way, each a task of its own.
+        self._sends: set[asyncio.Future[None]] = set()
         #: What handles the server's requests to each owner the channel made, by the owner's id.
         self.wanted: dict[str, Callable[[dict[str, Any]], None]] = {}
 
@@ -245,12 +247,18 @@ class Calls:
         except ValueError as exc:  # too long for the channel, as for a unary call: this call fails alone
             raise DriverError(f"{method}(): {exc}") from None
         self._waiting[ident] = answered = asyncio.get_running_loop().create_future()
+        # A task of its own, shielded: a caller cancelled half-way through a send would leave the
+        # zlib stream corrupt. Its failure is the caller's, or nobody's if the caller left.
+        sending = asyncio.ensure_future(self._send(line))
+        self._sends.add(sending)
+        sending.add_done_callback(_settled)
+        sending.add_done_callback(self._sends.discard)
         try:
-            # Shielded: a caller cancelled half-way through would leave the zlib stream corrupt.
-            await asyncio.shield(self._send(line))
+            await asyncio.shield(sending)
             return await answered
         finally:
             self._waiting.pop(ident, None)
+            _settled(answered)
 
     async def _send(self, line: bytes) -> None:
         async with self._sending:  # the lines of one zlib stream go in the order they were made
@@ -260,9 +268,11 @@ class Calls:
             try:
                 for chunk in self._codec.chunks(line):
                     await self._stream.send(chunk)
-            except Exception as exc:  # the stream ended under it
+            except Exception as exc:  # the stream ended under it: the reader learns why
+                if self._reading is not None:
+                    await asyncio.wait({self._reading}, timeout=1.0)
                 self._end(exc)
-                raise _ended(exc)  # noqa: B904 - its cause is the gRPC error, for connect.unavailable()
+                raise _ended(self.ended or exc)  # noqa: B904 - its cause is the gRPC error, if any
 
     async def _read(self, streaming: asyncio.Future[None]) -> None:
         try:
@@ -310,6 +320,12 @@ class Calls:
             self._reading.cancel()
             with contextlib.suppress(BaseException):
                 await self._reading
+
+
+def _settled(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome of ``future``, if it has one, as seen: a call that left owes none."""
+    if future.done() and not future.cancelled():
+        future.exception()
 
 
 def _ended(why: BaseException) -> DriverError:

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
+import grpc
 import pytest
 from jumpstarter.client.core import DriverError, DriverInvalidArgument
 from jumpstarter.common.utils import serve
@@ -27,6 +29,8 @@ from jumpstarter.driver import export
 
 from pytest_jumpstarter_http import eventloop
 from pytest_jumpstarter_http.channel import MAX_CHUNK, MAX_LINE, STEP, Codec
+from pytest_jumpstarter_http.client import NeverOpened, _ended
+from pytest_jumpstarter_http.connect import unavailable
 from pytest_jumpstarter_http.driver import RecordingHttpServer
 from pytest_jumpstarter_http.loopback import LocalServer
 from pytest_jumpstarter_http.namespaces import NamespaceError
@@ -213,6 +217,21 @@ def test_a_chunk_of_many_calls_does_not_hold_the_server_from_its_downloads(serve
         stream.send(chunk)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/small.bin", timeout=20) as response:
             assert response.read() == b"x" * 1024
+
+
+def rpc_error(code: grpc.StatusCode) -> anyio.BrokenResourceError:
+    """What Jumpstarter's RouterStream raises when its gRPC call ends with ``code``."""
+    error = anyio.BrokenResourceError()
+    error.__cause__ = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "details")
+    return error
+
+
+def test_a_call_caught_by_a_server_with_no_channel_is_retried_and_one_by_an_exporter_gone_is_not():
+    missing = _ended(rpc_error(grpc.StatusCode.NOT_FOUND))  # Jumpstarter: "method channel not found"
+    assert isinstance(missing, NeverOpened)  # no call on it was made: call_async makes it a unary one
+    gone = _ended(rpc_error(grpc.StatusCode.UNAVAILABLE))
+    assert not isinstance(gone, NeverOpened)  # it may have run: it fails, and says why
+    assert unavailable(gone) == "details"  # connect.answering() turns it into "stopped answering"
 
 
 class WithoutChannel(RecordingHttpServer):
