@@ -183,21 +183,26 @@ def test_jumpstarter_s_client_still_decides_tcp_or_socket_with_is_tcp_address():
     )
 
 
+def steps_gone(function: Callable[..., Any], *steps: str) -> list[str]:
+    """The ``steps`` (lines of code) that the source of ``function`` no longer holds."""
+    source = inspect.getsource(function)
+    return [step for step in steps if step not in source]
+
+
 # --- jumpstarter's DriverClient.resource_async (client._resource, a copy less its progress bar) --
 
 
 def test_resource_async_still_opens_a_resource_stream_as_the_client_s_copy_of_it_does():
     from jumpstarter.client.core import AsyncDriverClient
 
-    source = inspect.getsource(AsyncDriverClient.resource_async)
-    steps = [
+    changed = steps_gone(
+        AsyncDriverClient.resource_async,
         "ResourceStreamRequest(uuid=self.uuid, x_jmp_content_encoding=content_encoding)",
         "MetadataStream(stream=RouterStream(context=context), metadata=metadata)",
         "ResourceMetadata(**rstream.extra(MetadataStreamAttributes.metadata))",
         "forward_stream(ProgressStream(stream=stream), rstream)",
         'metadata.resource.model_dump(mode="json")',
-    ]
-    changed = [step for step in steps if step not in source]
+    )
     assert not changed, (
         f"Jumpstarter's resource_async no longer does {changed}: client._resource() copies it, less "
         "its ProgressStream, to send a file without a progress bar; read the new one and follow it."
@@ -210,8 +215,8 @@ def test_resource_async_still_opens_a_resource_stream_as_the_client_s_copy_of_it
 def test_driver_call_still_looks_up_an_exported_method_and_runs_a_plain_one_in_a_thread():
     from jumpstarter.driver import Driver
 
-    source = inspect.getsource(Driver.DriverCall)
-    steps = [
+    changed = steps_gone(
+        Driver.DriverCall,
         "MARKER_DRIVERCALL",
         "if iscoroutinefunction(method):",
         "result = await method(*args)",
@@ -219,8 +224,7 @@ def test_driver_call_still_looks_up_an_exported_method_and_runs_a_plain_one_in_a
         "except NotImplementedError as e:",
         "except ValueError as e:",
         "except TimeoutError as e:",
-    ]
-    changed = [step for step in steps if step not in source]
+    )
     assert not changed, (
         f"Jumpstarter's DriverCall no longer does {changed}: RecordingHttpServer.exported() makes a call "
         "of the call channel as DriverCall makes a unary one, and channel.KINDS maps its exceptions as "
