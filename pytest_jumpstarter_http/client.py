@@ -85,6 +85,9 @@ class ServerApi:
     def close_namespace(self, namespace: str) -> None:
         self.call("close_namespace", namespace)
 
+    def renew_namespace(self, namespace: str, owner: str, folders: list[str], asks: float = 0.0) -> str:
+        return str(self.call("renew_namespace", namespace, owner, folders, asks))
+
     def serve_tls(self, owner: str, spec: dict[str, Any]) -> tuple[int, str | None]:
         """The port of the owner's HTTPS site, and the lab's CA (PEM) if the driver serves its own."""
         answer = self.call("serve_tls", owner, spec)

@@ -342,6 +342,14 @@ class RecordingHttpServer(HttpServer):
         self.faults.clear_all({str(namespace)})
         self.device_api.clear_all({str(namespace)})
 
+    @export
+    def renew_namespace(self, namespace: str, owner: str, folders: list[str], asks: float = 0.0) -> str:
+        """End ``namespace`` (:meth:`close_namespace`), then open a new one of ``owner``
+        (:meth:`open_namespace`): a handle's teardown readies the next handle's namespace, so that
+        a test costs one round trip fewer."""
+        self.close_namespace(namespace)
+        return str(self.open_namespace(owner, folders, asks))
+
     def _scoped(self, namespace: str | None, places: Sequence[str]) -> str:
         """The namespace a call over the wire acts in: open, and every one of ``places`` (URL paths,
         or globs of them) below its URL; one run never acts on another's requests."""

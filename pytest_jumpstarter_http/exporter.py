@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from . import locks
 from .connect import CLIENT_LABEL, RECORDING_CLIENT, Connection, Connections, ExporterError, unavailable
@@ -193,6 +193,19 @@ class ExporterBackend:
             self.connections.close()
 
 
+class Spare(NamedTuple):
+    """A namespace opened for the next handle: its token, its folder, and the mirror it shows."""
+
+    namespace: str
+    folder: str
+    mirror: str | None
+
+
+def _shown(folder: str, mirror: str | None) -> list[str]:
+    """The folders a handle's namespace shows: its own, over the mirror of a user's root."""
+    return [folder] if mirror is None else [folder, mirror]
+
+
 @dataclass
 class Used:
     """One HttpServer as this process uses it: its connection, client, store and folder there."""
@@ -219,6 +232,21 @@ class Used:
     in_mirrors: dict[str, dict[str, object]] = field(default_factory=dict)
     #: How many handles' folders (``h-*``) in ``folder`` --http-keep kept.
     kept: int = 0
+    #: The namespace the last handle's stop opened for the next handle to take.
+    spare: Spare | None = None
+
+    def new_folder(self) -> str:
+        """A new handle's folder, in this process's: ``stage()`` and ``publish()`` send there."""
+        return f"{self.folder}/h-{uuid.uuid4().hex[:8]}"
+
+    def take_spare(self, mirror: str | None) -> Spare | None:
+        """The spare namespace, for a handle that shows ``mirror`` (None: a folder of the plugin's
+        own) as the spare does; None if there is none of that shape."""
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.mirror != mirror:
+            self.spare = spare  # it stays for a handle of its shape, and ends with the owner
+            return None
+        return spare
 
     def serve_tls(self, owner: OwnerStream, spec: TlsSpec) -> tuple[int, str | None]:
         """Where the server serves HTTPS with ``spec`` for this process, added on first use; it closes
@@ -393,11 +421,13 @@ class ExporterServer(HttpServerHandle):
         connection, http = used.connection, used.http
         host = used.host
         tls = _certified(used, driver_path, host, url_host, certify)
+        spare = used.take_spare(mirror)
         #: The exporter folder ``stage()`` sends to, removed at ``stop()`` unless ``--http-keep``.
-        self.folder = f"{used.folder}/h-{uuid.uuid4().hex[:8]}"
+        self.folder = spare.folder if spare else used.new_folder()
         #: The exporter folder ``publish()`` sends ``root`` to: the mirror of a user's root, else ``folder``.
         self.served = mirror or self.folder
-        namespace = self._namespace_of(used, driver_path, mirror)
+        self._mirror = mirror
+        namespace = self._namespace_of(used, driver_path, spare)
         super().__init__(
             root,
             host,
@@ -427,15 +457,19 @@ class ExporterServer(HttpServerHandle):
         #: The port of this process's HTTPS site on the server (0: plain HTTP).
         self._tls_port = 0 if tls is None else self._serve_tls(used, tls, lab_ca)
 
-    def _namespace_of(self, used: Used, driver_path: str, mirror: str | None) -> str | None:
-        """The handle's own URL namespace on the server, showing its folder over ``mirror``; a
-        name it lacks is asked of this process, which sends it from ``root`` if it is there now
-        (no ``publish()`` needed), for ``--http-timeout`` at most."""
+    def _namespace_of(self, used: Used, driver_path: str, spare: Spare | None) -> str | None:
+        """The handle's own URL namespace on the server, showing its folder over its mirror (the
+        ``spare`` the last handle's stop opened, else a new one); a name it lacks is asked of this
+        process, which sends it from ``root`` if it is there now (no ``publish()`` needed), for
+        ``--http-timeout`` at most."""
         owner = used.owner
         assert owner is not None  # a RecordingHttpServer's: StockServer has none
-        shown = [self.folder] if mirror is None else [self.folder, mirror]
-        with _asking(used.connection, driver_path, "open_namespace()"):
-            namespace = str(used.http.open_namespace(owner.id, shown, used.store.timeout))
+        if spare is not None:
+            namespace = spare.namespace
+        else:
+            with _asking(used.connection, driver_path, "open_namespace()"):
+                shown = _shown(self.folder, self._mirror)
+                namespace = str(used.http.open_namespace(owner.id, shown, used.store.timeout))
         owner.senders[namespace] = self._send_wanted
         return namespace
 
@@ -468,7 +502,7 @@ class ExporterServer(HttpServerHandle):
         try:
             port, ca_pem = used.serve_tls(used.owner, tls.spec)
         except BaseException:
-            self._close_namespace()
+            self._close_namespace(renew=False)
             raise
         if ca_pem is not None:  # the lab's own certificate, configured on the exporter
             self.ca_cert = lab_ca(ca_pem)
@@ -613,13 +647,22 @@ class ExporterServer(HttpServerHandle):
         finally:
             self._store.forget(self.folder + "/")
 
-    def _close_namespace(self) -> None:
-        if self._namespace is None or self.connection.gone is not None:
+    def _close_namespace(self, *, renew: bool = True) -> None:
+        """End the handle's namespace; in the same call, unless the process holds one already,
+        open the next handle's (``renew``): a test costs one round trip fewer. That spare is a
+        new namespace, with a folder of its own, that no one knows of until a handle takes it."""
+        owner, used = self._owner, self._used
+        if self._namespace is None or owner is None or self.connection.gone is not None:
             return
-        if self._owner is not None:
-            self._owner.senders.pop(self._namespace, None)
+        owner.senders.pop(self._namespace, None)
         with self.connection.answering():
-            self._http.close_namespace(self._namespace)
+            if not renew or used.spare is not None:
+                self._http.close_namespace(self._namespace)
+                return
+            folder = used.new_folder()
+            shown = _shown(folder, self._mirror)
+            token = self._http.renew_namespace(self._namespace, owner.id, shown, used.store.timeout)
+            used.spare = Spare(str(token), folder, self._mirror)
 
 
 class StockServer(ExporterServer):
@@ -644,7 +687,7 @@ class StockServer(ExporterServer):
         with self.connection.answering():
             self._last_port = int(self._http.get_port())
 
-    def _namespace_of(self, used: Used, driver_path: str, mirror: str | None) -> None:
+    def _namespace_of(self, used: Used, driver_path: str, spare: Spare | None) -> None:
         return None
 
     def _recorder_of(self, used: Used, driver_path: str) -> Recorder:

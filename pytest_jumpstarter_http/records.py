@@ -43,7 +43,8 @@ PROGRESS_BYTES: Final = 64 << 20
 #: 3: a reply matches on its query, headers and body, is answered by a handler or is ordered;
 #: a server of 2 would ignore those keys and answer requests the reply does not match.
 #: 4: ``holds()`` checks an object in one call (and calls go on one stream, :mod:`.channel`).
-API_VERSION: Final = 4
+#: 5: ``renew_namespace()`` ends a handle's namespace and opens the next handle's in one call.
+API_VERSION: Final = 5
 #: The method and remote of a request-log entry of a connection refused before it made any
 #: request: a TLS handshake an HTTPS site refused (issue 27). Its status is 0, its path the URL's.
 NO_REQUEST: Final = "-"

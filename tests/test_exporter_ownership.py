@@ -557,6 +557,66 @@ def test_a_name_staged_again_is_served_by_reference_and_copied_nowhere_on_the_ex
     assert obj.name == hashlib.sha256(content.read_bytes()).hexdigest()
 
 
+ONE_CALL_A_TEST = """
+CONTENT = Path(os.environ["CONTENT"])
+CALLS = []  # (test, phase, method) of every call to the exporter's server
+URLS = []  # the URL of what each test staged
+
+
+@pytest.fixture(autouse=True)
+def phase(request, monkeypatch):
+    # Set up before http_server, torn down after it: sees the calls of both.
+    from jumpstarter.client.core import AsyncDriverClient
+    from pytest_jumpstarter_http.client import Calls
+
+    now, unary, channel = ["set-up"], AsyncDriverClient.call_async, Calls.call
+
+    async def counted(client, method, *args):
+        CALLS.append((request.node.name, now[0], method))
+        return await unary(client, method, *args)
+
+    async def counted_on_channel(self, method, args):
+        CALLS.append((request.node.name, now[0], method))
+        return await channel(self, method, args)
+
+    monkeypatch.setattr(AsyncDriverClient, "call_async", counted)
+    monkeypatch.setattr(Calls, "call", counted_on_channel)
+    yield now
+
+
+@pytest.mark.parametrize("n", range(3))
+def test_stage(phase, http_server, n):
+    phase[0] = "call"
+    for url in URLS:  # what an earlier test staged ended with its namespace
+        assert get(url)[0] == 404
+    URLS.append(http_server.stage(CONTENT, "image.raw"))
+    assert get(URLS[-1]) == (200, CONTENT.read_bytes())
+    phase[0] = "teardown"
+
+
+def test_calls_of_each_test():
+    def of(test, phase, word=""):
+        return [method for name, now, method in CALLS if (name, now) == (test, phase) and word in method]
+
+    assert of("test_stage[0]", "set-up", "namespace") == ["open_namespace"]
+    for n in range(3):  # and its request log, for its report
+        assert of(f"test_stage[{n}]", "teardown", "namespace") == ["renew_namespace"]
+    for n in (1, 2):  # the namespace the teardown before opened
+        assert of(f"test_stage[{n}]", "set-up") == []
+        assert of(f"test_stage[{n}]", "call") == ["link"]
+"""
+
+
+def test_a_test_ends_its_namespace_and_readies_the_next_ones_in_one_call(
+    exporter: Backend, tmp_path: Path
+) -> None:
+    work = suite(tmp_path / "work", "test_one_call.py", ONE_CALL_A_TEST)
+    content = tmp_path / "image.raw"
+    content.write_bytes(b"image" * 1000)
+    junit = run_pytest(work, env=exporter.env(CONTENT=str(content)), timeout=120)
+    junit.assert_passed(*(f"test_stage[{n}]" for n in range(3)), "test_calls_of_each_test")
+
+
 STAGE_OVER_ROOT = """
 def test_a_name_of_the_root_is_never_staged_over(http_server, http_url, tmp_path):
     build = tmp_path / "image.raw"
