@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from common import BENCH_DIR, FULL, QUICK, Config, Section
+from getfloor import get_floor
 from largefile import large_file
 from report import chart, machine, markdown, table, write_json
 from staging import staging
@@ -33,6 +34,7 @@ SECTIONS: dict[str, Callable[[Config, Path], Section]] = {
     "staging": staging,
     "xdist": xdist_scaling,
     "uploads": uploads,
+    "get_floor": get_floor,
 }
 DEFAULT_OUT = BENCH_DIR.parent / "docs" / "benchmarks"
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = {"per_test", "startup", "large_file", "large_file_tls", "staging", "xdist", "uploads"}
+SECTIONS = {"per_test", "startup", "large_file", "large_file_tls", "staging", "xdist", "uploads", "get_floor"}
 #: Sections that may be skipped, and the tool whose absence skips them.
 NEEDS = {"large_file": "curl", "large_file_tls": "nginx", "staging": "jmp", "uploads": "jmp"}
 
