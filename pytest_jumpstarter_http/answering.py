@@ -414,11 +414,6 @@ class Written:
             os.close(fd)
 
 
-async def _chunks_of(stream: Any) -> AsyncIterator[bytes]:
-    async for chunk in stream.iter_chunked(PIECE):
-        yield chunk
-
-
 async def _part_chunks(part: Any) -> AsyncIterator[bytes]:
     while chunk := await part.read_chunk(PIECE):
         yield chunk
@@ -428,7 +423,7 @@ async def _chained(head: bytes, stream: Any) -> AsyncIterator[bytes]:
     """The body's first part, read already, then the rest of it."""
     if head:
         yield head
-    async for chunk in _chunks_of(stream):
+    async for chunk in stream.iter_chunked(PIECE):
         yield chunk
 
 

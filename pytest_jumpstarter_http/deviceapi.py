@@ -96,14 +96,7 @@ def _payload(body: Any, json: Any) -> bytes | None:
         )
     if json is not NO_JSON:
         return _encoded("json", json)
-    if body is None or isinstance(body, bytes):
-        return body
-    if isinstance(body, str):
-        return body.encode()
-    raise TypeError(
-        f"respond(): body={shown(body)} is a {type(body).__name__}, not bytes or str; give bytes "
-        "or str, or json= for a JSON value."
-    )
+    return _bytes("body", body, "; give bytes or str, or json= for a JSON value")
 
 
 def _encoded(name: str, value: Any) -> bytes:
@@ -156,10 +149,6 @@ def _times(times: Any, ordered: Any) -> int | None:
     return 1 if ordered and times is None else cast(int | None, times)
 
 
-def _has(headers: Mapping[str, str], name: str) -> bool:
-    return any(key.lower() == name for key in headers)
-
-
 @dataclass(frozen=True)
 class Asked:
     """A request as a reply matches it: its method, decoded URL path, raw query, headers, and
@@ -192,12 +181,13 @@ def _query_values(query: Mapping[Any, Any]) -> dict[str, list[str]] | None:
     return values if ok and all(isinstance(x, str) for v in values.values() for x in v) else None
 
 
-def _data(data: Any) -> bytes | None:
-    if data is None or isinstance(data, bytes):
-        return data
-    if isinstance(data, str):
-        return data.encode()
-    raise TypeError(f"respond(): data={shown(data)} is a {type(data).__name__}, not bytes or str.")
+def _bytes(name: str, value: Any, fix: str = "") -> bytes | None:
+    """``respond()``'s argument ``name``, bytes or str, as bytes (None stays None)."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"respond(): {name}={shown(value)} is a {type(value).__name__}, not bytes or str{fix}.")
 
 
 def _match_headers(headers: Any) -> dict[str, str]:
@@ -275,7 +265,7 @@ class ReplySpec:
             raise ValueError(
                 f"respond(): status={self.status} carries no body; give no body or another status."
             )
-        if self.json is not NO_JSON and not _has(headers, "content-type"):
+        if self.json is not NO_JSON and not any(key.lower() == "content-type" for key in headers):
             headers["Content-Type"] = "application/json"
         object.__setattr__(self, "payload", payload)
         object.__setattr__(self, "headers", headers)
@@ -285,7 +275,7 @@ class ReplySpec:
         ``match_json``), each in its one form."""
         set_ = object.__setattr__
         set_(self, "query_string", _query(self.query_string))
-        set_(self, "data", _data(self.data))
+        set_(self, "data", _bytes("data", self.data))
         set_(self, "match_headers", _match_headers(self.match_headers))
         if self.match_json is NO_JSON:
             return
@@ -451,8 +441,7 @@ class HttpResponse:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HttpResponse:
         """Rebuild an answer sent over Jumpstarter's wire; checked again."""
-        headers = {str(k): str(v) for k, v in dict(data.get("headers") or {}).items()}
-        return cls(int(data["status"]), _unb64(data.get("payload")), headers=headers)
+        return cls(int(data["status"]), _unb64(data.get("payload")), headers=_strings(data.get("headers")))
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from .channel import Codec, kind_of
 from .deviceapi import AuthSpec, ReplySpec, UploadSpec
 from .namespaces import NamespaceError, Namespaces
 from .records import API_VERSION, NS, OBJECTS, FaultSpec, TlsSpec, check_name, plugin_version
-from .serving import Numbered, RequestLog, beneath_middleware, install, reach_by_port
+from .serving import BeneathFiles, Numbered, RequestLog, install, reach_by_port
 from .shaping import FaultMiddleware, FaultRegistry
 from .tlssites import Sites, lab_certificate, port_range, refused_handshake, server_context
 
@@ -100,7 +100,7 @@ class RecordingHttpServer(HttpServer):
         self._tls_ports: range | int = 0 if self.tls_ports is None else port_range(self.tls_ports)
         self._starting = asyncio.Lock()
         root = Path(self.root_dir)
-        self._files = files = beneath_middleware(root, log=self.request_log, namespaces=self.namespaces)
+        self._files = files = BeneathFiles(root, log=self.request_log, namespaces=self.namespaces)
         # Outermost: a request is numbered as it starts, before a fault holds it.
         self.app.middlewares.append(Numbered(self.request_log))
         # Then a delay or a refusal, before the static route looks at anything.

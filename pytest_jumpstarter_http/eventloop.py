@@ -62,13 +62,8 @@ class _LoopThread:
             self._users = max(0, self._users - 1)
             if self._users or self._portal is None or self._thread is None:
                 return
-            portal, thread, self._portal, self._thread, self._loop = (
-                self._portal,
-                self._thread,
-                None,
-                None,
-                None,
-            )
+            portal, thread = self._portal, self._thread
+            self._portal = self._thread = self._loop = None
         portal.call(portal.stop)
         thread.join()
 

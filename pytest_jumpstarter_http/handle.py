@@ -17,7 +17,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, cast, overload
 from urllib.parse import unquote
 
@@ -257,11 +256,6 @@ class HttpServerHandle(ABC):
             _body=body,
         )
 
-    def _matching(self, wanted: _Wanted) -> tuple[list[HttpRequest], list[HttpRequest]]:
-        """This test's requests that ``wanted`` matches, and all of this test's."""
-        entries = self.requests
-        return [entry for entry in entries if wanted.matches(entry)], entries
-
     def _wanted(self, where: str, path: str, status: int | str | None) -> _Wanted:
         """What the method ``where`` asks for; a bad ``status`` is a ``ValueError``."""
         __tracebackhide__ = True
@@ -290,7 +284,8 @@ class HttpServerHandle(ABC):
         __tracebackhide__ = True
         wanted = self._wanted("assert_requested()", path, status)
         expected = None if count is None else _count("assert_requested()", count)
-        hits, entries = self._matching(wanted)
+        entries = self.requests
+        hits = [entry for entry in entries if wanted.matches(entry)]
         if expected is None and not hits:
             raise _no_request([wanted], "", entries)
         if expected is not None and len(hits) != expected:
@@ -649,9 +644,7 @@ class HttpServerHandle(ABC):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def __repr__(self) -> str:

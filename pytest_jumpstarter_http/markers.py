@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
-from .options import OPTIONS, Scope, Settings, Source
+from .options import BY_FIELD, Scope, Settings, Source
 from .values import TlsMode
 
 if TYPE_CHECKING:
@@ -64,7 +64,6 @@ def http_fault(*args: Any, **kwargs: Any) -> FaultSpec:
 
 
 _SIGNATURES = {f.__name__: f for f in (http_server, http_exporter, http_loopback, http_fault)}
-_OPTIONS = {option.field: option for option in OPTIONS}
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def _parsed(node: pytest.Item, marker: pytest.Mark, field: str) -> Any:
         return None
     source = Source(f"@pytest.mark.{marker.name}({field}=...)", node.path.parent)
     try:
-        return _OPTIONS[field].parse(value, source)
+        return BY_FIELD[field].parse(value, source)
     except pytest.UsageError as exc:
         problem = str(exc)
     pytest.fail(problem, pytrace=False)

@@ -193,18 +193,10 @@ def _host(value: str, source: Source) -> str | None:
     host = value.strip()
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
-        if not _is_ipv6(inner):
+        if _ip_version(inner) != 6:
             raise source.error(value, f"brackets enclose only an IPv6 address; write {inner}")
         return inner
     return host or None
-
-
-def _is_ipv6(text: str) -> bool:
-    return _ip_version(text) == 6
-
-
-def _is_ipv4(text: str) -> bool:
-    return _ip_version(text) == 4
 
 
 def _ip_version(text: str) -> int:
@@ -230,7 +222,7 @@ def _url_host(value: str, source: Source) -> str | None:
     if not host:
         return None
     inner = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if _is_ipv6(inner):
+    if _ip_version(inner) == 6:
         return inner  # the URL brackets it
     if _is_host_name(host):
         return host
@@ -239,7 +231,9 @@ def _url_host(value: str, source: Source) -> str | None:
 
 def _is_host_name(host: str) -> bool:
     """A DNS name, or an IPv4 address: digits and dots alone must make an address (``10.0.0`` does not)."""
-    return bool(re.fullmatch(_HOST_NAME, host)) and (_is_ipv4(host) or not re.fullmatch(r"[0-9.]+", host))
+    return bool(re.fullmatch(_HOST_NAME, host)) and (
+        _ip_version(host) == 4 or not re.fullmatch(r"[0-9.]+", host)
+    )
 
 
 def _url_host_fix(host: str) -> str:
@@ -249,7 +243,7 @@ def _url_host_fix(host: str) -> str:
 
         return f"give the host alone, without a scheme, like {urlsplit(host).hostname or 'the host'}"
     name, colon, port = host.rpartition(":")
-    if colon and port.isdigit() and (re.fullmatch(_HOST_NAME, name) or _is_ipv6(name.strip("[]"))):
+    if colon and port.isdigit() and (re.fullmatch(_HOST_NAME, name) or _ip_version(name.strip("[]")) == 6):
         return f"give the host alone, like {name}; a URL's port is its server's own"
     return "give a host name, an IPv4 address or an IPv6 address, like 10.0.0.5 or build.lab"
 

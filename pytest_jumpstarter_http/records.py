@@ -66,23 +66,20 @@ T = TypeVar("T")
 _PACKAGE = __name__.rpartition(".")[0] + "."
 
 
-def users_mistake(kinds: tuple[type[BaseException], ...]) -> Callable[[F], F]:
-    """Make ``method`` fail on a user's mistake (an exception of ``kinds``) with the sentence
+def _users_mistake(method: F) -> F:
+    """Make ``method`` fail on a user's mistake (an exception of :data:`MISTAKES`) with the sentence
     alone: no frame of the plugin in the traceback, only the user's own (issue 27). Applied once
     per class, to each public method and property, by :func:`user_facing`."""
 
-    def wrap(method: F) -> F:
-        @functools.wraps(method)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            __tracebackhide__ = True
-            try:
-                return method(*args, **kwargs)
-            except kinds as exc:
-                raise exc.with_traceback(_without_plugin_frames(exc.__traceback__)) from exc.__cause__
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        try:
+            return method(*args, **kwargs)
+        except MISTAKES as exc:
+            raise exc.with_traceback(_without_plugin_frames(exc.__traceback__)) from exc.__cause__
 
-        return cast(F, wrapper)
-
-    return wrap
+    return cast(F, wrapper)
 
 
 def _without_plugin_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
@@ -99,16 +96,15 @@ def _without_plugin_frames(tb: types.TracebackType | None) -> types.TracebackTyp
 
 
 def user_facing(cls: type[T]) -> type[T]:
-    """Wrap the public methods and properties ``cls`` defines with :func:`users_mistake`, so that
+    """Wrap the public methods and properties ``cls`` defines with :func:`_users_mistake`, so that
     a bad argument fails the test with its one sentence as pytest's own helpers do."""
-    wrap = users_mistake(MISTAKES)
     for name, value in list(vars(cls).items()):
         if name.startswith("_") and name != "__call__":
             continue
         if isinstance(value, property) and value.fget is not None:
-            setattr(cls, name, property(wrap(value.fget), value.fset, value.fdel, value.__doc__))
+            setattr(cls, name, property(_users_mistake(value.fget), value.fset, value.fdel, value.__doc__))
         elif inspect.isfunction(value):
-            setattr(cls, name, wrap(value))
+            setattr(cls, name, _users_mistake(value))
     return cls
 
 
@@ -433,11 +429,6 @@ def shown(value: object) -> str:
     return f"{text[:48]}…{text[-48:]} ({len(text)} characters)"
 
 
-def _number(name: str, value: Any) -> None:
-    """Check the numeric argument ``name`` of ``inject()`` against its range; a ``ValueError`` if out."""
-    bounded("inject()", name, value, _RANGES[name])
-
-
 def bounded(where: str, name: str, value: Any, rule: ValueRange) -> None:
     """Check the numeric argument ``name`` of the method ``where`` against ``rule``."""
     if value is None and rule.optional:
@@ -451,11 +442,6 @@ def bounded(where: str, name: str, value: Any, rule: ValueRange) -> None:
     raise ValueError(
         f"{where}: {name}={shown(value)} is {problem}; give {rule.kind} from {rule.low} to {rule.high}."
     )
-
-
-def _fault_path(path: Any) -> str:
-    """``inject()``'s ``path`` as a checked name relative to the server's URL (a glob may match several)."""
-    return spec_path("inject()", "path", path)
 
 
 def spec_path(where: str, name: str, path: Any) -> str:
@@ -511,9 +497,9 @@ class FaultSpec:
     patterns: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", _fault_path(self.path))
-        for name in _RANGES:
-            _number(name, getattr(self, name))
+        object.__setattr__(self, "path", spec_path("inject()", "path", self.path))
+        for name, rule in _RANGES.items():
+            bounded("inject()", name, getattr(self, name), rule)
         _check_together(self)
         object.__setattr__(self, "delay", float(self.delay))
 
@@ -547,14 +533,7 @@ class FaultSpec:
 
     def label(self) -> str:
         """``cut_after=1024, times=1``: what the request log shows for a request it hit."""
-        effects = {
-            "delay": self.delay or None,
-            "rate": self.rate,
-            "cut_after": self.cut_after,
-            "stall_after": self.stall_after,
-            "status": self.status,
-            "times": self.times,
-        }
+        effects = {name: getattr(self, name) for name in _RANGES} | {"delay": self.delay or None}
         shown = [f"{name}={_plain(value)}" for name, value in effects.items() if value is not None]
         return ", ".join(shown) or "no effect"
 

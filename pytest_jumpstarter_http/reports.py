@@ -218,8 +218,7 @@ def _fail_on_handlers(item: pytest.Item, report: pytest.TestReport, servers: lis
         for error in errors
     ]
     if report.passed:
-        report.outcome = "failed"
-        report.longrepr = "a handler of respond() raised; the device got a 500:\n" + "\n\n".join(shown)
+        _fail(report, "a handler of respond() raised; the device got a 500:\n" + "\n\n".join(shown))
     else:
         report.sections.append(("a handler of respond() raised", "\n\n".join(shown)))
 

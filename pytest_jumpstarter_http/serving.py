@@ -1,7 +1,7 @@
 """Serve the driver's static route from files opened beneath their root, never by name twice.
 
 aiohttp's static route checks a resolved path and then opens it again by name, so a folder
-swapped for a link in between serves a file from outside the root. ``beneath_middleware()``
+swapped for a link in between serves a file from outside the root. :class:`BeneathFiles`
 answers the route's GET and HEAD requests itself: it opens the name with
 :func:`~pytest_jumpstarter_http.beneath.open_beneath` and sends that open file through
 :class:`ServedFile`, a ``FileResponse`` pointed at ``/proc/self/fd/N``, keeping every answer of
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
     from aiohttp.web import Request
 
-__all__ = ["SHAPER_KEY", "BeneathFiles", "BodyShaper", "ServedFile", "beneath_middleware"]
+__all__ = ["SHAPER_KEY", "BeneathFiles", "BodyShaper", "ServedFile"]
 
 #: A body this small is read on the loop and sent with its headers in one write (a page-cache read).
 SMALL: Final = 64 << 10
@@ -158,12 +158,6 @@ INJECTED_KEY: Final = RequestKey("pytest_jumpstarter_http.injected", bool)
 REACHED_KEY: Final = RequestKey("pytest_jumpstarter_http.reached", str)
 #: Request-mapping key of what a test's scripted answers did with the request (``reply``...).
 ANSWERED_BY_KEY: Final = RequestKey("pytest_jumpstarter_http.deviceapi", str)
-
-
-def fault_of(request: Any) -> str | None:
-    """The label of the fault that hit an aiohttp ``request``, if any."""
-    value = request.get(FAULT_KEY)
-    return None if value is None else str(value)
 
 
 class Numbered:
@@ -390,8 +384,7 @@ class BeneathFiles:
 
     A name in a namespace of ``namespaces`` is looked for in the folders the namespace shows,
     first holder wins. Each folder is opened once, on first use, and closed by :meth:`close`
-    (added to the app's ``on_cleanup`` by :func:`beneath_middleware`'s caller, or called
-    directly).
+    (added to the app's ``on_cleanup`` by its maker, or called directly).
     """
 
     __middleware_version__ = 1
@@ -521,18 +514,6 @@ class BeneathFiles:
         self.close()
 
 
-def beneath_middleware(
-    root: Path, *, log: RequestLog | None = None, namespaces: Namespaces | None = None
-) -> BeneathFiles:
-    """A middleware serving the static route's files from ``root`` without ever leaving it.
-
-    Append it to ``app.middlewares`` and its ``on_cleanup`` to ``app.on_cleanup`` before the
-    app starts. With ``log``, downloads under way show in ``log.in_flight()``; with
-    ``namespaces``, their URLs serve their folders.
-    """
-    return BeneathFiles(root, log=log, namespaces=namespaces)
-
-
 def _encrypted(request: Any) -> bool:
     """Whether the request came over TLS (an HTTPS site of :mod:`.tlssites`)."""
     transport = request.transport
@@ -654,7 +635,7 @@ def record(request: Any, response: Any, duration: float, log: RequestLog) -> Htt
         bytes_sent=progress.sent if progress else response.content_length or 0,
         duration=duration,
         complete=progress.complete if progress else True,
-        fault=fault_of(request),
+        fault=request.get(FAULT_KEY),
         injected=bool(request.get(INJECTED_KEY, False)),
         answered_by=request.get(ANSWERED_BY_KEY),
         # A request aiohttp refused before any middleware ran is numbered as it ends.

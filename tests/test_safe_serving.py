@@ -1,4 +1,4 @@
-"""The driver's static route behind beneath_middleware(): never outside the root, same answers.
+"""The driver's static route behind BeneathFiles: never outside the root, same answers.
 
 Every test runs Jumpstarter's real HttpServer driver on 127.0.0.1 and talks to it through
 http.client, which sends the path exactly as written (``..%2f`` included).
@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pytest
 
 from pytest_jumpstarter_http import eventloop
-from pytest_jumpstarter_http.serving import CHUNK, SHAPER_KEY, RequestLog, beneath_middleware, install
+from pytest_jumpstarter_http.serving import CHUNK, SHAPER_KEY, BeneathFiles, RequestLog, install
 
 if TYPE_CHECKING:
     from aiohttp.abc import AbstractStreamWriter
@@ -51,7 +51,7 @@ def serving(
     if outer is not None:
         driver.app.middlewares.append(outer)
     if safe:
-        files = beneath_middleware(root, log=log)
+        files = BeneathFiles(root, log=log)
         driver.app.middlewares.append(files)
         driver.app.on_cleanup.append(files.on_cleanup)
 
