@@ -186,6 +186,11 @@ class RecordingHttpServerClient(ServerApi, HttpServerClient):
                 self.__dict__["_channel"] = await Calls.open(self)
         return self.__dict__["_channel"]  # type: ignore[no-any-return]
 
+    def calling(self) -> bool:
+        """Whether this client's call channel runs (then so does the owner it made)."""
+        calls = self.__dict__.get("_channel")
+        return calls is not None and calls.ended is None
+
     def close_calls(self) -> None:
         """End this client's call channel, and the owner it made, if it has them."""
         calls = self.__dict__.get("_channel")

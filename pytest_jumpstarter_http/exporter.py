@@ -241,17 +241,27 @@ class Used:
 
     def take_spare(self, mirror: str | None) -> Spare | None:
         """The spare namespace, for a handle that shows ``mirror`` (None: a folder of the plugin's
-        own) as the spare does; None if there is none of that shape."""
+        own) as the spare does; None if there is none of that shape, or if it ended with its owner
+        (the exporter went, say): opening a namespace then says why."""
         spare, self.spare = self.spare, None
         if spare is not None and spare.mirror != mirror:
             self.spare = spare  # it stays for a handle of its shape, and ends with the owner
             return None
-        return spare
+        return spare if self.owner is not None and self.owner.alive else None
+
+    def drop_spare(self) -> None:
+        """End the spare namespace, if there is one: an HTTPS site of the owner logs each handshake
+        it refuses in every namespace of the owner, which a spare must not collect before its test."""
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            with self.connection.answering():
+                self.http.close_namespace(spare.namespace)
 
     def serve_tls(self, owner: OwnerStream, spec: TlsSpec) -> tuple[int, str | None]:
         """Where the server serves HTTPS with ``spec`` for this process, added on first use; it closes
         when this process's call channel ends, never touching the plain server others share."""
         if spec not in self.tls_sites:
+            self.drop_spare()
             with self.connection.answering(), _asking(self.connection, self.driver_path, "serve_tls()"):
                 self.tls_sites[spec] = self.http.serve_tls(owner.id, spec.as_dict())
         return self.tls_sites[spec]
@@ -372,6 +382,11 @@ class OwnerStream:
         finally:
             with contextlib.suppress(Exception):  # the exporter may be gone meanwhile
                 self._http.answer(namespace, name, sent)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the owner lives: its call channel has not ended (as far as this process saw)."""
+        return bool(self._http.calling())
 
     def close(self) -> None:
         """End the owner: its call channel."""
@@ -648,15 +663,16 @@ class ExporterServer(HttpServerHandle):
             self._store.forget(self.folder + "/")
 
     def _close_namespace(self, *, renew: bool = True) -> None:
-        """End the handle's namespace; in the same call, unless the process holds one already,
-        open the next handle's (``renew``): a test costs one round trip fewer. That spare is a
-        new namespace, with a folder of its own, that no one knows of until a handle takes it."""
+        """End the handle's namespace; in the same call, unless the process holds one already or
+        has an HTTPS site (:meth:`Used.drop_spare`), open the next handle's (``renew``): a test
+        costs one round trip fewer. That spare is a new namespace, with a folder of its own, that
+        no one knows of until a handle takes it."""
         owner, used = self._owner, self._used
         if self._namespace is None or owner is None or self.connection.gone is not None:
             return
         owner.senders.pop(self._namespace, None)
         with self.connection.answering():
-            if not renew or used.spare is not None:
+            if not renew or used.spare is not None or used.tls_sites:
                 self._http.close_namespace(self._namespace)
                 return
             folder = used.new_folder()

@@ -481,13 +481,21 @@ from pytest_jumpstarter_http import HttpResponse
 def test_before(http_server):
     assert http_server.backend == "exporter"
 
-def test_exporter_dies(http_server):
-    if os.environ["REPLY"]:  # a reply's handler lives in this process: its stop forgets it
-        http_server.respond("/hello", handler=lambda request: HttpResponse(body=b"hi"))
+def kill():
     Path(os.environ["KILL"]).write_text("now")
     deadline = time.monotonic() + 10
     while Path(os.environ["KILL"]).exists() and time.monotonic() < deadline:
         time.sleep(0.02)
+
+def test_exporter_dies(request):
+    if os.environ["BETWEEN"]:  # in a test of no server: test_before's teardown readied the next one's
+        kill()
+        time.sleep(0.5)  # what this process sees of it by then
+        return
+    http_server = request.getfixturevalue("http_server")
+    if os.environ["REPLY"]:  # a reply's handler lives in this process: its stop forgets it
+        http_server.respond("/hello", handler=lambda request: HttpResponse(body=b"hi"))
+    kill()
 
 def test_after(http_server):
     pass
@@ -497,15 +505,18 @@ def test_after_too(http_server):
 """
 
 
+@pytest.mark.parametrize("between", [False, True], ids=["in-a-test", "between-tests"])
 @pytest.mark.parametrize("driver", [HTTP_SERVER, RECORDING])
 def test_an_exporter_gone_mid_session_errors_the_tests_that_need_it_and_pytest_exits(
-    tmp_path: Path, standalone_exporter: Any, driver: str
+    tmp_path: Path, standalone_exporter: Any, driver: str, between: bool
 ) -> None:
-    """A test whose exporter goes while it runs ends clean: what it set went with the exporter."""
+    """A test whose exporter goes while it runs ends clean: what it set went with the exporter.
+    The exporter may go between tests too, after a teardown readied the next test's namespace."""
     entry = {**http_driver(tmp_path / "www"), "type": driver}
     config = write_exporter_config(tmp_path / "gone.yaml", {"http": entry})
     exporter = standalone_exporter(config)
-    junit, returncode = _kill_when_asked(tmp_path, exporter, GONE, REPLY="1" if driver == RECORDING else "")
+    env = {"REPLY": "1" if driver == RECORDING and not between else "", "BETWEEN": "1" if between else ""}
+    junit, returncode = _kill_when_asked(tmp_path, exporter, GONE, **env)
     junit.assert_passed("test_before", "test_exporter_dies")
     gone = f"exporter 'jmp shell at {exporter.address}' stopped answering during the run"
     for name in ("test_after", "test_after_too"):

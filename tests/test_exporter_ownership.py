@@ -617,6 +617,41 @@ def test_a_test_ends_its_namespace_and_readies_the_next_ones_in_one_call(
     junit.assert_passed(*(f"test_stage[{n}]" for n in range(3)), "test_calls_of_each_test")
 
 
+HANDSHAKE_BEFORE = """
+import socket
+
+PORT = {}
+
+
+@pytest.mark.http_server(tls=True)
+def test_a_tls(http_server):
+    PORT["https"] = http_server.port
+
+
+def test_between():
+    # test_a_tls's device, retrying after its test ended: plain HTTP to the HTTPS port, refused
+    with socket.create_connection(("127.0.0.1", PORT["https"]), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+        try:
+            sock.recv(100)
+        except OSError:
+            pass
+    time.sleep(0.5)  # the server logs the refusal meanwhile
+
+
+def test_b(http_server):
+    assert [request.line() for request in http_server.requests] == []
+"""
+
+
+def test_a_handshake_refused_before_a_test_is_not_in_its_log(exporter: Backend, tmp_path: Path) -> None:
+    # The owner's HTTPS site logs a refused handshake in every namespace the owner has open: a
+    # namespace readied for the next test before it starts would collect what came before it.
+    work = suite(tmp_path / "work", "test_handshake.py", HANDSHAKE_BEFORE)
+    junit = run_pytest(work, env=exporter.env(), timeout=120)
+    junit.assert_passed("test_a_tls", "test_between", "test_b")
+
+
 STAGE_OVER_ROOT = """
 def test_a_name_of_the_root_is_never_staged_over(http_server, http_url, tmp_path):
     build = tmp_path / "image.raw"
