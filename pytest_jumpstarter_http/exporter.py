@@ -152,8 +152,9 @@ class ExporterBackend:
                 where = f"exporter {connection.name!r} (HttpServer {path!r})"
                 if where not in self._removing:
                     self._removing.append(where)
-            _start_unless_running(http, recording, self._timeout)
-            line = f"{connection.describe()}: HttpServer {path!r} at {http.get_url()}"
+            port = _start_unless_running(http, recording, self._timeout)
+            host = http.get_host()
+            line = f"{connection.describe()}: HttpServer {path!r} at {format_url(str(host), port)}"
             if line not in self._bound:
                 self._bound.append(line)
                 log.info("%s: %s", self._worker, line)
@@ -174,7 +175,7 @@ class ExporterBackend:
                 parts=f"{folder}/.parts" if owner is not None else None,
                 spares=f"{folder}/{SPARES}" if owner is None else None,
             )
-            self._used[key] = Used(connection, http, path, store, folder, owner, http.get_host())
+            self._used[key] = Used(connection, http, path, store, folder, owner, host)
         return self._used[key]
 
     def close(self, *, failed: bool = False) -> None:
@@ -393,21 +394,23 @@ class OwnerStream:
         self._http.close_calls()
 
 
-def _start_unless_running(http: Any, recording: bool, timeout: float) -> None:
-    """Start the server if it is not running; never restart it under someone else's downloads.
+def _start_unless_running(http: Any, recording: bool, timeout: float) -> int:
+    """Start the server if it is not running, never restarting it under someone else's downloads;
+    its port.
 
     ``start()`` on a running server restarts it on a new port, cutting every download in flight.
-    A RecordingHttpServer decides on the exporter, for every connection at once; with the stock
-    driver, the processes of this machine that find it stopped take turns to start it.
+    A RecordingHttpServer decides on the exporter, for every connection at once, in one call; with
+    the stock driver, the processes of this machine that find it stopped take turns to start it.
     """
-    if http.get_port() != 0:
-        return
     if recording:
-        http.start_unless_running()
-        return
+        return int(http.start_unless_running())
+    port = int(http.get_port())
+    if port != 0:
+        return port
     with locks.held(f"start:{http.uuid}", timeout):
         if http.get_port() == 0:
             http.start()
+        return int(http.get_port())
 
 
 class ExporterServer(HttpServerHandle):
